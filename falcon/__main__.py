@@ -1,0 +1,3 @@
+from falcon.cli import main
+
+raise SystemExit(main())

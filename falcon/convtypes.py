@@ -1,0 +1,322 @@
+"""The registry of conv types: one entry per type drives the calculator, sizing, plots, CLI and app.
+
+Each :class:`ConvType` knows how to
+
+* build its bare block for a :class:`~falcon.spec.LayerSpec` (``build``) and the block the paper's
+  experiments put in a model (``block``),
+* give its closed-form parameters and MACs (``cost``; weights only, no bias, no BN; METHOD.md §2),
+  with the formulas as LaTeX,
+* declare and validate its hyper-parameters (:class:`HParam`).
+
+Adding a conv type is one more entry in :data:`CONV_TYPES`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from falcon import blocks
+from falcon.errors import FalconError
+from falcon.spec import LayerSpec
+
+
+@dataclass(frozen=True)
+class HParam:
+    """A hyper-parameter of a conv type, with its valid range."""
+
+    name: str
+    label: str
+    kind: type  # int or float
+    default: Any
+    minimum: Any
+    maximum: Any
+    help: str
+    symbol: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def coerce(self, value: Any) -> Any:
+        try:
+            if self.kind is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            else:
+                value = float(value)
+        except (TypeError, ValueError):
+            raise FalconError(f"{self.label} must be {'an integer' if self.kind is int else 'a number'}, got {value!r}") from None
+        if not (self.minimum <= value <= self.maximum) or (self.kind is float and not math.isfinite(value)):
+            raise FalconError(f"{self.label} must be between {self.minimum} and {self.maximum}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class CostPart:
+    """One convolution inside a block: what it is, its weights and its MACs."""
+
+    name: str
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Closed-form weights and multiply-accumulates of one layer, with the parts that make them up."""
+
+    params: int
+    macs: int
+    parts: tuple[CostPart, ...] = ()
+
+    @classmethod
+    def of(cls, *parts: CostPart, times: int = 1) -> "Cost":
+        scaled = tuple(CostPart(p.name, p.params * times, p.macs * times) for p in parts)
+        return cls(sum(p.params for p in scaled), sum(p.macs for p in scaled), scaled)
+
+
+@dataclass(frozen=True)
+class ConvType:
+    name: str
+    label: str
+    color: str
+    summary: str
+    hparams: tuple[HParam, ...]
+    latex_params: str
+    latex_macs: str
+    _cost: Callable[[LayerSpec, dict], Cost] = field(repr=False)
+    _build: Callable[[LayerSpec, dict], nn.Module] = field(repr=False)
+    _block: Callable[[LayerSpec, dict, bool], nn.Module] = field(repr=False)
+    _check: Callable[[LayerSpec, dict], None] = field(default=lambda spec, hp: None, repr=False)
+    fit_axis: str | None = None  # "output" (falcon) or "input" (dsconv): the EHP's common axis
+    reference_unused_params: Callable[[LayerSpec, dict], int] = field(default=lambda spec, hp: 0, repr=False)
+
+    def resolve(self, spec: LayerSpec | None = None, **hp: Any) -> dict:
+        """Fill defaults, coerce types, check ranges; with a spec, also check it fits the layer."""
+        known = {h.name: h for h in self.hparams}
+        resolved = {}
+        for name, h in known.items():
+            value = hp.get(name)
+            resolved[name] = h.default if value is None else h.coerce(value)
+        if spec is not None:
+            self._check(spec, resolved)
+        return resolved
+
+    def cost(self, spec: LayerSpec, **hp: Any) -> Cost:
+        return self._cost(spec, self.resolve(spec, **hp))
+
+    def build(self, spec: LayerSpec, **hp: Any) -> nn.Module:
+        """The bare block: exactly the convolutions the closed form counts."""
+        return self._build(spec, self.resolve(spec, **hp))
+
+    def block(self, spec: LayerSpec, bias: bool = False, **hp: Any) -> nn.Module:
+        """The block the paper's experiments put in a model in place of a standard conv."""
+        return self._block(spec, self.resolve(spec, **hp), bias)
+
+    def display_name(self, **hp: Any) -> str:
+        resolved = self.resolve(**hp)
+        if not resolved:
+            return self.label
+        return f"{self.label} (" + ", ".join(f"{h.symbol or h.name}={resolved[h.name]:g}" for h in self.hparams) + ")"
+
+
+# ----------------------------------------------------------------------------------------------
+# closed forms (METHOD.md §2): H, W input; H', W' output; stride only in the D×D conv
+def _standard_cost(s: LayerSpec, hp: dict) -> Cost:
+    hw_out = s.out_height * s.out_width
+    return Cost.of(CostPart("D×D conv M→N", s.D**2 * s.M * s.N, hw_out * s.D**2 * s.M * s.N))
+
+
+def _dsconv_cost(s: LayerSpec, hp: dict) -> Cost:
+    hw_out = s.out_height * s.out_width
+    return Cost.of(
+        CostPart("depthwise D×D on M", s.D**2 * s.M, hw_out * s.D**2 * s.M),
+        CostPart("pointwise M→N", s.M * s.N, hw_out * s.M * s.N),
+        times=hp["rank"],
+    )
+
+
+def _falcon_cost(s: LayerSpec, hp: dict) -> Cost:
+    hw_in, hw_out = s.height * s.width, s.out_height * s.out_width
+    return Cost.of(
+        CostPart("pointwise M→N", s.M * s.N, hw_in * s.M * s.N),
+        CostPart("depthwise D×D on N", s.D**2 * s.N, hw_out * s.D**2 * s.N),
+        times=hp["rank"],
+    )
+
+
+def _mobilev2_cost(s: LayerSpec, hp: dict) -> Cost:
+    t = blocks.expanded_channels(s.M, hp["expansion"])
+    hw_in, hw_out = s.height * s.width, s.out_height * s.out_width
+    return Cost.of(
+        CostPart("pointwise M→T", s.M * t, hw_in * s.M * t),
+        CostPart("depthwise D×D on T", s.D**2 * t, hw_out * s.D**2 * t),
+        CostPart("pointwise T→N", t * s.N, hw_out * t * s.N),
+    )
+
+
+def _shuffle_cost(s: LayerSpec, hp: dict) -> Cost:
+    g = hp["groups"]
+    m, n, b = blocks.shuffle_widths(s, hp["width_mult"])
+    hw_in, hw_out = s.height * s.width, s.out_height * s.out_width
+    return Cost.of(
+        CostPart("group pointwise M'→B", m * b // g, hw_in * m * b // g),
+        CostPart("depthwise D×D on B", s.D**2 * b, hw_out * s.D**2 * b),
+        CostPart("group pointwise B→N'", b * n // g, hw_out * b * n // g),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+def _check_mobilev2(s: LayerSpec, hp: dict) -> None:
+    t = blocks.expanded_channels(s.M, hp["expansion"])
+    if t < 1:
+        raise FalconError(
+            f"expansion {hp['expansion']:g} gives int(t·M) = int({hp['expansion']:g}·{s.M}) = {t} hidden channels; "
+            f"use t ≥ {1 / s.M:.3g}"
+        )
+
+
+def _check_shuffle(s: LayerSpec, hp: dict) -> None:
+    g, a = hp["groups"], hp["width_mult"]
+    m, n, b = blocks.shuffle_widths(s, a)
+    if m < 1 or b < 1:
+        raise FalconError(
+            f"ShuffleUnit {a:g}× on {s.M}→{s.N} channels gives M'={m}, bottleneck B=N'/4={b}; "
+            "it needs at least 4·g output channels"
+        )
+    for what, value in (("α·M (input channels)", m), ("the bottleneck B = α·N/4", b), ("α·N (output channels)", n)):
+        if value % g:
+            raise FalconError(f"groups g={g} does not divide {what} = {value}; pick g that divides it")
+
+
+RANK = HParam("rank", "rank k", int, 1, 1, 256, "number of summed branches (rank-k)", "k")
+EXPANSION = HParam("expansion", "expansion ratio t", float, 0.5, 0.01, 16.0, "hidden width T = int(t·M)", "t")
+GROUPS = HParam("groups", "groups g", int, 2, 1, 64, "groups of the pointwise convolutions", "g")
+WIDTH = HParam("width_mult", "width multiplier α", float, 1.0, 0.125, 8.0, "M' = αM, N' = αN", "α")
+
+
+def _falcon_unused_bn(s: LayerSpec, hp: dict) -> int:
+    """The reference FALCON module creates a BatchNorm2d(N) it never uses: 2N parameters."""
+    return 2 * s.N
+
+
+CONV_TYPES: dict[str, ConvType] = {
+    c.name: c
+    for c in (
+        ConvType(
+            "standard", "StConv", "#636efa",
+            "One D×D convolution from M to N channels: the layer being compressed.",
+            (),
+            r"D^2 M N", r"H' W' D^2 M N",
+            _standard_cost,
+            lambda s, hp: blocks.StandardConv(s),
+            lambda s, hp, bias: blocks.StandardConv(s, bias=bias),
+        ),
+        ConvType(
+            "falcon", "FALCON", "#ef553b",
+            "Pointwise M→N at the input resolution, then depthwise D×D on N with the stride; "
+            "rank k sums k such branches. Kernel = EHP along the output channel.",
+            (RANK,),
+            r"k\,(M N + D^2 N)", r"k\,(H W M N + H' W' D^2 N)",
+            _falcon_cost,
+            lambda s, hp: blocks.FalconConv(s, rank=hp["rank"]),
+            lambda s, hp, bias: blocks.FalconConv(s, rank=hp["rank"]),
+            fit_axis="output",
+            reference_unused_params=_falcon_unused_bn,
+        ),
+        ConvType(
+            "dsconv", "DSConv", "#00cc96",
+            "MobileNet's depthwise separable conv: depthwise D×D on M with the stride, then pointwise M→N; "
+            "rank k sums k branches. Kernel = EHP along the input channel.",
+            (RANK,),
+            r"k\,(D^2 M + M N)", r"k\,(H' W' D^2 M + H' W' M N)",
+            _dsconv_cost,
+            lambda s, hp: blocks.DSConv(s, rank=hp["rank"]),
+            lambda s, hp, bias: blocks.DSConv(s, rank=hp["rank"], inner_bn=True),
+            fit_axis="input",
+        ),
+        ConvType(
+            "mobilev2", "MobileConvV2", "#ab63fa",
+            "MobileNetV2's inverted residual: pointwise M→T (T = int(t·M)), depthwise D×D, pointwise T→N.",
+            (EXPANSION,),
+            r"T M + D^2 T + T N,\ T=\lfloor tM \rfloor", r"H W M T + H' W' D^2 T + H' W' T N",
+            _mobilev2_cost,
+            lambda s, hp: blocks.MobileConvV2(s, expansion=hp["expansion"]),
+            lambda s, hp, bias: blocks.MobileConvV2(s, expansion=hp["expansion"], paper=True),
+            _check=_check_mobilev2,
+        ),
+        ConvType(
+            "shuffle", "ShuffleUnit", "#ffa15a",
+            "ShuffleNet's unit: group pointwise αM→B (g groups), channel shuffle, depthwise D×D on "
+            "B = αN/4, group pointwise B→αN.",
+            (GROUPS, WIDTH),
+            r"\frac{M' B}{g} + D^2 B + \frac{B N'}{g}",
+            r"H W \frac{M' B}{g} + H' W' D^2 B + H' W' \frac{B N'}{g}",
+            _shuffle_cost,
+            lambda s, hp: blocks.ShuffleUnit(s, groups=hp["groups"], width_mult=hp["width_mult"]),
+            lambda s, hp, bias: blocks.ShuffleUnit(s, groups=hp["groups"], width_mult=hp["width_mult"], paper=True),
+            _check=_check_shuffle,
+        ),
+    )
+}
+
+#: Conv types that replace a standard conv (everything but ``standard`` itself).
+COMPRESSED_TYPES = tuple(n for n in CONV_TYPES if n != "standard")
+
+
+def get_conv_type(name: str) -> ConvType:
+    try:
+        return CONV_TYPES[name]
+    except KeyError:
+        raise FalconError(f"unknown conv type {name!r}; choose one of {', '.join(CONV_TYPES)}") from None
+
+
+def all_hparams() -> dict[str, HParam]:
+    """Every hyper-parameter of every conv type, by name (the CLI builds its flags from this)."""
+    out: dict[str, HParam] = {}
+    for c in CONV_TYPES.values():
+        for h in c.hparams:
+            out.setdefault(h.name, h)
+    return out
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """A conv type's cost next to the standard conv's, for one layer spec."""
+
+    conv: str
+    hparams: dict
+    cost: Cost
+    standard: Cost
+
+    @property
+    def compression_rate(self) -> float:
+        return self.standard.params / self.cost.params
+
+    @property
+    def computation_reduction_rate(self) -> float:
+        return self.standard.macs / self.cost.macs
+
+
+def compare(spec: LayerSpec, conv: str, **hp: Any) -> LayerComparison:
+    ct = get_conv_type(conv)
+    resolved = ct.resolve(spec, **hp)
+    return LayerComparison(conv, resolved, ct._cost(spec, resolved), CONV_TYPES["standard"].cost(spec))
+
+
+def break_even_rank(spec: LayerSpec, conv: str = "falcon", by: str = "params") -> int:
+    """The smallest rank k at which rank-k ``conv`` costs at least as much as the standard conv.
+
+    Ranks below it save; from it on they do not. ``by`` is ``"params"`` or ``"macs"``.
+    """
+    ct = get_conv_type(conv)
+    if "rank" not in {h.name for h in ct.hparams}:
+        raise FalconError(f"{conv} has no rank")
+    one = ct.cost(spec, rank=1)
+    std = CONV_TYPES["standard"].cost(spec)
+    per_rank, total = (one.params, std.params) if by == "params" else (one.macs, std.macs)
+    return max(1, math.ceil(total / per_rank))

@@ -1,0 +1,129 @@
+"""Sizing a whole model: parameters and MACs before and after replacing its convs."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from falcon.convtypes import get_conv_type
+from falcon.counting import CONVENTIONS, ModelCount, count_model
+from falcon.errors import FalconError
+from falcon.models import get_model_entry
+from falcon.blocks import ShuffleUnit
+from falcon.surgery import adapt_widths, conv_sites, drop_shortcuts, plan, replace_convs, widen_for_shuffle
+
+
+@dataclass
+class SizeResult:
+    model: str
+    num_classes: int
+    input_size: int
+    conv: str
+    hparams: dict
+    convention: str
+    count: ModelCount
+    standard: ModelCount
+    replaced: list[str]
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return self.count.params
+
+    @property
+    def macs(self) -> int:
+        return self.count.macs
+
+    @property
+    def compression_rate(self) -> float:
+        return self.standard.params / self.count.params
+
+    @property
+    def computation_reduction_rate(self) -> float:
+        return self.standard.macs / self.count.macs
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "num_classes": self.num_classes,
+            "input_size": self.input_size,
+            "conv": self.conv,
+            "hparams": self.hparams,
+            "convention": self.convention,
+            "params": self.params,
+            "macs": self.macs,
+            "standard_params": self.standard.params,
+            "standard_macs": self.standard.macs,
+            "compression_rate": self.compression_rate,
+            "computation_reduction_rate": self.computation_reduction_rate,
+            "replaced_layers": len(self.replaced),
+            "notes": self.notes,
+            "layers": self.count.table(),
+        }
+
+
+def build_sized(model: str, num_classes: int | None, input_size: int | None, conv: str,
+                include_stem: bool | None = None, device: str | torch.device = "meta", **hp: Any):
+    """Build ``model`` with ``conv`` in place of its replaceable convs (paper layout).
+
+    Returns (module, entry, resolved hparams, replaced site names, unused-param map, input size).
+    On the ``meta`` device (the default) nothing is allocated: shapes only.
+    """
+    entry = get_model_entry(model)
+    ct = get_conv_type(conv)
+    resolved = ct.resolve(**hp)
+    size = entry.input_size if input_size is None else int(input_size)
+    if size < 1:
+        raise FalconError(f"input size must be positive, got {size}")
+    if num_classes is not None and num_classes < 1:
+        raise FalconError(f"number of classes must be positive, got {num_classes}")
+    chw = (entry.in_channels, size, size)
+    with torch.device(device):
+        net = entry.build(num_classes)
+    if conv in entry.drop_shortcuts_for:
+        drop_shortcuts(net)
+    all_sites = conv_sites(net, chw)
+    sites = plan(entry, all_sites, conv, include_stem)
+    for site in sites:
+        ct.resolve(site.spec, **resolved)  # validate every layer before building any
+    make = None
+    widened = conv == "shuffle" and resolved["width_mult"] != 1
+    if widened:
+        if str(device) != "meta":
+            raise FalconError("a width multiplier α ≠ 1 changes the model's layer widths: it can be sized, not converted")
+        widths = widen_for_shuffle(net, sites, all_sites, resolved["width_mult"],
+                                   entry.shuffle_widen)
+        make = lambda site: ShuffleUnit(site.spec, resolved["groups"], resolved["width_mult"], paper=True,  # noqa: E731
+                                        in_width=widths[site.name][0], out_width=widths[site.name][1])
+    with torch.device(device):
+        replace_convs(net, sites, conv, resolved, make)
+    if widened:
+        adapt_widths(net, chw)
+    unused = {s.name: ct.reference_unused_params(s.spec, resolved) for s in sites}
+    return net, entry, resolved, [s.name for s in sites], unused, chw
+
+
+def size_model(model: str, conv: str = "standard", num_classes: int | None = None, input_size: int | None = None,
+               convention: str = "paper", include_stem: bool | None = None, **hp: Any) -> SizeResult:
+    """Parameters and MACs of ``model`` with ``conv`` under ``convention``, next to the standard model."""
+    if convention not in CONVENTIONS:
+        raise FalconError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    t0 = time.perf_counter()
+    net, entry, resolved, replaced, unused, chw = build_sized(model, num_classes, input_size, conv, include_stem, **hp)
+    count = count_model(net, chw, convention, unused)
+    if conv == "standard":
+        standard = count
+    else:
+        base, *_ = build_sized(model, num_classes, input_size, "standard")
+        standard = count_model(base, chw, convention)
+    notes = []
+    if conv in entry.drop_shortcuts_for:
+        notes.append("residual shortcuts removed, as the thesis did for this model with this conv type")
+    if convention == "paper" and any(unused.values()):
+        notes.append(f"includes {sum(unused.values()):,} parameters of the BN that the reference FALCON module "
+                     "creates per replaced layer and never uses (convention 'clean' leaves them out)")
+    return SizeResult(model, num_classes if num_classes is not None else entry.default_classes, chw[1], conv, resolved,
+                      convention, count, standard, replaced, time.perf_counter() - t0, notes)
