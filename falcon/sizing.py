@@ -1,11 +1,14 @@
 """Sizing a whole model: parameters and MACs before and after replacing its convs."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from falcon.convtypes import get_conv_type
 from falcon.counting import CONVENTIONS, ModelCount, count_model
@@ -65,6 +68,40 @@ class SizeResult:
         }
 
 
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Create parameters and buffers on ``meta`` while ordinary tensors stay on the CPU.
+
+    For builders that compute with tensors (regnet's widths) and so cannot run under
+    ``torch.device("meta")``; the same trick as accelerate's ``init_empty_weights``.
+    """
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def param(self, name, p):
+        register_parameter(self, name, None if p is None else nn.Parameter(p.to("meta"), p.requires_grad))
+
+    def buffer(self, name, b, persistent=True):
+        register_buffer(self, name, None if b is None else b.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = param, buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+
+
+def _build_on(entry, num_classes, device):
+    if str(device) != "meta":
+        with torch.device(device):
+            return entry.build(num_classes)
+    try:
+        with torch.device("meta"):
+            return entry.build(num_classes)
+    except (NotImplementedError, RuntimeError):
+        with _parameters_on_meta():
+            return entry.build(num_classes)
+
+
 def build_sized(model: str, num_classes: int | None, input_size: int | None, conv: str,
                 include_stem: bool | None = None, device: str | torch.device = "meta", **hp: Any):
     """Build ``model`` with ``conv`` in place of its replaceable convs (paper layout).
@@ -81,8 +118,7 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
     if num_classes is not None and num_classes < 1:
         raise FalconError(f"number of classes must be positive, got {num_classes}")
     chw = (entry.in_channels, size, size)
-    with torch.device(device):
-        net = entry.build(num_classes)
+    net = _build_on(entry, num_classes, device)
     if conv in entry.drop_shortcuts_for:
         drop_shortcuts(net)
     all_sites = conv_sites(net, chw)
@@ -106,6 +142,13 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
     return net, entry, resolved, [s.name for s in sites], unused, chw
 
 
+@functools.lru_cache(maxsize=64)
+def _standard_count(model: str, num_classes: int | None, input_size: int, convention: str) -> ModelCount:
+    """The unmodified model's count (cached: every sizing compares against it)."""
+    base, _, _, _, _, chw = build_sized(model, num_classes, input_size, "standard")
+    return count_model(base, chw, convention)
+
+
 def size_model(model: str, conv: str = "standard", num_classes: int | None = None, input_size: int | None = None,
                convention: str = "paper", include_stem: bool | None = None, **hp: Any) -> SizeResult:
     """Parameters and MACs of ``model`` with ``conv`` under ``convention``, next to the standard model."""
@@ -114,11 +157,7 @@ def size_model(model: str, conv: str = "standard", num_classes: int | None = Non
     t0 = time.perf_counter()
     net, entry, resolved, replaced, unused, chw = build_sized(model, num_classes, input_size, conv, include_stem, **hp)
     count = count_model(net, chw, convention, unused)
-    if conv == "standard":
-        standard = count
-    else:
-        base, *_ = build_sized(model, num_classes, input_size, "standard")
-        standard = count_model(base, chw, convention)
+    standard = count if conv == "standard" else _standard_count(model, num_classes, chw[1], convention)
     notes = []
     if conv in entry.drop_shortcuts_for:
         notes.append("residual shortcuts removed, as the thesis did for this model with this conv type")

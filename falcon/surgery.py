@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from falcon.convtypes import get_conv_type
+from falcon.counting import shape_only
 from falcon.errors import FalconError
 from falcon.models import ModelEntry
 from falcon.spec import LayerSpec
@@ -44,7 +45,7 @@ def conv_sites(model: nn.Module, input_size: tuple[int, int, int]) -> list[ConvS
     was_training = model.training
     try:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), shape_only(model):
             model(torch.zeros((1, *input_size), device=device))
     except RuntimeError as e:
         raise FalconError(f"the model does not run on a {input_size[1]}×{input_size[2]} input: {str(e).splitlines()[0]}") from None
@@ -173,7 +174,7 @@ def adapt_widths(model: nn.Module, input_size: tuple[int, int, int]) -> None:
     handles = [m.register_forward_pre_hook(fix) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.Linear))]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), shape_only(model):
             model.eval()(torch.zeros((1, *input_size), device=next(model.parameters()).device))
     except RuntimeError as e:
         raise FalconError("a width multiplier α ≠ 1 needs the replaced convs to form a chain; this model's "

@@ -1,0 +1,159 @@
+"""The registry: closed forms == the built modules' weights == MACs counted on a real forward pass."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from falcon.blocks import ConvBlock
+from falcon.convtypes import CONV_TYPES, break_even_rank, compare, get_conv_type
+from falcon.counting import count_module, count_thop
+from falcon.errors import FalconError
+from falcon.spec import LayerSpec
+
+N_CONFIGS = 200
+
+
+def random_config(conv: str, rng: random.Random) -> tuple[LayerSpec, dict]:
+    """A random valid (spec, hparams) for ``conv``; shuffle's channels are drawn to satisfy its groups."""
+    while True:
+        d = rng.choice([1, 3, 5, 7])
+        s = rng.choice([1, 1, 2, 3])
+        p = rng.choice([0, d // 2, d // 2 + 1])
+        h = rng.randint(max(1, d - 2 * p), 20)
+        w = rng.choice([h, rng.randint(max(1, d - 2 * p), 20)])
+        m, n = rng.randint(1, 48), rng.randint(1, 48)
+        hp: dict = {}
+        if conv in ("falcon", "dsconv"):
+            hp = {"rank": rng.randint(1, 4)}
+        elif conv == "mobilev2":
+            hp = {"expansion": rng.choice([0.25, 0.5, 1.0, 2.0, 6.0])}
+        elif conv == "shuffle":
+            g = rng.choice([1, 2, 3, 4])
+            a = rng.choice([0.5, 1.0, 2.0])
+            m, n = g * rng.randint(1, 8) * 4, g * rng.randint(1, 6) * 4
+            hp = {"groups": g, "width_mult": a}
+        try:
+            spec = LayerSpec(m, n, d, h, w, stride=s, padding=p)
+            get_conv_type(conv).resolve(spec, **hp)
+            return spec, hp
+        except FalconError:
+            continue
+
+
+@pytest.mark.parametrize("conv", list(CONV_TYPES))
+def test_closed_form_equals_module_and_counted_macs(conv):
+    rng = random.Random(f"configs-{conv}")
+    ct = CONV_TYPES[conv]
+    for _ in range(N_CONFIGS):
+        spec, hp = random_config(conv, rng)
+        cost = ct.cost(spec, **hp)
+        with torch.device("meta"):
+            module = ct.build(spec, **hp)
+        weights = sum(p.numel() for p in module.parameters())
+        in_ch = module.compress.in_channels if conv == "shuffle" else spec.M
+        counted = count_module(module, (in_ch, spec.height, spec.width))
+        assert (cost.params, cost.macs) == (weights, counted.macs), (conv, spec, hp)
+        assert cost.params == sum(p.params for p in cost.parts)
+        assert cost.macs == sum(p.macs for p in cost.parts)
+
+
+@pytest.mark.parametrize("conv", list(CONV_TYPES))
+def test_thop_agrees_on_bare_blocks(conv):
+    """thop (an independent counter) sees the same MACs on the bare blocks (convs only, no bias)."""
+    rng = random.Random(f"thop-{conv}")
+    ct = CONV_TYPES[conv]
+    for _ in range(10):
+        spec, hp = random_config(conv, rng)
+        module = ct.build(spec, **hp)
+        in_ch = module.compress.in_channels if conv == "shuffle" else spec.M
+        t = count_thop(module, (in_ch, spec.height, spec.width))
+        cost = ct.cost(spec, **hp)
+        assert t.macs == cost.macs and t.params == cost.params
+        assert not hasattr(module, "total_ops"), "thop must profile a copy"
+
+
+@pytest.mark.parametrize("conv", list(CONV_TYPES))
+def test_output_shape_is_the_layer_output(conv):
+    spec = LayerSpec(8, 16, 3, 9, 7, stride=2, padding=1)
+    hp = {"groups": 2, "width_mult": 1.0} if conv == "shuffle" else {}
+    module = CONV_TYPES[conv].build(spec, **hp)
+    y = module(torch.randn(2, 8, 9, 7))
+    assert tuple(y.shape) == (2, 16, *spec.output_size)
+    assert isinstance(module, ConvBlock) and module.spec == spec
+
+
+def test_standard_block_is_a_real_convolution():
+    spec = LayerSpec(3, 5, 3, 6, stride=2, padding=0)
+    block = CONV_TYPES["standard"].build(spec)
+    x = torch.randn(1, 3, 6, 6)
+    torch.testing.assert_close(block(x), nn.functional.conv2d(x, block.conv.weight, stride=2))
+
+
+def test_formulas_of_method_md_on_a_known_layer():
+    # 256→256, 3×3, 32×32: theoretical falcon CRR 8.69× (METHOD.md §5)
+    spec = LayerSpec(256, 256, 3, 32)
+    c = compare(spec, "falcon")
+    assert c.standard.params == 9 * 256 * 256
+    assert c.cost.params == 256 * 256 + 9 * 256
+    assert c.cost.macs == 32 * 32 * 256 * 256 + 32 * 32 * 9 * 256
+    assert round(c.computation_reduction_rate, 2) == 8.69
+    # stride 2: falcon's pointwise runs at the input resolution, dsconv's at the output one
+    s2 = LayerSpec(64, 128, 3, 16, stride=2)
+    assert compare(s2, "falcon").cost.macs == 16 * 16 * 64 * 128 + 8 * 8 * 9 * 128
+    assert compare(s2, "dsconv").cost.macs == 8 * 8 * 9 * 64 + 8 * 8 * 64 * 128
+    # mobilev2 T = int(t·M); shuffle M' = αM, N' = αN, B = N'/4
+    assert compare(s2, "mobilev2", expansion=0.5).cost.params == 64 * 32 + 9 * 32 + 32 * 128
+    assert compare(s2, "shuffle", groups=2, width_mult=2.0).cost.params == 128 * 64 // 2 + 9 * 64 + 64 * 256 // 2
+
+
+def test_rank_scales_linearly():
+    spec = LayerSpec(32, 64, 3, 8)
+    one = compare(spec, "falcon", rank=1).cost
+    three = compare(spec, "falcon", rank=3).cost
+    assert (three.params, three.macs) == (3 * one.params, 3 * one.macs)
+
+
+def test_break_even_rank():
+    spec = LayerSpec(256, 256, 3, 32)
+    k = break_even_rank(spec, "falcon")
+    std = CONV_TYPES["standard"].cost(spec).params
+    assert CONV_TYPES["falcon"].cost(spec, rank=k).params >= std > CONV_TYPES["falcon"].cost(spec, rank=k - 1).params
+    assert k == 9  # 9·256·256 / (256·256 + 9·256) = 8.69 → rank 9 stops saving
+    with pytest.raises(FalconError):
+        break_even_rank(spec, "mobilev2")
+
+
+@pytest.mark.parametrize(
+    "kwargs, conv, hp, message",
+    [
+        (dict(in_channels=0, out_channels=4, kernel_size=3, height=8), "falcon", {}, "in channels must be positive"),
+        (dict(in_channels=4, out_channels=-1, kernel_size=3, height=8), "falcon", {}, "out channels must be positive"),
+        (dict(in_channels=4, out_channels=4, kernel_size=9, height=4, padding=1), "falcon", {}, "larger than the padded input"),
+        (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "falcon", {"rank": 0}, "rank k must be between"),
+        (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "dsconv", {"rank": 1.5}, "rank k must be an integer"),
+        (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "mobilev2", {"expansion": 0.1}, "int(t·M)"),
+        (dict(in_channels=6, out_channels=8, kernel_size=3, height=8), "shuffle", {"groups": 4}, "does not divide"),
+        (dict(in_channels=4, out_channels=2, kernel_size=3, height=8), "shuffle", {"groups": 1}, "at least 4·g"),
+        (dict(in_channels=4, out_channels=8, kernel_size=3, height=8, stride=0), "falcon", {}, "stride must be positive"),
+    ],
+)
+def test_invalid_input_gives_one_line_error(kwargs, conv, hp, message):
+    with pytest.raises(FalconError) as err:
+        CONV_TYPES[conv].cost(LayerSpec(**kwargs), **hp)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_conv_type():
+    with pytest.raises(FalconError, match="unknown conv type"):
+        get_conv_type("winograd")
+
+
+def test_every_entry_declares_what_the_app_and_cli_need():
+    for ct in CONV_TYPES.values():
+        assert ct.label and ct.color.startswith("#") and ct.summary and ct.latex_params and ct.latex_macs
+        for h in ct.hparams:
+            assert h.minimum <= h.default <= h.maximum
+            assert h.coerce(h.default) == h.default
