@@ -1,0 +1,553 @@
+"""Latency of one layer's conv types, measured the way a careful engineer would trust.
+
+:func:`measure` times the forward pass of each conv type's bare block (the convolutions the closed form
+counts; :meth:`~falcon.convtypes.ConvType.build`) on a random batch, next to the standard conv:
+
+* ``torch.utils.benchmark.Timer`` with an explicit thread count (it defaults to 1) and, on CUDA,
+  accelerator synchronization around every timed block; eval mode, ``torch.inference_mode``;
+* a warm-up per entry (the first calls create oneDNN primitives / pick cuDNN algorithms), then
+  ``rounds`` rounds that visit every entry once, in an order rotated every round so that no entry always
+  runs after the same neighbour; each visit is a ``blocked_autorange`` of ``min_run_time`` seconds;
+* median and IQR over all timed blocks of an entry; measured speedup = standard's median / the entry's
+  median in the same memory layout, and "best vs best" = standard's best layout / the entry's median;
+* the theoretical speedup is the cost engine's MAC ratio (:func:`falcon.convtypes.compare`).
+
+Before anything is allocated, the memory the configuration needs is estimated by running the blocks on
+PyTorch's ``meta`` device (shapes only) and compared with a budget: a fraction of the available RAM
+(CPU) or of the free GPU memory (CUDA). ``progress(done, total, label)`` is called after every
+warm-up and timed visit; ``should_stop()`` is asked before each one, and a stopped run returns what it
+has, marked ``stopped``.
+
+Besides the registry's conv types, the pseudo-type ``falcon-fused`` is FALCON run as two convolutions
+(:func:`falcon.fused.fuse_falcon`); pass ``("falcon", {"rank": 3, "fused": True})`` or ``"falcon-fused"``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import benchmark
+
+from falcon.convtypes import CONV_TYPES, compare, get_conv_type
+from falcon.errors import FalconError
+from falcon.fused import fuse_falcon
+from falcon.spec import LayerSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+DEVICES = ("auto", "cpu", "cuda")
+
+#: pseudo conv types the harness knows besides the registry: name -> (registry type, extra options)
+FUSED = "falcon-fused"
+BENCH_CONVS = (*CONV_TYPES, FUSED)
+DEFAULT_CONVS = ("standard", "falcon", FUSED)
+
+#: share of the available RAM (CPU) / free GPU memory (CUDA) a benchmark may plan to use
+CPU_MEMORY_FRACTION = 0.5
+CUDA_MEMORY_FRACTION = 0.9
+
+ProgressFn = Callable[[int, int, str], None]
+StopFn = Callable[[], bool]
+
+
+# ----------------------------------------------------------------------------------------------
+# what to time
+@dataclass(frozen=True)
+class BenchEntry:
+    """One conv type to time: its registry type, resolved hyper-parameters and whether it is fused."""
+
+    conv: str  # "standard", "falcon", "falcon-fused", ...
+    conv_type: str  # the registry entry it builds from
+    hparams: tuple[tuple[str, Any], ...]
+    fused: bool = False
+
+    @property
+    def hp(self) -> dict:
+        return dict(self.hparams)
+
+    @property
+    def label(self) -> str:
+        name = get_conv_type(self.conv_type).display_name(**self.hp)
+        return name.replace("FALCON", "FALCON fused", 1) if self.fused else name
+
+    def build(self, spec: LayerSpec) -> nn.Module:
+        """The bare block (fused: the bare FALCON block through :func:`fuse_falcon`), in eval mode."""
+        block = get_conv_type(self.conv_type).build(spec, **self.hp)
+        return (fuse_falcon(block) if self.fused else block).eval()
+
+    def macs(self, spec: LayerSpec, batch_size: int) -> int:
+        return compare(spec, self.conv_type, **self.hp).cost.macs * batch_size
+
+    def theoretical_speedup(self, spec: LayerSpec) -> float:
+        return compare(spec, self.conv_type, **self.hp).computation_reduction_rate
+
+
+def bench_entries(spec: LayerSpec, convs: Iterable[str | tuple[str, dict]]) -> list[BenchEntry]:
+    """Resolve ``convs`` (names, or (name, hparams) pairs; ``fused=True`` or ``falcon-fused`` for the
+    fused FALCON) into entries, standard first (added when missing: speedups are measured against it)."""
+    entries: list[BenchEntry] = []
+    for item in convs:
+        name, hp = (item, {}) if isinstance(item, str) else (item[0], dict(item[1] or {}))
+        fused = bool(hp.pop("fused", False)) or name == FUSED
+        conv_type = "falcon" if name == FUSED else name
+        if conv_type not in CONV_TYPES:
+            raise FalconError(f"unknown conv type {name!r}; choose from {', '.join(BENCH_CONVS)}")
+        if fused and conv_type != "falcon":
+            raise FalconError(f"only falcon has a fused form, not {name!r}")
+        ct = get_conv_type(conv_type)
+        unknown = set(hp) - {h.name for h in ct.hparams}
+        if unknown:
+            raise FalconError(f"{name} has no hyper-parameter {', '.join(sorted(unknown))}; "
+                              f"it takes {', '.join(h.name for h in ct.hparams) or 'none'}")
+        resolved = ct.resolve(spec, **hp)
+        entry = BenchEntry(FUSED if fused else conv_type, conv_type, tuple(sorted(resolved.items())), fused)
+        if entry not in entries:
+            entries.append(entry)
+    if not entries:
+        raise FalconError("no conv type to measure")
+    standard = BenchEntry("standard", "standard", ())
+    if standard in entries:
+        entries.remove(standard)
+    return [standard, *entries]
+
+
+# ----------------------------------------------------------------------------------------------
+# environment
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` = CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`FalconError`."""
+    if not isinstance(device, str) or device.split(":")[0] not in DEVICES:
+        raise FalconError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            built = torch.version.cuda or "none"
+            raise FalconError(f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, "
+                              f"built for CUDA {built}); use --device cpu")
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise FalconError(f"bad CUDA device {device!r}; use cuda or cuda:N") from None
+        index = dev.index or 0
+        if index >= torch.cuda.device_count():
+            raise FalconError(f"no CUDA device {index}: {torch.cuda.device_count()} visible")
+        return torch.device("cuda", index)
+    if device != "cpu":
+        raise FalconError(f"bad device {device!r}; use auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        names = {v: k for k, v in DTYPES.items()}
+        if dtype not in names:
+            raise FalconError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+        dtype = names[dtype]
+    if dtype not in DTYPES:
+        raise FalconError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "float32" and device.type != "cuda":
+        raise FalconError(f"{dtype} is measured on CUDA only; on {device.type} use float32")
+    return DTYPES[dtype]
+
+
+def resolve_memory_formats(memory_format: str) -> list[str]:
+    if memory_format == "auto":
+        return list(MEMORY_FORMATS)
+    if memory_format not in MEMORY_FORMATS:
+        raise FalconError(f"memory format must be auto, {' or '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+    return [memory_format]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _available_ram() -> tuple[int | None, str]:
+    try:
+        import psutil  # optional: not a dependency
+        return int(psutil.virtual_memory().available), "available RAM (psutil)"
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free physical pages"
+    except (ValueError, OSError, AttributeError):
+        return None, "unknown"
+
+
+def memory_budget(device: torch.device) -> tuple[int | None, str]:
+    """(bytes a benchmark may plan to use, where that number comes from); None when unknown."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_MEMORY_FRACTION), f"{CUDA_MEMORY_FRACTION:.0%} of the free GPU memory ({fmt_bytes(free)})"
+    available, source = _available_ram()
+    if available is None:
+        return None, "available RAM unknown"
+    return int(available * CPU_MEMORY_FRACTION), f"{CPU_MEMORY_FRACTION:.0%} of the {source} ({fmt_bytes(available)})"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# ----------------------------------------------------------------------------------------------
+# memory estimate (meta device: shapes only, nothing allocated)
+class _AllocationRecorder(TorchFunctionMode):
+    """Adds up the bytes of every new (non-view) tensor the forward pass creates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tensors: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and not t._is_view():
+                self.tensors.append(t)
+        return out
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one entry's forward pass touches (an upper bound: every intermediate counted as live)."""
+
+    conv: str
+    label: str
+    input_bytes: int
+    weight_bytes: int
+    intermediate_bytes: int
+    output_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.input_bytes + self.weight_bytes + self.intermediate_bytes + self.output_bytes
+
+
+def estimate_memory(spec: LayerSpec, entry: BenchEntry, batch_size: int, dtype: torch.dtype = torch.float32) -> MemoryEstimate:
+    """Input, weights, intermediates and output of ``entry``'s forward pass, from a run on ``meta``."""
+    with torch.device("meta"):
+        module = entry.build(spec).to(dtype)
+    x = torch.empty(batch_size, spec.M, spec.height, spec.width, device="meta", dtype=dtype)
+    recorder = _AllocationRecorder()
+    with torch.no_grad(), recorder:
+        out = module(x)
+    created = sum(_nbytes(t) for t in recorder.tensors if t is not out)
+    weights = sum(_nbytes(p) for p in module.parameters()) + sum(_nbytes(b) for b in module.buffers())
+    return MemoryEstimate(entry.conv, entry.label, _nbytes(x), weights, created, _nbytes(out))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a whole benchmark holds at its peak: one input per layout, every module's weights, the
+    largest forward working set, and room for one re-laid-out copy of the largest weight (oneDNN)."""
+
+    estimates: tuple[MemoryEstimate, ...]
+    layouts: int
+
+    @property
+    def inputs_bytes(self) -> int:
+        return self.estimates[0].input_bytes * self.layouts
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(e.weight_bytes for e in self.estimates)
+
+    @property
+    def workspace_bytes(self) -> int:
+        return (max(e.intermediate_bytes + e.output_bytes for e in self.estimates)
+                + max(e.weight_bytes for e in self.estimates))
+
+    @property
+    def total_bytes(self) -> int:
+        return self.inputs_bytes + self.weights_bytes + self.workspace_bytes
+
+
+def plan_memory(spec: LayerSpec, entries: Sequence[BenchEntry], batch_size: int, dtype: torch.dtype,
+                layouts: int) -> MemoryPlan:
+    return MemoryPlan(tuple(estimate_memory(spec, e, batch_size, dtype) for e in entries), layouts)
+
+
+def check_memory(plan: MemoryPlan, budget: int | None, source: str) -> None:
+    """Refuse (FalconError) a plan that does not fit the budget."""
+    if budget is None or plan.total_bytes <= budget:
+        return
+    largest = max(plan.estimates, key=lambda e: e.intermediate_bytes + e.output_bytes)
+    raise FalconError(
+        f"not enough memory: this benchmark needs about {fmt_bytes(plan.total_bytes)} "
+        f"(input {fmt_bytes(plan.estimates[0].input_bytes)} per layout, weights {fmt_bytes(plan.weights_bytes)}, "
+        f"{largest.label} forward {fmt_bytes(largest.intermediate_bytes + largest.output_bytes)}) but the budget is "
+        f"{fmt_bytes(budget)} ({source}); use a smaller batch size or input size"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+@dataclass
+class BenchResult:
+    conv: str
+    label: str
+    hparams: dict
+    memory_format: str
+    median_ms: float
+    iqr_ms: float
+    macs: int  # of one forward pass (the whole batch)
+    gmacs_per_s: float
+    speedup: float | None  # standard's median / this median, same layout
+    theoretical_speedup: float  # standard MACs / these MACs (cost engine)
+    peak_memory_bytes: int
+    best: bool  # fastest layout of this conv type (and hyper-parameters)
+    speedup_vs_best_standard: float | None = None  # standard's fastest layout / this median ("best vs best")
+    peak_memory_source: str = "estimate"  # "estimate" (CPU: tensor sizes) or "measured" (CUDA)
+    samples: int = 0  # timed blocks behind the median
+    calls_per_sample: int = 1
+
+    @property
+    def fraction_of_theoretical(self) -> float | None:
+        """Measured speedup (best vs best) as a fraction of the theoretical one."""
+        s = self.speedup_vs_best_standard
+        return None if s is None else s / self.theoretical_speedup
+
+
+@dataclass
+class BenchReport:
+    device: str
+    device_name: str
+    threads: int
+    torch_version: str
+    dtype: str
+    batch_size: int
+    spec: dict
+    memory_formats: list[str]
+    rounds: int
+    min_run_time: float
+    results: list[BenchResult] = field(default_factory=list)
+    stopped: bool = False
+    load_average: list[float] | None = None  # 1-minute load before and after (CPU contention)
+    cpu_count: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        for r, obj in zip(d["results"], self.results):
+            r["fraction_of_theoretical"] = obj.fraction_of_theoretical
+        return d
+
+    def find(self, conv: str, memory_format: str | None = None, **hparams: Any) -> list[BenchResult]:
+        return [r for r in self.results if r.conv == conv
+                and (memory_format is None or r.memory_format == memory_format)
+                and all(r.hparams.get(k) == v for k, v in hparams.items())]
+
+    def best(self, conv: str, **hparams: Any) -> BenchResult | None:
+        """The fastest layout of ``conv`` (the first hyper-parameter setting that matches)."""
+        rows = [r for r in self.find(conv, **hparams) if r.best]
+        return rows[0] if rows else None
+
+
+# ----------------------------------------------------------------------------------------------
+# the measurement
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def measure(
+    spec: LayerSpec,
+    convs: Sequence[str | tuple[str, dict]] = DEFAULT_CONVS,
+    batch_size: int = 1,
+    device: str = "auto",
+    memory_format: str = "auto",
+    dtype: str | torch.dtype = "float32",
+    threads: int | None = None,
+    rounds: int = 5,
+    min_run_time: float = 0.2,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    memory_budget_bytes: int | None = None,
+    seed: int = 0,
+) -> BenchReport:
+    """Time the forward pass of ``convs`` on ``spec`` at ``batch_size`` (see the module docstring).
+
+    ``threads``: CPU threads for the timed runs (default: ``torch.get_num_threads()``).
+    ``memory_budget_bytes`` overrides the budget derived from the device's free memory.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FalconError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise FalconError(f"rounds must be a positive integer, got {rounds!r}")
+    if not (isinstance(min_run_time, (int, float)) and math.isfinite(min_run_time) and min_run_time > 0):
+        raise FalconError(f"min run time must be a positive number of seconds, got {min_run_time!r}")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    layouts = resolve_memory_formats(memory_format)
+    if threads is None:
+        threads = torch.get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise FalconError(f"threads must be a positive integer, got {threads!r}")
+    entries = bench_entries(spec, convs)
+
+    plan = plan_memory(spec, entries, batch_size, torch_dtype, len(layouts))
+    budget, source = (memory_budget_bytes, "given budget") if memory_budget_bytes is not None else memory_budget(dev)
+    check_memory(plan, budget, source)
+
+    cpu_count = os.cpu_count()
+    report = BenchReport(
+        device=dev.type if dev.type == "cpu" else str(dev), device_name=device_name(dev), threads=threads,
+        torch_version=torch.__version__, dtype=str(torch_dtype).replace("torch.", ""), batch_size=batch_size,
+        spec=spec.as_dict(), memory_formats=layouts, rounds=rounds, min_run_time=min_run_time, cpu_count=cpu_count,
+    )
+    if budget is None:
+        report.notes.append("free memory unknown: the memory guard was skipped")
+    load_before = _loadavg()
+    if dev.type == "cpu" and load_before is not None and cpu_count and load_before > cpu_count - threads + 0.5:
+        report.notes.append(f"the machine was busy (load average {load_before:g} on {cpu_count} CPUs) before "
+                            f"measuring with {threads} threads: other processes compete for the cores, "
+                            "timings are noisy")
+
+    cuda = dev.type == "cuda"
+    saved_cudnn_benchmark = torch.backends.cudnn.benchmark
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # pick the fastest algorithm in warm-up, for every entry alike
+        if torch_dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+            report.notes.append("float32 convolutions may use TF32 tensor cores (torch.backends.cudnn.allow_tf32)")
+
+    # what is timed: one module per (entry, layout), one input per layout
+    estimates = {e: est for e, est in zip(entries, plan.estimates)}
+    tasks: list[dict] = []
+    try:
+        inputs = {}
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        base = torch.randn(batch_size, spec.M, spec.height, spec.width, generator=gen)
+        for layout in layouts:
+            inputs[layout] = base.to(device=dev, dtype=torch_dtype).contiguous(memory_format=MEMORY_FORMATS[layout])
+        del base
+        for entry in entries:
+            for layout in layouts:
+                with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+                    torch.manual_seed(seed)  # the same weights in every layout
+                    module = entry.build(spec)
+                module = module.to(device=dev, dtype=torch_dtype, memory_format=MEMORY_FORMATS[layout])
+                timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": inputs[layout]},
+                                        num_threads=threads, label=spec.describe(), sub_label=layout,
+                                        description=entry.label)
+                tasks.append({"entry": entry, "layout": layout, "timer": timer, "module": module,
+                              "x": inputs[layout], "times": [], "number": 1, "peak": None})
+
+        total = len(tasks) * (rounds + 1)
+        done = 0
+
+        def stop() -> bool:
+            if should_stop is not None and should_stop():
+                report.stopped = True
+            return report.stopped
+
+        def tick(label: str) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total, label)
+
+        with torch.inference_mode():
+            for task in tasks:  # warm-up: primitive creation, algorithm choice, caches
+                if stop():
+                    break
+                task["timer"].timeit(1)
+                task["timer"].timeit(2)
+                if cuda:
+                    task["peak"] = _cuda_peak(task["module"], task["x"])
+                tick(f"warm-up {task['entry'].conv} ({task['layout']})")
+            for r in range(rounds):
+                if report.stopped:
+                    break
+                shift = r % len(tasks)
+                for task in tasks[shift:] + tasks[:shift]:
+                    if stop():
+                        break
+                    m = task["timer"].blocked_autorange(min_run_time=min_run_time)
+                    task["times"].extend(m.times)
+                    task["number"] = m.number_per_run
+                    tick(f"round {r + 1}/{rounds}: {task['entry'].conv} ({task['layout']})")
+    finally:
+        if cuda:
+            torch.backends.cudnn.benchmark = saved_cudnn_benchmark
+    load_after = _loadavg()
+    report.load_average = None if load_before is None else [load_before, load_after]
+
+    # statistics
+    medians: dict[tuple[BenchEntry, str], float] = {}
+    for task in tasks:
+        if task["times"]:
+            medians[(task["entry"], task["layout"])] = statistics.median(task["times"])
+    std_entry = entries[0]
+    std_best = min((medians[(std_entry, lay)] for lay in layouts if (std_entry, lay) in medians), default=None)
+    for task in tasks:
+        entry, layout, times = task["entry"], task["layout"], task["times"]
+        if not times:
+            continue
+        q1, med, q3 = _quartiles(times)
+        macs = entry.macs(spec, batch_size)
+        std = medians.get((std_entry, layout))
+        own = [medians[(entry, lay)] for lay in layouts if (entry, lay) in medians]
+        est = estimates[entry]
+        peak, peak_source = (task["peak"], "measured") if task["peak"] is not None else (est.total_bytes, "estimate")
+        report.results.append(BenchResult(
+            conv=entry.conv, label=entry.label, hparams=entry.hp, memory_format=layout,
+            median_ms=med * 1e3, iqr_ms=(q3 - q1) * 1e3, macs=macs, gmacs_per_s=macs / med / 1e9,
+            speedup=None if std is None else std / med,
+            theoretical_speedup=entry.theoretical_speedup(spec),
+            peak_memory_bytes=int(peak), best=med == min(own),
+            speedup_vs_best_standard=None if std_best is None else std_best / med,
+            peak_memory_source=peak_source, samples=len(times), calls_per_sample=task["number"],
+        ))
+    return report
+
+
+def _cuda_peak(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes one forward pass holds on the GPU: input + weights + the transient peak above the baseline."""
+    torch.cuda.synchronize(x.device)
+    baseline = torch.cuda.memory_allocated(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    out = module(x)
+    torch.cuda.synchronize(x.device)
+    transient = torch.cuda.max_memory_allocated(x.device) - baseline
+    del out
+    weights = sum(_nbytes(p) for p in module.parameters()) + sum(_nbytes(b) for b in module.buffers())
+    return _nbytes(x) + weights + transient

@@ -1,0 +1,105 @@
+"""``python -m falcon bench``: measured latency of conv types next to the standard conv and the theory."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from falcon.bench import BENCH_CONVS, DEFAULT_CONVS, DEVICES, DTYPES, MEMORY_FORMATS, BenchReport, fmt_bytes, measure
+from falcon.cli.common import print_json, print_table
+from falcon.convtypes import CONV_TYPES, all_hparams
+from falcon.errors import FalconError
+from falcon.spec import LayerSpec
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measured latency of conv types vs the standard conv",
+                       description="Time the forward pass (inference mode) of one layer's conv types with "
+                                   "torch.utils.benchmark: warm-up, interleaved rounds, median and IQR; measured "
+                                   "speedup over the standard conv next to the theoretical MAC ratio.")
+    p.add_argument("--in-channels", "-M", type=int, required=True, help="input channels M")
+    p.add_argument("--out-channels", "-N", type=int, required=True, help="output channels N")
+    p.add_argument("--kernel-size", "-D", type=int, required=True, help="kernel size D (D×D)")
+    p.add_argument("--input-size", "-H", type=int, required=True, help="input height H")
+    p.add_argument("--input-width", type=int, default=None, help="input width W (default: H)")
+    p.add_argument("--stride", type=int, default=1, help="stride s (default 1)")
+    p.add_argument("--padding", type=int, default=None, help="padding p (default D//2)")
+    p.add_argument("--batch-size", "-B", type=int, required=True, help="batch size")
+    p.add_argument("--conv", default=",".join(DEFAULT_CONVS), metavar="TYPES",
+                   help=f"comma-separated conv types: {', '.join(BENCH_CONVS)} (default: {','.join(DEFAULT_CONVS)}; "
+                        "standard is always measured)")
+    for h in all_hparams().values():
+        users = [c.name for c in CONV_TYPES.values() if h in c.hparams]
+        p.add_argument(h.flag, dest=h.name, type=h.kind, default=None,
+                       help=f"{h.help} ({'/'.join(users)}; default {h.default}, range {h.minimum}–{h.maximum})")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (CUDA if available), cpu or cuda")
+    p.add_argument("--memory-format", default="auto", choices=("auto", *MEMORY_FORMATS),
+                   help="auto measures both layouts and marks the best")
+    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="float16/bfloat16 on CUDA only")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch.get_num_threads())")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the conv types (default 5)")
+    p.add_argument("--min-run-time", type=float, default=0.2,
+                   help="seconds of timing per conv type and round (default 0.2)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def parse_convs(text: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise FalconError("--conv needs at least one conv type")
+    convs = []
+    for name in names:
+        if name not in BENCH_CONVS:
+            raise FalconError(f"unknown conv type {name!r}; choose from {', '.join(BENCH_CONVS)}")
+        ct = CONV_TYPES["falcon" if name == "falcon-fused" else name]
+        convs.append((name, {h.name: getattr(args, h.name) for h in ct.hparams if getattr(args, h.name) is not None}))
+    return convs
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    sys.stderr.write(f"\r[{done}/{total}] {label:<60.60}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def summary_lines(report: BenchReport) -> list[str]:
+    """One line per conv type (and hyper-parameters): best measured speedup vs the theoretical one."""
+    lines = []
+    for r in report.results:
+        if not r.best or r.conv == "standard" or r.speedup_vs_best_standard is None:
+            continue
+        lines.append(f"{r.label}: {r.speedup_vs_best_standard:.2f}x measured ({r.memory_format}, best vs best) "
+                     f"vs {r.theoretical_speedup:.2f}x theoretical = {r.fraction_of_theoretical:.0%} of theoretical")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = LayerSpec(args.in_channels, args.out_channels, args.kernel_size, args.input_size,
+                     args.input_width, args.stride, args.padding)
+    convs = parse_convs(args.conv, args)
+    show_progress = not args.quiet and sys.stderr.isatty()
+    report = measure(spec, convs, batch_size=args.batch_size, device=args.device, memory_format=args.memory_format,
+                     dtype=args.dtype, threads=args.threads, rounds=args.rounds, min_run_time=args.min_run_time,
+                     progress=_progress if show_progress else None)
+    if args.json:
+        print_json(report.as_dict())
+        return 0
+    print(f"{spec.describe()}, batch {report.batch_size}, {report.dtype}")
+    threads = f"{report.threads} thread" + ("s" if report.threads != 1 else "")
+    print(f"device {report.device} ({report.device_name}), {threads}, torch {report.torch_version}")
+    rows = [{
+        "conv": r.label, "layout": r.memory_format, "median_ms": r.median_ms, "iqr_ms": r.iqr_ms,
+        "GMAC/s": r.gmacs_per_s, "speedup": r.speedup if r.speedup is not None else "-",
+        "theory": r.theoretical_speedup, "best": "*" if r.best else "",
+        "memory": fmt_bytes(r.peak_memory_bytes) + ("" if r.peak_memory_source == "measured" else " (est.)"),
+    } for r in report.results]
+    print_table(rows)
+    for line in summary_lines(report):
+        print(line)
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.stopped:
+        print("stopped before the end: results so far")
+    return 0
