@@ -11,47 +11,47 @@ import sys
 
 from falcon.errors import FalconError
 
-#: command name -> module under falcon.cli (imported lazily so that `--help` stays fast)
+#: command name -> (module under falcon.cli, one-line help). Only the module of the command that runs
+#: is imported, so that each command starts fast and one command's imports never affect another.
 COMMANDS = {
-    "layer": "layer",
-    "size": "size",
-    "models": "size",
-    "layers": "fit",
-    "fit": "fit",
-    "convert": "convert",
-    "bench": "bench",
-    "experiment": "experiment",
-    "results": "experiment",
+    "layer": ("layer", "closed-form params and MACs of one layer"),
+    "size": ("size", "params and MACs of a whole model with a conv type"),
+    "models": ("size", "list the models that can be sized"),
+    "layers": ("fit", "the conv layers of a model, with shapes"),
+    "fit": ("fit", "fit FALCON/DSConv sub-kernels to a trained conv (SVD or gradient descent)"),
+    "convert": ("convert", "convert a model's convs to FALCON/DSConv, initialised from the fit"),
+    "bench": ("bench", "measure latency: measured vs theoretical speedup"),
+    "experiment": ("experiment", "compress, fine-tune and evaluate; store the run"),
+    "results": ("experiment", "list or export stored runs"),
 }
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message)
+    def error(self, message: str) -> None:  # one line on stderr, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``command``, that command's module is imported and its flags added."""
     parser = _Parser(prog="python -m falcon", description="FALCON Explorer: size, fit and try FALCON compression.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    seen = set()
-    for module_name in COMMANDS.values():
-        if module_name in seen:
-            continue
-        seen.add(module_name)
-        try:
-            module = importlib.import_module(f"falcon.cli.{module_name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"falcon.cli.{module_name}":
-                continue  # a command not written yet
-            raise
-        module.add_parser(sub)
+    if command in COMMANDS:
+        module_name = COMMANDS[command][0]
+        importlib.import_module(f"falcon.cli.{module_name}").add_parser(sub)
+        return parser
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.error(f"command {command!r} is not available in this version")
     try:
         return int(args.func(args) or 0)
     except FalconError as e:
