@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -43,6 +44,9 @@ from falcon.spec import LayerSpec
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 DEVICES = ("auto", "cpu", "cuda")
+#: "wall": wall-clock time (what a user waits; synchronized on CUDA). "cpu": this process's CPU time,
+#: one thread only: on a shared machine it leaves out the time the process waited for a core.
+CLOCKS = ("wall", "cpu")
 
 #: pseudo conv types the harness knows besides the registry: name -> (registry type, extra options)
 FUSED = "falcon-fused"
@@ -348,6 +352,7 @@ class BenchReport:
     batch_size: int
     spec: dict
     memory_formats: list[str]
+    clock: str
     rounds: int
     min_run_time: float
     results: list[BenchResult] = field(default_factory=list)
@@ -403,10 +408,12 @@ def measure(
     should_stop: StopFn | None = None,
     memory_budget_bytes: int | None = None,
     seed: int = 0,
+    clock: str = "wall",
 ) -> BenchReport:
     """Time the forward pass of ``convs`` on ``spec`` at ``batch_size`` (see the module docstring).
 
     ``threads``: CPU threads for the timed runs (default: ``torch.get_num_threads()``).
+    ``clock``: ``wall`` (default) or ``cpu`` (process CPU time; CPU device and one thread only).
     ``memory_budget_bytes`` overrides the budget derived from the device's free memory.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -422,6 +429,10 @@ def measure(
         threads = torch.get_num_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise FalconError(f"threads must be a positive integer, got {threads!r}")
+    if clock not in CLOCKS:
+        raise FalconError(f"clock must be {' or '.join(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (dev.type != "cpu" or threads != 1):
+        raise FalconError("the cpu clock measures one thread's CPU time: use it with device cpu and 1 thread")
     entries = bench_entries(spec, convs)
 
     plan = plan_memory(spec, entries, batch_size, torch_dtype, len(layouts))
@@ -432,7 +443,7 @@ def measure(
     report = BenchReport(
         device=dev.type if dev.type == "cpu" else str(dev), device_name=device_name(dev), threads=threads,
         torch_version=torch.__version__, dtype=str(torch_dtype).replace("torch.", ""), batch_size=batch_size,
-        spec=spec.as_dict(), memory_formats=layouts, rounds=rounds, min_run_time=min_run_time, cpu_count=cpu_count,
+        spec=spec.as_dict(), memory_formats=layouts, clock=clock, rounds=rounds, min_run_time=min_run_time, cpu_count=cpu_count,
     )
     if budget is None:
         report.notes.append("free memory unknown: the memory guard was skipped")
@@ -466,6 +477,7 @@ def measure(
                     module = entry.build(spec)
                 module = module.to(device=dev, dtype=torch_dtype, memory_format=MEMORY_FORMATS[layout])
                 timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": inputs[layout]},
+                                        **({"timer": time.process_time} if clock == "cpu" else {}),
                                         num_threads=threads, label=spec.describe(), sub_label=layout,
                                         description=entry.label)
                 tasks.append({"entry": entry, "layout": layout, "timer": timer, "module": module,
@@ -525,7 +537,7 @@ def measure(
         q1, med, q3 = _quartiles(times)
         macs = entry.macs(spec, batch_size)
         std = medians.get((std_entry, layout))
-        own = [medians[(entry, lay)] for lay in layouts if (entry, lay) in medians]
+        best_layout = min((lay for lay in layouts if (entry, lay) in medians), key=lambda lay: medians[(entry, lay)])
         est = estimates[entry]
         peak, peak_source = (task["peak"], "measured") if task["peak"] is not None else (est.total_bytes, "estimate")
         report.results.append(BenchResult(
@@ -533,7 +545,7 @@ def measure(
             median_ms=med * 1e3, iqr_ms=(q3 - q1) * 1e3, macs=macs, gmacs_per_s=macs / med / 1e9,
             speedup=None if std is None else std / med,
             theoretical_speedup=entry.theoretical_speedup(spec),
-            peak_memory_bytes=int(peak), best=med == min(own),
+            peak_memory_bytes=int(peak), best=layout == best_layout,
             speedup_vs_best_standard=None if std_best is None else std_best / med,
             peak_memory_source=peak_source, samples=len(times), calls_per_sample=task["number"],
         ))

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
                    help="auto measures both layouts and marks the best")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="float16/bfloat16 on CUDA only")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch.get_num_threads())")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall: wall-clock time (default); cpu: process CPU time, 1 thread only "
+                        "(leaves out time spent waiting for a core on a shared machine)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the conv types (default 5)")
     p.add_argument("--min-run-time", type=float, default=0.2,
                    help="seconds of timing per conv type and round (default 0.2)")
@@ -81,14 +84,15 @@ def run(args: argparse.Namespace) -> int:
     convs = parse_convs(args.conv, args)
     show_progress = not args.quiet and sys.stderr.isatty()
     report = measure(spec, convs, batch_size=args.batch_size, device=args.device, memory_format=args.memory_format,
-                     dtype=args.dtype, threads=args.threads, rounds=args.rounds, min_run_time=args.min_run_time,
+                     dtype=args.dtype, threads=args.threads, rounds=args.rounds, min_run_time=args.min_run_time, clock=args.clock,
                      progress=_progress if show_progress else None)
     if args.json:
         print_json(report.as_dict())
         return 0
     print(f"{spec.describe()}, batch {report.batch_size}, {report.dtype}")
     threads = f"{report.threads} thread" + ("s" if report.threads != 1 else "")
-    print(f"device {report.device} ({report.device_name}), {threads}, torch {report.torch_version}")
+    clock = "" if report.clock == "wall" else ", clock: process CPU time"
+    print(f"device {report.device} ({report.device_name}), {threads}, torch {report.torch_version}{clock}")
     rows = [{
         "conv": r.label, "layout": r.memory_format, "median_ms": r.median_ms, "iqr_ms": r.iqr_ms,
         "GMAC/s": r.gmacs_per_s, "speedup": r.speedup if r.speedup is not None else "-",
