@@ -1,0 +1,227 @@
+"""What every page shares: the page registry, the sidebar, error display and cached library calls.
+
+The library (``falcon``) never imports streamlit; this module is the only Streamlit-side glue besides
+the pages themselves. Cached functions take plain, hashable arguments (dicts of numbers and strings)
+and return plain data, so ``st.cache_data`` can hash and copy them.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts app/ on sys.path, not the repo root
+    sys.path.insert(0, str(ROOT))
+
+from falcon.errors import FalconError  # noqa: E402
+
+log = logging.getLogger("falcon.app")
+
+
+# ----------------------------------------------------------------------------------------------
+# the page registry: navigation, tests and the browser test all read this list
+@dataclass(frozen=True)
+class PageDef:
+    file: str  # under the top-level pages/ folder
+    title: str
+    icon: str
+    url_path: str
+    summary: str
+    default: bool = False
+
+    @property
+    def path(self) -> str:
+        """The page's path relative to app/main.py (what st.Page and AppTest.switch_page take)."""
+        return f"../pages/{self.file}"
+
+
+PAGES: list[PageDef] = [
+    PageDef("overview.py", "Overview", ":material/home:", "overview",
+            "what FALCON is, the EHP picture, where to go next", default=True),
+    PageDef("calculator.py", "Layer calculator", ":material/calculate:", "calculator",
+            "params, MACs, CR and CRR of every conv type for one layer; break-even rank; measured latency"),
+    PageDef("sizing.py", "Model sizing", ":material/stacked_bar_chart:", "sizing",
+            "a whole model with a conv type: totals, the paper's numbers, per layer"),
+    PageDef("ehp_fit.py", "EHP fit", ":material/tune:", "ehp-fit",
+            "fit a trained layer with FALCON or DSConv: SVD optimum, live gradient descent"),
+    PageDef("accuracy.py", "Accuracy vs cost", ":material/scatter_plot:", "accuracy",
+            "the thesis's accuracy against parameters or FLOPs, Pareto frontier"),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# errors
+@contextlib.contextmanager
+def guard(stop: bool = True) -> Iterator[None]:
+    """Show a FalconError as ``st.error`` (its message says what to change); any other exception as a
+    short ``st.error`` naming it as a bug (the traceback goes to the server log, not the page)."""
+    try:
+        yield
+    except FalconError as e:
+        st.error(str(e), icon=":material/error:")
+        if stop:
+            st.stop()
+    except Exception as e:  # noqa: BLE001 - never show users a traceback
+        log.exception("unexpected error in a page")
+        st.error(f"Unexpected error ({type(e).__name__}: {e}). This is a bug in FALCON Explorer; the server log "
+                 "has the details.", icon=":material/bug_report:")
+        if stop:
+            st.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# sidebar
+@st.cache_resource(show_spinner=False)
+def device_info():
+    from falcon.ui_state import describe_device
+
+    return describe_device()
+
+
+def sidebar() -> None:
+    dev = device_info()
+    with st.sidebar:
+        st.markdown("**Device**")
+        st.caption(dev.sentence)
+        st.caption("Links reproduce the view: the model, layer and layer spec live in the page's URL.")
+
+
+# ----------------------------------------------------------------------------------------------
+# formatting
+def fmt_int(n: int | float) -> str:
+    return f"{int(n):,}"
+
+
+def fmt_millions(n: int | float) -> str:
+    return f"{n / 1e6:,.3f} M"
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:.3f}×"
+
+
+def color_dot(color: str) -> str:
+    return f'<span style="color:{color};font-size:1.2em">&#9679;</span>'
+
+
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def plot(fig, key: str | None = None, filename: str = "falcon-figure") -> None:
+    """A plotly figure with the camera button saving a PNG named ``filename``."""
+    config = {**PLOTLY_CONFIG, "toImageButtonOptions": {**PLOTLY_CONFIG["toImageButtonOptions"], "filename": filename}}
+    st.plotly_chart(fig, key=key, config=config, theme=None)
+
+
+# ----------------------------------------------------------------------------------------------
+# cached library calls (plain arguments in, plain data out)
+def spec_from(d: dict):
+    from falcon.spec import LayerSpec
+
+    return LayerSpec(**d)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def layer_rows(spec: dict, hparams_json: str) -> list[dict]:
+    from falcon.ui_state import layer_rows as rows
+
+    return rows(spec_from(spec), json.loads(hparams_json), keep_going=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def rank_sweeps(spec: dict) -> tuple[dict, dict]:
+    from falcon.convtypes import break_even_rank
+    from falcon.ui_state import rank_sweep, ranked_types
+
+    s = spec_from(spec)
+    sweeps = {c: rank_sweep(s, c) for c in ranked_types()}
+    be = {c: {"params": break_even_rank(s, c, "params"), "macs": break_even_rank(s, c, "macs")} for c in ranked_types()}
+    return sweeps, be
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def thop_check(spec: dict, hparams_json: str):
+    from falcon.ui_state import thop_check as check
+
+    return check(spec_from(spec), json.loads(hparams_json))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def size_model(model: str, conv: str, num_classes: int, input_size: int, convention: str,
+               include_stem: bool | None, hparams_json: str) -> dict:
+    from falcon.sizing import size_model as size
+
+    r = size(model, conv, num_classes, input_size, convention, include_stem, **json.loads(hparams_json))
+    d = r.as_dict()
+    d["standard_layers"] = r.standard.table()
+    d["seconds"] = r.seconds
+    return d
+
+
+@st.cache_data(show_spinner=False)
+def model_names() -> list[str]:
+    from falcon.models import list_models
+
+    return list_models()
+
+
+@st.cache_data(show_spinner=False)
+def model_defaults(model: str) -> dict:
+    from falcon.models import get_model_entry
+
+    e = get_model_entry(model)
+    return {"input_size": e.input_size, "classes": e.default_classes, "description": e.description,
+            "in_channels": e.in_channels}
+
+
+@st.cache_data(show_spinner=False)
+def paper_results():
+    from falcon.paper import load_paper_results
+
+    return load_paper_results()
+
+
+def hparam_input(conv: str, name: str, key_prefix: str = "", container=None, bind: bool = True,
+                label: str | None = None) -> Any:
+    """A number input for one hyper-parameter of ``conv`` (range, default and help from the registry).
+
+    The widget key is ``{key_prefix}{conv}.{name}``; with ``bind`` it lives in the URL.
+    """
+    from falcon.convtypes import CONV_TYPES
+
+    h = next(h for h in CONV_TYPES[conv].hparams if h.name == name)
+    kwargs: dict[str, Any] = dict(min_value=h.minimum, max_value=h.maximum, value=h.default,
+                                  key=f"{key_prefix}{conv}.{h.name}",
+                                  help=f"{h.help} (range {h.minimum:g}–{h.maximum:g})")
+    if h.kind is int:
+        kwargs.update(step=1)
+    else:
+        kwargs.update(step=0.05 if h.name == "expansion" else 0.125 if h.name == "width_mult" else 0.01, format="%g")
+        kwargs.update(min_value=float(h.minimum), max_value=float(h.maximum), value=float(h.default))
+    return widget((container or st).number_input, label or h.label, bind=bind, **kwargs)
+
+
+def hparam_inputs(conv: str, key_prefix: str = "", container=None, bind: bool = True) -> dict[str, Any]:
+    """Inputs for every hyper-parameter of ``conv``, side by side in ``container``."""
+    from falcon.convtypes import CONV_TYPES
+
+    hps = CONV_TYPES[conv].hparams
+    if not hps:
+        return {}
+    cols = (container or st).columns(len(hps))
+    return {h.name: hparam_input(conv, h.name, key_prefix, col, bind) for h, col in zip(hps, cols)}
+
+
+def widget(fn, *args, bind: bool = True, **kwargs):
+    """A widget whose value persists across page switches and (with ``bind``) lives in the URL."""
+    kwargs.setdefault("persist_state", "session")
+    if bind:
+        kwargs["bind"] = "query-params"
+    return fn(*args, **kwargs)

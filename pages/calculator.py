@@ -1,0 +1,253 @@
+"""Layer calculator: every conv type's params, MACs, CR and CRR for one layer, with the formulas;
+break-even rank; thop cross-check; a live latency measurement on this machine."""
+import json
+import threading
+
+import pandas as pd
+import streamlit as st
+
+import common
+from falcon.convtypes import CONV_TYPES
+from falcon.figures import rank_sweep_figure, reductions_figure, speedup_figure
+from falcon.ui_state import BackgroundJob, latex_int, layer_table
+
+st.title("Layer calculator")
+st.caption("Closed-form weights and multiply-accumulates (MACs; the thesis's FLOPs) of one convolution layer, "
+           "for every conv type of the registry, next to the standard conv. Weights only: no bias, no BN.")
+
+# ---------------------------------------------------------------------------------------------- inputs
+cols = st.columns(7)
+M = common.widget(cols[0].number_input, "in channels M", 1, 16384, 256, step=1, key="M")
+N = common.widget(cols[1].number_input, "out channels N", 1, 16384, 256, step=1, key="N")
+D = common.widget(cols[2].number_input, "kernel D", 1, 15, 3, step=1, key="D")
+H = common.widget(cols[3].number_input, "input height H", 1, 4096, 32, step=1, key="H")
+W = common.widget(cols[4].number_input, "input width W", 1, 4096, None, step=1, key="W", placeholder="= H",
+                  help="empty: the same as H")
+stride = common.widget(cols[5].number_input, "stride s", 1, 8, 1, step=1, key="stride")
+padding = common.widget(cols[6].number_input, "padding p", 0, 32, None, step=1, key="padding",
+                        placeholder="D // 2", help="empty: D // 2 ('same' for odd D)")
+
+with st.container(border=True):
+    st.markdown("**Hyper-parameters of each conv type**")
+    hp_cols = st.columns(sum(len(ct.hparams) for ct in CONV_TYPES.values()) or 1)
+    hparams, i = {}, 0
+    for name, ct in CONV_TYPES.items():
+        hparams[name] = {}
+        for h in ct.hparams:
+            col = hp_cols[i]
+            i += 1
+            hparams[name][h.name] = common.hparam_input(name, h.name, container=col, label=f"{ct.label}: {h.label}")
+
+spec_args = {"in_channels": int(M), "out_channels": int(N), "kernel_size": int(D), "height": int(H),
+             "width": None if W is None else int(W), "stride": int(stride),
+             "padding": None if padding is None else int(padding)}
+with common.guard():
+    spec = common.spec_from(spec_args)
+spec_dict = spec.as_dict()
+hp_json = json.dumps(hparams, sort_keys=True)
+st.caption(f"Layer: {spec.describe()}.  Symbols: M={spec.M}, N={spec.N}, D={spec.D}, H×W={spec.height}×{spec.width}, "
+           f"H'×W'={spec.out_height}×{spec.out_width}, s={spec.stride}, p={spec.padding}.")
+
+rows = common.layer_rows(spec_dict, hp_json)
+for r in rows:
+    if "error" in r:
+        st.error(f"{r['label']}: {r['error']}", icon=":material/error:")
+good = [r for r in rows if "error" not in r]
+
+# ---------------------------------------------------------------------------------------------- table
+st.subheader("Every conv type")
+table = layer_table(good)
+st.dataframe(
+    table, key="cost_table", hide_index=False,
+    column_config={
+        "conv": st.column_config.TextColumn("id"),
+        "params": st.column_config.NumberColumn("params", format="localized"),
+        "MACs": st.column_config.NumberColumn("MACs", format="localized"),
+        "CR (params)": st.column_config.NumberColumn("CR (params)", format="%.3f×"),
+        "CRR (MACs)": st.column_config.NumberColumn("CRR (MACs)", format="%.3f×"),
+    },
+)
+
+st.subheader("Formulas beside the numbers")
+head = st.columns([2.2, 4, 5, 1.3])
+for c, t in zip(head, ("conv type", "parameters", "MACs", "CR · CRR")):
+    c.markdown(f"**{t}**")
+for r in good:
+    with st.container(border=True):
+        c = st.columns([2.2, 4, 5, 1.3], vertical_alignment="center")
+        c[0].markdown(f"{common.color_dot(r['color'])} **{r['label']}**", unsafe_allow_html=True,
+                      help=CONV_TYPES[r["conv"]].summary)
+        c[1].latex(rf"{r['latex_params']} \\ = {r['params_sum']}")
+        c[2].latex(rf"{r['latex_macs']} \\ = {r['macs_sum']}")
+        c[3].markdown(f"CR **{r['compression_rate']:.2f}×**  \nCRR **{r['computation_reduction_rate']:.2f}×**")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Reductions")
+    common.plot(reductions_figure(good), key="reductions", filename="falcon-reductions")
+
+# ---------------------------------------------------------------------------------------------- break-even
+with right:
+    st.subheader("Break-even rank")
+    sweeps, be = common.rank_sweeps(spec_dict)
+    st.caption("Rank-k FALCON and DSConv cost k times rank 1. From the break-even rank on, they cost at least "
+               "as much as the standard conv (CR or CRR ≤ 1×).")
+    mcols = st.columns(len(be) * 2)
+    j = 0
+    for conv, by in be.items():
+        for what, label in (("params", "params"), ("macs", "MACs")):
+            mcols[j].metric(f"{CONV_TYPES[conv].label}, by {label}", f"k = {by[what]}",
+                            help=f"smallest rank k at which rank-k {CONV_TYPES[conv].label} has at least as many "
+                                 f"{label} as the standard conv")
+            j += 1
+    common.plot(rank_sweep_figure(sweeps, be), key="rank_sweep", filename="falcon-break-even")
+
+# ---------------------------------------------------------------------------------------------- thop
+with st.expander("Cross-check: thop on the built modules", expanded=False):
+    st.caption("Each type's block is built (on PyTorch's meta device: shapes only) and profiled by thop 0.1.1; "
+               "its counts must equal the closed form.")
+    check = common.thop_check(spec_dict, hp_json)
+    st.dataframe(check, key="thop_table", column_config={
+        c: st.column_config.NumberColumn(c, format="localized") for c in check.columns if c not in ("conv type", "agree")})
+    if bool(check["agree"].all()):
+        st.success("thop agrees with the closed form for every conv type.", icon=":material/check_circle:")
+    else:
+        st.warning("thop disagrees for: " + ", ".join(check.index[~check["agree"]]))
+
+# ---------------------------------------------------------------------------------------------- measure
+dev = common.device_info()
+st.subheader(f"Measure on {dev.short}")
+st.caption("Times the forward pass of each block on a random batch (torch.utils.benchmark: warm-up, interleaved "
+           "rounds, median and IQR) and sets the measured speedup beside the theoretical MAC ratio.")
+
+
+@st.cache_resource
+def measurement_lock() -> threading.Lock:
+    """One measurement at a time on this machine, across every session (they would compete for cores)."""
+    return threading.Lock()
+
+
+from falcon.bench import BENCH_CONVS, FUSED  # noqa: E402
+
+mc = st.columns([3, 1, 1.4, 1, 1])
+chosen = mc[0].multiselect("conv types", list(BENCH_CONVS), default=["standard", "falcon", FUSED, "dsconv"],
+                           key="bench_convs", format_func=lambda c: "FALCON fused (inference)" if c == FUSED else CONV_TYPES[c].label)
+batch = mc[1].number_input("batch size", 1, 1024, 8, key="bench_batch")
+layout = mc[2].selectbox("memory layout", ["auto", "contiguous", "channels_last"], key="bench_layout",
+                         help="auto measures both layouts and marks the best")
+rounds = mc[3].number_input("rounds", 1, 20, 3, key="bench_rounds")
+min_time = mc[4].number_input("s per visit", 0.01, 2.0, 0.1, step=0.05, key="bench_min_time", format="%g")
+
+
+def bench_convs() -> list:
+    out = []
+    for c in chosen:
+        if c == FUSED:
+            out.append(("falcon", {**hparams["falcon"], "fused": True}))
+        else:
+            out.append((c, hparams.get(c, {})))
+    return out
+
+
+def start_measurement() -> None:
+    from falcon.bench import measure
+    from falcon.errors import FalconError
+
+    lock = measurement_lock()
+    args = dict(spec=spec, convs=bench_convs(), batch_size=int(batch), memory_format=layout,
+                rounds=int(rounds), min_run_time=float(min_time))
+
+    def target(job: BackgroundJob):
+        if not lock.acquire(blocking=False):
+            raise FalconError("another measurement is running on this machine; wait for it to finish")
+        try:
+            return measure(**args, device="auto",
+                           progress=lambda done, total, label: job.report(done / total, label),
+                           should_stop=job.should_stop)
+        finally:
+            lock.release()
+
+    st.session_state["bench_job"] = BackgroundJob(target, name="bench").start()
+    st.session_state["bench_spec"] = spec.describe()
+
+
+job: BackgroundJob | None = st.session_state.get("bench_job")
+running = job is not None and job.running
+bc = st.columns([1.3, 1, 5])
+if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", disabled=running or not chosen,
+                icon=":material/timer:"):
+    start_measurement()
+    job, running = st.session_state["bench_job"], True
+
+
+@st.fragment(run_every=0.5 if running else None)
+def bench_panel() -> None:
+    job: BackgroundJob | None = st.session_state.get("bench_job")
+    if job is None:
+        st.info("Press the button to measure. A 256→256, 3×3, 32×32 layer at batch 8 takes about half a minute "
+                "on a 2-core CPU.", icon=":material/info:")
+        return
+    if job.running:
+        st.progress(job.progress, text=f"{job.label or 'starting…'}  ({job.seconds:.0f} s)")
+        if st.button("Stop", key="bench_stop", icon=":material/stop_circle:", disabled=job.stopping):
+            job.stop()
+        return
+    if st.session_state.get("bench_shown") is not job:  # finished since the last full run: redraw the page
+        st.session_state["bench_shown"] = job
+        if running:
+            st.rerun(scope="app")
+    if job.error:
+        st.error(job.error, icon=":material/error:")
+        return
+    report = job.result
+    show_report(report)
+
+
+def show_report(report) -> None:
+    from falcon.bench import fmt_bytes
+
+    measured_for = st.session_state.get("bench_spec", "")
+    if measured_for != spec.describe():
+        st.warning(f"These measurements are for the layer {measured_for}, not the one above; measure again.",
+                   icon=":material/history:")
+    if report.stopped:
+        st.warning("Stopped early: the numbers below cover the rounds that finished.", icon=":material/stop_circle:")
+    if not report.results:
+        st.info("No timing finished before the stop.")
+        return
+    st.caption(f"{report.device_name} · {report.device} · {report.threads} threads · torch {report.torch_version} · "
+               f"{report.dtype} · batch {report.batch_size} · {report.rounds} rounds")
+    res = pd.DataFrame([{
+        "conv type": r.label, "layout": r.memory_format + (" ★" if r.best else ""),
+        "median (ms)": r.median_ms, "IQR (ms)": r.iqr_ms, "GMAC/s": r.gmacs_per_s,
+        "measured speedup": r.speedup, "theoretical (MACs)": r.theoretical_speedup,
+        "best vs best": r.speedup_vs_best_standard,
+        "of theoretical": r.fraction_of_theoretical,
+        "peak memory": fmt_bytes(r.peak_memory_bytes) + (" (est.)" if r.peak_memory_source == "estimate" else ""),
+    } for r in report.results])
+    st.dataframe(res, key="bench_table", hide_index=True, column_config={
+        "median (ms)": st.column_config.NumberColumn(format="%.3f"),
+        "IQR (ms)": st.column_config.NumberColumn(format="%.3f"),
+        "GMAC/s": st.column_config.NumberColumn(format="%.1f"),
+        "measured speedup": st.column_config.NumberColumn(format="%.2f×"),
+        "theoretical (MACs)": st.column_config.NumberColumn(format="%.2f×"),
+        "best vs best": st.column_config.NumberColumn(format="%.2f×",
+                                                      help="standard's fastest layout / this median"),
+        "of theoretical": st.column_config.NumberColumn(format="percent"),
+    })
+    common.plot(speedup_figure([{"conv": r.conv, "label": r.label, "memory_format": r.memory_format,
+                                 "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup}
+                                for r in report.results]), key="speedup", filename="falcon-speedup")
+    for note in report.notes:
+        st.caption(f"Note: {note}")
+    st.markdown(
+        "**Why measured and theoretical differ.** The MAC ratio assumes every multiply-add costs the same. "
+        "A depthwise conv does only D² MACs per value it reads, so it is limited by memory traffic, not "
+        "arithmetic (on GPUs especially); its speed depends on the memory layout: in `channels_last` the "
+        "channels of a pixel sit together and oneDNN's depthwise kernel runs many times faster than in "
+        "the default `contiguous` (NCHW) layout. FALCON's pointwise conv also runs at the input resolution "
+        "H×W, before the stride. The fused FALCON runs the k branches as two convolutions with the BN folded in."
+    )
+
+
+bench_panel()
