@@ -23,8 +23,11 @@ Besides the registry's conv types, the pseudo-type ``falcon-fused`` is FALCON ru
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
+from contextlib import ExitStack, contextmanager
 import platform
 import statistics
 import time
@@ -357,6 +360,7 @@ class BenchReport:
     min_run_time: float
     results: list[BenchResult] = field(default_factory=list)
     stopped: bool = False
+    allocator: str = "default"  # "retain" when glibc kept freed memory during the run (CPU)
     load_average: list[float] | None = None  # 1-minute load before and after (CPU contention)
     cpu_count: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -387,6 +391,40 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+
+
+@contextmanager
+def retained_memory(enabled: bool = True):
+    """While measuring on CPU, ask glibc to keep freed memory instead of handing it back to the kernel.
+
+    By default glibc serves large blocks (a layer's activations) with mmap and trims the heap top: the
+    next forward pass then page-faults its output and intermediates in again, ~2 µs per 4 KiB page. That
+    costs the standard conv little and FALCON a lot (for 8×256×32×32 float32, one 8 MiB tensor is ~2,000
+    faults), and which regime a process lands in changes from run to run. A caching allocator (jemalloc,
+    tcmalloc, PyTorch's own on CUDA) keeps that memory, which is what this does. Yields whether it is on.
+    Afterwards the thresholds go back to glibc's static defaults (128 KiB) and free memory is trimmed.
+    """
+    mallopt = None
+    if enabled and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None)
+            mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+        except (OSError, AttributeError):
+            mallopt = None
+    if mallopt is None:
+        yield False
+        return
+    on = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 40))
+    try:
+        yield on
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        malloc_trim(0)
+
+
 def _loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -409,11 +447,13 @@ def measure(
     memory_budget_bytes: int | None = None,
     seed: int = 0,
     clock: str = "wall",
+    retain_memory: bool = True,
 ) -> BenchReport:
     """Time the forward pass of ``convs`` on ``spec`` at ``batch_size`` (see the module docstring).
 
     ``threads``: CPU threads for the timed runs (default: ``torch.get_num_threads()``).
     ``clock``: ``wall`` (default) or ``cpu`` (process CPU time; CPU device and one thread only).
+    ``retain_memory``: on CPU, keep freed memory in the process while measuring (:func:`retained_memory`).
     ``memory_budget_bytes`` overrides the budget derived from the device's free memory.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -454,102 +494,125 @@ def measure(
                             "timings are noisy")
 
     cuda = dev.type == "cuda"
+    if cuda and torch_dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+        report.notes.append("float32 convolutions may use TF32 tensor cores (torch.backends.cudnn.allow_tf32)")
     saved_cudnn_benchmark = torch.backends.cudnn.benchmark
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # pick the fastest algorithm in warm-up, for every entry alike
-        if torch_dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
-            report.notes.append("float32 convolutions may use TF32 tensor cores (torch.backends.cudnn.allow_tf32)")
-
-    # what is timed: one module per (entry, layout), one input per layout
-    estimates = {e: est for e, est in zip(entries, plan.estimates)}
-    tasks: list[dict] = []
-    try:
-        inputs = {}
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        base = torch.randn(batch_size, spec.M, spec.height, spec.width, generator=gen)
-        for layout in layouts:
-            inputs[layout] = base.to(device=dev, dtype=torch_dtype).contiguous(memory_format=MEMORY_FORMATS[layout])
-        del base
-        for entry in entries:
-            for layout in layouts:
-                with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-                    torch.manual_seed(seed)  # the same weights in every layout
-                    module = entry.build(spec)
-                module = module.to(device=dev, dtype=torch_dtype, memory_format=MEMORY_FORMATS[layout])
-                timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": inputs[layout]},
-                                        **({"timer": time.process_time} if clock == "cpu" else {}),
-                                        num_threads=threads, label=spec.describe(), sub_label=layout,
-                                        description=entry.label)
-                tasks.append({"entry": entry, "layout": layout, "timer": timer, "module": module,
-                              "x": inputs[layout], "times": [], "number": 1, "peak": None})
-
-        total = len(tasks) * (rounds + 1)
-        done = 0
-
-        def stop() -> bool:
-            if should_stop is not None and should_stop():
-                report.stopped = True
-            return report.stopped
-
-        def tick(label: str) -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total, label)
-
-        with torch.inference_mode():
-            for task in tasks:  # warm-up: primitive creation, algorithm choice, caches
-                if stop():
-                    break
-                task["timer"].timeit(1)
-                task["timer"].timeit(2)
-                if cuda:
-                    task["peak"] = _cuda_peak(task["module"], task["x"])
-                tick(f"warm-up {task['entry'].conv} ({task['layout']})")
-            for r in range(rounds):
-                if report.stopped:
-                    break
-                shift = r % len(tasks)
-                for task in tasks[shift:] + tasks[:shift]:
-                    if stop():
-                        break
-                    m = task["timer"].blocked_autorange(min_run_time=min_run_time)
-                    task["times"].extend(m.times)
-                    task["number"] = m.number_per_run
-                    tick(f"round {r + 1}/{rounds}: {task['entry'].conv} ({task['layout']})")
-    finally:
-        if cuda:
-            torch.backends.cudnn.benchmark = saved_cudnn_benchmark
+    tasks: list[_Task] = []
+    with ExitStack() as stack:
+        if cuda:  # every entry gets cuDNN's fastest algorithm, chosen during its warm-up
+            torch.backends.cudnn.benchmark = True
+            stack.callback(setattr, torch.backends.cudnn, "benchmark", saved_cudnn_benchmark)
+        retained = stack.enter_context(retained_memory(retain_memory and dev.type == "cpu"))
+        report.allocator = "retain" if retained else "default"
+        tasks = _build_tasks(spec, entries, layouts, batch_size, dev, torch_dtype, threads, clock, seed)
+        _run_tasks(tasks, rounds, min_run_time, cuda, report, progress, should_stop)
     load_after = _loadavg()
     report.load_average = None if load_before is None else [load_before, load_after]
+    report.results = _summarize(tasks, spec, entries, layouts, batch_size, plan)
+    return report
 
-    # statistics
-    medians: dict[tuple[BenchEntry, str], float] = {}
-    for task in tasks:
-        if task["times"]:
-            medians[(task["entry"], task["layout"])] = statistics.median(task["times"])
+
+@dataclass(eq=False)
+class _Task:
+    """One (entry, layout) pair: its module, input, timer and the per-call times collected so far."""
+
+    entry: BenchEntry
+    layout: str
+    module: nn.Module
+    x: torch.Tensor
+    timer: benchmark.Timer
+    times: list[float] = field(default_factory=list)
+    number: int = 1
+    peak: int | None = None  # CUDA: measured bytes of one forward pass
+
+    @property
+    def name(self) -> str:
+        return f"{self.entry.label} ({self.layout})"
+
+
+def _build_tasks(spec: LayerSpec, entries: Sequence[BenchEntry], layouts: Sequence[str], batch_size: int,
+                 dev: torch.device, dtype: torch.dtype, threads: int, clock: str, seed: int) -> list[_Task]:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    base = torch.randn(batch_size, spec.M, spec.height, spec.width, generator=gen)
+    inputs = {lay: base.to(device=dev, dtype=dtype).contiguous(memory_format=MEMORY_FORMATS[lay]) for lay in layouts}
+    del base
+    timer_kw = {"timer": time.process_time} if clock == "cpu" else {}  # default: wall clock, synchronized on CUDA
+    tasks = []
+    for entry in entries:
+        for layout in layouts:
+            with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+                torch.manual_seed(seed)  # the same weights in every layout
+                module = entry.build(spec)
+            module = module.to(device=dev, dtype=dtype, memory_format=MEMORY_FORMATS[layout]).eval()
+            timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": inputs[layout]},
+                                    num_threads=threads, label=spec.describe(), sub_label=layout,
+                                    description=entry.label, **timer_kw)
+            tasks.append(_Task(entry, layout, module, inputs[layout], timer))
+    return tasks
+
+
+def _run_tasks(tasks: list[_Task], rounds: int, min_run_time: float, cuda: bool, report: BenchReport,
+               progress: ProgressFn | None, should_stop: StopFn | None) -> None:
+    """Warm every task up, then ``rounds`` rounds over all tasks, rotating the order every round."""
+    total, done = len(tasks) * (rounds + 1), 0
+
+    def stop() -> bool:
+        if should_stop is not None and should_stop():
+            report.stopped = True
+        return report.stopped
+
+    def tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, label)
+
+    with torch.inference_mode():
+        for task in tasks:  # warm-up: oneDNN primitive creation, cuDNN algorithm choice, caches
+            if stop():
+                return
+            task.timer.timeit(1)
+            task.timer.timeit(2)
+            if cuda:
+                task.peak = _cuda_peak(task.module, task.x)
+            tick(f"warm-up {task.name}")
+        for r in range(rounds):
+            shift = r % len(tasks)
+            for task in tasks[shift:] + tasks[:shift]:
+                if stop():
+                    return
+                m = task.timer.blocked_autorange(min_run_time=min_run_time)
+                task.times.extend(m.times)
+                task.number = m.number_per_run
+                tick(f"round {r + 1}/{rounds}: {task.name}")
+
+
+def _summarize(tasks: list[_Task], spec: LayerSpec, entries: Sequence[BenchEntry], layouts: Sequence[str],
+               batch_size: int, plan: MemoryPlan) -> list[BenchResult]:
+    medians = {(t.entry, t.layout): statistics.median(t.times) for t in tasks if t.times}
     std_entry = entries[0]
     std_best = min((medians[(std_entry, lay)] for lay in layouts if (std_entry, lay) in medians), default=None)
+    estimates = dict(zip(entries, plan.estimates))
+    results = []
     for task in tasks:
-        entry, layout, times = task["entry"], task["layout"], task["times"]
+        entry, layout, times = task.entry, task.layout, task.times
         if not times:
             continue
         q1, med, q3 = _quartiles(times)
         macs = entry.macs(spec, batch_size)
         std = medians.get((std_entry, layout))
         best_layout = min((lay for lay in layouts if (entry, lay) in medians), key=lambda lay: medians[(entry, lay)])
-        est = estimates[entry]
-        peak, peak_source = (task["peak"], "measured") if task["peak"] is not None else (est.total_bytes, "estimate")
-        report.results.append(BenchResult(
+        peak, source = (task.peak, "measured") if task.peak is not None else (estimates[entry].total_bytes, "estimate")
+        results.append(BenchResult(
             conv=entry.conv, label=entry.label, hparams=entry.hp, memory_format=layout,
             median_ms=med * 1e3, iqr_ms=(q3 - q1) * 1e3, macs=macs, gmacs_per_s=macs / med / 1e9,
             speedup=None if std is None else std / med,
             theoretical_speedup=entry.theoretical_speedup(spec),
             peak_memory_bytes=int(peak), best=layout == best_layout,
             speedup_vs_best_standard=None if std_best is None else std_best / med,
-            peak_memory_source=peak_source, samples=len(times), calls_per_sample=task["number"],
+            peak_memory_source=source, samples=len(times), calls_per_sample=task.number,
         ))
-    return report
+    return results
 
 
 def _cuda_peak(module: nn.Module, x: torch.Tensor) -> int:

@@ -99,6 +99,16 @@ def test_cpu_clock():
         measure(SPEC, ["falcon"], clock="cpu", **{**FAST, "threads": 2})
 
 
+def test_retained_memory_is_reported_and_restored():
+    import sys
+    report = measure(SPEC, ["falcon"], memory_format="contiguous", **FAST)
+    assert report.allocator == ("retain" if sys.platform.startswith("linux") else "default")
+    report = measure(SPEC, ["falcon"], memory_format="contiguous", retain_memory=False, **FAST)
+    assert report.allocator == "default"
+    with bench.retained_memory(False) as on:
+        assert on is False
+
+
 def test_progress_counts_every_step():
     calls = []
     measure(SPEC, ["falcon"], progress=lambda done, total, label: calls.append((done, total, label)), **FAST)

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="wall: wall-clock time (default); cpu: process CPU time, 1 thread only "
                         "(leaves out time spent waiting for a core on a shared machine)")
+    p.add_argument("--no-retain-memory", dest="retain_memory", action="store_false",
+                   help="CPU: leave glibc's malloc as it is (by default freed memory is kept in the process while "
+                        "measuring, as a caching allocator would; see docs/latency.md)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the conv types (default 5)")
     p.add_argument("--min-run-time", type=float, default=0.2,
                    help="seconds of timing per conv type and round (default 0.2)")
@@ -85,14 +88,16 @@ def run(args: argparse.Namespace) -> int:
     show_progress = not args.quiet and sys.stderr.isatty()
     report = measure(spec, convs, batch_size=args.batch_size, device=args.device, memory_format=args.memory_format,
                      dtype=args.dtype, threads=args.threads, rounds=args.rounds, min_run_time=args.min_run_time, clock=args.clock,
+                     retain_memory=args.retain_memory,
                      progress=_progress if show_progress else None)
     if args.json:
         print_json(report.as_dict())
         return 0
     print(f"{spec.describe()}, batch {report.batch_size}, {report.dtype}")
     threads = f"{report.threads} thread" + ("s" if report.threads != 1 else "")
-    clock = "" if report.clock == "wall" else ", clock: process CPU time"
-    print(f"device {report.device} ({report.device_name}), {threads}, torch {report.torch_version}{clock}")
+    extra = "" if report.clock == "wall" else ", clock: process CPU time"
+    extra += ", freed memory retained" if report.allocator == "retain" else ""
+    print(f"device {report.device} ({report.device_name}), {threads}, torch {report.torch_version}{extra}")
     rows = [{
         "conv": r.label, "layout": r.memory_format, "median_ms": r.median_ms, "iqr_ms": r.iqr_ms,
         "GMAC/s": r.gmacs_per_s, "speedup": r.speedup if r.speedup is not None else "-",
