@@ -32,7 +32,7 @@ from falcon.blocks import ConvBlock
 from falcon.errors import FalconError
 from falcon.spec import LayerSpec
 
-STRATEGIES = ("auto", "grouped", "depthwise-sum")
+STRATEGIES = ("auto", "grouped", "depthwise")
 
 
 class FusedFalconConv(ConvBlock):
@@ -56,16 +56,16 @@ class FusedFalconConv(ConvBlock):
         self.pointwise = nn.Conv2d(spec.M, k * n, 1, bias=pointwise_bias)
         self.grouped = nn.Conv2d(k * n, n, spec.D, stride=spec.stride, padding=spec.padding, groups=n, bias=bias)
         # r-major order (channel r·N + n) of the n-major fused channels, for the depthwise-sum strategy
-        order = torch.arange(k * n).view(n, k).t().reshape(-1)
+        order = torch.arange(k * n).view(n, k).t().reshape(-1)  # r-major position r·N + n -> n·k + r
         self.register_buffer("_rank_major", order, persistent=False)
 
     def resolved_strategy(self, device_type: str) -> str:
-        """The strategy used on a device: ``auto`` = depthwise-sum except on CUDA (rank 1: grouped)."""
+        """The strategy used on a device: ``auto`` = depthwise except on CUDA (rank 1: always grouped)."""
         if self.rank == 1:
             return "grouped"  # groups=N with one input per group *is* the depthwise conv
         if self.strategy != "auto":
             return self.strategy
-        return "grouped" if device_type == "cuda" else "depthwise-sum"
+        return "grouped" if device_type == "cuda" else "depthwise"
 
     def _pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
@@ -76,25 +76,29 @@ class FusedFalconConv(ConvBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pw, g = self.pointwise, self.grouped
         n, k = self.spec.N, self.rank
-        if self.resolved_strategy(x.device.type) == "grouped":
-            y = self._pointwise(x, pw.weight, pw.bias)
-            return F.conv2d(y, g.weight, g.bias, g.stride, g.padding, groups=n)
-        order = self._rank_major
-        pw_bias = pw.bias.index_select(0, order) if pw.bias is not None else None
-        y = self._pointwise(x, pw.weight.index_select(0, order), pw_bias)
-        dw = g.weight.transpose(0, 1).reshape(k * n, 1, *g.weight.shape[2:])  # r-major depthwise kernels
+        (s, _), (p, _) = g.stride, g.padding
+        strategy = self.resolved_strategy(x.device.type)
+        if strategy == "grouped":
+            return F.conv2d(self._pointwise(x, pw.weight, pw.bias), g.weight, g.bias, g.stride, g.padding, groups=n)
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            dw = dw.contiguous(memory_format=torch.channels_last)
-        z = F.conv2d(y, dw, None, g.stride, g.padding, groups=k * n)
-        b, _, h, w = z.shape
-        if z.is_contiguous(memory_format=torch.channels_last):
-            # memory is (B, H', W', k, N): summing over k reads contiguous rows of N channels
-            out = z.permute(0, 2, 3, 1).reshape(b, h, w, k, n).sum(3).permute(0, 3, 1, 2)
-        else:
-            out = z.reshape(b, k, n, h, w).sum(1)
-        if g.bias is not None:
-            out = out + g.bias.view(1, n, 1, 1)
-        return out
+            # Pointwise rows in rank-major order: the output's memory is (B, H, W, k, N), which is a
+            # channels-last (B, N, H, W·k) tensor whose column w·k + r holds rank r of pixel w. On it the
+            # grouped conv is ONE depthwise conv with a D×(D·k) kernel, stride (s, s·k), padding (p, p·k):
+            # its window over columns covers D pixels × k ranks. No copy, no sum.
+            order = self._rank_major
+            bias = pw.bias.index_select(0, order) if pw.bias is not None else None
+            y = self._pointwise(x, pw.weight.index_select(0, order), bias)
+            b, _, h, w = y.shape
+            wide = y.permute(0, 2, 3, 1).reshape(b, h, w * k, n).permute(0, 3, 1, 2)
+            kernel = g.weight.permute(0, 2, 3, 1).reshape(n, 1, g.weight.shape[2], -1)  # [n, 0, i, j·k + r]
+            kernel = kernel.contiguous(memory_format=torch.channels_last)
+            return F.conv2d(wide, kernel, g.bias, (s, s * k), (p, p * k), groups=n)
+        # NCHW: with the stored (n-major) order the output is (B, N, k, H, W); the grouped conv is a
+        # depthwise 3-D conv with a k×D×D kernel and no padding along the rank axis.
+        y = self._pointwise(x, pw.weight, pw.bias)
+        b, _, h, w = y.shape
+        out = F.conv3d(y.view(b, n, k, h, w), g.weight.unsqueeze(1), g.bias, (1, s, s), (0, p, p), groups=n)
+        return out.squeeze(2)
 
 
 def _falcon_branches(block: nn.Module) -> list[tuple[nn.Conv2d, nn.Conv2d]]:

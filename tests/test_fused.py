@@ -41,7 +41,7 @@ def _bn(n: int, dtype=torch.float64, seed: int = 1) -> nn.BatchNorm2d:
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("with_bn", [False, True])
-@pytest.mark.parametrize("strategy", ["auto", "grouped", "depthwise-sum"])
+@pytest.mark.parametrize("strategy", ["auto", "grouped", "depthwise"])
 def test_fused_equals_branches_float64(rank, stride, with_bn, strategy):
     spec = LayerSpec(5, 6, 3, 9, stride=stride)
     block = _falcon(spec, rank)
@@ -56,13 +56,18 @@ def test_fused_equals_branches_float64(rank, stride, with_bn, strategy):
             torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel,padding,size", [(5, 2, 7), (3, 0, 8), (1, 0, 4)])
-def test_fused_other_kernels_and_padding(kernel, padding, size):
-    spec = LayerSpec(4, 3, kernel, size, width=size + 1, padding=padding)
-    block = _falcon(spec, 2)
+@pytest.mark.parametrize("kernel,padding,size,stride", [(5, 2, 7, 1), (3, 0, 8, 2), (1, 0, 4, 1), (5, 1, 9, 3)])
+@pytest.mark.parametrize("rank", [2, 3])
+def test_fused_other_kernels_padding_and_shapes(kernel, padding, size, stride, rank):
+    spec = LayerSpec(4, 3, kernel, size, width=size + 2, stride=stride, padding=padding)
+    block = _falcon(spec, rank)
     x = torch.randn(3, spec.M, spec.height, spec.width, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(fuse_falcon(block)(x), block(x), rtol=0, atol=1e-12)
+        ref = block(x)
+        for strategy in ("grouped", "depthwise"):
+            for layout in LAYOUTS:
+                fused = fuse_falcon(block, strategy=strategy).to(memory_format=layout)
+                torch.testing.assert_close(fused(x.contiguous(memory_format=layout)), ref, rtol=0, atol=1e-12)
 
 
 def test_branch_biases_are_kept_exact_at_the_borders():
@@ -79,7 +84,7 @@ def test_branch_biases_are_kept_exact_at_the_borders():
     assert fused.pointwise.bias is not None and fused.grouped.bias is not None
     x = torch.randn(2, spec.M, spec.height, spec.width, dtype=torch.float64)
     with torch.no_grad():
-        for strategy in ("grouped", "depthwise-sum"):
+        for strategy in ("grouped", "depthwise"):
             fused.strategy = strategy
             torch.testing.assert_close(fused(x), bn(block(x)), rtol=0, atol=1e-12)
 
