@@ -11,13 +11,15 @@ convolutions (:func:`fuse_falcon`; exact up to floating-point summation order).
 Channel order of the fused 1×1 conv: channel ``n·k + r`` is branch r's pointwise row n, so the
 grouped conv's group n reads channels ``[n·k, (n+1)·k)``.
 
-How it runs (same math, different kernels; see docs/latency.md for the measurements):
+How it runs (same math, different kernels; measurements in docs/latency.md):
 
-* ``strategy="grouped"``: literally the two convolutions above.
-* ``strategy="depthwise-sum"`` (rank ≥ 2): the grouped conv as a depthwise conv on the kN channels
-  followed by a sum over the k ranks. oneDNN has a fast depthwise kernel but no fast kernel for a
-  grouped conv with k input channels per group (on the 2-core CPU of this project the grouped conv is
-  ~15× slower than the depthwise conv on kN channels), so this is the CPU default.
+* ``strategy="grouped"``: literally the two convolutions above (the CUDA default, not measured here).
+* ``strategy="depthwise"`` (the CPU default for rank ≥ 2): oneDNN has a fast depthwise kernel but no fast
+  kernel for a grouped conv with k inputs per group, so the grouped conv runs as one depthwise conv on a
+  zero-copy view of the 1×1 conv's output. Channels-last: with the 1×1 rows in rank-major order the
+  output's memory is (B, H, W, k, N), i.e. a channels-last (B, N, H, W·k) tensor; a D×(D·k) depthwise
+  kernel with stride (s, s·k) and padding (p, p·k) covers D pixels × k ranks per window. NCHW: the stored
+  order gives (B, N, k, H, W) and a k×D×D depthwise 3-D conv does it.
 * On CPU in float32 the 1×1 conv calls oneDNN (``torch.mkldnn_convolution``) directly: PyTorch's
   convolution dispatcher sends a single-threaded 1×1 conv at batch < 16 to its own GEMM path, which is
   ~20% slower here. Used only when no gradient is needed.
@@ -97,7 +99,7 @@ class FusedFalconConv(ConvBlock):
         # depthwise 3-D conv with a k×D×D kernel and no padding along the rank axis.
         y = self._pointwise(x, pw.weight, pw.bias)
         b, _, h, w = y.shape
-        out = F.conv3d(y.view(b, n, k, h, w), g.weight.unsqueeze(1), g.bias, (1, s, s), (0, p, p), groups=n)
+        out = F.conv3d(y.reshape(b, n, k, h, w), g.weight.unsqueeze(1), g.bias, (1, s, s), (0, p, p), groups=n)
         return out.squeeze(2)
 
 
