@@ -189,16 +189,17 @@ def paper_results():
 
 
 def hparam_input(conv: str, name: str, key_prefix: str = "", container=None, bind: bool = True,
-                label: str | None = None) -> Any:
+                label: str | None = None, per_conv: bool = True) -> Any:
     """A number input for one hyper-parameter of ``conv`` (range, default and help from the registry).
 
-    The widget key is ``{key_prefix}{conv}.{name}``; with ``bind`` it lives in the URL.
+    The widget key (and URL parameter with ``bind``) is ``{key_prefix}{conv}.{name}``, or
+    ``{key_prefix}{name}`` when not ``per_conv`` (a page that shows one conv type at a time).
     """
     from falcon.convtypes import CONV_TYPES
 
     h = next(h for h in CONV_TYPES[conv].hparams if h.name == name)
     kwargs: dict[str, Any] = dict(min_value=h.minimum, max_value=h.maximum, value=h.default,
-                                  key=f"{key_prefix}{conv}.{h.name}",
+                                  key=f"{key_prefix}{conv}.{h.name}" if per_conv else f"{key_prefix}{h.name}",
                                   help=f"{h.help} (range {h.minimum:g}–{h.maximum:g})")
     if h.kind is int:
         kwargs.update(step=1)
@@ -208,7 +209,8 @@ def hparam_input(conv: str, name: str, key_prefix: str = "", container=None, bin
     return widget((container or st).number_input, label or h.label, bind=bind, **kwargs)
 
 
-def hparam_inputs(conv: str, key_prefix: str = "", container=None, bind: bool = True) -> dict[str, Any]:
+def hparam_inputs(conv: str, key_prefix: str = "", container=None, bind: bool = True,
+                  per_conv: bool = True) -> dict[str, Any]:
     """Inputs for every hyper-parameter of ``conv``, side by side in ``container``."""
     from falcon.convtypes import CONV_TYPES
 
@@ -216,12 +218,118 @@ def hparam_inputs(conv: str, key_prefix: str = "", container=None, bind: bool = 
     if not hps:
         return {}
     cols = (container or st).columns(len(hps))
-    return {h.name: hparam_input(conv, h.name, key_prefix, col, bind) for h, col in zip(hps, cols)}
+    return {h.name: hparam_input(conv, h.name, key_prefix, col, bind, per_conv=per_conv) for h, col in zip(hps, cols)}
 
 
-def widget(fn, *args, bind: bool = True, **kwargs):
-    """A widget whose value persists across page switches and (with ``bind``) lives in the URL."""
+def widget(fn, label: str, *args, bind: bool = True, **kwargs):
+    """A widget whose value persists across page switches and (with ``bind``) lives in the URL, under
+    the widget's key.
+
+    Inputs without a ``format_func`` use Streamlit's ``bind="query-params"``. Choices shown through a
+    ``format_func`` would put the *formatted* label in the URL (e.g. a layer's whole description), so
+    for them the raw option goes in the URL here: read once when the session first shows the widget,
+    written back after every run (left out when it is the default).
+    """
     kwargs.setdefault("persist_state", "session")
-    if bind:
-        kwargs["bind"] = "query-params"
-    return fn(*args, **kwargs)
+    if not bind:
+        return fn(label, *args, **kwargs)
+    if "format_func" not in kwargs:
+        return fn(label, *args, bind="query-params", **kwargs)
+    key = kwargs["key"]
+    options = list(args[0] if args else kwargs["options"])
+    names = [str(o) for o in options]
+    if "index" in kwargs:
+        default = options[kwargs.pop("index")] if options else None
+    elif "default" in kwargs:
+        default = kwargs.pop("default")
+    else:
+        default = options[0] if options else None
+    if key not in st.session_state or st.session_state[key] not in options:
+        raw = st.query_params.get(key)
+        st.session_state[key] = options[names.index(raw)] if raw in names else default
+    value = fn(label, *args, **kwargs)
+    if value is not None and str(value) != str(default):
+        st.query_params[key] = str(value)
+    elif key in st.query_params:
+        del st.query_params[key]
+    return value
+
+
+def kaleido_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("kaleido") is not None
+
+
+def png_download(fig, filename: str, container=None, key: str | None = None) -> bool:
+    """A "Figure (PNG)" download rendered by kaleido when the user clicks (a few seconds: kaleido drives
+    a headless Chromium). Returns False (and shows nothing) when kaleido is not installed."""
+    if not kaleido_available():
+        return False
+
+    def render() -> bytes:
+        return fig.to_image(format="png", width=1400, height=fig.layout.height or 600, scale=2)
+
+    (container or st).download_button("Figure (PNG)", render, file_name=filename, mime="image/png",
+                                      icon=":material/image:", key=key, on_click="ignore")
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# EHP fit: the loaded model is shared (cache_resource) and never modified; fits are keyed by name
+@st.cache_data(show_spinner=False)
+def torchvision_names() -> list[str]:
+    from falcon.models import torchvision_classification_models
+
+    return list(torchvision_classification_models())
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_fit_model(source: str, name: str, checkpoint: bytes | None):
+    from falcon.ui_state import load_for_fit
+
+    return load_for_fit(source, name, checkpoint)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _svd_fit(key: str, layer: str, conv: str, rank: int, _loaded):
+    from falcon.ehp import fit_kernel
+
+    return fit_kernel(_loaded.kernel(layer), conv, rank, "svd")
+
+
+def svd_fit(loaded, layer: str, conv: str, rank: int):
+    return _svd_fit(loaded.key, layer, conv, rank, loaded)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _random_fit(key: str, layer: str, conv: str, rank: int, seed: int, _loaded):
+    from falcon.ehp import fit_kernel
+
+    return fit_kernel(_loaded.kernel(layer), conv, rank, "random", seed=seed)
+
+
+def random_fit(loaded, layer: str, conv: str, rank: int, seed: int):
+    return _random_fit(loaded.key, layer, conv, rank, seed, loaded)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _kernel_info(key: str, layer: str, conv: str, _loaded):
+    from falcon.ui_state import kernel_info as info
+
+    return info(_loaded.kernel(layer), conv)
+
+
+def kernel_info(loaded, layer: str, conv: str):
+    return _kernel_info(loaded.key, layer, conv, loaded)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _fit_effect(key: tuple, layer: str, conv: str, _loaded, _fit):
+    from falcon.ui_state import fit_effect as effect
+
+    return effect(_loaded, layer, conv, _fit)
+
+
+def fit_effect(loaded, layer: str, conv: str, fit, key: tuple):
+    return _fit_effect(key, layer, conv, loaded, fit)

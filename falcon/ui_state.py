@@ -170,7 +170,9 @@ def thop_check(spec: LayerSpec, hparams: dict[str, dict[str, Any]] | None = None
             continue  # the calculator shows that type's error already
         with torch.device("meta"):
             module = ct.build(spec, **hp)
-        counted = count_thop(module, (spec.M, spec.height, spec.width))
+        # the block's own input width: ShuffleUnit α× reads α·M channels
+        first = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+        counted = count_thop(module, (first.in_channels, spec.height, spec.width))
         rows.append({"conv": name, "conv type": ct.display_name(**ct.resolve(spec, **hp)),
                      "closed-form params": cost.params, "thop params": counted.params,
                      "closed-form MACs": cost.macs, "thop MACs": counted.macs,
@@ -226,43 +228,23 @@ def paper_comparison(paper: pd.DataFrame, params: int, macs: int) -> pd.DataFram
 # ----------------------------------------------------------------------------------------------
 # accuracy vs cost: the project's own runs (issue "Compress-and-fine-tune experiments")
 
-OWN_RUN_COLUMNS = ["model", "dataset", "method", "rank", "top1", "params_m", "macs_m", "run_id"]
+OWN_RUN_COLUMNS = ["model", "dataset", "method", "rank", "top1", "top5", "params_m", "macs_m", "table", "run_id"]
 
 
-def own_runs() -> pd.DataFrame:
-    """The project's stored fine-tuning runs as accuracy points, in the paper frame's columns.
-
-    Hook for the results store: ``falcon.experiments.results_frame()`` (a DataFrame with at least
-    model, dataset, conv or method, rank, finetuned_accuracy or top1, params, macs, run_id) when that
-    module exists; an empty frame otherwise. Accuracy is returned in percent, params/MACs in millions.
-    """
+def own_runs(db: str | None = None) -> pd.DataFrame:
+    """The project's completed fine-tuning runs as accuracy points, in the paper frame's columns
+    (percent, millions; :func:`falcon.experiments.store.accuracy_points`). Empty when there are none
+    or the results store is not installed."""
     try:
-        from falcon import experiments  # noqa: PLC0415 - optional, built by another issue
+        from falcon.experiments.store import accuracy_points
     except ImportError:
         return pd.DataFrame(columns=OWN_RUN_COLUMNS)
-    getter = getattr(experiments, "results_frame", None)
-    if getter is None:
+    points = accuracy_points(db)
+    if not points:
         return pd.DataFrame(columns=OWN_RUN_COLUMNS)
-    raw = getter()
-    if raw is None or len(raw) == 0:
-        return pd.DataFrame(columns=OWN_RUN_COLUMNS)
-    return normalize_runs(pd.DataFrame(raw))
-
-
-def normalize_runs(raw: pd.DataFrame) -> pd.DataFrame:
-    """Map a results-store frame onto the paper frame's columns (percent, millions)."""
-    out = pd.DataFrame()
-    out["model"] = raw["model"].astype(str)
-    out["dataset"] = raw["dataset"].astype(str)
-    out["method"] = (raw["conv"] if "conv" in raw else raw["method"]).astype(str)
-    out["rank"] = raw["rank"] if "rank" in raw else pd.NA
-    acc = raw["top1"] if "top1" in raw else raw["finetuned_accuracy"]
-    acc = pd.to_numeric(acc, errors="coerce")
-    out["top1"] = acc * 100 if acc.dropna().le(1.0).all() else acc
-    out["params_m"] = raw["params_m"] if "params_m" in raw else pd.to_numeric(raw["params"]) / 1e6
-    out["macs_m"] = raw["macs_m"] if "macs_m" in raw else pd.to_numeric(raw["macs"]) / 1e6
-    out["run_id"] = raw["run_id"].astype(str) if "run_id" in raw else [str(i) for i in range(len(raw))]
-    return out.dropna(subset=["top1"]).reset_index(drop=True)
+    df = pd.DataFrame(points)
+    df["rank"] = pd.array(df["rank"], dtype="Int64")
+    return df
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,3 +324,230 @@ class BackgroundJob:
         if self._thread is not None:
             self._thread.join(timeout)
         return self.done
+
+
+# ----------------------------------------------------------------------------------------------
+# EHP fit of one layer of a real model
+
+
+def fittable_layers(model, input_size: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """The convs of ``model`` that FALCON/DSConv can fit (groups 1, square kernel > 1×1), in forward
+    order, with their shapes and the spatial size of their input."""
+    import torch
+
+    from falcon.surgery import conv_sites
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type != "meta":  # shapes only: run the walk on a meta copy, not on the trained weights
+        import copy
+
+        with torch.device("meta"):
+            shadow = copy.deepcopy(model).to("meta")
+    else:
+        shadow = model
+    rows = []
+    for site in conv_sites(shadow, input_size):
+        if not site.replaceable:
+            continue
+        s = site.spec
+        rows.append({"name": site.name, "in_channels": s.M, "out_channels": s.N, "kernel_size": s.D,
+                     "stride": s.stride, "padding": s.padding, "height": s.height, "width": s.width,
+                     "params": s.D * s.D * s.M * s.N, "bias": site.bias,
+                     "label": f"{site.name} · {s.M}→{s.N} {s.D}×{s.D}/{s.stride} · input {s.height}×{s.width}"})
+    return rows
+
+
+def layer_input(model, layer: str, x):
+    """The tensor that reaches ``layer`` when ``model`` (eval mode) runs on ``x``."""
+    import torch
+
+    seen = {}
+    module = model.get_submodule(layer)
+
+    def grab(_m, inputs):
+        seen["x"] = inputs[0].detach()
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(grab)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if "x" not in seen:
+        raise FalconError(f"layer {layer!r} is not reached by the model's forward pass")
+    return seen["x"]
+
+
+class _Captured(Exception):
+    """Stops the forward pass once the layer's input is captured."""
+
+
+def output_error(conv, block, x) -> float:
+    """‖conv(x) − block(x)‖ / ‖conv(x)‖ on the sample inputs ``x``: what the fit changes in the layer's output."""
+    import torch
+
+    with torch.no_grad():
+        y, y_hat = conv(x).double(), block(x).double()
+    den = torch.linalg.vector_norm(y).item()
+    num = torch.linalg.vector_norm(y - y_hat).item()
+    return num / den if den else (0.0 if num == 0 else math.inf)
+
+
+def accuracy_with_layer(model, layer: str, block, dataset) -> float:
+    """Top-1 accuracy of ``model`` with only ``layer`` replaced by ``block`` (a copy; ``model`` is untouched)."""
+    import copy
+
+    from falcon.models.digits import evaluate_accuracy
+    from falcon.surgery import set_module
+
+    clone = copy.deepcopy(model)
+    set_module(clone, layer, copy.deepcopy(block))
+    return evaluate_accuracy(clone, dataset)
+
+
+def block_from_fit(conv, conv_type: str, fit, spec: LayerSpec):
+    """A bare FALCON/DSConv block that computes ``conv`` up to the fit: the fit's factors loaded, the
+    conv's bias (if any) carried over (:func:`falcon.ehp.load_fit_into`, :func:`falcon.ehp.attach_bias`)."""
+    from falcon.ehp import attach_bias, load_fit_into
+
+    block = get_conv_type(conv_type).build(spec, rank=fit.rank_used).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    load_fit_into(block, fit)
+    if conv.bias is not None:
+        attach_bias(block, conv.bias.detach())
+    return block.eval()
+
+
+#: Where the EHP-fit page takes a model from.
+FIT_SOURCES = {"digits-vgg": "bundled digits-vgg", "torchvision": "torchvision pretrained", "checkpoint": "checkpoint"}
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for fitting: its fittable layers, sample inputs and (digits) held-out set."""
+
+    key: str  # identifies source, name and weights (cache key)
+    name: str
+    model: Any  # nn.Module in eval mode; shared, never modified
+    input_size: tuple[int, int, int]
+    layers: list[dict[str, Any]]
+    samples: Any  # a batch of inputs to measure a layer's output error on
+    samples_label: str  # what the samples are
+    dataset: Any = None  # TensorDataset to evaluate accuracy on, when the model has one
+    baseline_accuracy: float | None = None
+
+    def conv(self, layer: str):
+        return self.model.get_submodule(layer)
+
+    def kernel(self, layer: str):
+        return self.conv(layer).weight.detach()
+
+    def spec(self, layer: str) -> LayerSpec:
+        row = next(r for r in self.layers if r["name"] == layer)
+        return LayerSpec(row["in_channels"], row["out_channels"], row["kernel_size"], row["height"], row["width"],
+                         stride=row["stride"], padding=row["padding"])
+
+
+def load_for_fit(source: str, name: str = "digits-vgg", checkpoint: bytes | None = None,
+                 samples: int = 256, seed: int = 0) -> LoadedModel:
+    """Load a trained model from ``source`` (see :data:`FIT_SOURCES`) for the EHP-fit page.
+
+    digits-vgg comes with its held-out digits (sample inputs and accuracy); other models get ``samples``
+    seeded random-normal images (at most 8) as sample inputs.
+    """
+    import hashlib
+
+    import torch
+
+    if source not in FIT_SOURCES:
+        raise FalconError(f"unknown model source {source!r}; choose one of {', '.join(FIT_SOURCES)}")
+    dataset = baseline = None
+    if source == "digits-vgg":
+        from falcon.datasets import load_digits
+        from falcon.models.digits import digits_vgg, evaluate_accuracy
+
+        model, name = digits_vgg(pretrained=True), "digits-vgg"
+        dataset = load_digits("test")
+        baseline = evaluate_accuracy(model, dataset)
+        input_size = (1, 32, 32)
+        x, label = dataset.tensors[0][:samples], f"{min(samples, len(dataset))} held-out digits"
+        key = "digits-vgg"
+    else:
+        model, input_size = _load_external(source, name, checkpoint)
+        gen = torch.Generator().manual_seed(seed)
+        n = min(samples, 8)
+        x, label = torch.randn((n, *input_size), generator=gen), f"{n} random N(0,1) images"
+        key = f"{source}:{name}:" + (hashlib.sha1(checkpoint).hexdigest()[:12] if checkpoint else "pretrained")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(key, name, model, input_size, fittable_layers(model, input_size), x, label, dataset, baseline)
+
+
+def _load_external(source: str, name: str, checkpoint: bytes | None):
+    """torchvision pretrained weights or a checkpoint, through :mod:`falcon.sources` (issue "EHP fit")."""
+    try:
+        from falcon import sources
+    except ImportError:
+        raise FalconError("loading torchvision weights and checkpoints needs falcon.sources, which is not in this "
+                          "version yet; use the bundled digits-vgg") from None
+    return sources.load_for_app(source, name, checkpoint)
+
+
+def kernel_info(kernel, conv_type: str) -> dict[str, Any]:
+    """Singular-value energy per channel (:func:`falcon.ehp.singular_energy`), the optimal error at every rank
+    and the rank that keeps 90% of every channel's energy."""
+    import numpy as np
+
+    from falcon.ehp import conv_type_axis, error_by_rank, rank_for_energy, singular_energy
+
+    axis = conv_type_axis(conv_type)
+    energy = singular_energy(kernel, axis).numpy()
+    return {"energy": energy, "median_energy": [float(v) for v in np.median(energy, axis=0)],
+            "rank_90": int(rank_for_energy(kernel, axis, 0.9).max()), "error_by_rank": error_by_rank(kernel, axis)}
+
+
+def fit_effect(loaded: LoadedModel, layer: str, conv_type: str, fit) -> dict[str, Any]:
+    """What a fit does to the layer: its output error on the sample inputs, the layer's params, and (with a
+    held-out set) the model's accuracy with only this layer replaced."""
+    spec = loaded.spec(layer)
+    conv = loaded.conv(layer)
+    block = block_from_fit(conv, conv_type, fit, spec)
+    x = layer_input(loaded.model, layer, loaded.samples)
+    out = {"spec": spec, "samples": loaded.samples_label, "output_error": output_error(conv, block, x),
+           "params": sum(p.numel() for p in block.parameters()),
+           "standard_params": sum(p.numel() for p in conv.parameters())}
+    if loaded.dataset is not None:
+        out["accuracy"] = accuracy_with_layer(loaded.model, layer, block, loaded.dataset)
+        out["baseline_accuracy"] = loaded.baseline_accuracy
+    return out
+
+
+def fit_summary(loaded: LoadedModel, layer: str, conv_type: str, fit, optimum, info: dict, effect: dict,
+                how: str) -> str:
+    """A paragraph a teacher can point at: what was fitted, how well, what it saves and what it changes."""
+    ct = get_conv_type(conv_type)
+    spec = effect["spec"]
+    k = fit.rank_used
+    cmp = compare(spec, conv_type, rank=k)
+    axis = "output" if ct.fit_axis == "output" else "input"
+    energy = info["median_energy"][k - 1]
+    text = (f"Layer **{layer}** of {loaded.name} is a {spec.D}×{spec.D} convolution from {spec.M} to {spec.N} "
+            f"channels. **Rank-{k} {ct.label}** writes its kernel as {k} pointwise × depthwise product"
+            f"{'s' if k > 1 else ''} sharing the {axis} channel; the median channel keeps {energy:.1%} of its energy at "
+            f"this rank, so the best possible relative error is **{optimum.relative_error:.3f}** "
+            f"(exact from rank {fit.full_rank} on). The {how} reaches **{fit.relative_error:.3f}**. The layer "
+            f"then holds {cmp.cost.params:,} instead of {cmp.standard.params:,} weights "
+            f"(**{cmp.compression_rate:.1f}× fewer**) and needs {cmp.computation_reduction_rate:.1f}× fewer MACs. "
+            f"On {effect['samples']} its output changes by {effect['output_error']:.1%}")
+    if effect.get("accuracy") is not None:
+        text += (f", and the network, with only this layer replaced and no fine-tuning, classifies "
+                 f"**{effect['accuracy']:.1%}** of the held-out digits correctly (original: {effect['baseline_accuracy']:.1%}).")
+    else:
+        text += "."
+    return text

@@ -1,2 +1,211 @@
+"""EHP fit: fit one trained layer with FALCON or DSConv; the SVD optimum and live gradient descent."""
 import streamlit as st
-st.title("coming")
+
+import common
+from falcon.convtypes import CONV_TYPES
+from falcon.figures import energy_figure, error_by_rank_figure, kernel_figure, loss_figure
+from falcon.ui_state import FIT_SOURCES, BackgroundJob, fit_summary
+
+st.title("EHP fit")
+st.caption("Fit a trained convolution's kernel K with the EHP of a pointwise and a depthwise kernel. The best "
+           "rank-k fit has a closed form (a truncated SVD per channel, as in Network Decoupling); the thesis "
+           "used gradient descent, which you can watch converge toward it.")
+
+# ---------------------------------------------------------------------------------------------- the model
+c = st.columns([1.6, 2.4])
+source = common.widget(c[0].segmented_control, "model source", list(FIT_SOURCES), default="digits-vgg",
+                       key="source", required=True, format_func=lambda s: FIT_SOURCES[s])
+name, checkpoint = "digits-vgg", None
+with c[1]:
+    if source == "torchvision":
+        tv = common.torchvision_names()
+        name = common.widget(st.selectbox, "torchvision model (pretrained weights)", tv,
+                             index=tv.index("resnet18") if "resnet18" in tv else 0, key="tv_model",
+                             help="weights come from torchvision's cache (TORCH_HOME), or are downloaded when online")
+    elif source == "checkpoint":
+        cc = st.columns([1, 1.4])
+        name = common.widget(cc[0].selectbox, "architecture", common.model_names(), key="ckpt_model",
+                             help="the model the state_dict belongs to")
+        upload = cc[1].file_uploader("state_dict (.pt / .pth)", type=["pt", "pth", "bin"], key="ckpt_file")
+        if upload is None:
+            st.info("Upload a checkpoint (a state_dict saved with torch.save) of the architecture on the left.",
+                    icon=":material/upload_file:")
+            st.stop()
+        checkpoint = upload.getvalue()
+    else:
+        st.caption("digits-vgg: a small VGG-style CNN trained by this project on the bundled 8×8 handwritten digits "
+                   "(upsampled to 32×32); its held-out split measures the accuracy of a fitted layer.")
+
+with st.spinner("loading the model…"), common.guard():
+    loaded = common.load_fit_model(source, name, checkpoint)
+layers = loaded.layers
+if not layers:
+    st.error("This model has no convolution that FALCON can fit (groups 1, square kernel larger than 1×1).")
+    st.stop()
+
+# ---------------------------------------------------------------------------------------------- the fit
+by_name = {row["name"]: row for row in layers}
+c = st.columns([2.6, 1.2, 0.8, 1.4])
+biggest = max(range(len(layers)), key=lambda i: layers[i]["params"])  # default: the layer with most weights
+layer = common.widget(c[0].selectbox, f"layer ({len(layers)} fittable convs)", list(by_name), index=biggest, key="layer",
+                      format_func=lambda n: by_name[n]["label"])
+conv = common.widget(c[1].segmented_control, "fit with", ["falcon", "dsconv"], default="falcon", key="fit",
+                     required=True, format_func=lambda t: CONV_TYPES[t].label)
+rank = common.widget(c[2].number_input, "rank k", 1, 256, 1, step=1, key="k",
+                     help="a rank above the layer's full rank is lowered to it")
+method = common.widget(c[3].segmented_control, "method", ["svd", "gd", "random"], default="svd", key="method",
+                       required=True, format_func=lambda m: {"svd": "SVD (optimum)", "gd": "gradient descent",
+                                                             "random": "random init"}[m])
+row = by_name[layer]
+conv, method, rank = conv or "falcon", method or "svd", int(rank)
+
+gd = {}
+if method in ("gd", "random"):
+    from falcon.ehp import GD_DEFAULTS, GD_STEPS, LOSSES, OPTIMIZERS
+
+    g = st.columns(5)
+    gd["seed"] = int(g[0].number_input("seed", 0, 10**6, 0, key="gd_seed"))
+    if method == "gd":
+        gd["optimizer"] = g[1].selectbox("optimizer", OPTIMIZERS, key="gd_optimizer",
+                                         help="adam (default) reaches the optimum; sgd with the thesis's settings "
+                                              "(lr 0.01 on the mean squared error) barely leaves the random start")
+        gd["loss"] = g[2].selectbox("loss", LOSSES, index=LOSSES.index(GD_DEFAULTS[gd["optimizer"]]["loss"]),
+                                    key=f"gd_loss_{gd['optimizer']}",
+                                    help="relative: ‖K − K̂‖² / ‖K‖²; mse: the mean of the squared residual")
+        gd["lr"] = float(g[3].number_input("learning rate", 1e-6, 10.0, GD_DEFAULTS[gd["optimizer"]]["lr"],
+                                           key=f"gd_lr_{gd['optimizer']}", format="%g", step=1e-3))
+        gd["steps"] = int(g[4].number_input("steps", 1, 100000, GD_STEPS, key="gd_steps", step=100))
+
+fit_key = (loaded.key, layer, conv, rank)
+with common.guard():
+    svd = common.svd_fit(loaded, layer, conv, rank)
+    info = common.kernel_info(loaded, layer, conv)
+if svd.clamped:
+    st.info(f"Rank {rank} is above this layer's full rank {svd.rank_used} "
+            f"({'min(M, D²)' if conv == 'falcon' else 'min(N, D²)'}); fitting rank {svd.rank_used}, which is exact.",
+            icon=":material/info:")
+
+# ---------------------------------------------------------------------------------------------- gradient descent
+job_args = {"fit": fit_key, **gd}
+job: BackgroundJob | None = st.session_state.get("fit_job")
+job_matches = job is not None and st.session_state.get("fit_job_args") == job_args
+running = job is not None and job.running
+
+
+def start_gd() -> None:
+    from falcon.ehp import conv_type_axis, run_gd
+
+    kernel = loaded.kernel(layer)
+    axis = conv_type_axis(conv)
+    steps = gd["steps"]
+
+    def target(j: BackgroundJob):
+        def callback(rec) -> bool:
+            j.records.append((rec.step, rec.relative_error))
+            j.report(rec.step / max(steps, 1), f"step {rec.step} / {steps}: relative error {rec.relative_error:.5f}")
+            return j.should_stop()
+
+        return run_gd(kernel, rank, axis, steps=steps, lr=gd["lr"], optimizer=gd["optimizer"], seed=gd["seed"],
+                      loss=gd["loss"], callback=callback)
+
+    st.session_state["fit_job"] = BackgroundJob(target, name="gd").start()
+    st.session_state["fit_job_args"] = dict(job_args)
+
+
+if method == "gd":
+    b = st.columns([1.2, 6])
+    if b[0].button("Start gradient descent", key="gd_start", type="primary", disabled=running, icon=":material/play_arrow:"):
+        start_gd()
+        job, job_matches, running = st.session_state["fit_job"], True, True
+
+
+@st.fragment(run_every=0.4 if running else None)
+def gd_panel() -> None:
+    job: BackgroundJob | None = st.session_state.get("fit_job")
+    matches = job is not None and st.session_state.get("fit_job_args") == job_args
+    if job is None or not matches:
+        st.info("Press **Start gradient descent**: the loss curve is drawn live, with the SVD optimum as the "
+                "dashed line. **Stop** ends it where it is.", icon=":material/info:")
+        return
+    records = list(job.records)
+    if job.running:
+        cols = st.columns([5, 1])
+        cols[0].progress(job.progress, text=job.label or "starting…")
+        if cols[1].button("Stop", key="gd_stop", icon=":material/stop_circle:", disabled=job.stopping):
+            job.stop()
+    elif st.session_state.get("fit_shown") is not job:
+        st.session_state["fit_shown"] = job
+        if running:
+            st.rerun(scope="app")
+    if job.error:
+        st.error(job.error, icon=":material/error:")
+        return
+    if records:
+        step = max(1, len(records) // 600)  # at most ~600 points on the curve
+        pts = records[::step] + ([records[-1]] if (len(records) - 1) % step else [])
+        common.plot(loss_figure([p[0] for p in pts], [p[1] for p in pts], optimum=svd.relative_error, conv=conv,
+                                title=f"gradient descent ({gd['optimizer']}, lr {gd['lr']:g}, {gd['loss']} loss)"),
+                    key="loss", filename="ehp-fit-loss")
+    if job.done and job.result is not None:
+        res = job.result
+        gap = res.fit.relative_error - svd.relative_error
+        verdict = ("stopped early" if res.steps < gd["steps"] else "finished") + f" after {res.steps} steps in {job.seconds:.1f} s"
+        st.caption(f"Gradient descent {verdict}: relative error {res.fit.relative_error:.5f} vs the SVD optimum "
+                   f"{svd.relative_error:.5f} ({gap / max(svd.relative_error, 1e-12):+.1%}).")
+
+
+if method == "gd":
+    gd_panel()
+
+fit = svd
+fit_note = "SVD optimum"
+if method == "random":
+    with common.guard():
+        fit = common.random_fit(loaded, layer, conv, rank, gd["seed"])
+    fit_note = "random initialization (no fit)"
+elif method == "gd":
+    if job_matches and job.done and job.result is not None:
+        fit = job.result.fit
+        fit_note = "gradient descent"
+    else:
+        fit_note = "SVD optimum (gradient descent has not finished for these settings)"
+
+# ---------------------------------------------------------------------------------------------- results
+with common.guard():
+    effect = common.fit_effect(loaded, layer, conv, fit, fit_key + (method, repr(gd), repr(fit.relative_error)))
+
+spec = effect["spec"]
+m = st.columns(5)
+m[0].metric("relative error ‖K − K̂‖/‖K‖", f"{fit.relative_error:.4f}", help=f"of the {fit_note}")
+m[1].metric("SVD optimum at this rank", f"{svd.relative_error:.4f}", help="Eckart–Young: no rank-k EHP does better")
+m[2].metric("full rank (exact fit)", f"{svd.full_rank}", help="min(M, D²) for FALCON, min(N, D²) for DSConv")
+m[3].metric(f"layer output error ({effect['samples']})", f"{effect['output_error']:.4f}",
+            help="‖conv(x) − block(x)‖ / ‖conv(x)‖ on the layer's real inputs")
+if effect.get("accuracy") is not None:
+    m[4].metric("accuracy, this layer replaced", f"{100 * effect['accuracy']:.2f}%",
+                delta=f"{100 * (effect['accuracy'] - effect['baseline_accuracy']):+.2f} points",
+                help=f"held-out digits; the original model: {100 * effect['baseline_accuracy']:.2f}%")
+else:
+    m[4].metric("params of this layer", f"{effect['params']:,}", delta=f"{effect['params'] - effect['standard_params']:+,}",
+                delta_color="inverse")
+
+with st.container(border=True):
+    st.markdown("**In one paragraph**")
+    st.markdown(fit_summary(loaded, layer, conv, fit, svd, info, effect, fit_note))
+
+c = st.columns(2)
+with c[0]:
+    st.markdown("**Singular-value energy per channel**")
+    st.caption(f"Per {'output' if conv == 'falcon' else 'input'} channel, the share of ‖K_c‖² that the best rank-k "
+               f"fit keeps. Median channel at k={fit.rank_used}: {info['median_energy'][fit.rank_used - 1]:.3f}; "
+               f"rank for 90% energy in every channel: {info['rank_90']}.")
+    common.plot(energy_figure(info["energy"], rank=fit.rank_used, conv=conv), key="energy", filename="ehp-energy")
+with c[1]:
+    st.markdown("**Optimal relative error by rank**")
+    st.caption("The SVD fit's error at every rank; it reaches 0 at the full rank.")
+    common.plot(error_by_rank_figure(info["error_by_rank"], rank=fit.rank_used, conv=conv), key="error_by_rank",
+                filename="ehp-error-by-rank")
+
+st.markdown(f"**Kernels: original and reconstruction ({fit_note})**")
+K = loaded.kernel(layer).numpy()
+common.plot(kernel_figure(K, fit.kernel_hat.detach().numpy()), key="kernels", filename="ehp-kernels")

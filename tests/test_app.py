@@ -1,0 +1,366 @@
+"""The Streamlit app through AppTest: every registered page runs from app/main.py, its inputs can be
+changed and its buttons clicked, and the numbers it shows are the library's for the same inputs."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "app"))
+
+import common  # noqa: E402  (app/common.py: the page registry)
+import streamlit as st  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from falcon.convtypes import CONV_TYPES, break_even_rank, compare  # noqa: E402
+from falcon.spec import LayerSpec  # noqa: E402
+
+PAGE = {p.file.removesuffix(".py"): p for p in common.PAGES}
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Fresh caches (they are shared across AppTest instances in one process) and an empty results store."""
+    monkeypatch.setenv("FALCON_RESULTS_DB", str(tmp_path / "results.sqlite"))
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+def open_page(name: str, **query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = str(v)
+    at.run()
+    if name != "overview":
+        at.switch_page(PAGE[name].path).run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def shown_table(at: AppTest, column: str):
+    """The first dataframe shown with ``column`` (AppTest does not expose dataframe keys)."""
+    for d in at.dataframe:
+        value = d.value
+        if column in value.columns or value.index.name == column:
+            return value
+    raise AssertionError(f"no table with a {column!r} column; have {[list(d.value.columns) for d in at.dataframe]}")
+
+
+def plotly_specs(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def array(value) -> "np.ndarray":
+    """A plotly JSON array: a list, or a typed array {"dtype", "bdata" (base64), "shape"}."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(value, dict) and "bdata" in value:
+        a = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return a.reshape([int(n) for n in str(shape).split(",")]) if shape else a
+    return np.asarray(value, dtype=float)
+
+
+def wait_for(at: AppTest, key: str, timeout: float = 60) -> object:
+    """Rerun ``at`` until the background job in session state ``key`` is done (pages poll it the same way)."""
+    deadline = time.monotonic() + timeout
+    job = at.session_state[key]
+    while not job.done and time.monotonic() < deadline:
+        time.sleep(0.2)
+    at.run()
+    at.run()
+    assert job.done, f"{key} did not finish in {timeout} s"
+    return job
+
+
+# ---------------------------------------------------------------------------------------------- every page
+@pytest.mark.parametrize("page", common.PAGES, ids=lambda p: p.file)
+def test_every_registered_page_runs_and_shows_something(page):
+    at = open_page(page.file.removesuffix(".py"))
+    assert at.get("plotly_chart") or at.dataframe, f"{page.title} shows no chart or table"
+    assert any(page.title in t.value for t in at.title) or page.default
+
+
+def test_navigation_is_built_from_the_registry():
+    source = (ROOT / "app" / "main.py").read_text()
+    assert "common.PAGES" in source
+    assert all((ROOT / "pages" / p.file).is_file() for p in common.PAGES)
+    assert not (ROOT / "app" / "pages").exists()  # Streamlit would serve it and skip main.py
+    assert sum(p.default for p in common.PAGES) == 1
+    assert len({p.url_path for p in common.PAGES}) == len(common.PAGES)
+
+
+def test_sidebar_explains_the_device():
+    at = open_page("overview")
+    from falcon.ui_state import describe_device
+
+    assert describe_device().sentence in [c.value for c in at.sidebar.caption]
+
+
+# ---------------------------------------------------------------------------------------------- overview
+def test_overview_figure_follows_its_inputs():
+    at = open_page("overview")
+    heat = [t for t in plotly_specs(at)[0]["data"] if t["type"] == "heatmap"]
+    assert array(heat[0]["z"]).shape == (3, 4)  # P is N×M = 3×4 by default
+    at.slider(key="ov_M").set_value(6).run()
+    at.slider(key="ov_N").set_value(2).run()
+    assert_clean(at)
+    heat = [t for t in plotly_specs(at)[0]["data"] if t["type"] == "heatmap"]
+    assert array(heat[0]["z"]).shape == (2, 6)
+
+
+# ---------------------------------------------------------------------------------------------- calculator
+def expected_table(spec: LayerSpec, hp: dict):
+    from falcon.ui_state import layer_rows, layer_table
+
+    return layer_table(layer_rows(spec, hp, keep_going=True))
+
+
+def test_calculator_numbers_are_the_librarys():
+    at = open_page("calculator")
+    table = shown_table(at, "CR (params)")
+    spec = LayerSpec(256, 256, 3, 32)
+    for conv in CONV_TYPES:
+        c = compare(spec, conv)
+        assert table.loc[conv, "params"] == c.cost.params
+        assert table.loc[conv, "MACs"] == c.cost.macs
+        assert table.loc[conv, "CR (params)"] == pytest.approx(c.compression_rate)
+        assert table.loc[conv, "CRR (MACs)"] == pytest.approx(c.computation_reduction_rate)
+    m = metrics(at)
+    assert m["FALCON, by params"] == f"k = {break_even_rank(spec, 'falcon', 'params')}"
+    assert m["DSConv, by MACs"] == f"k = {break_even_rank(spec, 'dsconv', 'macs')}"
+    assert shown_table(at, "thop MACs")["agree"].all()
+
+
+def test_calculator_inputs_change_the_numbers():
+    at = open_page("calculator")
+    for key, value in (("M", 64), ("N", 96), ("D", 5), ("H", 28), ("W", 20), ("stride", 2), ("padding", 1),
+                       ("falcon.rank", 3), ("dsconv.rank", 2), ("mobilev2.expansion", 2.0), ("shuffle.groups", 4),
+                       ("shuffle.width_mult", 2.0)):
+        at.number_input(key=key).set_value(value).run()
+        assert_clean(at)
+    spec = LayerSpec(64, 96, 5, 28, 20, stride=2, padding=1)
+    hp = {"falcon": {"rank": 3}, "dsconv": {"rank": 2}, "mobilev2": {"expansion": 2.0},
+          "shuffle": {"groups": 4, "width_mult": 2.0}, "standard": {}}
+    assert shown_table(at, "CR (params)").equals(expected_table(spec, hp))
+    assert shown_table(at, "thop MACs")["agree"].all()
+    assert any(spec.describe() in c.value for c in at.caption)
+
+
+def test_calculator_errors_say_what_to_change():
+    at = open_page("calculator")
+    at.number_input(key="shuffle.groups").set_value(3).run()  # 3 does not divide 256
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"ShuffleUnit: groups g=3 does not divide α·M (input channels) = 256; pick g that divides it"]
+    assert "shuffle" not in shown_table(at, "CR (params)").index and len(shown_table(at, "CR (params)")) == 4
+    at.number_input(key="shuffle.groups").set_value(2).run()
+    at.number_input(key="H").set_value(2).run()
+    at.number_input(key="D").set_value(7).run()  # 7×7 on a 2×2 input padded by 3: fine; pad 0 is not
+    at.number_input(key="padding").set_value(0).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "kernel 7x7 is larger than the padded input" in at.error[0].value
+
+
+def test_calculator_state_comes_from_the_url():
+    at = open_page("calculator", M=32, N=64, D=3, H=16, stride=2, **{"falcon.rank": 2})
+    assert shown_table(at, "CR (params)").equals(expected_table(LayerSpec(32, 64, 3, 16, stride=2), {"falcon": {"rank": 2}}))
+
+
+def test_calculator_measures_and_stops():
+    at = open_page("calculator")
+    for key, value in (("M", 16), ("N", 16), ("H", 8)):
+        at.number_input(key=key).set_value(value).run()
+    at.multiselect(key="bench_convs").set_value(["standard", "falcon", "falcon-fused"]).run()
+    at.number_input(key="bench_batch").set_value(1).run()
+    at.selectbox(key="bench_layout").set_value("contiguous").run()
+    at.number_input(key="bench_rounds").set_value(1).run()
+    at.number_input(key="bench_min_time").set_value(0.01).run()
+    at.button(key="bench_start").click().run()
+    assert_clean(at)
+    job = wait_for(at, "bench_job")
+    assert job.error is None and not job.result.stopped
+    assert_clean(at)
+    res = shown_table(at, "median (ms)")
+    spec = LayerSpec(16, 16, 3, 8)
+    falcon = res[res["conv type"] == "FALCON (k=1)"].iloc[0]
+    assert falcon["theoretical (MACs)"] == pytest.approx(compare(spec, "falcon").computation_reduction_rate)
+    assert set(res["conv type"]) == {"StConv", "FALCON (k=1)", "FALCON fused (k=1)"}
+    assert len(at.get("plotly_chart")) == 3  # reductions, break-even, measured vs theoretical
+
+    # a long measurement, stopped from the page
+    at.number_input(key="bench_rounds").set_value(20).run()
+    at.number_input(key="bench_min_time").set_value(0.5).run()
+    at.button(key="bench_start").click().run()
+    job = at.session_state["bench_job"]
+    time.sleep(0.5)
+    at.run()
+    at.button(key="bench_stop").click().run()
+    job = wait_for(at, "bench_job", timeout=30)
+    assert job.result.stopped
+    assert any("Stopped early" in w.value for w in at.warning)
+    assert_clean(at)
+
+
+# ---------------------------------------------------------------------------------------------- sizing
+def test_sizing_numbers_are_the_librarys():
+    from falcon.sizing import size_model
+
+    at = open_page("sizing")
+    r = size_model("resnet18", "falcon")
+    m = metrics(at)
+    assert m["parameters"] == f"{r.params:,}" and m["MACs per image"] == f"{r.macs:,}"
+    assert m["compression rate CR"] == f"{r.compression_rate:.3f}×"
+    paper = shown_table(at, "paper (M)")
+    assert paper["paper (M)"].tolist() == [1.97, 395.40]
+    assert paper["ours (M)"].tolist() == [r.params / 1e6, r.macs / 1e6]
+    layers = shown_table(at, "shape")
+    assert layers["macs"].sum() == r.macs
+
+    at.selectbox(key="model").set_value("vgg19-cifar").run()
+    at.selectbox(key="conv").set_value("dsconv").run()
+    at.number_input(key="classes").set_value(100).run()
+    at.segmented_control(key="convention").set_value("clean").run()
+    assert_clean(at)
+    r = size_model("vgg19-cifar", "dsconv", 100, 32, "clean")
+    m = metrics(at)
+    assert m["parameters"] == f"{r.params:,}" and m["MACs per image"] == f"{r.macs:,}"
+    assert m["computation reduction CRR"] == f"{r.computation_reduction_rate:.3f}×"
+    assert shown_table(at, "paper (M)")["dataset"].tolist() == ["cifar100", "cifar100"]
+
+    at.selectbox(key="conv").set_value("falcon").run()
+    at.number_input(key="rank").set_value(5).run()  # the thesis stops at rank 3
+    assert_clean(at)
+    assert any("no row for this choice" in i.value for i in at.info)
+
+
+def test_sizing_any_torchvision_model_and_errors():
+    from falcon.sizing import size_model
+
+    at = open_page("sizing", model="mobilenet_v2", conv="mobilev2", expansion=1.0, size=160)
+    r = size_model("mobilenet_v2", "mobilev2", None, 160, "paper", expansion=1.0)
+    assert metrics(at)["parameters"] == f"{r.params:,}"
+    assert not shown_table(at, "shape").empty
+    assert at.get("download_button")
+    at.selectbox(key="model").set_value("vgg16_bn").run()
+    at.number_input(key="size").set_value(8).run()  # five 2×2 max-pools do not fit an 8×8 image
+    assert not at.exception
+    assert len(at.error) == 1 and "does not run on a 8×8 input" in at.error[0].value
+
+
+# ---------------------------------------------------------------------------------------------- EHP fit
+def test_ehp_fit_numbers_are_the_librarys():
+    from falcon.ehp import fit_kernel
+    from falcon.ui_state import load_for_fit
+
+    at = open_page("ehp_fit")
+    loaded = load_for_fit("digits-vgg")
+    assert at.selectbox(key="layer").value == "features.14"  # the layer with most weights
+    kernel = loaded.kernel("features.14")
+    assert metrics(at)["relative error ‖K − K̂‖/‖K‖"] == f"{fit_kernel(kernel, 'falcon', 1, 'svd').relative_error:.4f}"
+
+    at.selectbox(key="layer").set_value("features.10").run()
+    at.segmented_control(key="fit").set_value("dsconv").run()
+    at.number_input(key="k").set_value(3).run()
+    assert_clean(at)
+    fit = fit_kernel(loaded.kernel("features.10"), "dsconv", 3, "svd")
+    m = metrics(at)
+    assert m["relative error ‖K − K̂‖/‖K‖"] == f"{fit.relative_error:.4f}"
+    assert m["SVD optimum at this rank"] == f"{fit.relative_error:.4f}"
+    assert any("Rank-3 DSConv" in md.value for md in at.markdown)
+    assert len(at.get("plotly_chart")) == 3  # energy, error by rank, kernels
+
+    at.number_input(key="k").set_value(50).run()  # above the full rank min(N, D²) = 9: clamped
+    assert_clean(at)
+    assert any("full rank 9" in i.value for i in at.info)
+    assert metrics(at)["relative error ‖K − K̂‖/‖K‖"] == "0.0000"
+
+
+def test_ehp_fit_gradient_descent_runs_live_and_stops():
+    from falcon.ehp import run_gd
+    from falcon.ui_state import load_for_fit
+
+    at = open_page("ehp_fit", layer="features.3", k=2, method="gd")
+    at.number_input(key="gd_steps").set_value(200).run()
+    at.button(key="gd_start").click().run()
+    assert_clean(at)
+    job = wait_for(at, "fit_job")
+    assert_clean(at)
+    expected = run_gd(load_for_fit("digits-vgg").kernel("features.3"), 2, "output", steps=200)
+    assert job.result.fit.relative_error == pytest.approx(expected.fit.relative_error, rel=1e-4)
+    assert metrics(at)["relative error ‖K − K̂‖/‖K‖"] == f"{job.result.fit.relative_error:.4f}"
+    loss = next(s for s in plotly_specs(at) if s["data"][0].get("name") == "gradient descent")
+    assert array(loss["data"][0]["y"])[-1] == pytest.approx(job.result.fit.relative_error, rel=1e-6)
+
+    at.number_input(key="gd_steps").set_value(100000).run()
+    at.button(key="gd_start").click().run()
+    time.sleep(0.3)
+    at.run()
+    at.button(key="gd_stop").click().run()
+    job = wait_for(at, "fit_job", timeout=30)
+    assert job.result.steps < 100000
+    assert_clean(at)
+
+
+def test_ehp_fit_random_init_and_url_state():
+    at = open_page("ehp_fit", layer="features.7", fit="dsconv", k=2, method="random")
+    assert_clean(at)
+    from falcon.ehp import fit_kernel
+    from falcon.ui_state import load_for_fit
+
+    fit = fit_kernel(load_for_fit("digits-vgg").kernel("features.7"), "dsconv", 2, "random", seed=0)
+    assert metrics(at)["relative error ‖K − K̂‖/‖K‖"] == f"{fit.relative_error:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+def test_accuracy_page_shows_the_paper():
+    from falcon.figures import pareto_front
+    from falcon.paper import load_paper_results
+
+    at = open_page("accuracy")
+    points = shown_table(at, "pareto")
+    paper = load_paper_results()
+    assert len(points) == len(paper)
+    assert points["top1"].tolist() == paper["top1"].tolist()
+    g = paper[(paper["model"] == "resnet18")]
+    assert points.loc[points["model"] == "resnet18", "pareto"].tolist() == pareto_front(g["params_m"], g["top1"]).tolist()
+    fig = plotly_specs(at)[0]
+    assert fig["layout"]["xaxis"]["type"] == "linear"
+    at.segmented_control(key="x").set_value("macs_m").run()
+    at.segmented_control(key="scale").set_value("log").run()
+    at.multiselect(key="panels").set_value(["resnet18 · imagenet"]).run()
+    assert_clean(at)
+    fig = plotly_specs(at)[0]
+    assert fig["layout"]["xaxis"]["type"] == "log" and "FLOPs" in fig["layout"]["xaxis"]["title"]["text"]
+    assert len(fig["layout"]["annotations"]) == 1
+    assert set(shown_table(at, "pareto")["model"]) == {"resnet18"}
+
+
+def test_accuracy_page_shows_our_runs(tmp_path):
+    store = pytest.importorskip("falcon.experiments.store")
+    store.save_run({"model": "digits-vgg", "dataset": "digits", "conv": "falcon", "rank": 1,
+                    "finetuned_accuracy": 0.975, "baseline_accuracy": 0.99, "params": 20106, "macs": 3450122,
+                    "baseline_params": 100000, "baseline_macs": 9000000})  # into $FALCON_RESULTS_DB
+    at = open_page("accuracy")
+    points = shown_table(at, "pareto")
+    ours = points[points["source"] == "ours"]
+    assert set(ours["method_label"]) == {"FALCON", "StConv"}
+    assert ours.loc[ours["method_label"] == "FALCON", "top1"].item() == pytest.approx(97.5)
+    names = [t.get("name") for t in plotly_specs(at)[0]["data"]]
+    assert "FALCON (ours)" in names

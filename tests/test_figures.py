@@ -1,0 +1,295 @@
+"""The app's figure builders (falcon.figures) and page helpers (falcon.ui_state), on their data."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from falcon import figures
+from falcon.convtypes import CONV_TYPES, break_even_rank, compare
+from falcon.errors import FalconError
+from falcon.paper import load_paper_results
+from falcon.spec import LayerSpec
+from falcon import ui_state
+
+SPEC = LayerSpec(256, 256, 3, 32)
+
+
+def _traces(fig: go.Figure, type_: str | None = None) -> list:
+    return [t for t in fig.data if type_ is None or t.type == type_]
+
+
+# ---------------------------------------------------------------------------------------------- pure helpers
+def test_tile_places_each_kernel_between_nan_gaps():
+    k = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)
+    img = figures.tile(k)
+    assert img.shape == (2 * 3 - 1, 3 * 3 - 1)
+    np.testing.assert_array_equal(img[0:2, 0:2], k[0, 0])
+    np.testing.assert_array_equal(img[3:5, 6:8], k[1, 2])
+    assert np.isnan(img[2]).all() and np.isnan(img[:, 2]).all()
+    assert figures.tile(np.ones((4, 3, 3))).shape == (4 * 4 - 1, 3)  # a column of tiles
+    with pytest.raises(ValueError):
+        figures.tile(np.ones((1, 1, 1, 1, 1)))
+
+
+def test_symmetric_range_is_one_scale_for_every_panel():
+    assert figures.symmetric_range(np.array([-3.0, 1.0]), np.array([2.0, np.nan])) == 3.0
+    assert figures.symmetric_range(np.zeros(3)) == 1.0
+
+
+@pytest.mark.parametrize("x,y,front", [
+    ([1, 2, 3], [1, 2, 3], [True, True, True]),  # each costs more and is more accurate
+    ([1, 2, 3], [3, 2, 1], [True, False, False]),  # the cheapest is also the best
+    ([1, 1, 2], [1, 2, 2], [False, True, False]),  # ties: equal cost, better accuracy wins
+    ([1, np.nan, 2], [1, 5, 0], [True, False, False]),
+])
+def test_pareto_front(x, y, front):
+    assert figures.pareto_front(x, y).tolist() == front
+
+
+def test_pareto_front_on_a_paper_panel():
+    df = load_paper_results()
+    d = df[(df["model"] == "vgg19") & (df["dataset"] == "cifar10")]
+    on = d[figures.pareto_front(d["params_m"], d["top1"])]
+    # FALCON rank 1 (2.56M, 93.23%) and rank 2 (4.84M, 93.82%) beat every other point of Table 3a/6a
+    assert set(zip(on["method"], on["rank"].astype("float"))) == {("falcon", 1.0), ("falcon", 2.0)}
+
+
+def test_conv_colors_come_from_the_registry():
+    for name, ct in CONV_TYPES.items():
+        assert figures.conv_color(name) == ct.color
+    assert figures.conv_color("falcon-fused") == CONV_TYPES["falcon"].color
+    assert figures.conv_color("linear") == figures.NEUTRAL
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def test_ehp_figure_draws_the_library_product():
+    from falcon.ehp import ehp_kernel
+
+    g = torch.Generator().manual_seed(0)
+    p, d_out, d_in = torch.randn(3, 4, generator=g), torch.randn(3, 3, 3, generator=g), torch.randn(4, 3, 3, generator=g)
+    falcon = {"P": p.numpy(), "D": d_out.numpy(), "K": ehp_kernel(p, d_out, "output").numpy()}
+    dsconv = {"P": p.numpy(), "D": d_in.numpy(), "K": ehp_kernel(p, d_in, "input").numpy()}
+    fig = figures.ehp_figure(falcon, dsconv)
+    heat = _traces(fig, "heatmap")
+    assert len(heat) == 6
+    zmax = figures.symmetric_range(*falcon.values(), *dsconv.values())
+    assert all(h.zmin == -zmax and h.zmax == zmax and h.zmid == 0 for h in heat)  # one diverging scale
+    np.testing.assert_allclose(np.asarray(heat[2].z, dtype=float), figures.tile(falcon["K"]))
+    # FALCON: tile (n, m) is P[n, m] · D[n]
+    np.testing.assert_allclose(falcon["K"][1, 2], falcon["P"][1, 2] * falcon["D"][1], rtol=1e-6)
+    np.testing.assert_allclose(dsconv["K"][1, 2], dsconv["P"][1, 2] * dsconv["D"][2], rtol=1e-6)
+
+
+def test_kernel_figure_uses_one_scale_and_crops():
+    k = np.random.default_rng(0).normal(size=(10, 12, 3, 3))
+    kh = k * 0.5
+    fig = figures.kernel_figure(k, kh, max_out=4, max_in=5)
+    heat = _traces(fig, "heatmap")
+    assert len(heat) == 3
+    assert len({(h.zmin, h.zmax) for h in heat}) == 1
+    assert np.asarray(heat[0].z).shape == (4 * 4 - 1, 5 * 4 - 1)
+    np.testing.assert_allclose(np.asarray(heat[2].z, dtype=float), figures.tile(k[:4, :5] - kh[:4, :5]))
+    with pytest.raises(ValueError):
+        figures.kernel_figure(k, kh[:, :3])
+
+
+def test_reductions_figure_has_the_library_rates_in_registry_colors():
+    rows = ui_state.layer_rows(SPEC)
+    fig = figures.reductions_figure(rows)
+    cr, crr = _traces(fig, "bar")
+    expected = [r for r in rows if r["conv"] != "standard"]
+    assert list(cr.y) == [compare(SPEC, r["conv"]).compression_rate for r in expected]
+    assert list(crr.y) == [compare(SPEC, r["conv"]).computation_reduction_rate for r in expected]
+    assert list(cr.marker.color) == [CONV_TYPES[r["conv"]].color for r in expected]
+
+
+def test_rank_sweep_and_break_even():
+    sweep = ui_state.rank_sweep(SPEC, "falcon")
+    be = break_even_rank(SPEC, "falcon", "params")
+    assert sweep["rank"].max() >= be
+    row = sweep[sweep["rank"] == be].iloc[0]
+    assert row["compression_rate"] <= 1 < sweep[sweep["rank"] == be - 1].iloc[0]["compression_rate"]
+    fig = figures.rank_sweep_figure({"falcon": sweep}, {"falcon": {"params": be, "macs": break_even_rank(SPEC, "falcon", "macs")}})
+    assert [t.name for t in _traces(fig, "scatter")] == ["FALCON", "FALCON"]
+
+
+def test_speedup_figure():
+    results = [
+        {"conv": "standard", "label": "StConv", "memory_format": "contiguous", "speedup": 1.0, "theoretical_speedup": 1.0},
+        {"conv": "falcon", "label": "FALCON (k=1)", "memory_format": "contiguous", "speedup": 3.0, "theoretical_speedup": 8.69},
+        {"conv": "falcon", "label": "FALCON (k=1)", "memory_format": "channels_last", "speedup": 7.0, "theoretical_speedup": 8.69},
+    ]
+    fig = figures.speedup_figure(results)
+    bars = _traces(fig, "bar")
+    assert [b.name for b in bars] == ["theoretical (MAC ratio)", "measured, contiguous", "measured, channels_last"]
+    assert list(bars[0].y) == [8.69] and list(bars[1].y) == [3.0] and list(bars[2].y) == [7.0]
+
+
+def test_per_layer_figure_matches_the_sizing_table():
+    from falcon.sizing import size_model
+
+    r = size_model("resnet18", "falcon")
+    table = pd.DataFrame(r.count.table())
+    fig = figures.per_layer_figure(table, r.standard.table(), what="macs")
+    bars = _traces(fig, "bar")
+    assert bars[0].name == "standard model"
+    drawn = sum(sum(b.y) for b in bars[1:])
+    assert drawn == r.macs  # every MAC of the model is in exactly one bar
+    falcon_bar = next(b for b in bars if b.name == "FALCON")
+    assert falcon_bar.marker.color == CONV_TYPES["falcon"].color
+
+
+def test_loss_energy_and_error_figures():
+    fig = figures.loss_figure([0, 1, 2], [1.0, 0.5, 0.3], optimum=0.25)
+    assert list(fig.data[0].y) == [1.0, 0.5, 0.3]
+    assert fig.layout.shapes[0].y0 == 0.25
+    energy = np.array([[0.5, 0.9, 1.0], [0.7, 0.95, 1.0]])
+    fig = figures.energy_figure(energy, rank=2)
+    np.testing.assert_allclose(fig.data[2].y, np.median(energy, axis=0))
+    fig = figures.error_by_rank_figure([0.5, 0.2, 0.0], rank=2)
+    assert list(fig.data[0].y) == [0.5, 0.2, 0.0]
+
+
+def test_accuracy_figure_panels_and_traces():
+    df = load_paper_results()
+    fig = figures.accuracy_figure(df, x="macs_m", log_x=True)
+    panels = list(dict.fromkeys(zip(df["model"], df["dataset"])))
+    assert len(fig.layout.annotations) == len(panels) == 8
+    assert fig.layout.xaxis.type == "log"
+    falcon = [t for t in fig.data if t.name == "FALCON rank 1–3"]
+    assert len(falcon) == len(panels) and all(len(t.x) == 3 for t in falcon)  # ranks joined by a line
+    first = df[(df["model"] == "vgg19") & (df["dataset"] == "cifar10") & (df["method"] == "falcon")].sort_values("rank")
+    assert list(falcon[0].x) == list(first["macs_m"]) and list(falcon[0].y) == list(first["top1"])
+    standard = [t for t in fig.data if t.name == "StConv"]
+    assert standard[0].marker.symbol == "star"
+    assert sum(t.showlegend is not False for t in fig.data if t.name == "FALCON rank 1–3") == 1  # one legend entry
+
+
+def test_accuracy_figure_marks_our_runs():
+    df = load_paper_results()
+    ours = pd.DataFrame([{"model": "digits-vgg", "dataset": "digits", "method": "falcon", "rank": 1, "top1": 97.5,
+                          "params_m": 0.02, "macs_m": 3.4},
+                         {"model": "vgg19", "dataset": "cifar10", "method": "falcon", "rank": 1, "top1": 92.0,
+                          "params_m": 2.56, "macs_m": 47.2}])
+    fig = figures.accuracy_figure(df, ours)
+    assert "digits-vgg · digits" in [a.text for a in fig.layout.annotations]
+    mine = [t for t in fig.data if t.name == "FALCON (ours)"]
+    assert len(mine) == 2 and all(t.marker.symbol == "circle-open" for t in mine)
+
+
+# ---------------------------------------------------------------------------------------------- ui_state
+def test_layer_rows_are_the_registry_numbers():
+    hp = {"falcon": {"rank": 2}, "mobilev2": {"expansion": 1.0}}
+    rows = ui_state.layer_rows(SPEC, hp)
+    assert [r["conv"] for r in rows] == list(CONV_TYPES)
+    for r in rows:
+        c = compare(SPEC, r["conv"], **hp.get(r["conv"], {}))
+        assert (r["params"], r["macs"]) == (c.cost.params, c.cost.macs)
+        assert r["compression_rate"] == c.compression_rate
+        assert r["params_sum"].endswith(ui_state.latex_int(c.cost.params))
+    table = ui_state.layer_table(rows)
+    assert table.loc["falcon", "params"] == 2 * (256 * 256 + 9 * 256)
+
+
+def test_layer_rows_keep_going_past_a_bad_type():
+    bad = {"shuffle": {"groups": 3}}
+    with pytest.raises(FalconError):
+        ui_state.layer_rows(SPEC, bad)
+    rows = ui_state.layer_rows(SPEC, bad, keep_going=True)
+    shuffle = next(r for r in rows if r["conv"] == "shuffle")
+    assert "groups g=3" in shuffle["error"] and "params" not in shuffle
+    assert "shuffle" not in ui_state.layer_table(rows).index
+
+
+def test_thop_agrees_with_the_closed_form():
+    check = ui_state.thop_check(LayerSpec(32, 48, 3, 16, stride=2), {"falcon": {"rank": 3}})
+    assert check["agree"].all()
+    assert check.loc["falcon", "thop params"] == compare(LayerSpec(32, 48, 3, 16, stride=2), "falcon", rank=3).cost.params
+
+
+def test_paper_rows_match_only_the_papers_settings():
+    rows = ui_state.paper_rows("vgg19-cifar", "falcon", {"rank": 2}, 10, 32)
+    assert set(rows["dataset"]) == {"cifar10", "svhn"} and set(rows["rank"]) == {2}
+    assert ui_state.paper_rows("vgg19-cifar", "falcon", {"rank": 4}, 10, 32).empty
+    assert ui_state.paper_rows("vgg19-cifar", "shuffle", {"groups": 2, "width_mult": 1.0}, 10, 32).empty
+    assert len(ui_state.paper_rows("vgg19-cifar", "shuffle", {"groups": 2, "width_mult": 2.0}, 100, 32)) == 1
+    assert ui_state.paper_rows("mobilenet_v2", "falcon", {"rank": 1}, 1000, 224).empty
+    cmp = ui_state.paper_comparison(ui_state.paper_rows("resnet18", "falcon", {"rank": 1}, 1000, 224), 1_966_888, 395_398_120)
+    assert cmp["paper (M)"].tolist() == [1.97, 395.40]
+    assert abs(cmp["difference (M)"].iloc[0] - (1.966888 - 1.97)) < 1e-12
+
+
+def test_background_job_reports_stops_and_catches():
+    def work(job):
+        for i in range(1000):
+            if job.should_stop():
+                return i
+            job.records.append(i)
+            job.report(i / 1000, f"step {i}")
+            time.sleep(0.001)
+        return 1000
+
+    job = ui_state.BackgroundJob(work).start()
+    time.sleep(0.05)
+    job.stop()
+    assert job.wait(5) and job.result < 1000 and job.error is None
+    assert job.records == list(range(len(job.records)))
+
+    def bad(job):
+        raise FalconError("use a smaller batch")
+
+    job = ui_state.BackgroundJob(bad).start()
+    assert job.wait(5) and job.error == "use a smaller batch" and job.trace is None
+
+    def bug(job):
+        return 1 / 0
+
+    job = ui_state.BackgroundJob(bug).start()
+    assert job.wait(5) and job.error.startswith("ZeroDivisionError") and "Traceback" in job.trace
+
+
+def test_describe_device():
+    dev = ui_state.describe_device()
+    if torch.cuda.is_available():
+        assert dev.kind == "cuda" and dev.short == torch.cuda.get_device_name(0)
+    else:
+        assert dev.kind == "cpu" and dev.short == f"CPU ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})"
+        assert dev.sentence.startswith(f"CPU, {torch.get_num_threads()} thread")
+
+
+def test_digits_fit_effect_and_summary():
+    from falcon.ehp import fit_kernel
+
+    loaded = ui_state.load_for_fit("digits-vgg")
+    assert [r["name"] for r in loaded.layers][:2] == ["features.0", "features.3"]
+    layer = "features.10"
+    full = fit_kernel(loaded.kernel(layer), "falcon", 9, "svd")
+    effect = ui_state.fit_effect(loaded, layer, "falcon", full)
+    assert effect["output_error"] < 1e-5  # full rank is exact
+    assert effect["accuracy"] == pytest.approx(loaded.baseline_accuracy)
+    low = fit_kernel(loaded.kernel(layer), "dsconv", 1, "svd")
+    worse = ui_state.fit_effect(loaded, layer, "dsconv", low)
+    assert worse["output_error"] > 0.05
+    info = ui_state.kernel_info(loaded.kernel(layer), "dsconv")
+    assert info["error_by_rank"][0] == pytest.approx(low.relative_error, rel=1e-5)
+    text = ui_state.fit_summary(loaded, layer, "dsconv", low, low, info, worse, "SVD optimum")
+    assert "Rank-1 DSConv" in text and f"{low.relative_error:.3f}" in text
+
+
+def test_own_runs_reads_the_results_store(tmp_path):
+    store = pytest.importorskip("falcon.experiments.store")
+    db = tmp_path / "runs.sqlite"
+    assert ui_state.own_runs(str(db)).empty
+    store.save_run({"model": "digits-vgg", "dataset": "digits", "conv": "falcon", "rank": 1, "finetuned_accuracy": 0.975,
+                    "baseline_accuracy": 0.99, "params": 20106, "macs": 3450122, "baseline_params": 100000,
+                    "baseline_macs": 9000000}, db)
+    runs = ui_state.own_runs(str(db))
+    assert set(runs["method"]) == {"falcon", "standard"}
+    assert runs.loc[runs["method"] == "falcon", "top1"].item() == pytest.approx(97.5)
+    json.dumps(runs.astype(str).to_dict())  # plain data
