@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 
+SHORT = {"contiguous": "NCHW", "channels_last": "NHWC"}
 CONFIG = ["-M", "256", "-N", "256", "-D", "3", "-H", "32", "-B", "8"]
 
 
@@ -48,7 +49,7 @@ def main() -> int:
     extra = ["--clock", args.clock] + (["--threads", str(args.threads)] if args.threads else [])
 
     ratios = []
-    print("run  threads  load     standard best     falcon (3-branch)      falcon-fused           ratio")
+    print("run  threads  load (1 min)  standard best   falcon (plain)   falcon-fused   best / theoretical")
     for i in range(args.runs):
         rep = cli("--conv", "standard,falcon,falcon-fused", *extra)
         std, plain, fused = best(rep, "standard"), best(rep, "falcon"), best(rep, "falcon-fused")
@@ -56,9 +57,9 @@ def main() -> int:
         ratio = top["speedup_vs_best_standard"] / top["theoretical_speedup"]
         ratios.append(ratio)
         load = "/".join(f"{x:g}" for x in rep["load_average"] or [])
-        print(f"{i + 1:>3}  {rep['threads']:>7}  {load:<7}  {std['median_ms']:6.1f} ms {std['memory_format']:<6.6}"
-              f"  {plain['speedup_vs_best_standard']:5.2f}x ({plain['memory_format']:<6.6})"
-              f"   {fused['speedup_vs_best_standard']:5.2f}x ({fused['memory_format']:<6.6})"
+        print(f"{i + 1:>3}  {rep['threads']:>7}  {load:<12}  {std['median_ms']:6.1f} ms {SHORT[std['memory_format']]:<4}"
+              f"  {plain['speedup_vs_best_standard']:5.2f}x {SHORT[plain['memory_format']]:<4}"
+              f"     {fused['speedup_vs_best_standard']:5.2f}x {SHORT[fused['memory_format']]:<4}"
               f"   {ratio:6.1%} of {top['theoretical_speedup']:.2f}x")
     if ratios:
         med = statistics.median(ratios)
