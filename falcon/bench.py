@@ -114,6 +114,9 @@ def bench_entries(spec: LayerSpec, convs: Iterable[str | tuple[str, dict]]) -> l
             raise FalconError(f"{name} has no hyper-parameter {', '.join(sorted(unknown))}; "
                               f"it takes {', '.join(h.name for h in ct.hparams) or 'none'}")
         resolved = ct.resolve(spec, **hp)
+        if conv_type == "shuffle" and resolved["width_mult"] != 1:
+            raise FalconError(f"shuffle with width multiplier {resolved['width_mult']:g} takes α·M input channels, "
+                              "not the layer's M; the benchmark times it at width multiplier 1")
         entry = BenchEntry(FUSED if fused else conv_type, conv_type, tuple(sorted(resolved.items())), fused)
         if entry not in entries:
             entries.append(entry)

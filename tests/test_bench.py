@@ -44,6 +44,7 @@ def test_entries_put_standard_first_and_resolve_fused():
     ([("falcon", {"groups": 2})], "no hyper-parameter"),
     ([("falcon", {"rank": 0})], "rank"),
     ([], "no conv type"),
+    ([("shuffle", {"width_mult": 2.0})], "width multiplier"),
 ])
 def test_entry_errors(convs, match):
     with pytest.raises(FalconError, match=match):
@@ -84,6 +85,12 @@ def test_report_structure_both_layouts():
     assert {"conv", "memory_format", "median_ms", "iqr_ms", "macs", "gmacs_per_s", "speedup",
             "theoretical_speedup", "peak_memory_bytes", "best", "fraction_of_theoretical"} <= set(d["results"][0])
     assert report.best("falcon-fused", rank=2).hparams == {"rank": 2}
+
+
+def test_every_registered_conv_type_runs():
+    report = measure(LayerSpec(8, 16, 3, 6), ["falcon", "dsconv", "mobilev2", "shuffle", "falcon-fused"],
+                     memory_format="channels_last", **{**FAST, "rounds": 1})
+    assert [r.conv for r in report.results] == ["standard", "falcon", "dsconv", "mobilev2", "shuffle", "falcon-fused"]
 
 
 def test_one_layout_and_standard_added():

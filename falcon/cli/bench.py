@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
                         "standard is always measured)")
     for h in all_hparams().values():
         users = [c.name for c in CONV_TYPES.values() if h in c.hparams]
+        users += ["falcon-fused"] if "falcon" in users else []
         p.add_argument(h.flag, dest=h.name, type=h.kind, default=None,
                        help=f"{h.help} ({'/'.join(users)}; default {h.default}, range {h.minimum}–{h.maximum})")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (CUDA if available), cpu or cuda")
