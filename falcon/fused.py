@@ -14,12 +14,13 @@ grouped conv's group n reads channels ``[n·k, (n+1)·k)``.
 How it runs (same math, different kernels; measurements in docs/latency.md):
 
 * ``strategy="grouped"``: literally the two convolutions above (the CUDA default, not measured here).
-* ``strategy="depthwise"`` (the CPU default for rank ≥ 2): oneDNN has a fast depthwise kernel but no fast
-  kernel for a grouped conv with k inputs per group, so the grouped conv runs as one depthwise conv on a
-  zero-copy view of the 1×1 conv's output. Channels-last: with the 1×1 rows in rank-major order the
-  output's memory is (B, H, W, k, N), i.e. a channels-last (B, N, H, W·k) tensor; a D×(D·k) depthwise
-  kernel with stride (s, s·k) and padding (p, p·k) covers D pixels × k ranks per window. NCHW: the stored
-  order gives (B, N, k, H, W) and a k×D×D depthwise 3-D conv does it.
+* ``strategy="depthwise"`` (the default off CUDA): oneDNN has a fast depthwise kernel but no fast kernel
+  for a grouped conv with k inputs per group, so the grouped conv runs as one depthwise conv on a
+  zero-copy view of the 1×1 conv's output. With the 1×1 rows in rank-major order the channels-last output
+  has memory (B, H, W, k, N), i.e. it is a channels-last (B, N, H, W·k) tensor; a D×(D·k) depthwise
+  kernel with stride (s, s·k) and padding (p, p·k) covers D pixels × k ranks per window. An NCHW input
+  is laid out channels-last for the two convolutions and the output laid back (both copies included in
+  what the module costs): the depthwise conv in NCHW is several times slower on CPU.
 * On CPU in float32 the 1×1 conv calls oneDNN (``torch.mkldnn_convolution``) directly: PyTorch's
   convolution dispatcher sends a single-threaded 1×1 conv at batch < 16 to its own GEMM path, which is
   ~20% slower here. Used only when no gradient is needed.
@@ -62,9 +63,7 @@ class FusedFalconConv(ConvBlock):
         self.register_buffer("_rank_major", order, persistent=False)
 
     def resolved_strategy(self, device_type: str) -> str:
-        """The strategy used on a device: ``auto`` = depthwise except on CUDA (rank 1: always grouped)."""
-        if self.rank == 1:
-            return "grouped"  # groups=N with one input per group *is* the depthwise conv
+        """The strategy used on a device: ``auto`` = ``grouped`` on CUDA, ``depthwise`` elsewhere."""
         if self.strategy != "auto":
             return self.strategy
         return "grouped" if device_type == "cuda" else "depthwise"
@@ -77,30 +76,34 @@ class FusedFalconConv(ConvBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pw, g = self.pointwise, self.grouped
+        if self.resolved_strategy(x.device.type) == "grouped":
+            y = self._pointwise(x, pw.weight, pw.bias)
+            return F.conv2d(y, g.weight, g.bias, g.stride, g.padding, groups=self.spec.N)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return self._depthwise(x)
+        # NCHW in, NCHW out; channels-last in between, where the depthwise conv is fast (the two layout
+        # copies are part of what this module costs)
+        return self._depthwise(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+    def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels-last ``x``. With the 1×1 rows in rank-major order the 1×1 output's memory is
+        (B, H, W, k, N), i.e. a channels-last (B, N, H, W·k) tensor whose column w·k + r holds rank r of
+        pixel w. On it the grouped conv is ONE depthwise conv with a D×(D·k) kernel, stride (s, s·k) and
+        padding (p, p·k): each window covers D pixels × k ranks. No copy, no separate sum."""
+        pw, g = self.pointwise, self.grouped
         n, k = self.spec.N, self.rank
         (s, _), (p, _) = g.stride, g.padding
-        strategy = self.resolved_strategy(x.device.type)
-        if strategy == "grouped":
-            return F.conv2d(self._pointwise(x, pw.weight, pw.bias), g.weight, g.bias, g.stride, g.padding, groups=n)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            # Pointwise rows in rank-major order: the output's memory is (B, H, W, k, N), which is a
-            # channels-last (B, N, H, W·k) tensor whose column w·k + r holds rank r of pixel w. On it the
-            # grouped conv is ONE depthwise conv with a D×(D·k) kernel, stride (s, s·k), padding (p, p·k):
-            # its window over columns covers D pixels × k ranks. No copy, no sum.
-            order = self._rank_major
-            bias = pw.bias.index_select(0, order) if pw.bias is not None else None
-            y = self._pointwise(x, pw.weight.index_select(0, order), bias)
-            b, _, h, w = y.shape
-            wide = y.permute(0, 2, 3, 1).reshape(b, h, w * k, n).permute(0, 3, 1, 2)
-            kernel = g.weight.permute(0, 2, 3, 1).reshape(n, 1, g.weight.shape[2], -1)  # [n, 0, i, j·k + r]
-            kernel = kernel.contiguous(memory_format=torch.channels_last)
-            return F.conv2d(wide, kernel, g.bias, (s, s * k), (p, p * k), groups=n)
-        # NCHW: with the stored (n-major) order the output is (B, N, k, H, W); the grouped conv is a
-        # depthwise 3-D conv with a k×D×D kernel and no padding along the rank axis.
-        y = self._pointwise(x, pw.weight, pw.bias)
+        order = self._rank_major
+        weight, bias = pw.weight, pw.bias
+        if k > 1:
+            weight = weight.index_select(0, order)
+            bias = bias.index_select(0, order) if bias is not None else None
+        y = self._pointwise(x, weight, bias)
         b, _, h, w = y.shape
-        out = F.conv3d(y.reshape(b, n, k, h, w), g.weight.unsqueeze(1), g.bias, (1, s, s), (0, p, p), groups=n)
-        return out.squeeze(2)
+        wide = y.permute(0, 2, 3, 1).reshape(b, h, w * k, n).permute(0, 3, 1, 2)
+        kernel = g.weight.permute(0, 2, 3, 1).reshape(n, 1, g.weight.shape[2], -1)  # [n, 0, i, j·k + r]
+        kernel = kernel.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(wide, kernel, g.bias, (s, s * k), (p, p * k), groups=n)
 
 
 def _falcon_branches(block: nn.Module) -> list[tuple[nn.Conv2d, nn.Conv2d]]:
