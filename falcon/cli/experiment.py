@@ -1,0 +1,193 @@
+"""``python -m falcon experiment`` and ``results``: compress, fine-tune, evaluate, store; list stored runs.
+
+``experiment`` runs :func:`falcon.experiments.pipeline.run_experiment` (or, with ``--sweep``, a sweep
+over conv types and ranks) and stores each run; it runs unchanged under
+``torchrun --nproc_per_node N -m falcon experiment ...`` (only rank 0 prints and stores).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from falcon.cli.common import add_conv_flags, conv_hparams, print_json, print_table
+from falcon.errors import FalconError
+
+DB_HELP = "results database (default: $FALCON_RESULTS_DB or ~/.local/share/falcon-explorer/results.sqlite)"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_parser(sub) -> None:
+    from falcon.experiments.data import DATASETS
+    from falcon.experiments.pipeline import DEFAULT_LR, INITS, OPTIMIZERS
+
+    p = sub.add_parser("experiment", help="compress, fine-tune and evaluate; store the run",
+                       description="Baseline → convert (conv type, rank, init) → training-free accuracy → fine-tune "
+                                   "→ fine-tuned accuracy; the run is stored in the results database. "
+                                   "Runs unchanged under `torchrun --nproc_per_node N -m falcon experiment ...`.")
+    p.add_argument("--model", default="digits-vgg", help="digits-vgg (default), vgg19-cifar, resnet34-cifar, or a "
+                                                         "torchvision model; needs --baseline PATH or --baseline-epochs "
+                                                         "N unless it is digits-vgg on digits")
+    p.add_argument("--dataset", default="digits", choices=list(DATASETS), help="data set (default digits, bundled)")
+    add_conv_flags(p, required=False)
+    p.add_argument("--init", choices=list(INITS), default=None,
+                   help="falcon/dsconv: svd (closed-form EHP fit, default), gd (gradient descent) or random; "
+                        "mobilev2/shuffle: random only")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (default 3)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate, cosine-annealed (default " +
+                        ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help="adamw (default) or sgd (momentum 0.9, Nesterov)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on weights (default 5e-4)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size per process (default 32 on digits, 128 otherwise)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=None, help="where CIFAR/SVHN are (or are downloaded to); "
+                                                    "default $FALCON_DATA_DIR or ~/.cache/falcon-explorer/datasets")
+    p.add_argument("--no-download", action="store_true", help="never download a data set")
+    p.add_argument("--baseline", default=None, metavar="PATH", help="state_dict of the model trained on the data set")
+    p.add_argument("--baseline-epochs", type=int, default=0, metavar="N",
+                   help="train the baseline from scratch for N epochs first (when there is no --baseline)")
+    p.add_argument("--include-stem", action="store_true", default=None, help="also replace the first conv")
+    p.add_argument("--limit-train", type=int, default=None, metavar="N", help="use only the first N training images")
+    p.add_argument("--limit-test", type=int, default=None, metavar="N", help="use only the first N held-out images")
+    p.add_argument("--sweep", action="store_true",
+                   help="run a sweep instead of one run: --convs types (falcon at each of --ranks)")
+    p.add_argument("--convs", type=_str_list, default=None, metavar="LIST",
+                   help="with --sweep: conv types (default falcon,dsconv,mobilev2,shuffle)")
+    p.add_argument("--ranks", type=_int_list, default=None, metavar="LIST", help="with --sweep: falcon ranks (default 1,2,3)")
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument("--no-store", action="store_true", help="do not store the run")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=run)
+
+    r = sub.add_parser("results", help="list or export stored runs",
+                       description="The runs in the results database, oldest first.")
+    r.add_argument("--db", default=None, help=DB_HELP)
+    r.add_argument("--model", default=None, help="only this model")
+    r.add_argument("--dataset", default=None, help="only this data set")
+    r.add_argument("--sweep-id", default=None, help="only the runs of this sweep")
+    r.add_argument("--limit", type=int, default=None, metavar="N", help="only the N most recent runs")
+    r.add_argument("--csv", default=None, metavar="PATH", help="write the runs to a CSV file")
+    r.add_argument("--json", action="store_true", help="a JSON list of runs (each with run_id) on stdout")
+    r.set_defaults(func=run_results)
+
+
+def _config(args: argparse.Namespace, conv: str):
+    from falcon.experiments.pipeline import ExperimentConfig
+
+    return ExperimentConfig(
+        model=args.model, dataset=args.dataset, conv=conv,
+        hparams={k: v for k, v in conv_hparams(args, conv).items() if v is not None},
+        init=args.init, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, seed=args.seed, device=args.device, data_dir=args.data_dir,
+        download=not args.no_download, baseline=args.baseline, baseline_epochs=args.baseline_epochs,
+        include_stem=args.include_stem, limit_train=args.limit_train, limit_test=args.limit_test,
+    )
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    last = [""]
+
+    def show(event: dict) -> None:
+        msg = event.get("message", "")
+        # epoch summaries and phase changes; not every training step
+        if msg and msg != last[0] and (event.get("phase") != "finetune" and event.get("phase") != "baseline"
+                                       or "done" in msg or "evaluating" in msg):
+            print(msg, file=sys.stderr, flush=True)
+            last[0] = msg
+
+    return show
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def _row(r: dict) -> dict:
+    return {
+        "run_id": r["run_id"], "status": r.get("status", ""), "model": r["model"], "dataset": r["dataset"],
+        "conv": r["conv"], "rank": "" if r.get("rank") is None else str(r["rank"]), "init": r.get("init") or "",
+        "epochs": r.get("epochs") if r.get("epochs") is not None else "",
+        "baseline %": _pct(r.get("baseline_accuracy")), "training-free %": _pct(r.get("training_free_accuracy")),
+        "fine-tuned %": _pct(r.get("finetuned_accuracy")),
+        "params": r.get("params") if r.get("params") is not None else "",
+        "macs": r.get("macs") if r.get("macs") is not None else "",
+        "seconds": round(r["seconds"], 1) if r.get("seconds") is not None else "",
+    }
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from falcon.experiments.pipeline import run_experiment
+    from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, run_sweep, sweep_configs
+
+    main = _is_main()
+    progress = _progress(args.quiet or not main)
+    if args.sweep:
+        base = _config(args, "falcon")
+        configs = sweep_configs(base, args.convs or ([args.conv] if args.conv else DEFAULT_CONVS),
+                                args.ranks or DEFAULT_RANKS,
+                                competitor_ranks=[args.rank] if args.rank else (1,))
+        t0 = time.perf_counter()
+        result = run_sweep(configs, progress=progress, db=args.db, store=not args.no_store)
+        wall = time.perf_counter() - t0
+        if not main:
+            return 0
+        if args.json:
+            print_json({"sweep_id": result["sweep_id"], "seconds": wall, "stopped": result["stopped"],
+                        "runs": result["runs"]})
+        else:
+            print_table([_row(r) for r in result["runs"]])
+            print(f"sweep {result['sweep_id']}: {len(result['runs'])} runs in {wall:.1f} s")
+        return 0
+    if not args.conv:
+        raise FalconError("--conv TYPE is required (or --sweep)")
+    record = run_experiment(_config(args, args.conv), progress=progress, db=args.db, store=not args.no_store)
+    if not main:
+        return 0
+    if args.json:
+        print_json(record)
+        return 0
+    print_table([_row(record)])
+    if record.get("finetuned_accuracy") is not None and record.get("baseline_accuracy") is not None:
+        print(f"fine-tuned − baseline: {100 * (record['finetuned_accuracy'] - record['baseline_accuracy']):+.2f} points; "
+              f"params {record['params']:,} vs {record['baseline_params']:,} "
+              f"({record['baseline_params'] / max(record['params'], 1):.2f}× fewer)")
+    return 0
+
+
+def run_results(args: argparse.Namespace) -> int:
+    from falcon.experiments import store
+
+    runs = store.list_runs(args.db, model=args.model, dataset=args.dataset, sweep_id=args.sweep_id, limit=args.limit)
+    if args.csv:
+        n = store.export_csv(args.csv, runs=runs)
+        print(f"wrote {n} runs to {args.csv}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print_json(runs)
+        return 0
+    if not args.csv:
+        if not runs:
+            print(f"no runs in {store.db_path(args.db)}")
+        else:
+            print_table([_row(r) for r in runs])
+    return 0

@@ -1,0 +1,584 @@
+"""Compress and fine-tune: baseline → convert → evaluate → fine-tune → evaluate, stored as one run.
+
+:func:`run_experiment` is the whole pipeline for one :class:`ExperimentConfig`:
+
+1. the *baseline*: a pretrained model (the bundled digits-vgg on ``digits``), a checkpoint
+   (``baseline=PATH``), or the model trained from scratch by the same loop (``baseline_epochs``);
+   its held-out accuracy, parameters and MACs;
+2. *convert*: the model's replaceable convs (the cost engine's policy, :mod:`falcon.surgery`) become
+   ``conv`` blocks. falcon and dsconv are initialised from the EHP fit of the trained kernel
+   (``init="svd"`` closed form, ``"gd"`` the thesis's gradient descent, ``"random"`` none), the BN that
+   follows each conv is kept; mobilev2 and shuffle have no EHP fit: their blocks start from PyTorch's
+   random init (``init="random"``) and everything else keeps the pretrained weights;
+3. the *training-free* accuracy of the converted model;
+4. *fine-tune* E epochs (seeded; SGD with momentum or AdamW; cosine schedule over all steps);
+5. the *fine-tuned* accuracy; the run goes to the results store (:mod:`falcon.experiments.store`).
+
+It runs on CPU or CUDA, reports progress through a callback, stops when ``should_stop()`` says so,
+and runs unchanged under ``torchrun --nproc_per_node N`` (DistributedDataParallel, gloo on CPU, nccl
+on CUDA, a DistributedSampler for training, evaluation sharded and summed; only rank 0 reports and
+writes the store).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+
+from falcon.errors import FalconError
+
+ProgressFn = Callable[[dict[str, Any]], None]
+StopFn = Callable[[], bool]
+
+OPTIMIZERS = ("sgd", "adamw")
+INITS = ("svd", "gd", "random")
+#: Learning rates that fine-tune a converted digits-vgg well in 3 epochs (docs/experiments.md).
+DEFAULT_LR = {"sgd": 0.05, "adamw": 5e-3}
+#: Batch size per process when none is given: small data sets need more steps per epoch.
+DEFAULT_BATCH_SIZE = {"digits": 32}
+FALLBACK_BATCH_SIZE = 128
+#: conv types whose blocks can be initialised from the EHP fit of the replaced kernel
+FITTABLE = ("falcon", "dsconv")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines a run (stored in full with it)."""
+
+    model: str = "digits-vgg"
+    dataset: str = "digits"
+    conv: str = "falcon"
+    hparams: dict[str, Any] = field(default_factory=dict)  # the conv type's: rank, expansion, groups, ...
+    init: str | None = None  # svd | gd | random; default svd for falcon/dsconv, random otherwise
+    epochs: int = 3
+    lr: float | None = None  # default DEFAULT_LR[optimizer]
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int | None = None  # per process; default DEFAULT_BATCH_SIZE by data set, else 128
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data_dir: str | None = None
+    download: bool = True
+    baseline: str | None = None  # checkpoint (state_dict) of the model for this dataset
+    baseline_epochs: int = 0  # train the baseline from scratch first when there is no pretrained one
+    include_stem: bool | None = None
+    augment: bool = True
+    label_smoothing: float = 0.0
+    channels_last: bool | None = None  # default: on CPU (depthwise convs are far faster in NHWC there)
+    gd_steps: int | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    num_workers: int = 0
+
+    @property
+    def rank(self) -> int | None:
+        return self.hparams.get("rank")
+
+    def resolved(self) -> "ExperimentConfig":
+        """A copy with defaults filled in and every field checked (FalconError on a bad one)."""
+        from falcon.convtypes import get_conv_type
+        from falcon.experiments.data import DATASETS
+
+        c = dataclasses.replace(self, hparams=dict(self.hparams))
+        ct = get_conv_type(c.conv)
+        c.hparams = ct.resolve(**{k: v for k, v in c.hparams.items() if k in {h.name for h in ct.hparams}})
+        if c.dataset not in DATASETS:
+            raise FalconError(f"unknown dataset {c.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if c.optimizer not in OPTIMIZERS:
+            raise FalconError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+        if c.init is None:
+            c.init = "svd" if c.conv in FITTABLE else ("none" if c.conv == "standard" else "random")
+        elif c.conv == "standard":
+            c.init = "none"
+        elif c.init not in INITS:
+            raise FalconError(f"init must be one of {', '.join(INITS)}, got {c.init!r}")
+        elif c.conv not in FITTABLE and c.init != "random":
+            raise FalconError(f"{c.conv} is not an EHP of the kernel, so it has no {c.init} fit; use --init random")
+        if c.conv == "shuffle" and c.hparams.get("width_mult", 1.0) != 1.0:
+            raise FalconError("ShuffleUnit with α ≠ 1 changes the widths of the kept layers, so their pretrained "
+                              "weights cannot be kept; use --width-mult 1 (α ≠ 1 can be sized, not fine-tuned)")
+        if c.lr is None:
+            c.lr = DEFAULT_LR[c.optimizer]
+        if c.batch_size is None:
+            c.batch_size = DEFAULT_BATCH_SIZE.get(c.dataset, FALLBACK_BATCH_SIZE)
+        for name, value, low in (("epochs", c.epochs, 0), ("batch size", c.batch_size, 1),
+                                 ("baseline epochs", c.baseline_epochs, 0)):
+            if not isinstance(value, int) or value < low:
+                raise FalconError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        if not (c.lr > 0 and math.isfinite(c.lr)):
+            raise FalconError(f"learning rate must be a positive number, got {c.lr}")
+        return c
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Baseline:
+    """A trained model ready to be converted, with its numbers (shared by the runs of a sweep)."""
+
+    model: nn.Module  # on the CPU, eval mode; never modified (converted runs work on a copy)
+    accuracy: float
+    params: int
+    macs: int
+    source: str
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+class Stopped(Exception):
+    """Raised inside the loop when ``should_stop()`` is true."""
+
+
+# ----------------------------------------------------------------------------------------------
+# processes and devices
+@dataclass(frozen=True)
+class Dist:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the process group that torchrun describes in the environment (no-op for one process).
+
+    Backend: nccl when the processes use CUDA, gloo otherwise.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_world_size(), dist.get_rank(), local, False)
+    use_cuda = _wants_cuda(device)
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(world, rank, local, True)
+
+
+def _wants_cuda(device: str) -> bool:
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def resolve_device(device: str, d: Dist) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FalconError("--device cuda asked for, but no CUDA GPU is visible to PyTorch; use --device cpu")
+        if d.enabled:
+            return torch.device("cuda", d.local_rank)
+    elif device != "cpu":
+        raise FalconError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return torch.device(device)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"CUDA {torch.cuda.get_device_name(device)}"
+    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+
+
+def environment(device: torch.device, d: Dist) -> dict[str, Any]:
+    from importlib import metadata
+
+    import falcon
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    env = {
+        "device": device_description(device), "world_size": d.world_size,
+        "backend": ("nccl" if device.type == "cuda" else "gloo") if d.enabled else None,
+        "torch": torch.__version__, "torchvision": version("torchvision"), "falcon": falcon.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "host": platform.node(),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    }
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+# data loading and evaluation
+def _shard(ds: Dataset, d: Dist) -> Dataset:
+    return Subset(ds, range(d.rank, len(ds), d.world_size)) if d.enabled else ds
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Dataset, device: torch.device, d: Dist = Dist(), batch_size: int = 256,
+             channels_last: bool = False, should_stop: StopFn | None = None) -> float:
+    """Top-1 accuracy on ``ds``; under DDP each process takes a shard and the counts are summed."""
+    model.eval()
+    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    loader = DataLoader(_shard(ds, d), batch_size=batch_size, shuffle=False)
+    for x, y in loader:
+        if should_stop is not None and should_stop():
+            raise Stopped
+        x, y = _to(x, device, channels_last), y.to(device)
+        correct[0] += (model(x).argmax(1) == y).sum()
+        correct[1] += len(y)
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(correct)
+    return float(correct[0] / correct[1]) if correct[1] > 0 else float("nan")
+
+
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def _count(model: nn.Module, chw: tuple[int, int, int]) -> tuple[int, int]:
+    from falcon.counting import count_model
+
+    c = count_model(model, chw, "clean")
+    return c.params, c.macs
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+def train(model: nn.Module, data, cfg: ExperimentConfig, epochs: int, device: torch.device, d: Dist = Dist(),
+          progress: ProgressFn | None = None, should_stop: StopFn | None = None, phase: str = "finetune",
+          evaluate_each_epoch: bool = True, span: tuple[float, float] = (0.0, 1.0)) -> list[dict]:
+    """Train ``model`` in place for ``epochs`` (seeded; SGD momentum or AdamW; per-step cosine schedule).
+
+    Weight decay applies to weights, not to biases or BN. Under DDP the model is wrapped in
+    DistributedDataParallel and each process sees its DistributedSampler share of every epoch.
+    Returns a per-epoch history (loss, train accuracy, held-out accuracy).
+    """
+    if epochs <= 0:
+        return []
+    channels_last = bool(cfg.channels_last)
+    gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * d.rank)
+    torch.manual_seed(cfg.seed)
+    if d.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(data.train, d.world_size, d.rank, shuffle=True, seed=cfg.seed)
+        per_process = math.ceil(len(data.train) / d.world_size)
+    else:
+        sampler = RandomSampler(data.train, generator=torch.Generator().manual_seed(cfg.seed))
+        per_process = len(data.train)
+    batch = min(cfg.batch_size, per_process)
+    drop_last = per_process > batch  # BatchNorm cannot train on a last batch of one image
+    loader = DataLoader(data.train, batch_size=batch, sampler=sampler, drop_last=drop_last,
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+    total = max(1, epochs * steps_per_epoch)
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    net: nn.Module = model
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    augment = data.train_batch_transform if cfg.augment else None
+    history: list[dict] = []
+    step = 0
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        if d.enabled:
+            sampler.set_epoch(epoch)
+        net.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        stats = torch.zeros(2, dtype=torch.float64, device=device)  # correct, seen
+        for x, y in loader:
+            if should_stop is not None and should_stop():
+                raise Stopped
+            if augment is not None:
+                x = augment(x, gen)
+            x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+            out = net(x)
+            loss = loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_sum += loss.detach() * len(y)
+            stats[0] += (out.detach().argmax(1) == y).sum()
+            stats[1] += len(y)
+            if progress is not None and d.is_main and (step % 5 == 0 or step == total):
+                frac = step / total
+                progress({"phase": phase, "epoch": epoch, "epochs": epochs, "step": step, "steps": total,
+                          "loss": float(loss.detach()), "fraction": span[0] + frac * (span[1] - span[0]),
+                          "message": f"{phase}: epoch {epoch}/{epochs}, step {step}/{total}, loss {float(loss.detach()):.4f}"})
+        if d.enabled:
+            import torch.distributed as dist
+
+            packed = torch.cat([loss_sum.reshape(1), stats])
+            dist.all_reduce(packed)
+            loss_sum, stats = packed[0], packed[1:]
+        rec = {"epoch": epoch, "loss": float(loss_sum / stats[1]), "train_accuracy": float(stats[0] / stats[1]),
+               "samples": int(stats[1]), "steps_per_process": steps_per_epoch,
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if evaluate_each_epoch and epoch < epochs:  # the last epoch is evaluated by the caller
+            rec["test_accuracy"] = evaluate(model, data.test, device, d, channels_last=channels_last,
+                                            should_stop=should_stop)
+        history.append(rec)
+        if progress is not None and d.is_main:
+            acc = f", held-out {rec['test_accuracy']:.4f}" if "test_accuracy" in rec else ""
+            progress({"phase": phase, "epoch": epoch, "epochs": epochs, "step": step, "steps": total,
+                      "loss": rec["loss"], "accuracy": rec.get("test_accuracy"),
+                      "fraction": span[0] + step / total * (span[1] - span[0]),
+                      "message": f"{phase}: epoch {epoch}/{epochs} done, loss {rec['loss']:.4f}{acc}"})
+    return history
+
+
+# ----------------------------------------------------------------------------------------------
+# baseline and conversion
+def _load_checkpoint(model: nn.Module, path: str) -> None:
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FalconError(f"baseline checkpoint {p} does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals
+        raise FalconError(f"{p} is not a PyTorch checkpoint that can be loaded safely ({str(e).splitlines()[0]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FalconError(f"{p} is not a state_dict (a mapping of parameter names to tensors)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if items:
+                parts.append(f"{len(items)} {what} ({', '.join(items[:3])}{', …' if len(items) > 3 else ''})")
+        raise FalconError(f"{p} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def build_baseline(cfg: ExperimentConfig, data, device: torch.device, d: Dist = Dist(),
+                   progress: ProgressFn | None = None, should_stop: StopFn | None = None,
+                   span: tuple[float, float] = (0.0, 0.1)) -> Baseline:
+    """The trained model a run starts from: pretrained, a checkpoint, or trained here."""
+    from falcon.models import get_model_entry
+
+    t0 = time.perf_counter()
+    entry = get_model_entry(cfg.model)
+    if entry.in_channels != data.input_size[0]:
+        raise FalconError(f"{cfg.model} takes {entry.in_channels}-channel images, {cfg.dataset} has "
+                          f"{data.input_size[0]}; pick a model for this data set")
+    history: list[dict] = []
+    if cfg.baseline:
+        model = entry.build(data.num_classes)
+        _load_checkpoint(model, cfg.baseline)
+        source = f"checkpoint {cfg.baseline}"
+    elif cfg.model == "digits-vgg" and cfg.dataset == "digits" and cfg.baseline_epochs == 0:
+        from falcon.models.digits import digits_vgg
+
+        model = digits_vgg(pretrained=True)
+        source = "bundled data/digits_vgg.pt"
+    elif cfg.baseline_epochs > 0:
+        torch.manual_seed(cfg.seed)
+        model = entry.build(data.num_classes)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.to(device)
+        bcfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.optimizer] if cfg.optimizer == "adamw" else 0.1)
+        history = train(model, data, bcfg, cfg.baseline_epochs, device, d, progress, should_stop, phase="baseline",
+                        evaluate_each_epoch=True, span=span)
+        model.to("cpu")
+        source = f"trained here for {cfg.baseline_epochs} epochs"
+    else:
+        raise FalconError(f"no pretrained {cfg.model} for {cfg.dataset}: pass --baseline PATH (a state_dict of "
+                          f"{cfg.model} with {data.num_classes} classes) or --baseline-epochs N to train one first")
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    params, macs = _count(model, data.input_size)
+    work = model.to(device)
+    if cfg.channels_last:
+        work = work.to(memory_format=torch.channels_last)
+    if progress is not None and d.is_main:
+        progress({"phase": "baseline", "fraction": span[1] * 0.9, "message": "evaluating the baseline"})
+    acc = evaluate(work, data.test, device, d, channels_last=bool(cfg.channels_last), should_stop=should_stop)
+    model = work.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    return Baseline(model, acc, params, macs, source, time.perf_counter() - t0, history)
+
+
+def convert(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[int, int, int]) -> tuple[nn.Module, list[dict]]:
+    """Replace the convs of (a copy of) ``model`` by ``cfg.conv`` blocks; returns it and a per-layer report.
+
+    falcon/dsconv: bare blocks loaded with the ``cfg.init`` fit of each trained kernel (the conv's
+    bias moves into the block), so with the model's own BN/ReLU after them they compute what the
+    model did up to the fit error. Other types: the paper-layout block, randomly initialised (seeded).
+    """
+    from falcon.convtypes import get_conv_type
+    from falcon.models import get_model_entry
+    from falcon.surgery import conv_sites, plan, replace_convs, set_module
+
+    model = copy.deepcopy(model).cpu().eval()
+    if cfg.conv == "standard":
+        return model, []
+    entry = get_model_entry(cfg.model)
+    sites = plan(entry, conv_sites(model, input_size), cfg.conv, cfg.include_stem)
+    if not sites:
+        raise FalconError(f"{cfg.model} has no conv that {cfg.conv} can replace")
+    ct = get_conv_type(cfg.conv)
+    for site in sites:
+        ct.resolve(site.spec, **cfg.hparams)  # check every layer before touching any
+    torch.manual_seed(cfg.seed)
+    report = []
+    if cfg.conv in FITTABLE:
+        from falcon.ehp import fit_module
+
+        gd = {"seed": cfg.seed}
+        if cfg.init == "gd" and cfg.gd_steps:
+            gd["steps"] = cfg.gd_steps
+        for site in sites:
+            block, fit = fit_module(model.get_submodule(site.name), cfg.conv, cfg.hparams["rank"], cfg.init,
+                                    spec=site.spec, **gd)
+            set_module(model, site.name, block)
+            report.append({"layer": site.name, "shape": site.spec.describe(), "rank": fit.rank_used,
+                           "rank_clamped": bool(fit.clamped), "relative_error": float(fit.relative_error)})
+    else:
+        made = replace_convs(model, sites, cfg.conv, cfg.hparams)
+        report = [{"layer": name, "shape": site.spec.describe(), "init": "random"}
+                  for (name, _), site in zip(made.items(), sites)]
+    return model.eval(), report
+
+
+# ----------------------------------------------------------------------------------------------
+def _emit(progress: ProgressFn | None, d: Dist, **event: Any) -> None:
+    if progress is not None and d.is_main:
+        progress(event)
+
+
+def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = None, should_stop: StopFn | None = None,
+                   db: str | os.PathLike | None = None, store: bool = True, baseline: Baseline | None = None,
+                   data=None, sweep_id: str | None = None) -> dict[str, Any]:
+    """Run the pipeline for ``config``; returns the run's record (what the store holds).
+
+    ``progress(event)`` gets dicts with ``phase``, ``fraction`` (0–1 of this run), ``message`` and, while
+    training, ``epoch``/``epochs``/``step``/``steps``/``loss``/``accuracy``. When ``should_stop()`` turns
+    true the run ends at the next step with ``status="stopped"`` (stored as such, no fine-tuned accuracy).
+    ``baseline`` and ``data`` let a sweep share one baseline and one data set between its runs.
+    Only the main process (rank 0) writes the store; every process returns the record.
+    """
+    from falcon.experiments import store as results_store
+    from falcon.experiments.data import load_dataset
+
+    t_start = time.perf_counter()
+    cfg = config.resolved()
+    d = setup_distributed(cfg.device)
+    try:
+        device = resolve_device(cfg.device, d)
+        if cfg.channels_last is None:
+            cfg.channels_last = device.type == "cpu"
+        timings: dict[str, float] = {}
+        record: dict[str, Any] = {
+            "run_id": results_store.new_run_id(), "status": "running", "sweep_id": sweep_id,
+            "model": cfg.model, "dataset": cfg.dataset, "conv": cfg.conv, "rank": cfg.rank, "init": cfg.init,
+            "hparams": cfg.hparams, "epochs": cfg.epochs, "lr": cfg.lr, "optimizer": cfg.optimizer, "seed": cfg.seed,
+            "device": device_description(device), "world_size": d.world_size,
+            "config": cfg.as_dict(), "timings": timings, "environment": environment(device, d), "metrics": {},
+        }
+        if d.enabled:  # every process must agree on the run id; rank 0's wins
+            import torch.distributed as dist
+
+            box = [record["run_id"]]
+            dist.broadcast_object_list(box, src=0)
+            record["run_id"] = box[0]
+        try:
+            t = time.perf_counter()
+            if data is None:
+                _emit(progress, d, phase="data", fraction=0.0, message=f"loading {cfg.dataset}")
+                data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                                    limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+            timings["data"] = time.perf_counter() - t
+            if baseline is None:
+                _emit(progress, d, phase="baseline", fraction=0.0, message=f"baseline {cfg.model}")
+                baseline = build_baseline(cfg, data, device, d, progress, should_stop, span=(0.0, 0.1))
+                timings["baseline"] = baseline.seconds
+            record.update(baseline_accuracy=baseline.accuracy, baseline_params=baseline.params,
+                          baseline_macs=baseline.macs)
+            record["metrics"].update(baseline_source=baseline.source, baseline_history=baseline.history)
+
+            _emit(progress, d, phase="convert", fraction=0.1, message=f"converting to {cfg.conv} (init {cfg.init})")
+            t = time.perf_counter()
+            model, layers = convert(baseline.model, cfg, data.input_size)
+            timings["convert"] = time.perf_counter() - t
+            record["params"], record["macs"] = _count(model, data.input_size)
+            record["metrics"]["layers"] = layers
+            model.to(device)
+            if cfg.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+
+            _emit(progress, d, phase="training_free", fraction=0.12, message="evaluating the converted model")
+            t = time.perf_counter()
+            record["training_free_accuracy"] = evaluate(model, data.test, device, d, channels_last=bool(cfg.channels_last),
+                                                        should_stop=should_stop)
+            timings["training_free_eval"] = time.perf_counter() - t
+            _emit(progress, d, phase="training_free", fraction=0.15, accuracy=record["training_free_accuracy"],
+                  message=f"training-free accuracy {record['training_free_accuracy']:.4f}")
+
+            t = time.perf_counter()
+            history = train(model, data, cfg, cfg.epochs, device, d, progress, should_stop, span=(0.15, 0.97))
+            timings["finetune"] = time.perf_counter() - t
+            record["metrics"]["history"] = history
+
+            t = time.perf_counter()
+            record["finetuned_accuracy"] = evaluate(model, data.test, device, d, channels_last=bool(cfg.channels_last),
+                                                    should_stop=should_stop)
+            timings["final_eval"] = time.perf_counter() - t
+            if history:
+                history[-1]["test_accuracy"] = record["finetuned_accuracy"]
+            record["status"] = "completed"
+        except Stopped:
+            record["status"] = "stopped"
+        record["seconds"] = time.perf_counter() - t_start
+        timings["total"] = record["seconds"]
+        if store and d.is_main:
+            results_store.save_run(record, db)
+        if d.is_main:
+            msg = "stopped" if record["status"] == "stopped" else \
+                f"done: {record['finetuned_accuracy']:.4f} after {cfg.epochs} epochs"
+            _emit(progress, d, phase="done", fraction=1.0, message=msg, status=record["status"], record=record)
+        return record
+    finally:
+        if d.initialized_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

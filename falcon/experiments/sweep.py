@@ -1,0 +1,213 @@
+"""A sweep over conv types and ranks, sharing one baseline; and a background runner for the app.
+
+:func:`sweep_configs` makes the runs (falcon ranks 1–3, dsconv, mobilev2 and shuffle by default),
+:func:`run_sweep` runs them one after another in this process (the data set and the baseline are
+loaded and evaluated once), and :class:`SweepRunner` does the same in a background thread with a
+thread-safe :meth:`SweepRunner.snapshot` and :meth:`SweepRunner.stop`: what a Streamlit page polls
+from an ``st.fragment(run_every=...)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import traceback
+from typing import Any, Iterable, Sequence
+
+from falcon.errors import FalconError
+from falcon.experiments.pipeline import ExperimentConfig, ProgressFn, StopFn
+
+#: The done-when sweep of issue 6: FALCON ranks 1–3 and the three competitors.
+DEFAULT_CONVS = ("falcon", "dsconv", "mobilev2", "shuffle")
+DEFAULT_RANKS = (1, 2, 3)
+RANKED = ("falcon", "dsconv")
+
+
+def sweep_configs(base: ExperimentConfig | None = None, convs: Iterable[str] = DEFAULT_CONVS,
+                  ranks: Iterable[int] = DEFAULT_RANKS, competitor_ranks: Iterable[int] = (1,)) -> list[ExperimentConfig]:
+    """One config per (conv type, rank): ``ranks`` for falcon, ``competitor_ranks`` for dsconv, the
+    registry defaults for the others. Everything else comes from ``base``; the init is left to the
+    default (svd for falcon/dsconv, random for mobilev2/shuffle) unless ``base.init`` is ``gd``/``random``
+    (applied to falcon/dsconv only)."""
+    from falcon.convtypes import CONV_TYPES
+
+    base = base or ExperimentConfig()
+    configs = []
+    for conv in convs:
+        if conv not in CONV_TYPES:
+            raise FalconError(f"unknown conv type {conv!r}; choose from {', '.join(CONV_TYPES)}")
+        init = base.init if conv in RANKED else None
+        if conv in RANKED:
+            for k in (ranks if conv == "falcon" else competitor_ranks):
+                configs.append(dataclasses.replace(base, conv=conv, hparams={**base.hparams, "rank": int(k)}, init=init))
+        else:
+            configs.append(dataclasses.replace(base, conv=conv, hparams={}, init=init))
+    return configs
+
+
+def run_sweep(configs: Sequence[ExperimentConfig], *, progress: ProgressFn | None = None,
+              should_stop: StopFn | None = None, db=None, store: bool = True,
+              sweep_id: str | None = None) -> dict[str, Any]:
+    """Run ``configs`` one after another; each run is stored as soon as it ends.
+
+    Runs that share (model, dataset, baseline, data options) share one loaded data set and one
+    evaluated baseline. ``progress`` events are those of :func:`run_experiment` plus ``run`` (1-based),
+    ``runs`` and ``sweep_fraction``. Returns ``sweep_id``, ``runs`` (the records), ``seconds``, ``stopped``.
+    """
+    from falcon.experiments import pipeline
+    from falcon.experiments.data import load_dataset
+    from falcon.experiments.store import new_run_id
+
+    sweep_id = sweep_id or "sweep-" + new_run_id()
+    t0 = time.perf_counter()
+    records: list[dict] = []
+    shared: dict[tuple, tuple] = {}
+    stopped = False
+    n = len(configs)
+    for i, config in enumerate(configs):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        cfg = config.resolved()
+
+        def relay(event: dict, i=i) -> None:
+            if progress is not None:
+                frac = event.get("fraction") or 0.0
+                progress({**event, "run": i + 1, "runs": n, "sweep_fraction": (i + frac) / n,
+                          "message": f"run {i + 1}/{n} ({_label(cfg)}): {event.get('message', '')}"})
+
+        key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.baseline, cfg.baseline_epochs, cfg.limit_train,
+               cfg.limit_test, cfg.device, cfg.seed if cfg.baseline_epochs else None)
+        if key not in shared:
+            d = pipeline.setup_distributed(cfg.device)
+            device = pipeline.resolve_device(cfg.device, d)
+            if cfg.channels_last is None:
+                cfg = dataclasses.replace(cfg, channels_last=device.type == "cpu")
+            relay({"phase": "data", "fraction": 0.0, "message": f"loading {cfg.dataset}"})
+            data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                                limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+            try:
+                base = pipeline.build_baseline(cfg, data, device, d, relay, should_stop)
+            except pipeline.Stopped:
+                stopped = True
+                break
+            shared[key] = (data, base)
+        data, base = shared[key]
+        rec = pipeline.run_experiment(cfg, progress=relay, should_stop=should_stop, db=db, store=store,
+                                      baseline=base, data=data, sweep_id=sweep_id)
+        rec.setdefault("timings", {})["baseline_shared"] = base.seconds
+        records.append(rec)
+        if rec["status"] == "stopped":
+            stopped = True
+            break
+    return {"sweep_id": sweep_id, "runs": records, "seconds": time.perf_counter() - t0, "stopped": stopped}
+
+
+def _label(cfg: ExperimentConfig) -> str:
+    return f"{cfg.conv} k={cfg.rank}" if cfg.conv in RANKED else cfg.conv
+
+
+class SweepRunner:
+    """Run a sweep (or a single run: one config) in a background thread.
+
+    >>> runner = SweepRunner(sweep_configs(ExperimentConfig(epochs=3)), db=None).start()
+    >>> runner.snapshot()["status"]        # "running" … then "completed", "stopped" or "failed"
+    >>> runner.stop()                      # the current run ends at its next step
+
+    :meth:`snapshot` is safe to call from any thread at any time (a page's fragment polls it).
+    """
+
+    def __init__(self, configs: Sequence[ExperimentConfig], *, db=None, store: bool = True,
+                 sweep_id: str | None = None, max_events: int = 500):
+        if not configs:
+            raise FalconError("a sweep needs at least one run")
+        self.configs = list(configs)
+        self.db, self.store, self.sweep_id = db, store, sweep_id
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._events: list[dict] = []
+        self._max_events = max_events
+        self._latest: dict = {}
+        self._runs: list[dict] = []
+        self._status = "pending"
+        self._error: str | None = None
+        self._result: dict | None = None
+        self._started = self._ended = None
+
+    # -- control -------------------------------------------------------------------------------
+    def start(self) -> "SweepRunner":
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("this runner has already been started")
+            self._status, self._started = "running", time.time()
+            self._thread = threading.Thread(target=self._run, name="falcon-sweep", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the sweep to stop; the current run ends at its next training or evaluation step."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the sweep to end; True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        return self._status in ("completed", "stopped", "failed")
+
+    # -- state ---------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """``status``, ``fraction`` (0–1 of the sweep), ``message``, ``run``/``runs``, ``latest`` (the
+        last progress event), ``events`` (recent ones), ``results`` (records of finished runs),
+        ``error`` (a one-line message if it failed), ``elapsed`` (s), ``sweep_id``."""
+        with self._lock:
+            latest = dict(self._latest)
+            end = self._ended or time.time()
+            return {
+                "status": self._status, "sweep_id": self.sweep_id,
+                "fraction": 1.0 if self._status == "completed" else float(latest.get("sweep_fraction", 0.0)),
+                "message": latest.get("message", ""), "run": latest.get("run", 0), "runs": len(self.configs),
+                "latest": latest, "events": list(self._events), "results": list(self._runs),
+                "error": self._error, "elapsed": (end - self._started) if self._started else 0.0,
+            }
+
+    def _on_progress(self, event: dict) -> None:
+        with self._lock:
+            self._latest = event
+            self._events.append(event)
+            if len(self._events) > self._max_events:
+                del self._events[: len(self._events) - self._max_events]
+            if event.get("phase") == "done" and event.get("record") is not None:
+                self._runs.append(event["record"])
+
+    def _run(self) -> None:
+        from falcon.experiments.store import new_run_id
+
+        self.sweep_id = self.sweep_id or "sweep-" + new_run_id()
+        try:
+            result = run_sweep(self.configs, progress=self._on_progress, should_stop=self._stop.is_set,
+                               db=self.db, store=self.store, sweep_id=self.sweep_id)
+            with self._lock:
+                self._result = result
+                self._runs = list(result["runs"])
+                self._status = "stopped" if result["stopped"] else "completed"
+        except FalconError as e:
+            with self._lock:
+                self._error, self._status = str(e), "failed"
+        except Exception as e:  # noqa: BLE001 - a bug: keep the traceback for the page's details
+            with self._lock:
+                self._error = f"{type(e).__name__}: {e}"
+                self._traceback = traceback.format_exc()
+                self._status = "failed"
+        finally:
+            with self._lock:
+                self._ended = time.time()
+
+    @property
+    def result(self) -> dict | None:
+        with self._lock:
+            return self._result

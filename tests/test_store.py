@@ -1,0 +1,143 @@
+"""The SQLite results store: rows, listing, CSV export, concurrent writers, plot points."""
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from falcon.errors import FalconError
+from falcon.experiments import store
+
+
+def _record(i: int, **kw) -> dict:
+    rec = {
+        "model": "digits-vgg", "dataset": "digits", "conv": "falcon", "rank": 1 + i % 3, "init": "svd",
+        "hparams": {"rank": 1 + i % 3}, "epochs": 3, "lr": 5e-3, "optimizer": "adamw", "seed": i,
+        "baseline_accuracy": 0.99, "training_free_accuracy": 0.5, "finetuned_accuracy": 0.98,
+        "params": 20_000 + i, "macs": 3_000_000, "baseline_params": 135_674, "baseline_macs": 24_000_000,
+        "seconds": 1.5, "device": "CPU", "world_size": 1,
+        "config": {"model": "digits-vgg", "seed": i, "nested": {"a": [1, 2]}},
+        "metrics": {"history": [{"epoch": 1, "loss": 0.3}]}, "timings": {"total": 1.5},
+        "environment": {"torch": "x"},
+    }
+    rec.update(kw)
+    return rec
+
+
+def test_default_path_env_and_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv(store.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert store.default_db_path() == tmp_path / "xdg" / "falcon-explorer" / "results.sqlite"
+    monkeypatch.setenv(store.ENV_VAR, str(tmp_path / "env.sqlite"))
+    assert store.default_db_path() == tmp_path / "env.sqlite"
+    assert store.db_path(tmp_path / "x.sqlite") == tmp_path / "x.sqlite"
+
+
+def test_save_list_get_roundtrip(tmp_path):
+    db = tmp_path / "r.sqlite"
+    assert store.list_runs(db) == []  # no database yet: nothing, and nothing created
+    assert not db.exists()
+    ids = [store.save_run(_record(i), db) for i in range(3)]
+    assert len(set(ids)) == 3
+    runs = store.list_runs(db)
+    assert [r["run_id"] for r in runs] == ids
+    r = runs[0]
+    assert r["config"]["nested"] == {"a": [1, 2]} and r["hparams"] == {"rank": 1}
+    assert r["metrics"]["history"][0]["loss"] == 0.3 and r["status"] == "completed"
+    assert store.get_run(ids[1], db)["seed"] == 1
+    assert len(store.list_runs(db, limit=2)) == 2 and store.list_runs(db, limit=2)[-1]["run_id"] == ids[-1]
+    assert store.list_runs(db, dataset="cifar10") == []
+    with pytest.raises(FalconError):
+        store.get_run("nope", db)
+    # unknown keys are kept in metrics; saving an existing run_id replaces the row
+    store.save_run({**_record(9), "run_id": ids[0], "extra_number": 7}, db)
+    again = store.get_run(ids[0], db)
+    assert again["seed"] == 9 and again["metrics"]["extra_number"] == 7
+    assert len(store.list_runs(db)) == 3
+    assert store.delete_runs([ids[0]], db) == 1 and len(store.list_runs(db)) == 2
+
+
+def test_wal_mode_and_busy_timeout(tmp_path):
+    db = tmp_path / "r.sqlite"
+    store.save_run(_record(0), db)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    with store._connect(db) as c:  # noqa: SLF001
+        assert c.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS
+
+
+def test_export_csv(tmp_path):
+    db = tmp_path / "r.sqlite"
+    for i in range(4):
+        store.save_run(_record(i), db)
+    out = tmp_path / "sub" / "runs.csv"
+    assert store.export_csv(out, db) == 4
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and rows[0]["model"] == "digits-vgg"
+    assert list(rows[0])[: len(store.COLUMNS)] == list(store.COLUMNS)
+    assert json.loads(rows[0]["config"])["nested"] == {"a": [1, 2]}
+
+
+def test_unwritable_location_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(FalconError, match="--db"):
+        store.save_run(_record(0), blocker / "r.sqlite")
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from falcon.experiments import store
+    db, who, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    for i in range(n):
+        store.save_run({"model": "m", "dataset": "d", "conv": "falcon", "seed": who * 1000 + i,
+                        "config": {"writer": who, "i": i}, "metrics": {"blob": "x" * 2000}}, db)
+""")
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    db = tmp_path / "r.sqlite"
+    writers, per_writer = 6, 25
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(w), str(per_writer)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(writers)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    runs = store.list_runs(db)
+    assert len(runs) == writers * per_writer
+    assert len({r["run_id"] for r in runs}) == writers * per_writer
+    assert sorted(r["seed"] for r in runs) == sorted(w * 1000 + i for w in range(writers) for i in range(per_writer))
+
+
+def test_accuracy_points_match_the_paper_columns(tmp_path):
+    from falcon.paper import COLUMNS
+
+    db = tmp_path / "r.sqlite"
+    store.save_run(_record(0, conv="falcon", rank=1), db)
+    store.save_run(_record(1, conv="mobilev2", rank=None, init="random", finetuned_accuracy=0.97), db)
+    store.save_run(_record(2, status="stopped", finetuned_accuracy=None), db)
+    pts = store.accuracy_points(db)
+    assert {p["method"] for p in pts} == {"standard", "falcon", "mobilev2"}  # stopped run left out
+    for p in pts:
+        assert set(COLUMNS) <= set(p) and p["source"] == "ours"
+    falcon = next(p for p in pts if p["method"] == "falcon")
+    assert falcon["top1"] == pytest.approx(98.0) and falcon["params_m"] == pytest.approx(0.02)
+    assert falcon["rank"] == 1 and falcon["training_free_top1"] == pytest.approx(50.0)
+    std = next(p for p in pts if p["method"] == "standard")
+    assert std["top1"] == pytest.approx(99.0) and std["params_m"] == pytest.approx(0.135674)
+    mob = next(p for p in pts if p["method"] == "mobilev2")
+    assert mob["rank"] is None and mob["init"] == "random"
+
+    import pandas as pd
+
+    from falcon.figures import accuracy_figure
+    from falcon.paper import load_paper_results
+
+    fig = accuracy_figure(load_paper_results(), pd.DataFrame(pts))
+    assert any("(ours)" in (t.name or "") for t in fig.data)
