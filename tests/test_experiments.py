@@ -66,7 +66,7 @@ def test_config_defaults_and_validation():
 def test_full_rank_falcon_computes_the_baseline(baseline, digits):
     cfg = tiny(conv="falcon", hparams={"rank": 9}).resolved()
     model, layers = convert(baseline.model, cfg, digits.input_size)
-    assert len(layers) == 5 and layers[0]["rank"] == 1 and layers[0]["rank_clamped"]  # the 1-channel stem
+    assert len(layers) == 5 and layers[0]["rank"] == 1 and layers[0]["clamped"]  # the 1-channel stem
     assert max(layer["relative_error"] for layer in layers) < 1e-4
     x = digits.test.tensors[0][:16]
     with torch.no_grad():
@@ -153,7 +153,7 @@ def test_baseline_checkpoint(tmp_path):
     assert rec["metrics"]["baseline_source"].startswith("checkpoint")
     bad = tmp_path / "bad.pt"
     torch.save({"features.0.weight": torch.zeros(3)}, bad)
-    with pytest.raises(FalconError, match="does not fit the model"):
+    with pytest.raises(FalconError, match="does not fit digits-vgg"):
         run_experiment(tiny(conv="falcon", baseline=str(bad)), store=False)
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")

@@ -361,34 +361,14 @@ def train(model: nn.Module, data, cfg: ExperimentConfig, epochs: int, device: to
 
 # ----------------------------------------------------------------------------------------------
 # baseline and conversion
-def _load_checkpoint(model: nn.Module, path: str) -> None:
-    from pathlib import Path
+def _load_checkpoint(name: str, path: str, num_classes: int) -> nn.Module:
+    """The model ``name`` with the state_dict in ``path`` (:func:`falcon.sources.load_model` checks it)."""
+    from falcon.sources import load_model
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FalconError(f"baseline checkpoint {p} does not exist")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals
-        raise FalconError(f"{p} is not a PyTorch checkpoint that can be loaded safely ({str(e).splitlines()[0]})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FalconError(f"{p} is not a state_dict (a mapping of parameter names to tensors)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if items:
-                parts.append(f"{len(items)} {what} ({', '.join(items[:3])}{', …' if len(items) > 3 else ''})")
-        raise FalconError(f"{p} does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state)
+    loaded = load_model(name, path, num_classes=num_classes)
+    if loaded.converted is not None:
+        raise FalconError(f"{path} holds a converted model; --baseline takes the original (trained) model")
+    return loaded.model
 
 
 def build_baseline(cfg: ExperimentConfig, data, device: torch.device, d: Dist = Dist(),
@@ -404,8 +384,7 @@ def build_baseline(cfg: ExperimentConfig, data, device: torch.device, d: Dist = 
                           f"{data.input_size[0]}; pick a model for this data set")
     history: list[dict] = []
     if cfg.baseline:
-        model = entry.build(data.num_classes)
-        _load_checkpoint(model, cfg.baseline)
+        model = _load_checkpoint(cfg.model, cfg.baseline, data.num_classes)
         source = f"checkpoint {cfg.baseline}"
     elif cfg.model == "digits-vgg" and cfg.dataset == "digits" and cfg.baseline_epochs == 0:
         from falcon.models.digits import digits_vgg
@@ -443,11 +422,12 @@ def convert(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[int, int,
 
     falcon/dsconv: bare blocks loaded with the ``cfg.init`` fit of each trained kernel (the conv's
     bias moves into the block), so with the model's own BN/ReLU after them they compute what the
-    model did up to the fit error. Other types: the paper-layout block, randomly initialised (seeded).
+    model did up to the fit error (:func:`falcon.convert.convert_model`). Other types: the paper-layout
+    block, randomly initialised (seeded).
     """
     from falcon.convtypes import get_conv_type
     from falcon.models import get_model_entry
-    from falcon.surgery import conv_sites, plan, replace_convs, set_module
+    from falcon.surgery import conv_sites, plan, replace_convs
 
     model = copy.deepcopy(model).cpu().eval()
     if cfg.conv == "standard":
@@ -461,18 +441,16 @@ def convert(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[int, int,
         ct.resolve(site.spec, **cfg.hparams)  # check every layer before touching any
     torch.manual_seed(cfg.seed)
     report = []
-    if cfg.conv in FITTABLE:
-        from falcon.ehp import fit_module
+    if cfg.conv in FITTABLE:  # the EHP conversion of issue 3: falcon.convert
+        from falcon.convert import convert_model
+        from falcon.sources import LoadedModel
 
-        gd = {"seed": cfg.seed}
-        if cfg.init == "gd" and cfg.gd_steps:
-            gd["steps"] = cfg.gd_steps
-        for site in sites:
-            block, fit = fit_module(model.get_submodule(site.name), cfg.conv, cfg.hparams["rank"], cfg.init,
-                                    spec=site.spec, **gd)
-            set_module(model, site.name, block)
-            report.append({"layer": site.name, "shape": site.spec.describe(), "rank": fit.rank_used,
-                           "rank_clamped": bool(fit.clamped), "relative_error": float(fit.relative_error)})
+        gd = {"steps": cfg.gd_steps} if cfg.init == "gd" and cfg.gd_steps else {}
+        loaded = LoadedModel(model, entry, None, "baseline", "baseline", 0)
+        converted = convert_model(loaded, cfg.conv, cfg.hparams["rank"], cfg.init, cfg.include_stem, seed=cfg.seed,
+                                  inplace=True, **gd)
+        model = converted.model
+        report = [layer.as_dict() for layer in converted.layers]
     else:
         made = replace_convs(model, sites, cfg.conv, cfg.hparams)
         report = [{"layer": name, "shape": site.spec.describe(), "init": "random"}
@@ -532,6 +510,8 @@ def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = No
                 _emit(progress, d, phase="baseline", fraction=0.0, message=f"baseline {cfg.model}")
                 baseline = build_baseline(cfg, data, device, d, progress, should_stop, span=(0.0, 0.1))
                 timings["baseline"] = baseline.seconds
+            else:  # shared by the runs of a sweep: prepared (and timed) once
+                timings["baseline_shared"] = baseline.seconds
             record.update(baseline_accuracy=baseline.accuracy, baseline_params=baseline.params,
                           baseline_macs=baseline.macs)
             record["metrics"].update(baseline_source=baseline.source, baseline_history=baseline.history)

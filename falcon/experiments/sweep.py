@@ -95,7 +95,6 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, progress: ProgressFn | Non
         data, base = shared[key]
         rec = pipeline.run_experiment(cfg, progress=relay, should_stop=should_stop, db=db, store=store,
                                       baseline=base, data=data, sweep_id=sweep_id)
-        rec.setdefault("timings", {})["baseline_shared"] = base.seconds
         records.append(rec)
         if rec["status"] == "stopped":
             stopped = True
