@@ -26,11 +26,11 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import sys
-from contextlib import ExitStack, contextmanager
 import platform
 import statistics
+import sys
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 

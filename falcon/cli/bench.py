@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from falcon.bench import BENCH_CONVS, DEFAULT_CONVS, DEVICES, DTYPES, MEMORY_FORMATS, BenchReport, fmt_bytes, measure
 from falcon.cli.common import print_json, print_table
@@ -87,10 +89,23 @@ def run(args: argparse.Namespace) -> int:
                      args.input_width, args.stride, args.padding)
     convs = parse_convs(args.conv, args)
     show_progress = not args.quiet and sys.stderr.isatty()
-    report = measure(spec, convs, batch_size=args.batch_size, device=args.device, memory_format=args.memory_format,
-                     dtype=args.dtype, threads=args.threads, rounds=args.rounds, min_run_time=args.min_run_time, clock=args.clock,
-                     retain_memory=args.retain_memory,
-                     progress=_progress if show_progress else None)
+    interrupted = []
+
+    def on_sigint(signum, frame):  # first Ctrl-C: finish the current measurement and report; second: abort
+        interrupted.append(True)
+        signal.signal(signal.SIGINT, previous)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    try:
+        report = measure(spec, convs, batch_size=args.batch_size, device=args.device,
+                         memory_format=args.memory_format, dtype=args.dtype, threads=args.threads,
+                         rounds=args.rounds, min_run_time=args.min_run_time, clock=args.clock,
+                         retain_memory=args.retain_memory, progress=_progress if show_progress else None,
+                         should_stop=lambda: bool(interrupted))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     if args.json:
         print_json(report.as_dict())
         return 0
