@@ -493,7 +493,7 @@ def measure(
     load_before = _loadavg()
     if dev.type == "cpu" and load_before is not None and cpu_count and load_before > cpu_count - threads + 0.5:
         report.notes.append(f"the machine was busy (load average {load_before:g} on {cpu_count} CPUs) before "
-                            f"measuring with {threads} threads: other processes compete for the cores, "
+                            f"measuring with {threads} thread{'s' if threads != 1 else ''}: other processes compete for the cores, "
                             "timings are noisy")
 
     cuda = dev.type == "cuda"

@@ -61,6 +61,7 @@ class FusedFalconConv(ConvBlock):
         # r-major order (channel r·N + n) of the n-major fused channels, for the depthwise-sum strategy
         order = torch.arange(k * n).view(n, k).t().reshape(-1)  # r-major position r·N + n -> n·k + r
         self.register_buffer("_rank_major", order, persistent=False)
+        self._cache: tuple | None = None  # (parameter versions, derived weights) for inference
 
     def resolved_strategy(self, device_type: str) -> str:
         """The strategy used on a device: ``auto`` = ``grouped`` on CUDA, ``depthwise`` elsewhere."""
@@ -90,20 +91,34 @@ class FusedFalconConv(ConvBlock):
         (B, H, W, k, N), i.e. a channels-last (B, N, H, W·k) tensor whose column w·k + r holds rank r of
         pixel w. On it the grouped conv is ONE depthwise conv with a D×(D·k) kernel, stride (s, s·k) and
         padding (p, p·k): each window covers D pixels × k ranks. No copy, no separate sum."""
-        pw, g = self.pointwise, self.grouped
+        g = self.grouped
         n, k = self.spec.N, self.rank
         (s, _), (p, _) = g.stride, g.padding
-        order = self._rank_major
-        weight, bias = pw.weight, pw.bias
-        if k > 1:
-            weight = weight.index_select(0, order)
-            bias = bias.index_select(0, order) if bias is not None else None
+        weight, bias, kernel = self._depthwise_weights()
         y = self._pointwise(x, weight, bias)
         b, _, h, w = y.shape
         wide = y.permute(0, 2, 3, 1).reshape(b, h, w * k, n).permute(0, 3, 1, 2)
+        return F.conv2d(wide, kernel, g.bias, (s, s * k), (p, p * k), groups=n)
+
+    def _depthwise_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(rank-major 1×1 weight, its bias, the D×(D·k) depthwise kernel), derived from the parameters.
+        Without autograd they are cached until a parameter changes (new tensor or in-place update)."""
+        pw, g = self.pointwise, self.grouped
+        params = [t for t in (pw.weight, pw.bias, g.weight) if t is not None]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
+        if not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        n, k = self.spec.N, self.rank
+        weight, bias = pw.weight, pw.bias
+        if k > 1:
+            weight = weight.index_select(0, self._rank_major)
+            bias = bias.index_select(0, self._rank_major) if bias is not None else None
         kernel = g.weight.permute(0, 2, 3, 1).reshape(n, 1, g.weight.shape[2], -1)  # [n, 0, i, j·k + r]
         kernel = kernel.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(wide, kernel, g.bias, (s, s * k), (p, p * k), groups=n)
+        derived = (weight, bias, kernel)
+        if not torch.is_grad_enabled():
+            self._cache = (key, derived)
+        return derived
 
 
 def _falcon_branches(block: nn.Module) -> list[tuple[nn.Conv2d, nn.Conv2d]]:

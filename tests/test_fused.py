@@ -167,3 +167,21 @@ def test_errors():
     block.branches[0].depthwise = nn.Conv2d(6, 6, 3, padding=1, groups=6, stride=2, bias=False).double()
     with pytest.raises(FalconError, match="depthwise"):
         fuse_falcon(block)
+
+
+def test_derived_weights_follow_parameter_updates():
+    """Inference caches the re-ordered weights; an in-place update or a new state dict must show."""
+    spec = LayerSpec(6, 5, 3, 7)
+    block = _falcon(spec, 3)
+    fused = fuse_falcon(block).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        first = fused(x)
+        torch.testing.assert_close(fused(x), first, rtol=0, atol=0)
+        fused.pointwise.weight.mul_(2)
+        torch.testing.assert_close(fused(x), 2 * first, rtol=0, atol=1e-12)
+        other = _falcon(spec, 3, seed=7)
+        fused.load_state_dict(fuse_falcon(other).state_dict())
+        torch.testing.assert_close(fused(x), other(x), rtol=0, atol=1e-12)
+        fused.grouped.weight.zero_()
+        assert fused(x).abs().max() == 0
