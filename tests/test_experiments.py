@@ -296,6 +296,33 @@ def test_local_cifar10_copy_is_used(fake_cifar10):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= y < 10
 
 
+def test_local_archive_is_extracted_without_network(tmp_path, monkeypatch):
+    """cifar-10-python.tar.gz placed in --data-dir, not extracted, downloads off: it is used as it is."""
+    import io
+    import tarfile
+
+    import torchvision.datasets as tvd
+    import torchvision.datasets.cifar as tv_cifar
+    import torchvision.datasets.utils as tvu
+
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tf:
+        members = [(f"data_batch_{i}", {"data": np.zeros((2, 3072), np.uint8), "labels": [1, 2]}) for i in range(1, 6)]
+        members += [("test_batch", {"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1, 2]}),
+                    ("batches.meta", {"label_names": [f"c{i}" for i in range(10)]})]
+        for name, obj in members:
+            blob = pickle.dumps(obj)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: (tmp_path / "cifar-10-batches-py").is_dir())
+    for module in (tv_cifar, tvu):
+        monkeypatch.setattr(module, "check_integrity", lambda *a, **k: True)
+    monkeypatch.setattr(tvu, "check_md5", lambda *a, **k: True)
+    monkeypatch.setattr(exp_data, "probe", lambda *a, **k: pytest.fail("a local archive must not touch the network"))
+    spec = exp_data.load_dataset("cifar10", tmp_path, download=False)
+    assert (len(spec.train), len(spec.test)) == (10, 3)
+
+
 def test_paper_model_needs_a_baseline_or_trains_one(fake_cifar10):
     cfg = ExperimentConfig(model="vgg19-cifar", dataset="cifar10", data_dir=str(fake_cifar10), conv="falcon",
                            epochs=1, batch_size=10)

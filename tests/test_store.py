@@ -133,6 +133,10 @@ def test_accuracy_points_match_the_paper_columns(tmp_path):
     assert std["top1"] == pytest.approx(99.0) and std["params_m"] == pytest.approx(0.135674)
     mob = next(p for p in pts if p["method"] == "mobilev2")
     assert mob["rank"] is None and mob["init"] == "random"
+    again = store.save_run(_record(3, conv="falcon", rank=1, finetuned_accuracy=0.985), db)  # same config, newer
+    assert len([p for p in store.accuracy_points(db) if p["method"] == "falcon"]) == 2
+    (newest,) = [p for p in store.accuracy_points(db, latest=True) if p["method"] == "falcon"]
+    assert newest["run_id"] == again and newest["top1"] == pytest.approx(98.5)
 
     import pandas as pd
 

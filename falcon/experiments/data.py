@@ -151,11 +151,14 @@ def _open_torchvision(name: str, root: Path, download: bool, probe_timeout: floa
         pass  # not there (or incomplete): download below
     except ImportError as e:
         raise FalconError(f"{spec.label} needs {e.name or 'a missing package'}: pip install scipy") from None
-    if not download:
+    # the archive already there (not yet extracted): torchvision checks its md5 and extracts it, offline
+    archived = all((root / name).is_file() for _, name in spec.files())
+    if not download and not archived:
         raise FalconError(_offline_message(spec, root, "downloads are turned off"))
     try:
-        for url, _ in spec.files():
-            probe(url, probe_timeout)
+        if not archived:
+            for url, _ in spec.files():
+                probe(url, probe_timeout)
         root.mkdir(parents=True, exist_ok=True)
         with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
             return build(True)

@@ -213,16 +213,27 @@ def export_csv(path: str | os.PathLike, db: str | os.PathLike | None = None, run
 
 
 def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None = None,
-                    which: str = "finetuned_accuracy", include_baseline: bool = True) -> list[dict[str, Any]]:
+                    which: str = "finetuned_accuracy", include_baseline: bool = True,
+                    latest: bool = False) -> list[dict[str, Any]]:
     """Stored runs in the columns of ``data/paper_results.csv``, to plot beside the paper's points.
 
     One point per completed run: ``model``, ``dataset``, ``method`` (conv type), ``rank`` (falcon/dsconv,
     else None), ``top1`` (percent, ``which`` accuracy), ``params_m``, ``macs_m`` (millions), plus
     ``run_id``, ``init``, ``epochs``, ``training_free_top1`` and ``source="ours"``. With
     ``include_baseline``, one ``standard`` point per distinct (model, dataset, baseline) as well.
+    With ``latest``, only the most recent run of each (model, dataset, conv, hparams, init, epochs).
     ``pd.DataFrame(accuracy_points())`` is ready for :func:`falcon.figures.accuracy_figure` (``own=``).
     """
     runs = list_runs(db, status="completed") if runs is None else runs
+    if latest:
+        newest: dict[tuple, dict] = {}
+        for r in runs:  # oldest first: later runs overwrite
+            hp = r.get("hparams")
+            key = (r.get("model"), r.get("dataset"), r.get("conv"), json.dumps(hp, sort_keys=True, default=str),
+                   r.get("init"), r.get("epochs"))
+            newest.pop(key, None)
+            newest[key] = r
+        runs = list(newest.values())
     points: list[dict[str, Any]] = []
     baselines: dict[tuple, dict] = {}
     for r in runs:
