@@ -339,6 +339,7 @@ class BenchResult:
     speedup_vs_best_standard: float | None = None  # standard's fastest layout / this median ("best vs best")
     peak_memory_source: str = "estimate"  # "estimate" (CPU: tensor sizes) or "measured" (CUDA)
     samples: int = 0  # timed blocks behind the median
+    min_ms: float | None = None  # fastest timed block: what the layer costs when nothing else runs
     calls_per_sample: int = 1
 
     @property
@@ -614,6 +615,7 @@ def _summarize(tasks: list[_Task], spec: LayerSpec, entries: Sequence[BenchEntry
             peak_memory_bytes=int(peak), best=layout == best_layout,
             speedup_vs_best_standard=None if std_best is None else std_best / med,
             peak_memory_source=source, samples=len(times), calls_per_sample=task.number,
+            min_ms=min(times) * 1e3,
         ))
     return results
 
