@@ -76,6 +76,19 @@ def guard(stop: bool = True) -> Iterator[None]:
             st.stop()
 
 
+@st.cache_resource(show_spinner=False)
+def favicon():
+    """A 64×64 favicon drawn here (FALCON's colour, an EHP-like 2×2 grid), so nothing is fetched from the web."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.rounded_rectangle((2, 2, 62, 62), radius=12, fill="#ef553b")
+    for x, y in ((12, 12), (36, 12), (12, 36), (36, 36)):
+        d.rectangle((x, y, x + 16, y + 16), fill="white" if (x + y) % 48 else "#ffd4cc")
+    return img
+
+
 # ----------------------------------------------------------------------------------------------
 # sidebar
 @st.cache_resource(show_spinner=False)

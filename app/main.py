@@ -17,7 +17,8 @@ import streamlit as st  # noqa: E402
 
 import common  # noqa: E402
 
-st.set_page_config(page_title="FALCON Explorer", page_icon=":material/bolt:", layout="wide")
+# A local favicon: a material icon (ours or a page's) would be fetched from fonts.gstatic.com.
+st.set_page_config(page_title="FALCON Explorer", page_icon=common.favicon(), layout="wide")
 
 pages = [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path, default=p.default) for p in common.PAGES]
 page = st.navigation(pages)

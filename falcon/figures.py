@@ -24,6 +24,8 @@ FRONTIER = "#444444"
 SYMBOLS = {"standard": "star", "falcon": "circle", "dsconv": "diamond", "mobilev2": "triangle-up",
            "shuffle": "square"}
 
+LOG_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+
 BASE_LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=50, b=10),
                    font=dict(size=13), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
 
@@ -40,15 +42,70 @@ def conv_label(conv: str) -> str:
     return CONV_TYPES[conv].label if conv in CONV_TYPES else conv
 
 
-def _layout(fig: go.Figure, title: str | None = None, height: int | None = None, **kw: Any) -> go.Figure:
-    fig.update_layout(**BASE_LAYOUT)
+def _layout(fig: go.Figure, title: str | None = None, height: int | None = None,
+            shapes: Sequence[dict] = (), annotations: Sequence[dict] = (), **kw: Any) -> go.Figure:
+    """Apply the common layout in one update (each plotly layout update re-validates the figure)."""
+    layout: dict[str, Any] = dict(BASE_LAYOUT)
     if title:
-        fig.update_layout(title=dict(text=title, x=0, xanchor="left"))
-        fig.update_layout(margin=dict(t=80))
+        layout["title"] = dict(text=title, x=0, xanchor="left")
+        layout["margin"] = dict(BASE_LAYOUT["margin"], t=80)
     if height:
-        fig.update_layout(height=height)
-    fig.update_layout(**kw)
+        layout["height"] = height
+    if shapes:
+        layout["shapes"] = list(fig.layout.shapes or ()) + list(shapes)
+    if annotations:
+        layout["annotations"] = list(fig.layout.annotations or ()) + list(annotations)
+    layout.update(kw)
+    fig.update_layout(**layout)
     return fig
+
+
+def _axis_ref(fig: go.Figure, row: int, col: int) -> tuple[str, str]:
+    """("x2", "y2")-style references of a subplot (("x", "y") for a plain figure)."""
+    if not getattr(fig, "_grid_ref", None):
+        return "x", "y"
+    sub = fig.get_subplot(row, col)
+    return sub.xaxis.plotly_name.replace("axis", ""), sub.yaxis.plotly_name.replace("axis", "")
+
+
+def grid(rows: int, cols: int, titles: Sequence[str] = (), hspace: float = 0.06, vspace: float = 0.12) -> dict:
+    """The layout of a rows × cols grid of panels (what ``make_subplots`` builds, without its cost):
+    axes ``x``/``y``, ``x2``/``y2``, … row by row, and the titles above the panels."""
+    layout: dict[str, Any] = {"annotations": []}
+    w = (1 - hspace * (cols - 1)) / cols
+    h = (1 - vspace * (rows - 1)) / rows
+    for i in range(rows * cols):
+        r, c = divmod(i, cols)
+        n = "" if i == 0 else str(i + 1)
+        x0, y1 = c * (w + hspace), 1 - r * (h + vspace)
+        layout[f"xaxis{n}"] = dict(domain=[x0, x0 + w], anchor=f"y{n}")
+        layout[f"yaxis{n}"] = dict(domain=[y1 - h, y1], anchor=f"x{n}")
+        if i < len(titles):
+            layout["annotations"].append(dict(text=titles[i], x=x0 + w / 2, y=y1, xref="paper", yref="paper",
+                                              xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=14)))
+    return layout
+
+
+def hline(fig: go.Figure, y: float, row: int = 1, col: int = 1, color: str = FRONTIER, dash: str = "dash",
+          text: str | None = None) -> tuple[list[dict], list[dict]]:
+    """A horizontal line across one subplot (and an optional label), as layout dicts to add in one go."""
+    x, yy = _axis_ref(fig, row, col)
+    shape = dict(type="line", xref=f"{x} domain", yref=yy, x0=0, x1=1, y0=y, y1=y,
+                 line=dict(color=color, dash=dash, width=1.5))
+    notes = [dict(text=text, xref=f"{x} domain", yref=yy, x=1, y=y, xanchor="right", yanchor="bottom",
+                  showarrow=False, font=dict(color=color, size=12))] if text else []
+    return [shape], notes
+
+
+def vline(fig: go.Figure, x: float, row: int = 1, col: int = 1, color: str = FRONTIER, dash: str = "dot",
+          text: str | None = None) -> tuple[list[dict], list[dict]]:
+    """A vertical line across one subplot (and an optional label at its top)."""
+    xx, y = _axis_ref(fig, row, col)
+    shape = dict(type="line", xref=xx, yref=f"{y} domain", x0=x, x1=x, y0=0, y1=1,
+                 line=dict(color=color, dash=dash, width=1.5))
+    notes = [dict(text=text, xref=xx, yref=f"{y} domain", x=x, y=1, xanchor="left", yanchor="top",
+                  showarrow=False, font=dict(color=color, size=12))] if text else []
+    return [shape], notes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,51 +146,61 @@ def _heat(z: np.ndarray, zmax: float, show_scale: bool = False, name: str = "",
                       colorbar=dict(thickness=12, len=0.8) if show_scale else None)
 
 
-def _image_axes(fig: go.Figure, rows: int, cols: int) -> None:
+def _image_axes(fig: go.Figure, rows: int, cols: int) -> dict[str, dict]:
+    """Layout entries that make every subplot an image: no ticks or grid, square cells, row 0 on top."""
+    axes = {}
     for r in range(1, rows + 1):
         for c in range(1, cols + 1):
-            fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, row=r, col=c)
-            fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed",
-                             scaleanchor=fig.get_subplot(r, c).xaxis.plotly_name.replace("axis", ""),
-                             row=r, col=c)
+            x, y = _axis_ref(fig, r, c)
+            plain = dict(showticklabels=False, showgrid=False, zeroline=False)
+            axes[x.replace("x", "xaxis")] = plain
+            axes[y.replace("y", "yaxis")] = dict(plain, autorange="reversed", scaleanchor=x)
+    return axes
 
 
 def ehp_figure(falcon: dict[str, np.ndarray], dsconv: dict[str, np.ndarray]) -> go.Figure:
     """The EHP factorization of a small kernel, FALCON (top) and DSConv (bottom).
 
     Each dict holds ``P`` (N, M) pointwise, ``D`` (C, D, D) depthwise on the common axis (C = N for
-    FALCON, M for DSConv) and ``K`` (N, M, D, D), the kernel they make. In ``K`` row n, column m is the
-    D×D tile K[n, m]: FALCON scales output channel n's depthwise kernel by P[n, m] (rows share a
-    depthwise kernel); DSConv scales input channel m's by P[n, m] (columns share one).
+    FALCON, M for DSConv) and ``K`` (N, M, D, D), the kernel they make. Right panels: K as an N × M grid
+    of D×D tiles (row n = output channel, column m = input channel), with the depthwise kernels beside
+    it: FALCON's D[n] at the left of row n (every tile of the row is D[n] scaled by P[n, m]), DSConv's
+    D[m] above column m (every tile of the column is D[m] scaled by P[n, m]).
     """
     zmax = symmetric_range(falcon["P"], falcon["D"], falcon["K"], dsconv["P"], dsconv["D"], dsconv["K"])
     n, m = np.asarray(falcon["P"]).shape
+    d = np.asarray(falcon["K"]).shape[-1]
+    k_f, k_d = tile(falcon["K"]), tile(dsconv["K"])
+    left = np.hstack([tile(falcon["D"]), np.full((k_f.shape[0], 2), np.nan), k_f])  # D[n] | K row n
+    top = np.vstack([tile(np.asarray(dsconv["D"])[None]), np.full((2, k_d.shape[1]), np.nan), k_d])  # D[m] over column m
     fig = make_subplots(
-        rows=2, cols=3, column_widths=[0.3, 0.2, 0.5], horizontal_spacing=0.05, vertical_spacing=0.12,
+        rows=2, cols=2, column_widths=[0.3, 0.7], horizontal_spacing=0.06, vertical_spacing=0.16,
         subplot_titles=(
-            f"pointwise P ({n}×{m}: out × in)", f"depthwise D (one per output channel)",
-            "kernel K[n,m] = P[n,m] · D[n]  (rows share D)",
-            f"pointwise P ({n}×{m}: out × in)", f"depthwise D (one per input channel)",
-            "kernel K[n,m] = P[n,m] · D[m]  (columns share D)",
+            f"pointwise P ({n}×{m}: output × input)", "D[n] │ kernel K[n, m] = P[n, m] · D[n]",
+            f"pointwise P ({n}×{m}: output × input)", "D[m] above │ kernel K[n, m] = P[n, m] · D[m]",
         ),
     )
-    hover_p = "out %{y}, in %{x}<br>P = %{z:.3f}<extra></extra>"
+    hover_p = "output %{y}, input %{x}<br>P = %{z:.3f}<extra></extra>"
+    hover = "%{z:.3f}<extra></extra>"
     fig.add_trace(_heat(np.asarray(falcon["P"]), zmax, hover=hover_p), 1, 1)
-    fig.add_trace(_heat(tile(falcon["D"]), zmax), 1, 2)
-    fig.add_trace(_heat(tile(falcon["K"]), zmax, show_scale=True), 1, 3)
+    fig.add_trace(_heat(left, zmax, show_scale=True, hover=hover), 1, 2)
     fig.add_trace(_heat(np.asarray(dsconv["P"]), zmax, hover=hover_p), 2, 1)
-    d_ds = np.asarray(dsconv["D"])
-    fig.add_trace(_heat(tile(d_ds[None]), zmax), 2, 2)  # one row of M tiles
-    fig.add_trace(_heat(tile(dsconv["K"]), zmax), 2, 3)
-    _image_axes(fig, 2, 3)
-    fig.add_annotation(text="<b>FALCON</b>: common axis = output channel (pointwise first, then depthwise on N)",
-                       xref="paper", yref="paper", x=0, y=1.10, showarrow=False, xanchor="left",
-                       font=dict(color=conv_color("falcon"), size=14))
-    fig.add_annotation(text="<b>DSConv</b>: common axis = input channel (depthwise on M first, then pointwise)",
-                       xref="paper", yref="paper", x=0, y=0.49, showarrow=False, xanchor="left",
-                       font=dict(color=conv_color("dsconv"), size=14))
-    fig.update_annotations(font_size=12, selector=dict(xref="x domain"))
-    return _layout(fig, height=620, margin=dict(l=10, r=10, t=90, b=10))
+    fig.add_trace(_heat(top, zmax, hover=hover), 2, 2)
+    for a in fig.layout.annotations:  # subplot titles
+        a.font = dict(size=12)
+    notes = [
+        dict(text="<b>FALCON</b>: common axis = output channel (pointwise M→N first, then depthwise on N); "
+                  "each row of K is one depthwise kernel D[n], scaled",
+             xref="paper", yref="paper", x=0, y=1.12, showarrow=False, xanchor="left",
+             font=dict(color=conv_color("falcon"), size=14)),
+        dict(text="<b>DSConv</b>: common axis = input channel (depthwise on M first, then pointwise M→N); "
+                  "each column of K is one depthwise kernel D[m], scaled",
+             xref="paper", yref="paper", x=0, y=0.5, showarrow=False, xanchor="left",
+             font=dict(color=conv_color("dsconv"), size=14)),
+    ]
+    cells = n * (d + 1) + d + 2  # rows of the taller right panel (the DSConv one)
+    return _layout(fig, height=200 + 2 * 18 * cells, annotations=notes,
+                   margin=dict(l=10, r=10, t=90, b=10), **_image_axes(fig, 2, 2))
 
 
 def kernel_figure(kernel: np.ndarray, kernel_hat: np.ndarray, max_out: int = 8, max_in: int = 8,
@@ -152,9 +219,8 @@ def kernel_figure(kernel: np.ndarray, kernel_hat: np.ndarray, max_out: int = 8, 
     fig.add_trace(_heat(tile(k), zmax, hover=hover), 1, 1)
     fig.add_trace(_heat(tile(kh), zmax, hover=hover), 1, 2)
     fig.add_trace(_heat(tile(k - kh), zmax, show_scale=True, hover=hover), 1, 3)
-    _image_axes(fig, 1, 3)
     t = title or f"first {n} output (rows) × {m} input (columns) channels, one colour scale (±{zmax:.3g})"
-    return _layout(fig, title=t, height=380)
+    return _layout(fig, title=t, height=380, **_image_axes(fig, 1, 3))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,49 +228,56 @@ def kernel_figure(kernel: np.ndarray, kernel_hat: np.ndarray, max_out: int = 8, 
 
 
 def reductions_figure(rows: Sequence[dict]) -> go.Figure:
-    """CR (params) and CRR (MACs) of each conv type, coloured by type; the dashed line is 1× (no saving).
+    """CR (params, solid) and CRR (MACs, light) of each conv type as horizontal bars coloured by type;
+    the dashed line is 1× (no saving).
 
     ``rows``: dicts with ``conv``, ``label``, ``compression_rate``, ``computation_reduction_rate``.
     """
-    rows = [r for r in rows if r["conv"] != "standard"]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("compression rate CR (params)",
-                                                        "computation reduction rate CRR (MACs)"),
-                        horizontal_spacing=0.08)
-    for col, key in ((1, "compression_rate"), (2, "computation_reduction_rate")):
-        fig.add_trace(go.Bar(
-            x=[r["label"] for r in rows], y=[r[key] for r in rows],
-            marker_color=[conv_color(r["conv"]) for r in rows],
-            text=[f"{r[key]:.2f}×" for r in rows], textposition="outside", cliponaxis=False,
-            hovertemplate="%{x}: %{y:.3f}×<extra></extra>", showlegend=False), 1, col)
-        fig.add_hline(y=1, line_dash="dash", line_color=FRONTIER, row=1, col=col)
-        top = max([r[key] for r in rows] + [1.0])
-        fig.update_yaxes(title_text="× fewer than standard", range=[0, top * 1.18], row=1, col=col)
-    return _layout(fig, height=380)
+    rows = [r for r in rows if r["conv"] != "standard"][::-1]  # first type on top
+    labels = [r["label"] for r in rows]
+    colors = [conv_color(r["conv"]) for r in rows]
+    data = []
+    for key, name, opacity in (("computation_reduction_rate", "CRR: × fewer MACs (light)", 0.5),
+                               ("compression_rate", "CR: × fewer parameters", 1.0)):
+        data.append(dict(type="bar", orientation="h", y=labels, x=[r[key] for r in rows], name=name,
+                         marker=dict(color=colors, opacity=opacity, line=dict(color=colors, width=1.5)),
+                         text=[f"{r[key]:.2f}×" for r in rows], textposition="outside", cliponaxis=False,
+                         hovertemplate="%{y}: %{x:.3f}× <extra>" + name + "</extra>"))
+    top = max([r[k] for r in rows for k in ("compression_rate", "computation_reduction_rate")] + [1.0])
+    layout = dict(BASE_LAYOUT, height=130 + 60 * len(rows), barmode="group", bargap=0.25, showlegend=False,
+                  title=dict(text="solid: × fewer parameters (CR) · light: × fewer MACs (CRR)", x=0, xanchor="left",
+                             font=dict(size=13)),
+                  xaxis=dict(range=[0, top * 1.2], title_text="× fewer than the standard conv"),
+                  shapes=[dict(type="line", xref="x", yref="paper", x0=1, x1=1, y0=0, y1=1,
+                               line=dict(color=FRONTIER, dash="dash", width=1.5))])
+    return go.Figure(data=data, layout=layout)
 
 
 def rank_sweep_figure(sweeps: dict[str, pd.DataFrame], break_even: dict[str, dict[str, int]] | None = None) -> go.Figure:
-    """CR and CRR of rank-k conv types against k; below the dashed 1× line a rank no longer saves.
+    """CR (solid) and CRR (dotted) of rank-k conv types against k; below the dashed 1× line a rank no
+    longer saves. The break-even ranks (``break_even``: conv type → {"params": k, "macs": k}) are marked.
 
     ``sweeps``: conv type → frame with ``rank``, ``compression_rate``, ``computation_reduction_rate``.
-    ``break_even``: conv type → {"params": k, "macs": k} (marked with a vertical dotted line).
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("CR (params) by rank", "CRR (MACs) by rank"),
-                        horizontal_spacing=0.08)
-    for col, (key, by) in enumerate((("compression_rate", "params"), ("computation_reduction_rate", "macs")), 1):
-        for conv, df in sweeps.items():
-            fig.add_trace(go.Scatter(x=df["rank"], y=df[key], mode="lines+markers", name=conv_label(conv),
-                                     line=dict(color=conv_color(conv)), legendgroup=conv, showlegend=col == 1,
-                                     hovertemplate=f"{conv_label(conv)} k=%{{x}}: %{{y:.3f}}×<extra></extra>"),
-                          1, col)
-            if break_even and conv in break_even:
-                k = break_even[conv][by]
-                fig.add_vline(x=k, line_dash="dot", line_color=conv_color(conv), row=1, col=col,
-                              annotation_text=f"k={k}", annotation_position="top right",
-                              annotation_font_color=conv_color(conv))
-        fig.add_hline(y=1, line_dash="dash", line_color=FRONTIER, row=1, col=col)
-        fig.update_yaxes(type="log", title_text="× fewer than standard", row=1, col=col)
-        fig.update_xaxes(title_text="rank k", row=1, col=col)
-    return _layout(fig, height=360)
+    data, shapes, notes = [], [dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=1, y1=1,
+                                    line=dict(color=FRONTIER, dash="dash", width=1.5))], []
+    for conv, df in sweeps.items():
+        color, label = conv_color(conv), conv_label(conv)
+        for key, what, dash in (("compression_rate", "params", "solid"), ("computation_reduction_rate", "MACs", "dot")):
+            data.append(dict(type="scatter", x=list(df["rank"]), y=list(df[key]), mode="lines+markers",
+                             name=f"{label}, {what}", line=dict(color=color, dash=dash), legendgroup=conv,
+                             hovertemplate=f"{label} k=%{{x}}: %{{y:.3f}}× fewer {what}<extra></extra>"))
+        if break_even and conv in break_even:
+            k = break_even[conv]["params"]
+            shapes.append(dict(type="line", xref="x", yref="paper", x0=k, x1=k, y0=0, y1=1,
+                               line=dict(color=color, dash="dot", width=1.5)))
+            notes.append(dict(text=f" {label} k={k}", xref="x", yref="paper", x=k, y=1 - 0.07 * len(notes),
+                              xanchor="left", yanchor="top", showarrow=False, font=dict(color=color, size=12)))
+    layout = dict(BASE_LAYOUT, height=380, shapes=shapes, annotations=notes,
+                  xaxis=dict(title_text="rank k"),
+                  yaxis=dict(type="log", title_text="× fewer than standard", tickvals=LOG_TICKS, ticktext=[f"{v:g}" for v in LOG_TICKS]),
+                  legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(l=10, r=10, t=20, b=10))
+    return go.Figure(data=data, layout=layout)
 
 
 def speedup_figure(results: Sequence[dict]) -> go.Figure:
@@ -221,19 +294,18 @@ def speedup_figure(results: Sequence[dict]) -> go.Figure:
                          marker=dict(color="rgba(0,0,0,0)", line=dict(color=FRONTIER, width=2)),
                          text=[f"{theo[lab]:.2f}×" for lab in labels], textposition="outside",
                          hovertemplate="%{x}<br>theoretical %{y:.2f}×<extra></extra>"))
-    patterns = {"contiguous": "", "channels_last": "/"}
+    opacity = {"contiguous": 0.5, "channels_last": 1.0}
     for layout in dict.fromkeys(r["memory_format"] for r in rows):
         sel = {r["label"]: r for r in rows if r["memory_format"] == layout}
+        colors = [conv_color(sel[lab]["conv"]) if lab in sel else NEUTRAL for lab in labels]
         fig.add_trace(go.Bar(
             x=labels, y=[sel[lab]["speedup"] if lab in sel else None for lab in labels],
-            name=f"measured, {layout}",
-            marker=dict(color=[conv_color(sel[lab]["conv"]) if lab in sel else NEUTRAL for lab in labels],
-                        pattern=dict(shape=patterns.get(layout, "."), fillmode="overlay")),
+            name=f"measured, {layout}" + (" (light)" if opacity.get(layout, 1.0) < 1 else ""),
+            marker=dict(color=colors, opacity=opacity.get(layout, 1.0), line=dict(color=colors, width=1.5)),
             text=[f"{sel[lab]['speedup']:.2f}×" if lab in sel else "" for lab in labels], textposition="outside",
             hovertemplate=f"%{{x}}<br>measured ({layout}) %{{y:.2f}}×<extra></extra>"))
-    fig.add_hline(y=1, line_dash="dash", line_color=FRONTIER)
-    fig.update_yaxes(title_text="speedup over the standard conv (same layout)")
-    return _layout(fig, height=400, barmode="group")
+    return _layout(fig, height=400, barmode="group", shapes=hline(fig, 1)[0],
+                   yaxis=dict(title_text="speedup over the standard conv (same layout)"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,10 +334,9 @@ def per_layer_figure(layers: pd.DataFrame | Sequence[dict], standard: pd.DataFra
                              marker_color=conv_color(kind),
                              customdata=df.loc[sel, ["shape"]].to_numpy() if "shape" in df else None,
                              hovertemplate="%{x} (%{customdata[0]})<br>%{y:,}<extra>" + conv_label(kind) + "</extra>"))
-    fig.update_layout(barmode="overlay")
-    fig.update_xaxes(categoryorder="array", categoryarray=list(df["name"]), tickangle=-60)
-    fig.update_yaxes(title_text="MACs per image" if what == "macs" else "parameters")
-    return _layout(fig, height=420)
+    return _layout(fig, height=420, barmode="overlay",
+                   xaxis=dict(categoryorder="array", categoryarray=list(df["name"]), tickangle=-60),
+                   yaxis=dict(title_text="MACs per image" if what == "macs" else "parameters"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,12 +350,10 @@ def loss_figure(steps: Sequence[int], relative_errors: Sequence[float], optimum:
     fig.add_trace(go.Scatter(x=list(steps), y=list(relative_errors), mode="lines", name="gradient descent",
                              line=dict(color=conv_color(conv), width=2),
                              hovertemplate="step %{x}<br>relative error %{y:.5f}<extra></extra>"))
-    if optimum is not None:
-        fig.add_hline(y=max(optimum, 1e-12), line_dash="dash", line_color=FRONTIER,
-                      annotation_text=f"SVD optimum {optimum:.4f}", annotation_position="top right")
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="relative error ‖K − K̂‖ / ‖K‖", type="log")
-    return _layout(fig, title=title, height=380)
+    shapes, notes = hline(fig, max(optimum, 1e-12), text=f"SVD optimum {optimum:.4f}") if optimum is not None else ([], [])
+    return _layout(fig, title=title, height=380, shapes=shapes, annotations=notes, xaxis=dict(title_text="step"),
+                   yaxis=dict(title_text="relative error ‖K − K̂‖ / ‖K‖", type="log", tickvals=LOG_TICKS,
+                              ticktext=[f"{v:g}" for v in LOG_TICKS]))
 
 
 def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = "falcon") -> go.Figure:
@@ -301,11 +370,10 @@ def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = "falc
                              hovertemplate="rank %{x}: worst channel %{y:.3f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=ranks, y=med, mode="lines+markers", name="median channel", line=dict(color=color),
                              hovertemplate="rank %{x}: median %{y:.3f}<extra></extra>"))
-    if rank is not None:
-        fig.add_vline(x=rank, line_dash="dot", line_color=FRONTIER, annotation_text=f"k={rank}")
-    fig.update_xaxes(title_text="rank k", dtick=1 if len(ranks) <= 16 else None)
-    fig.update_yaxes(title_text="energy kept ‖K̂_c‖² / ‖K_c‖²", range=[0, 1.05])
-    return _layout(fig, height=340)
+    shapes, notes = vline(fig, rank, text=f" k={rank}") if rank is not None else ([], [])
+    return _layout(fig, height=340, shapes=shapes, annotations=notes,
+                   xaxis=dict(title_text="rank k", dtick=1 if len(ranks) <= 16 else None),
+                   yaxis=dict(title_text="energy kept ‖K̂_c‖² / ‖K_c‖²", range=[0, 1.05]))
 
 
 def error_by_rank_figure(errors: Sequence[float], rank: int | None = None, conv: str = "falcon") -> go.Figure:
@@ -313,9 +381,8 @@ def error_by_rank_figure(errors: Sequence[float], rank: int | None = None, conv:
     ranks = list(range(1, len(errors) + 1))
     fig = go.Figure(go.Bar(x=ranks, y=list(errors), marker_color=[conv_color(conv) if k == rank else NEUTRAL for k in ranks],
                            hovertemplate="rank %{x}: %{y:.4f}<extra></extra>"))
-    fig.update_xaxes(title_text="rank k", dtick=1 if len(ranks) <= 16 else None)
-    fig.update_yaxes(title_text="optimal relative error")
-    return _layout(fig, height=340)
+    return _layout(fig, height=340, xaxis=dict(title_text="rank k", dtick=1 if len(ranks) <= 16 else None),
+                   yaxis=dict(title_text="optimal relative error"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,46 +425,52 @@ def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str
     n = max(1, len(panels))
     cols = max(1, min(cols, n))
     rows = -(-n // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_panel_title(*p) for p in panels],
-                        horizontal_spacing=0.06, vertical_spacing=0.16 if rows > 1 else 0.1)
+    by_panel = {key: g for key, g in data.groupby(["model", "dataset"], sort=False)}
+    layout = grid(rows, cols, [_panel_title(*p) for p in panels], hspace=0.06, vspace=0.16 if rows > 1 else 0.1)
     shown: set[str] = set()
+    axes: dict[str, dict] = {}
+    traces: list[dict] = []  # built as dicts and validated once (add_trace per panel is slow)
     xlabel = "parameters (M)" if x == "params_m" else "FLOPs = MACs (M)"
     for i, (model, dataset) in enumerate(panels):
         r, c = i // cols + 1, i % cols + 1
-        d = data[(data["model"] == model) & (data["dataset"] == dataset)]
-        if d.empty:
+        xr, yr = ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
+        d = by_panel.get((model, dataset))
+        if d is None:
             continue
         front = d[pareto_front(d[x], d[y])].sort_values(x)
         if len(front):
-            fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line=dict(color=FRONTIER, dash="dash", shape="hv", width=1),
-                                     name="Pareto frontier", legendgroup="frontier", showlegend="frontier" not in shown,
-                                     hoverinfo="skip"), r, c)
+            traces.append(dict(type="scatter", x=list(front[x]), y=list(front[y]), mode="lines", xaxis=xr, yaxis=yr,
+                               line=dict(color=FRONTIER, dash="dash", shape="hv", width=1),
+                               name="Pareto frontier", legendgroup="frontier", showlegend="frontier" not in shown,
+                               hoverinfo="skip"))
             shown.add("frontier")
-        for source in ("paper", "ours"):
-            ds = d[d["source"] == source]
-            for method in dict.fromkeys(ds["method"]):
-                m = ds[ds["method"] == method]
-                if method == "falcon":
-                    m = m.sort_values("rank")
-                key = f"{source}:{method}"
-                name = conv_label(method) + (" (ours)" if source == "ours" else "")
-                if method == "falcon" and source == "paper":
-                    name = "FALCON rank 1–3"
-                symbol = SYMBOLS.get(method, "circle") + ("-open" if source == "ours" else "")
-                ranks = [f"k={int(k)}" if pd.notna(k) else "" for k in m["rank"]] if "rank" in m else [""] * len(m)
-                fig.add_trace(go.Scatter(
-                    x=m[x], y=m[y], mode="lines+markers+text" if method == "falcon" else "markers",
-                    text=ranks if method == "falcon" else None, textposition="top center",
-                    textfont=dict(size=10, color=conv_color(method)),
-                    line=dict(color=conv_color(method), width=2, dash="dot" if source == "ours" else "solid"),
-                    marker=dict(symbol=symbol, size=14 if method == "standard" else 10, color=conv_color(method),
-                                line=dict(width=1.5, color=conv_color(method) if source == "ours" else "white")),
-                    name=name, legendgroup=key, showlegend=key not in shown,
-                    customdata=np.stack([m["method"], ranks], axis=1) if len(m) else None,
-                    hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:,.2f}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
-                ), r, c)
-                shown.add(key)
-        fig.update_xaxes(type="log" if log_x else "linear", title_text=xlabel, row=r, col=c)
-        fig.update_yaxes(title_text="top-1 accuracy (%)" if c == 1 else None, row=r, col=c)
-    return _layout(fig, height=330 * rows + 90, margin=dict(l=10, r=10, t=100, b=10),
-                   legend=dict(orientation="h", yanchor="bottom", y=1.0 + 0.12 / rows, x=0))
+        for (source, method), m in d.groupby(["source", "method"], sort=False):
+            if method == "falcon":
+                m = m.sort_values("rank")
+            key = f"{source}:{method}"
+            name = conv_label(method) + (" (ours)" if source == "ours" else "")
+            if method == "falcon" and source == "paper":
+                name = "FALCON rank 1–3"
+            symbol = SYMBOLS.get(method, "circle") + ("-open" if source == "ours" else "")
+            ranks = [f"k={int(k)}" if pd.notna(k) else "" for k in m["rank"]] if "rank" in m else [""] * len(m)
+            traces.append(dict(
+                type="scatter", xaxis=xr, yaxis=yr,
+                x=list(m[x]), y=list(m[y]), mode="lines+markers+text" if method == "falcon" else "markers",
+                text=ranks if method == "falcon" else None, textposition="top center",
+                textfont=dict(size=10, color=conv_color(method)),
+                line=dict(color=conv_color(method), width=2, dash="dot" if source == "ours" else "solid"),
+                marker=dict(symbol=symbol, size=15 if method == "standard" else 12 if method != "falcon" else 10,
+                            color=conv_color(method),
+                            line=dict(width=1.5, color=conv_color(method) if source == "ours" else "white")),
+                name=name, legendgroup=key, showlegend=key not in shown,
+                customdata=[[str(a), b] for a, b in zip(m["method"], ranks)],
+                hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:,.2f}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
+            ))
+            shown.add(key)
+        axes[xr.replace("x", "xaxis")] = dict(type="log" if log_x else "linear", title_text=xlabel)
+        axes[yr.replace("y", "yaxis")] = dict(title_text="top-1 accuracy (%)" if c == 1 else None)
+    for name, ax in axes.items():
+        layout[name] = {**layout.get(name, {}), **ax}
+    layout.update(BASE_LAYOUT, height=330 * rows + 90, margin=dict(l=10, r=10, t=100, b=10),
+                  legend=dict(orientation="h", yanchor="bottom", y=1.0 + 0.12 / rows, x=0))
+    return go.Figure(data=traces, layout=layout)

@@ -17,10 +17,11 @@ paper = common.paper_results()
 with common.guard(stop=False):
     ours = own_runs()
 
-c = st.columns([1.3, 1.2, 3, 1.3])
+c = st.columns([1.7, 1.1, 3.2, 1])
 x = common.widget(c[0].segmented_control, "x axis", ["params_m", "macs_m"], default="params_m", key="x", required=True,
                   format_func=lambda v: "parameters" if v == "params_m" else "FLOPs (MACs)")
-scale = common.widget(c[1].segmented_control, "scale", ["linear", "log"], default="linear", key="scale", required=True)
+scale = common.widget(c[1].segmented_control, "scale", ["log", "linear"], default="log", key="scale", required=True,
+                      help="cost spans 10× within a panel: log spreads the cheap models apart")
 all_panels = list(dict.fromkeys(zip(paper["model"], paper["dataset"])))
 if len(ours):
     all_panels += [p for p in dict.fromkeys(zip(ours["model"], ours["dataset"])) if p not in all_panels]

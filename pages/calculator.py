@@ -9,7 +9,7 @@ import streamlit as st
 import common
 from falcon.convtypes import CONV_TYPES
 from falcon.figures import rank_sweep_figure, reductions_figure, speedup_figure
-from falcon.ui_state import BackgroundJob, latex_int, layer_table
+from falcon.ui_state import BackgroundJob, layer_table
 
 st.title("Layer calculator")
 st.caption("Closed-form weights and multiply-accumulates (MACs; the thesis's FLOPs) of one convolution layer, "
@@ -55,31 +55,19 @@ for r in rows:
 good = [r for r in rows if "error" not in r]
 
 # ---------------------------------------------------------------------------------------------- table
-st.subheader("Every conv type")
-table = layer_table(good)
-st.dataframe(
-    table, key="cost_table", hide_index=False,
-    column_config={
-        "conv": st.column_config.TextColumn("id"),
-        "params": st.column_config.NumberColumn("params", format="localized"),
-        "MACs": st.column_config.NumberColumn("MACs", format="localized"),
-        "CR (params)": st.column_config.NumberColumn("CR (params)", format="%.3f×"),
-        "CRR (MACs)": st.column_config.NumberColumn("CRR (MACs)", format="%.3f×"),
-    },
-)
-
-st.subheader("Formulas beside the numbers")
-head = st.columns([2.2, 4, 5, 1.3])
-for c, t in zip(head, ("conv type", "parameters", "MACs", "CR · CRR")):
-    c.markdown(f"**{t}**")
+st.subheader("Every conv type, formulas beside the numbers")
+lines = ["| | conv type | parameters | MACs | CR | CRR |", "|---|---|---|---|---|---|"]
 for r in good:
-    with st.container(border=True):
-        c = st.columns([2.2, 4, 5, 1.3], vertical_alignment="center")
-        c[0].markdown(f"{common.color_dot(r['color'])} **{r['label']}**", unsafe_allow_html=True,
-                      help=CONV_TYPES[r["conv"]].summary)
-        c[1].latex(rf"{r['latex_params']} \\ = {r['params_sum']}")
-        c[2].latex(rf"{r['latex_macs']} \\ = {r['macs_sum']}")
-        c[3].markdown(f"CR **{r['compression_rate']:.2f}×**  \nCRR **{r['computation_reduction_rate']:.2f}×**")
+    lines.append(
+        f"| {common.color_dot(r['color'])} | **{r['label']}** "
+        f"| ${r['latex_params']}$<br>= {r['params_sum'].replace('{,}', ',')} "
+        f"| ${r['latex_macs']}$<br>= {r['macs_sum'].replace('{,}', ',')} "
+        f"| **{r['compression_rate']:.3f}×** | **{r['computation_reduction_rate']:.3f}×** |")
+st.markdown("\n".join(lines), unsafe_allow_html=True)
+st.caption("CR = standard params / params; CRR = standard MACs / MACs. Weights only (no bias, no BN); "
+           "the parts of each sum are the block's convolutions, in order.")
+st.download_button("Table (CSV)", lambda: layer_table(good).to_csv().encode(), file_name="falcon-layer-costs.csv",
+                   mime="text/csv", icon=":material/download:", key="calc_csv", on_click="ignore")
 
 left, right = st.columns(2)
 with left:
@@ -92,27 +80,24 @@ with right:
     sweeps, be = common.rank_sweeps(spec_dict)
     st.caption("Rank-k FALCON and DSConv cost k times rank 1. From the break-even rank on, they cost at least "
                "as much as the standard conv (CR or CRR ≤ 1×).")
-    mcols = st.columns(len(be) * 2)
-    j = 0
     for conv, by in be.items():
-        for what, label in (("params", "params"), ("macs", "MACs")):
-            mcols[j].metric(f"{CONV_TYPES[conv].label}, by {label}", f"k = {by[what]}",
-                            help=f"smallest rank k at which rank-k {CONV_TYPES[conv].label} has at least as many "
-                                 f"{label} as the standard conv")
-            j += 1
+        ct = CONV_TYPES[conv]
+        st.markdown(f"{common.color_dot(ct.color)} **{ct.label}** stops saving parameters at **k = {by['params']}** "
+                    f"and MACs at **k = {by['macs']}**", unsafe_allow_html=True)
     common.plot(rank_sweep_figure(sweeps, be), key="rank_sweep", filename="falcon-break-even")
 
 # ---------------------------------------------------------------------------------------------- thop
-with st.expander("Cross-check: thop on the built modules", expanded=False):
-    st.caption("Each type's block is built (on PyTorch's meta device: shapes only) and profiled by thop 0.1.1; "
-               "its counts must equal the closed form.")
-    check = common.thop_check(spec_dict, hp_json)
+check = common.thop_check(spec_dict, hp_json)
+agree = bool(check["agree"].all())
+t = st.columns([4, 1.2], vertical_alignment="center")
+if agree:
+    t[0].success("Cross-check: thop 0.1.1, run on each type's built block (PyTorch's meta device: shapes only), "
+                 "counts exactly the closed-form params and MACs of every conv type.", icon=":material/check_circle:")
+else:
+    t[0].warning("thop disagrees with the closed form for: " + ", ".join(check.index[~check["agree"]]))
+if t[1].toggle("show thop's counts", key="show_thop"):
     st.dataframe(check, key="thop_table", column_config={
         c: st.column_config.NumberColumn(c, format="localized") for c in check.columns if c not in ("conv type", "agree")})
-    if bool(check["agree"].all()):
-        st.success("thop agrees with the closed form for every conv type.", icon=":material/check_circle:")
-    else:
-        st.warning("thop disagrees for: " + ", ".join(check.index[~check["agree"]]))
 
 # ---------------------------------------------------------------------------------------------- measure
 dev = common.device_info()
@@ -173,7 +158,7 @@ def start_measurement() -> None:
 
 job: BackgroundJob | None = st.session_state.get("bench_job")
 running = job is not None and job.running
-bc = st.columns([1.3, 1, 5])
+bc = st.columns([2, 5])
 if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", disabled=running or not chosen,
                 icon=":material/timer:"):
     start_measurement()

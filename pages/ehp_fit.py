@@ -12,7 +12,7 @@ st.caption("Fit a trained convolution's kernel K with the EHP of a pointwise and
            "used gradient descent, which you can watch converge toward it.")
 
 # ---------------------------------------------------------------------------------------------- the model
-c = st.columns([1.6, 2.4])
+c = st.columns([1.5, 2.5])
 source = common.widget(c[0].segmented_control, "model source", list(FIT_SOURCES), default="digits-vgg",
                        key="source", required=True, format_func=lambda s: FIT_SOURCES[s])
 name, checkpoint = "digits-vgg", None
@@ -45,7 +45,7 @@ if not layers:
 
 # ---------------------------------------------------------------------------------------------- the fit
 by_name = {row["name"]: row for row in layers}
-c = st.columns([2.6, 1.2, 0.8, 1.4])
+c = st.columns([2.4, 1.1, 0.8, 1.9])
 biggest = max(range(len(layers)), key=lambda i: layers[i]["params"])  # default: the layer with most weights
 layer = common.widget(c[0].selectbox, f"layer ({len(layers)} fittable convs)", list(by_name), index=biggest, key="layer",
                       format_func=lambda n: by_name[n]["label"])
@@ -54,8 +54,9 @@ conv = common.widget(c[1].segmented_control, "fit with", ["falcon", "dsconv"], d
 rank = common.widget(c[2].number_input, "rank k", 1, 256, 1, step=1, key="k",
                      help="a rank above the layer's full rank is lowered to it")
 method = common.widget(c[3].segmented_control, "method", ["svd", "gd", "random"], default="svd", key="method",
-                       required=True, format_func=lambda m: {"svd": "SVD (optimum)", "gd": "gradient descent",
-                                                             "random": "random init"}[m])
+                       required=True, format_func=lambda m: {"svd": "SVD", "gd": "gradient descent", "random": "random"}[m],
+                       help="SVD: the closed-form optimum; gradient descent: the thesis's fit, drawn live; "
+                            "random: a freshly initialized block (no fit)")
 row = by_name[layer]
 conv, method, rank = conv or "falcon", method or "svd", int(rank)
 
@@ -113,7 +114,7 @@ def start_gd() -> None:
 
 
 if method == "gd":
-    b = st.columns([1.2, 6])
+    b = st.columns([2, 5])
     if b[0].button("Start gradient descent", key="gd_start", type="primary", disabled=running, icon=":material/play_arrow:"):
         start_gd()
         job, job_matches, running = st.session_state["fit_job"], True, True
@@ -176,17 +177,20 @@ with common.guard():
 
 spec = effect["spec"]
 m = st.columns(5)
-m[0].metric("relative error ‖K − K̂‖/‖K‖", f"{fit.relative_error:.4f}", help=f"of the {fit_note}")
-m[1].metric("SVD optimum at this rank", f"{svd.relative_error:.4f}", help="Eckart–Young: no rank-k EHP does better")
-m[2].metric("full rank (exact fit)", f"{svd.full_rank}", help="min(M, D²) for FALCON, min(N, D²) for DSConv")
-m[3].metric(f"layer output error ({effect['samples']})", f"{effect['output_error']:.4f}",
-            help="‖conv(x) − block(x)‖ / ‖conv(x)‖ on the layer's real inputs")
+m[0].metric("relative error", f"{fit.relative_error:.4f}", help=f"‖K − K̂‖ / ‖K‖ of the {fit_note}")
+m[1].metric("SVD optimum", f"{svd.relative_error:.4f}",
+            help="the best relative error any rank-k EHP can reach (Eckart–Young)")
+m[2].metric("full rank", f"{svd.full_rank}",
+            help="the rank from which the fit is exact: min(M, D²) for FALCON, min(N, D²) for DSConv")
+m[3].metric("output error", f"{effect['output_error']:.4f}",
+            help=f"‖conv(x) − block(x)‖ / ‖conv(x)‖ on the layer's inputs from {effect['samples']}")
 if effect.get("accuracy") is not None:
-    m[4].metric("accuracy, this layer replaced", f"{100 * effect['accuracy']:.2f}%",
+    m[4].metric("accuracy", f"{100 * effect['accuracy']:.2f}%",
                 delta=f"{100 * (effect['accuracy'] - effect['baseline_accuracy']):+.2f} points",
-                help=f"held-out digits; the original model: {100 * effect['baseline_accuracy']:.2f}%")
+                help=f"held-out digits, only this layer replaced, no fine-tuning; "
+                     f"the original model: {100 * effect['baseline_accuracy']:.2f}%")
 else:
-    m[4].metric("params of this layer", f"{effect['params']:,}", delta=f"{effect['params'] - effect['standard_params']:+,}",
+    m[4].metric("layer weights", f"{effect['params']:,}", delta=f"{effect['params'] - effect['standard_params']:+,}",
                 delta_color="inverse")
 
 with st.container(border=True):

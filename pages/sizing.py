@@ -16,15 +16,15 @@ st.caption("Parameters and MACs of a whole model after replacing its convolution
            "unmodified model. Models are built on PyTorch's meta device: shapes only, no download, no memory.")
 
 names = common.model_names()
-c = st.columns([2.2, 1, 1, 1.4])
+c = st.columns([2.2, 1.2, 1.2, 1.4])
 model = common.widget(c[0].selectbox, "model", names, index=names.index("resnet18"), key="model",
                       format_func=lambda m: f"{m}  (thesis)" if m in PAPER_MODELS else m,
                       help="the thesis's four models, the bundled digits-vgg, or any torchvision classification model")
 defaults = common.model_defaults(model)
 classes = common.widget(c[1].number_input, "classes", 1, 100000, None, step=1, key="classes",
-                        placeholder=f"{defaults['classes']} (model default)")
+                        placeholder=f"{defaults['classes']} (default)", help="empty: the model's own")
 size = common.widget(c[2].number_input, "input size H=W", 8, 2048, None, step=1, key="size",
-                     placeholder=f"{defaults['input_size']} (model default)")
+                     placeholder=f"{defaults['input_size']} (default)", help="empty: the model's own")
 conv = common.widget(c[3].selectbox, "conv type", list(CONV_TYPES), index=list(CONV_TYPES).index("falcon"), key="conv",
                      format_func=lambda t: CONV_TYPES[t].label)
 st.caption(defaults["description"])

@@ -77,10 +77,15 @@ def test_ehp_figure_draws_the_library_product():
     dsconv = {"P": p.numpy(), "D": d_in.numpy(), "K": ehp_kernel(p, d_in, "input").numpy()}
     fig = figures.ehp_figure(falcon, dsconv)
     heat = _traces(fig, "heatmap")
-    assert len(heat) == 6
+    assert len(heat) == 4
     zmax = figures.symmetric_range(*falcon.values(), *dsconv.values())
     assert all(h.zmin == -zmax and h.zmax == zmax and h.zmid == 0 for h in heat)  # one diverging scale
-    np.testing.assert_allclose(np.asarray(heat[2].z, dtype=float), figures.tile(falcon["K"]))
+    right = np.asarray(heat[1].z, dtype=float)  # D[n] | gap | K
+    np.testing.assert_allclose(right[:, 3 + 2:], figures.tile(falcon["K"]))
+    np.testing.assert_allclose(right[0:3, 0:3], falcon["D"][0])
+    below = np.asarray(heat[3].z, dtype=float)  # D[m] row, gap, K
+    np.testing.assert_allclose(below[3 + 2:], figures.tile(dsconv["K"]))
+    np.testing.assert_allclose(below[0:3, 4:7], dsconv["D"][1])
     # FALCON: tile (n, m) is P[n, m] · D[n]
     np.testing.assert_allclose(falcon["K"][1, 2], falcon["P"][1, 2] * falcon["D"][1], rtol=1e-6)
     np.testing.assert_allclose(dsconv["K"][1, 2], dsconv["P"][1, 2] * dsconv["D"][2], rtol=1e-6)
@@ -102,11 +107,14 @@ def test_kernel_figure_uses_one_scale_and_crops():
 def test_reductions_figure_has_the_library_rates_in_registry_colors():
     rows = ui_state.layer_rows(SPEC)
     fig = figures.reductions_figure(rows)
-    cr, crr = _traces(fig, "bar")
-    expected = [r for r in rows if r["conv"] != "standard"]
-    assert list(cr.y) == [compare(SPEC, r["conv"]).compression_rate for r in expected]
-    assert list(crr.y) == [compare(SPEC, r["conv"]).computation_reduction_rate for r in expected]
+    crr, cr = _traces(fig, "bar")
+    assert cr.name.startswith("CR:") and crr.name.startswith("CRR:")
+    expected = [r for r in rows if r["conv"] != "standard"][::-1]  # horizontal bars, first type on top
+    assert list(cr.y) == [r["label"] for r in expected]
+    assert list(cr.x) == [compare(SPEC, r["conv"]).compression_rate for r in expected]
+    assert list(crr.x) == [compare(SPEC, r["conv"]).computation_reduction_rate for r in expected]
     assert list(cr.marker.color) == [CONV_TYPES[r["conv"]].color for r in expected]
+    assert fig.layout.shapes[0].x0 == 1  # the 1× line
 
 
 def test_rank_sweep_and_break_even():
@@ -116,7 +124,9 @@ def test_rank_sweep_and_break_even():
     row = sweep[sweep["rank"] == be].iloc[0]
     assert row["compression_rate"] <= 1 < sweep[sweep["rank"] == be - 1].iloc[0]["compression_rate"]
     fig = figures.rank_sweep_figure({"falcon": sweep}, {"falcon": {"params": be, "macs": break_even_rank(SPEC, "falcon", "macs")}})
-    assert [t.name for t in _traces(fig, "scatter")] == ["FALCON", "FALCON"]
+    assert [t.name for t in _traces(fig, "scatter")] == ["FALCON, params", "FALCON, MACs"]
+    assert list(fig.data[0].y) == list(sweep["compression_rate"])
+    assert fig.layout.shapes[1].x0 == be
 
 
 def test_speedup_figure():
@@ -127,7 +137,7 @@ def test_speedup_figure():
     ]
     fig = figures.speedup_figure(results)
     bars = _traces(fig, "bar")
-    assert [b.name for b in bars] == ["theoretical (MAC ratio)", "measured, contiguous", "measured, channels_last"]
+    assert [b.name for b in bars] == ["theoretical (MAC ratio)", "measured, contiguous (light)", "measured, channels_last"]
     assert list(bars[0].y) == [8.69] and list(bars[1].y) == [3.0] and list(bars[2].y) == [7.0]
 
 

@@ -1,0 +1,254 @@
+"""The app in a real browser: `streamlit run app/main.py` as the README says, every registered page
+opened from the sidebar in Debian's chromium through Playwright, one interaction per page.
+
+Screenshots go to test-artifacts/screenshots/, timings to test-artifacts/timings.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+SHOTS = ARTIFACTS / "screenshots"
+CHROMIUM = os.environ.get("FALCON_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+DONE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+sys.path.insert(0, str(ROOT / "app"))
+import common  # noqa: E402  (the page registry)
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`streamlit run app/main.py --server.headless true --server.port PORT` from the repository root."""
+    port = _free_port()
+    exe = shutil.which("streamlit", path=str(Path(sys.executable).parent)) or shutil.which("streamlit")
+    cmd = [exe] if exe else [sys.executable, "-m", "streamlit"]
+    env = {**os.environ, "FALCON_RESULTS_DB": str(tmp_path_factory.mktemp("store") / "results.sqlite")}
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
+    proc = subprocess.Popen(cmd + ["run", "app/main.py", "--server.headless", "true", "--server.port", str(port)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            break
+    else:
+        proc.terminate()
+        pytest.fail("streamlit did not start in 60 s")
+    if proc.poll() is not None:
+        log.seek(0)
+        pytest.fail(f"streamlit exited: {log.read()[-2000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.seek(0)
+    tail = log.read()[-5000:]
+    assert "Traceback" not in tail, tail
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (`apt-get install chromium`)")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def wait_done(page, timeout: float = 60_000) -> None:
+    """The script has finished running and nothing is still loading (Streamlit's e2e rule)."""
+    page.wait_for_selector(DONE, state="attached", timeout=timeout)
+    page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stSkeleton']\").length === 0",
+                           timeout=timeout)
+
+
+def wait_rerun(page, condition: str, arg=None, timeout: float = 60_000) -> float:
+    """Wait until ``condition`` (JS, given ``arg``) holds and the script is not running; seconds waited."""
+    t0 = time.perf_counter()
+    page.wait_for_function(
+        "([cond, arg]) => { const app = document.querySelector(\"[data-testid='stApp']\");"
+        " return app && app.dataset.testScriptState === 'notRunning' && (new Function('arg', cond))(arg); }",
+        arg=[condition, arg], timeout=timeout, polling="raf")
+    return time.perf_counter() - t0
+
+
+def no_exception(page) -> None:
+    errors = page.locator("[data-testid='stException']")
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def shot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside stMain, so the viewport is stretched to its height."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height) + 40, 12000))})
+    time.sleep(0.5)  # let plotly redraw at the new size
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size(size)
+
+
+def open_from_sidebar(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True).click()
+    page.wait_for_function("(t) => document.querySelector('h1') && document.querySelector('h1').innerText.includes(t)",
+                           arg=title if title != "Overview" else "FALCON Explorer", timeout=60_000)
+    wait_done(page)
+
+
+def charts(page) -> int:
+    """Plotly charts that have drawn their figure."""
+    return page.locator("[data-testid='stPlotlyChart']:has(.main-svg)").count()
+
+
+def tables(page) -> int:
+    """Dataframes and markdown tables."""
+    return page.locator("[data-testid='stDataFrame'], [data-testid='stMarkdown'] table").count()
+
+
+def number_input(page, label: str):
+    return page.get_by_label(label, exact=True)
+
+
+def commit(page, label: str, value) -> None:
+    box = number_input(page, label)
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def text_js(fragment: str) -> str:
+    return f"return document.body.innerText.includes({json.dumps(fragment)})"
+
+
+def test_every_page_in_the_browser(server, browser):
+    timings: dict[str, float] = {}
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.set_default_timeout(60_000)
+    outside: list[str] = []  # the app must work offline: nothing may be fetched from another host
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://localhost", "data:", "blob:")) else None)
+
+    # first load: from the URL until the overview has finished running (includes importing torch)
+    t0 = time.perf_counter()
+    page.goto(server)
+    wait_done(page)
+    page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg")
+    timings["first_load_s"] = time.perf_counter() - t0
+    no_exception(page)
+    assert page.get_by_test_id("stSidebar").inner_text().count("CPU") + page.get_by_test_id("stSidebar").inner_text().count("GPU")
+    nav = page.get_by_test_id("stSidebarNav").inner_text()
+    assert all(p.title in nav for p in common.PAGES)
+
+    for p in common.PAGES:
+        open_from_sidebar(page, p.title)
+        no_exception(page)
+        assert charts(page) + tables(page) > 0, f"{p.title}: no chart or table"
+        getattr(Interactions, p.url_path.replace("-", "_"))(page, timings)
+        no_exception(page)
+        shot(page, f"{common.PAGES.index(p) + 1:02d}-{p.url_path}")
+
+    assert not outside, f"the app fetched from other hosts: {sorted(set(outside))[:5]}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=2))
+    print("\nbrowser timings:", json.dumps(timings))
+    page.close()
+
+
+class Interactions:
+    """One interaction per page (named after the page's url path), checking that the page answers."""
+
+    @staticmethod
+    def overview(page, timings):
+        assert charts(page) == 1
+        slider = page.get_by_test_id("stSlider").first.get_by_role("slider")
+        slider.focus()
+        slider.press("ArrowRight")  # M: 4 → 5
+        wait_rerun(page, text_js("5"))
+        wait_done(page)
+        assert charts(page) == 1
+
+    @staticmethod
+    def calculator(page, timings):
+        assert charts(page) >= 2 and tables(page) >= 1
+        # a calculator change: from Enter until the page shows the new layer and has finished running
+        samples = []
+        for m in (128, 192, 64, 256, 96):
+            box = number_input(page, "in channels M")
+            box.fill(str(m))
+            t0 = time.perf_counter()
+            box.press("Enter")
+            wait_rerun(page, text_js(f"Layer: {m}→256, 3×3"))
+            samples.append(time.perf_counter() - t0)
+        timings["calculator_change_s"] = sorted(samples)[len(samples) // 2]
+        timings["calculator_change_samples_s"] = samples
+        wait_done(page)
+        # the measurement: a tiny layer so it ends in seconds
+        for label, value in (("in channels M", 16), ("out channels N", 16), ("input height H", 8)):
+            commit(page, label, value)
+            wait_rerun(page, text_js("Layer: 16→16, 3×3, stride 1, pad 1, 8×8") if label == "input height H" else "return true")
+        commit(page, "rounds", 1)
+        wait_done(page)
+        commit(page, "s per visit", 0.01)
+        wait_done(page)
+        page.get_by_role("button", name="Measure on").click()
+        wait_rerun(page, text_js("Why measured and theoretical differ"), timeout=120_000)
+        wait_done(page)
+        assert charts(page) == 3
+
+    @staticmethod
+    def sizing(page, timings):
+        assert charts(page) == 1 and tables(page) >= 2
+        box = page.get_by_test_id("stSelectbox").filter(has_text="model").first
+        box.click()
+        page.keyboard.type("vgg19-cifar")
+        page.keyboard.press("Enter")
+        wait_rerun(page, text_js("vgg19-cifar with FALCON"))
+        wait_done(page)
+        assert "2,563,658" in page.get_by_test_id("stMetric").first.inner_text()
+
+    @staticmethod
+    def ehp_fit(page, timings):
+        assert charts(page) == 3
+        page.get_by_role("radio", name="gradient descent").click()
+        wait_rerun(page, text_js("Start gradient descent"))
+        commit(page, "steps", 300)
+        wait_done(page)
+        page.get_by_role("button", name="Start gradient descent").click()
+        wait_rerun(page, text_js("Gradient descent finished after 300 steps"), timeout=120_000)
+        wait_done(page)
+        assert charts(page) == 4  # loss curve, energy, error by rank, kernels
+
+    @staticmethod
+    def accuracy(page, timings):
+        assert charts(page) == 1 and tables(page) == 1
+        page.get_by_role("radio", name="FLOPs (MACs)").click()
+        wait_rerun(page, "return [...document.querySelectorAll('.xtitle')].some(e => e.textContent.includes('FLOPs'))")
+        wait_done(page)
