@@ -55,10 +55,32 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, progress: ProgressFn | Non
     ``runs`` and ``sweep_fraction``. Returns ``sweep_id``, ``runs`` (the records), ``seconds``, ``stopped``.
     """
     from falcon.experiments import pipeline
-    from falcon.experiments.data import load_dataset
     from falcon.experiments.store import new_run_id
 
     sweep_id = sweep_id or "sweep-" + new_run_id()
+    if configs:  # under torchrun: join the process group once for the whole sweep
+        dist_state = pipeline.setup_distributed(configs[0].device)
+        if dist_state.enabled:
+            import torch.distributed as dist
+
+            box = [sweep_id]
+            dist.broadcast_object_list(box, src=0)
+            sweep_id = box[0]
+    else:
+        dist_state = None
+    try:
+        return _run_sweep(configs, progress, should_stop, db, store, sweep_id)
+    finally:
+        if dist_state is not None and dist_state.initialized_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run_sweep(configs, progress, should_stop, db, store, sweep_id) -> dict[str, Any]:
+    from falcon.experiments import pipeline
+    from falcon.experiments.data import load_dataset
+
     t0 = time.perf_counter()
     records: list[dict] = []
     shared: dict[tuple, tuple] = {}
