@@ -342,7 +342,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "falcon", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_cli_experiment_and_results(tmp_path):
+def test_cli_experiment_and_results(tmp_path, capsys):
     db = str(tmp_path / "r.sqlite")
     out = cli("experiment", "--model", "digits-vgg", "--dataset", "digits", "--conv", "falcon", "--rank", "1",
               "--init", "svd", "--epochs", "1", "--lr", "0.005", "--seed", "1", "--limit-train", "64",
@@ -358,11 +358,14 @@ def test_cli_experiment_and_results(tmp_path):
     runs = json.loads(listed.stdout)
     assert isinstance(runs, list) and [r["run_id"] for r in runs] == [rec["run_id"]]
 
-    table = cli("results", "--db", db)
-    assert rec["run_id"] in table.stdout and "fine-tuned %" in table.stdout
+    from falcon.cli import main  # the rest in-process (each python -m start costs seconds here)
+
+    assert main(["results", "--db", db]) == 0
+    table = capsys.readouterr().out
+    assert rec["run_id"] in table and "fine-tuned %" in table
     csv_path = tmp_path / "runs.csv"
-    exported = cli("results", "--db", db, "--csv", str(csv_path))
-    assert exported.returncode == 0 and rec["run_id"] in csv_path.read_text()
+    assert main(["results", "--db", db, "--csv", str(csv_path)]) == 0
+    assert rec["run_id"] in csv_path.read_text() and "wrote 1 runs" in capsys.readouterr().out
 
 
 def test_cli_user_errors_exit_2(tmp_path, capsys):
