@@ -59,12 +59,15 @@ PAGES: list[PageDef] = [
 # ----------------------------------------------------------------------------------------------
 # errors
 @contextlib.contextmanager
-def guard(stop: bool = True) -> Iterator[None]:
+def guard(stop: bool = True, falcon_errors: bool = True) -> Iterator[None]:
     """Show a FalconError as ``st.error`` (its message says what to change); any other exception as a
-    short ``st.error`` naming it as a bug (the traceback goes to the server log, not the page)."""
+    short ``st.error`` naming it as a bug (the traceback goes to the server log, not the page).
+    ``falcon_errors=False`` lets FalconError through, for a caller that handles it itself."""
     try:
         yield
     except FalconError as e:
+        if not falcon_errors:
+            raise
         st.error(str(e), icon=":material/error:")
         if stop:
             st.stop()
@@ -298,10 +301,34 @@ def torchvision_names() -> list[str]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def load_fit_model(source: str, name: str, checkpoint: bytes | None):
+def _load_fit_model(source: str, name: str, checkpoint: bytes | None):
     from falcon.ui_state import load_for_fit
 
     return load_for_fit(source, name, checkpoint)
+
+
+RETRY_AFTER_S = 60
+
+
+def load_fit_model(source: str, name: str, checkpoint: bytes | None):
+    """The model to fit (shared across sessions, never modified). A failure (offline download, a bad
+    checkpoint) is remembered for this session for a minute, so reruns do not try again each time."""
+    import hashlib
+    import time
+
+    key = (source, name, hashlib.sha1(checkpoint).hexdigest() if checkpoint else "")
+    failures = st.session_state.setdefault("_fit_load_failures", {})
+    if key in failures and time.monotonic() - failures[key][0] < RETRY_AFTER_S:
+        raise FalconError(failures[key][1])
+    try:
+        return _load_fit_model(source, name, checkpoint)
+    except FalconError as e:
+        failures[key] = (time.monotonic(), str(e))
+        raise
+
+
+def forget_load_failures() -> None:
+    st.session_state.pop("_fit_load_failures", None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -337,11 +364,18 @@ def kernel_info(loaded, layer: str, conv: str):
     return _kernel_info(loaded.key, layer, conv, loaded)
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _probe(key: str, layer: str, _loaded):
+    from falcon.ui_state import LayerProbe
+
+    return LayerProbe(_loaded.model, layer, _loaded.samples)
+
+
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _fit_effect(key: tuple, layer: str, conv: str, _loaded, _fit):
     from falcon.ui_state import fit_effect as effect
 
-    return effect(_loaded, layer, conv, _fit)
+    return effect(_loaded, layer, conv, _fit, _probe(_loaded.key, layer, _loaded))
 
 
 def fit_effect(loaded, layer: str, conv: str, fit, key: tuple):

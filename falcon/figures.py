@@ -25,6 +25,12 @@ SYMBOLS = {"standard": "star", "falcon": "circle", "dsconv": "diamond", "mobilev
            "shuffle": "square"}
 
 LOG_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+#: 1-2-5 ticks for log axes of millions of params/MACs (0.001 M … 500,000 M)
+LOG_TICKS_WIDE = [m * 10.0 ** e for e in range(-3, 6) for m in (1, 2, 5)]
+
+
+def _tick_text(v: float) -> str:
+    return f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"
 
 BASE_LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=50, b=10),
                    font=dict(size=13), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
@@ -351,8 +357,10 @@ def loss_figure(steps: Sequence[int], relative_errors: Sequence[float], optimum:
                              line=dict(color=conv_color(conv), width=2),
                              hovertemplate="step %{x}<br>relative error %{y:.5f}<extra></extra>"))
     shapes, notes = hline(fig, max(optimum, 1e-12), text=f"SVD optimum {optimum:.4f}") if optimum is not None else ([], [])
+    values = [v for v in list(relative_errors) + ([optimum] if optimum is not None else []) if v and v > 0 and np.isfinite(v)]
+    y_range = [np.log10(min(values)) - 0.05, np.log10(max(values)) + 0.05] if values else None
     return _layout(fig, title=title, height=380, shapes=shapes, annotations=notes, xaxis=dict(title_text="step"),
-                   yaxis=dict(title_text="relative error ‖K − K̂‖ / ‖K‖", type="log", tickvals=LOG_TICKS,
+                   yaxis=dict(title_text="relative error ‖K − K̂‖ / ‖K‖", type="log", range=y_range, tickvals=LOG_TICKS,
                               ticktext=[f"{v:g}" for v in LOG_TICKS]))
 
 
@@ -467,7 +475,9 @@ def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str
                 hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:,.2f}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
             ))
             shown.add(key)
-        axes[xr.replace("x", "xaxis")] = dict(type="log" if log_x else "linear", title_text=xlabel)
+        axes[xr.replace("x", "xaxis")] = dict(type="log", title_text=xlabel, tickvals=LOG_TICKS_WIDE,
+                                              ticktext=[_tick_text(v) for v in LOG_TICKS_WIDE]) if log_x else \
+            dict(type="linear", title_text=xlabel)
         axes[yr.replace("y", "yaxis")] = dict(title_text="top-1 accuracy (%)" if c == 1 else None)
     for name, ax in axes.items():
         layout[name] = {**layout.get(name, {}), **ax}

@@ -239,7 +239,10 @@ def own_runs(db: str | None = None) -> pd.DataFrame:
         from falcon.experiments.store import accuracy_points
     except ImportError:
         return pd.DataFrame(columns=OWN_RUN_COLUMNS)
-    points = accuracy_points(db)
+    try:
+        points = accuracy_points(db, latest=True)  # the latest run of each configuration
+    except TypeError:  # an older store without ``latest``
+        points = accuracy_points(db)
     if not points:
         return pd.DataFrame(columns=OWN_RUN_COLUMNS)
     df = pd.DataFrame(points)
@@ -388,11 +391,80 @@ class _Captured(Exception):
     """Stops the forward pass once the layer's input is captured."""
 
 
+class LayerProbe:
+    """``model`` run once up to ``layer`` on fixed inputs, so that trying a replacement block only runs the
+    layer and what comes after it.
+
+    The model is traced with ``torch.fx``; the values computed before the layer that later nodes still
+    need (the layer's input, skip connections) are kept. Models fx cannot trace fall back to running
+    the whole network each time. Inputs run in ``channels_last`` (on CPU the depthwise convs of the
+    FALCON/DSConv blocks are many times faster in it), under ``torch.inference_mode``.
+    """
+
+    def __init__(self, model, layer: str, x):
+        import torch
+        import torch.fx
+
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.model, self.layer, self.x = model, layer, x
+        self._graph = None
+        try:
+            gm = torch.fx.symbolic_trace(model)
+        except Exception:  # noqa: BLE001 - control flow fx cannot trace: run the whole model instead
+            gm = None
+        nodes = list(gm.graph.nodes) if gm is not None else []
+        at = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == layer), None)
+        if gm is None or at is None or len(nodes[at].args) != 1:
+            self.input = layer_input(model, layer, x)
+            return
+        interp = torch.fx.Interpreter(gm)
+        interp.env, interp.args_iter = {}, iter([x])
+        with torch.inference_mode():
+            for node in nodes[:at]:
+                interp.env[node] = interp.run_node(node)
+        later = nodes[at:]
+        self.input = interp.env[nodes[at].args[0]]
+        self._kept = {n: interp.env[n] for n in nodes[:at] if any(u in later for u in n.users)}
+        self._graph, self._node, self._later = gm, nodes[at], later[1:]
+
+    def output(self, module):
+        import torch
+
+        with torch.inference_mode():
+            return module(self.input)
+
+    def logits(self, module):
+        """The network's output with ``module`` in place of the layer."""
+        import torch
+
+        if self._graph is None:  # no trace: a copy of the model with the module swapped in
+            import copy
+
+            from falcon.surgery import set_module
+
+            clone = copy.deepcopy(self.model)
+            set_module(clone, self.layer, module)
+            with torch.inference_mode():
+                return clone(self.x)
+        interp = torch.fx.Interpreter(self._graph)
+        # clones: an in-place op after the layer must not change the kept values
+        interp.env = {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in self._kept.items()}
+        with torch.inference_mode():
+            interp.env[self._node] = module(self.input)
+            for node in self._later:
+                value = interp.run_node(node)
+                if node.op == "output":
+                    return value
+                interp.env[node] = value
+        raise FalconError("the traced model has no output")
+
+
 def output_error(conv, block, x) -> float:
     """‖conv(x) − block(x)‖ / ‖conv(x)‖ on the sample inputs ``x``: what the fit changes in the layer's output."""
     import torch
 
-    with torch.no_grad():
+    with torch.inference_mode():
         y, y_hat = conv(x).double(), block(x).double()
     den = torch.linalg.vector_norm(y).item()
     num = torch.linalg.vector_norm(y - y_hat).item()
@@ -424,7 +496,7 @@ def block_from_fit(conv, conv_type: str, fit, spec: LayerSpec):
 
 
 #: Where the EHP-fit page takes a model from.
-FIT_SOURCES = {"digits-vgg": "bundled digits-vgg", "torchvision": "torchvision pretrained", "checkpoint": "checkpoint"}
+FIT_SOURCES = {"digits-vgg": "digits-vgg (bundled)", "torchvision": "torchvision", "checkpoint": "checkpoint"}
 
 
 @dataclass
@@ -475,7 +547,7 @@ def load_for_fit(source: str, name: str = "digits-vgg", checkpoint: bytes | None
         dataset = load_digits("test")
         baseline = evaluate_accuracy(model, dataset)
         input_size = (1, 32, 32)
-        x, label = dataset.tensors[0][:samples], f"{min(samples, len(dataset))} held-out digits"
+        x, label = dataset.tensors[0], f"the {len(dataset)} held-out digits"  # accuracy needs them all
         key = "digits-vgg"
     else:
         model, input_size = _load_external(source, name, checkpoint)
@@ -512,18 +584,22 @@ def kernel_info(kernel, conv_type: str) -> dict[str, Any]:
             "rank_90": int(rank_for_energy(kernel, axis, 0.9).max()), "error_by_rank": error_by_rank(kernel, axis)}
 
 
-def fit_effect(loaded: LoadedModel, layer: str, conv_type: str, fit) -> dict[str, Any]:
+def fit_effect(loaded: LoadedModel, layer: str, conv_type: str, fit, probe: LayerProbe | None = None) -> dict[str, Any]:
     """What a fit does to the layer: its output error on the sample inputs, the layer's params, and (with a
-    held-out set) the model's accuracy with only this layer replaced."""
+    held-out set, which the samples then are) the model's accuracy with only this layer replaced.
+    ``probe``: a :class:`LayerProbe` of this layer on ``loaded.samples`` (made here when not given)."""
+    import torch
+
     spec = loaded.spec(layer)
     conv = loaded.conv(layer)
     block = block_from_fit(conv, conv_type, fit, spec)
-    x = layer_input(loaded.model, layer, loaded.samples)
-    out = {"spec": spec, "samples": loaded.samples_label, "output_error": output_error(conv, block, x),
+    probe = probe or LayerProbe(loaded.model, layer, loaded.samples)
+    out = {"spec": spec, "samples": loaded.samples_label, "output_error": output_error(conv, block, probe.input),
            "params": sum(p.numel() for p in block.parameters()),
            "standard_params": sum(p.numel() for p in conv.parameters())}
     if loaded.dataset is not None:
-        out["accuracy"] = accuracy_with_layer(loaded.model, layer, block, loaded.dataset)
+        labels = loaded.dataset.tensors[1][: len(probe.input)]
+        out["accuracy"] = float((probe.logits(block).argmax(1) == labels).to(torch.float64).mean())
         out["baseline_accuracy"] = loaded.baseline_accuracy
     return out
 

@@ -2,6 +2,7 @@
 import streamlit as st
 
 import common
+from falcon.errors import FalconError
 from falcon.convtypes import CONV_TYPES
 from falcon.figures import energy_figure, error_by_rank_figure, kernel_figure, loss_figure
 from falcon.ui_state import FIT_SOURCES, BackgroundJob, fit_summary
@@ -36,8 +37,13 @@ with c[1]:
         st.caption("digits-vgg: a small VGG-style CNN trained by this project on the bundled 8×8 handwritten digits "
                    "(upsampled to 32×32); its held-out split measures the accuracy of a fitted layer.")
 
-with st.spinner("loading the model…"), common.guard():
-    loaded = common.load_fit_model(source, name, checkpoint)
+try:
+    with st.spinner("loading the model…"), common.guard(falcon_errors=False):
+        loaded = common.load_fit_model(source, name, checkpoint)
+except FalconError as e:
+    st.error(str(e), icon=":material/error:")
+    st.button("Try again", key="retry_load", on_click=common.forget_load_failures, icon=":material/refresh:")
+    st.stop()
 layers = loaded.layers
 if not layers:
     st.error("This model has no convolution that FALCON can fit (groups 1, square kernel larger than 1×1).")

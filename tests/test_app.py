@@ -32,14 +32,15 @@ def _isolated(tmp_path, monkeypatch):
     st.cache_data.clear()
 
 
-def open_page(name: str, **query) -> AppTest:
+def open_page(name: str, clean: bool = True, **query) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=TIMEOUT)
     for k, v in query.items():
         at.query_params[k] = str(v)
     at.run()
     if name != "overview":
         at.switch_page(PAGE[name].path).run()
-    assert_clean(at)
+    if clean:
+        assert_clean(at)
     return at
 
 
@@ -348,6 +349,18 @@ def test_ehp_fit_random_init_and_url_state():
 
     fit = fit_kernel(load_for_fit("digits-vgg").kernel("features.7"), "dsconv", 2, "random", seed=0)
     assert metrics(at)["relative error"] == f"{fit.relative_error:.4f}"
+
+
+def test_ehp_fit_offline_torchvision_says_what_to_do():
+    from falcon.sources import torchvision_cache_file
+
+    if torchvision_cache_file("resnet18").is_file():
+        pytest.skip("resnet18 weights are cached here: nothing fails")
+    at = open_page("ehp_fit", clean=False, source="torchvision", tv_model="resnet18")
+    assert not at.exception
+    assert len(at.error) == 1 and "resnet18-f37072fd.pth" in at.error[0].value
+    at.button(key="retry_load").click().run()
+    assert not at.exception and len(at.error) == 1
 
 
 # ---------------------------------------------------------------------------------------------- accuracy

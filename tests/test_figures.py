@@ -303,3 +303,22 @@ def test_own_runs_reads_the_results_store(tmp_path):
     assert set(runs["method"]) == {"falcon", "standard"}
     assert runs.loc[runs["method"] == "falcon", "top1"].item() == pytest.approx(97.5)
     json.dumps(runs.astype(str).to_dict())  # plain data
+
+
+def test_checkpoint_source_for_the_fit_page():
+    import io
+
+    from falcon.models.digits import DigitsVGG
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(DigitsVGG().state_dict(), buf)
+    loaded = ui_state.load_for_fit("checkpoint", "digits-vgg", buf.getvalue())
+    assert loaded.key.startswith("checkpoint:digits-vgg:") and loaded.dataset is None
+    assert [r["name"] for r in loaded.layers] == ["features.0", "features.3", "features.7", "features.10", "features.14"]
+    fit = ui_state.kernel_info(loaded.kernel("features.3"), "falcon")
+    assert len(fit["error_by_rank"]) == 9
+    with pytest.raises(FalconError, match="the uploaded checkpoint"):
+        ui_state.load_for_fit("checkpoint", "digits-vgg", b"not a checkpoint")
+    with pytest.raises(FalconError, match="unknown model source"):
+        ui_state.load_for_fit("somewhere", "digits-vgg")
