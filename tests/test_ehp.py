@@ -342,3 +342,119 @@ def test_ehp_does_not_import_streamlit():
 
     assert "streamlit" not in open(ehp.__file__).read()
     assert math.isfinite(1.0)
+
+
+# --- the layers and fit commands ----------------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def resnet18_checkpoint(tmp_path_factory):
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def falcon_cli(*args: str) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "falcon", *args, "--json"], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def numpy_optimum(weight: torch.Tensor, rank: int, axis: str) -> float:
+    a = weight.detach().double().numpy()
+    n, m, d, _ = a.shape
+    mats = a.reshape(n, m, d * d) if axis == "output" else a.reshape(n, m, d * d).transpose(1, 0, 2)
+    dropped = sum(float((np.linalg.svd(x, compute_uv=False)[rank:] ** 2).sum()) for x in mats)
+    return math.sqrt(dropped / float((a ** 2).sum()))
+
+
+@pytest.mark.parametrize("layer,conv,rank", [("layer1.0.conv1", "falcon", 2), ("layer3.1.conv2", "dsconv", 3)])
+def test_cli_fit_on_a_resnet18_checkpoint(resnet18_checkpoint, layer, conv, rank):
+    """Done-when: svd matches an independent SVD to 1e-4; gd with defaults lands within 2% of it."""
+    weight = torch.load(resnet18_checkpoint, weights_only=True)[f"{layer}.weight"]
+    svd = falcon_cli("fit", "--model", "resnet18", "--weights", str(resnet18_checkpoint), "--layer", layer,
+                     "--conv", conv, "--rank", str(rank), "--method", "svd")
+    assert abs(svd["relative_error"] - numpy_optimum(weight, rank, AXIS[conv])) < 1e-4
+    assert svd["relative_error"] == svd["optimum_relative_error"] and svd["steps"] == 0 and svd["loss_history"] == []
+    assert svd["rank_used"] == rank and svd["clamped"] is False and svd["full_rank"] == 9
+    assert svd["kernel_shape"] == list(weight.shape) and svd["seconds"] >= 0
+    if layer == "layer1.0.conv1":
+        gd = falcon_cli("fit", "--model", "resnet18", "--weights", str(resnet18_checkpoint), "--layer", layer,
+                        "--conv", conv, "--rank", str(rank), "--method", "gd")
+        assert gd["relative_error"] <= 1.02 * svd["relative_error"]
+        assert gd["optimum_relative_error"] == pytest.approx(svd["relative_error"], abs=1e-6)
+        assert gd["steps"] == 600 and gd["optimizer"] == "adam" and gd["lr"] == 1e-3 and gd["seconds"] > 0
+        hist = gd["loss_history"]
+        assert len(hist) == len(gd["loss_history_steps"]) <= 201 and gd["loss_history_steps"][-1] == 600
+        assert hist[-1] < hist[0] and gd["loss_history_every"] == 4
+        assert gd["relative_error_history"][-1] == pytest.approx(gd["relative_error"])
+
+
+def cli_inprocess(capsys, *args: str) -> tuple[int, str, str]:
+    from falcon.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_fit_clamps_and_the_papers_sgd(capsys):
+    import json
+
+    code, out, err = cli_inprocess(capsys, "fit", "--model", "digits-vgg", "--layer", "features.0", "--rank", "4", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["clamped"] and d["rank_used"] == 1 and d["full_rank"] == 1 and d["relative_error"] < 1e-6
+    code, out, err = cli_inprocess(capsys, "fit", "--model", "digits-vgg", "--layer", "features.7", "--method", "gd",
+                                   "--optimizer", "sgd", "--steps", "50", "--json")
+    d = json.loads(out)
+    assert d["loss"] == "mse" and d["lr"] == 0.01 and d["steps"] == 50 and len(d["loss_history"]) == 51
+    assert d["relative_error"] > 1.3 * d["optimum_relative_error"]
+    code, out, err = cli_inprocess(capsys, "fit", "--model", "digits-vgg", "--layer", "features.10", "--method", "gd",
+                                   "--steps", "100")
+    assert code == 0 and "relative error" in out and "optimum (SVD)" in out
+
+
+def test_cli_layers(capsys):
+    import json
+
+    code, out, err = cli_inprocess(capsys, "layers", "--model", "resnet18", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    rows = {r["name"]: r for r in d["layers"]}
+    assert len(rows) == 20 and d["input_size"] == [3, 224, 224] and d["weights"] == "random"
+    assert rows["conv1"]["stem"] and rows["conv1"]["kernel"] == "7×7" and rows["conv1"]["input"] == "224×224"
+    assert rows["layer2.0.conv1"]["stride"] == 2 and rows["layer2.0.conv1"]["output"] == "28×28"
+    assert rows["layer2.0.downsample.0"]["fittable"] is False
+    assert rows["layer4.1.conv2"]["falcon_full_rank"] == 9
+    code, out, err = cli_inprocess(capsys, "layers", "--model", "digits-vgg")
+    assert code == 0 and "features.14" in out and "64→128" in out
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--layer", "layer9.conv"], "no layer 'layer9.conv'"),
+    (["--layer", "layer1.0.con1"], "did you mean layer1.0.conv1"),
+    (["--layer", "layer1.0.bn1"], "BatchNorm2d, not a conv layer"),
+    (["--layer", "layer2.0.downsample.0"], "cannot be fitted"),
+    (["--layer", "conv1", "--rank", "0"], "rank must be a positive integer"),
+    (["--layer", "conv1", "--method", "gd", "--lr", "-1"], "learning rate"),
+    (["--layer", "conv1", "--weights", "/nonexistent.pt"], "does not exist"),
+    (["--layer", "conv1", "--conv", "mobilev2"], "invalid choice"),
+])
+def test_cli_fit_errors_are_one_line(capsys, args, words):
+    code, out, err = cli_inprocess(capsys, "fit", "--model", "resnet18", *args)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert words in err

@@ -1,0 +1,99 @@
+"""``python -m falcon convert``: replace a model's convs by rank-k falcon/dsconv initialized from the EHP fit."""
+from __future__ import annotations
+
+import argparse
+
+from falcon.cli.common import print_json, print_table
+from falcon.cli.fit import add_model_flags
+from falcon.errors import FalconError
+
+
+def add_parser(sub) -> None:
+    from falcon.convert import INITS
+    from falcon.ehp import GD_STEPS, OPTIMIZERS
+
+    p = sub.add_parser("convert", help="convert a model's convs to rank-k falcon/dsconv from the EHP fit",
+                       description="Replace the convs of a model (its replacement policy) by bare rank-k falcon or "
+                                   "dsconv blocks initialized from the fit of each pretrained kernel; the model's BN "
+                                   "and ReLU stay. Reports params and MACs (convention 'clean', one image), with "
+                                   "--evaluate the held-out accuracy before and after (no fine-tuning), and with "
+                                   "--output saves the converted model (loads with weights_only=True).")
+    add_model_flags(p)
+    p.add_argument("--conv", required=True, choices=["falcon", "dsconv"], help="falcon or dsconv")
+    p.add_argument("--rank", default="1", metavar="K",
+                   help="rank k (default 1), clamped per layer to its full rank; or several for a table: "
+                        "1,2,4 | 1-9 | all (1 … the largest full rank) | full")
+    p.add_argument("--init", choices=list(INITS), default="svd",
+                   help="svd (closed-form optimum; default), gd (gradient descent) or random")
+    p.add_argument("--steps", type=int, default=None, help=f"gd: steps per layer (default {GD_STEPS})")
+    p.add_argument("--lr", type=float, default=None, help="gd: learning rate (default: the optimizer's)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None, help="gd: adam (default) or sgd")
+    p.add_argument("--seed", type=int, default=0, help="seed for gd and random init (default 0)")
+    p.add_argument("--include-stem", action="store_true", default=None,
+                   help="also replace the first conv (the model's policy decides otherwise)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="accuracy on the held-out set before and after (digits-vgg has one)")
+    p.add_argument("--output", default=None, metavar="PATH", help="save the converted model here")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from falcon.convert import (accuracy, convert_model, model_full_rank, parse_ranks, rank_sweep, report,
+                                save_converted)
+    from falcon.sources import load_model
+
+    if args.steps is not None and args.steps < 0:
+        raise FalconError(f"steps must be a non-negative integer, got {args.steps}")
+    gd = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("optimizer", args.optimizer)) if v is not None}
+    if gd and args.init != "gd":
+        raise FalconError(f"--{next(iter(gd))} applies to --init gd only")
+    loaded = load_model(args.model, args.weights, args.num_classes)
+    if args.evaluate and loaded.eval_data is None:
+        raise FalconError(f"{loaded.name} has no held-out set to evaluate on; digits-vgg has one")
+    single = args.rank.strip().isdigit()
+    ranks = [int(args.rank)] if single else parse_ranks(args.rank, model_full_rank(loaded, args.conv, args.include_stem))
+    if len(ranks) > 1 or not single:
+        if args.output:
+            raise FalconError("--output saves one converted model; give a single --rank")
+        table = rank_sweep(loaded, args.conv, ranks, args.init, args.evaluate, args.include_stem, args.seed, **gd)
+        if args.json:
+            print_json(table)
+            return 0
+        print(f"{loaded.description}: {args.conv}, init {args.init}, convention {table['convention']}")
+        rows = [{"rank": r["rank"], "params": r["params"], "CR": round(r["compression_rate"], 2), "MACs": r["macs"],
+                 "CRR": round(r["computation_reduction_rate"], 2), "mean rel. error": round(r["mean_relative_error"], 4),
+                 **({"accuracy": f"{r['accuracy']:.2%}"} if args.evaluate else {})} for r in table["rows"]]
+        print_table(rows)
+        print(f"original: {table['standard_params']:,} params, {table['standard_macs']:,} MACs"
+              + (f", accuracy {table['baseline_accuracy']:.2%}" if args.evaluate else ""))
+        return 0
+    if ranks[0] < 1:
+        raise FalconError(f"rank must be a positive integer, got {ranks[0]}")
+    baseline = accuracy(loaded.model, loaded.eval_data) if args.evaluate else None
+    converted = convert_model(loaded, args.conv, ranks[0], args.init, args.include_stem, args.seed, **gd)
+    out = report(converted, args.evaluate, baseline, loaded.eval_data)
+    if args.output:
+        try:
+            out["output"] = str(save_converted(converted, args.output))
+        except OSError as e:
+            raise FalconError(f"cannot write {args.output}: {e.strerror or e}") from None
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{loaded.description}")
+    print_table([{"layer": x["layer"], "shape": x["shape"], "rank": x["rank"],
+                  "rel. error": round(x["relative_error"], 5)} for x in out["layers"]])
+    clamped = [x["layer"] for x in out["layers"] if x["clamped"]]
+    if clamped:
+        print(f"rank {ranks[0]} clamped to the full rank in {', '.join(clamped)}")
+    print(f"rank-{ranks[0]} {args.conv}, init {args.init}: {out['replaced_layers']} convs replaced in {out['seconds']:.2f} s")
+    print(f"params {out['params']:>13,}   original {out['standard_params']:>13,}   CR  {out['compression_rate']:.2f}x")
+    print(f"MACs   {out['macs']:>13,}   original {out['standard_macs']:>13,}   CRR {out['computation_reduction_rate']:.2f}x"
+          f"   (convention {out['convention']})")
+    if args.evaluate:
+        print(f"held-out accuracy {out['accuracy']:.2%} (original {out['baseline_accuracy']:.2%}, "
+              f"{out['eval_images']} images, no fine-tuning)")
+    if args.output:
+        print(f"saved to {out['output']}")
+    return 0
