@@ -65,7 +65,8 @@ for r in good:
         f"| **{r['compression_rate']:.3f}×** | **{r['computation_reduction_rate']:.3f}×** |")
 st.markdown("\n".join(lines), unsafe_allow_html=True)
 st.caption("CR = standard params / params; CRR = standard MACs / MACs. Weights only (no bias, no BN); "
-           "the parts of each sum are the block's convolutions, in order.")
+           "the parts of each sum are the block's convolutions, in order. MobileConvV2: T = ⌊t·M⌋ hidden channels. "
+           "ShuffleUnit: M' = α·M, N' = α·N, bottleneck B = N'/4, g groups.")
 st.download_button("Table (CSV)", lambda: layer_table(good).to_csv().encode(), file_name="falcon-layer-costs.csv",
                    mime="text/csv", icon=":material/download:", key="calc_csv", on_click="ignore")
 

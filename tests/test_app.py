@@ -363,6 +363,29 @@ def test_ehp_fit_offline_torchvision_says_what_to_do():
     assert not at.exception and len(at.error) == 1
 
 
+def test_ehp_fit_torchvision_weights_from_the_cache(tmp_path, monkeypatch):
+    """torchvision's pretrained weights as torchvision caches them ($TORCH_HOME/hub/checkpoints): here a
+    random resnet18 state_dict under the file name torchvision expects, so the test runs offline."""
+    import torch
+    import torchvision
+
+    from falcon.ehp import fit_kernel
+    from falcon.sources import torchvision_cache_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    path = torchvision_cache_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), path)
+    at = open_page("ehp_fit", source="torchvision", tv_model="resnet18", method="svd", k=3)
+    assert at.selectbox(key="layer").value == "layer4.0.conv2"  # 512→512 3×3: the layer with most weights
+    kernel = model.get_submodule("layer4.0.conv2").weight.detach()
+    assert metrics(at)["relative error"] == f"{fit_kernel(kernel, 'falcon', 3, 'svd').relative_error:.4f}"
+    assert "accuracy" not in metrics(at) and "layer weights" in metrics(at)  # no held-out set for ImageNet here
+    assert any("8 random N(0,1) images" in md.value for md in at.markdown)
+
+
 # ---------------------------------------------------------------------------------------------- accuracy
 def test_accuracy_page_shows_the_paper():
     from falcon.figures import pareto_front

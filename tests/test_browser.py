@@ -92,14 +92,25 @@ def wait_done(page, timeout: float = 60_000) -> None:
                            timeout=timeout)
 
 
-def wait_rerun(page, condition: str, arg=None, timeout: float = 60_000) -> float:
-    """Wait until ``condition`` (JS, given ``arg``) holds and the script is not running; seconds waited."""
+OBSERVE = """() => { window.__falconRuns = 0; const app = document.querySelector("[data-testid='stApp']");
+  if (window.__falconObserver) window.__falconObserver.disconnect();
+  window.__falconObserver = new MutationObserver(() => { if (app.dataset.testScriptState === 'running') window.__falconRuns++; });
+  window.__falconObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']}); }"""
+
+
+def rerun_after(page, action, condition: str = "return true", timeout: float = 60_000) -> float:
+    """Do ``action`` and wait until the script has run again because of it (a run started and ended)
+    and ``condition`` holds; returns the seconds from the action to then."""
+    page.evaluate(OBSERVE)
     t0 = time.perf_counter()
+    action()
     page.wait_for_function(
-        "([cond, arg]) => { const app = document.querySelector(\"[data-testid='stApp']\");"
-        " return app && app.dataset.testScriptState === 'notRunning' && (new Function('arg', cond))(arg); }",
-        arg=[condition, arg], timeout=timeout, polling="raf")
-    return time.perf_counter() - t0
+        "(cond) => { const app = document.querySelector(\"[data-testid='stApp']\");"
+        " return window.__falconRuns > 0 && app.dataset.testScriptState === 'notRunning' && (new Function(cond))(); }",
+        arg=condition, timeout=timeout, polling="raf")
+    seconds = time.perf_counter() - t0
+    wait_done(page)
+    return seconds
 
 
 def no_exception(page) -> None:
@@ -190,65 +201,66 @@ class Interactions:
         assert charts(page) == 1
         slider = page.get_by_test_id("stSlider").first.get_by_role("slider")
         slider.focus()
-        slider.press("ArrowRight")  # M: 4 → 5
-        wait_rerun(page, text_js("5"))
-        wait_done(page)
-        assert charts(page) == 1
+        rerun_after(page, lambda: slider.press("ArrowRight"))  # M: 4 → 5
+        assert charts(page) == 1 and "(3×5: output × input)" in page.get_by_test_id("stPlotlyChart").inner_text()
 
     @staticmethod
     def calculator(page, timings):
-        assert charts(page) >= 2 and tables(page) >= 1
-        # a calculator change: from Enter until the page shows the new layer and has finished running
+        assert charts(page) == 2 and tables(page) >= 1
+        # a calculator change: from Enter until the page has run again and shows the new layer
         samples = []
         for m in (128, 192, 64, 256, 96):
             box = number_input(page, "in channels M")
             box.fill(str(m))
-            t0 = time.perf_counter()
-            box.press("Enter")
-            wait_rerun(page, text_js(f"Layer: {m}→256, 3×3"))
-            samples.append(time.perf_counter() - t0)
+            samples.append(rerun_after(page, lambda: box.press("Enter"), text_js(f"Layer: {m}→256, 3×3")))
         timings["calculator_change_s"] = sorted(samples)[len(samples) // 2]
         timings["calculator_change_samples_s"] = samples
-        wait_done(page)
-        # the measurement: a tiny layer so it ends in seconds
-        for label, value in (("in channels M", 16), ("out channels N", 16), ("input height H", 8)):
-            commit(page, label, value)
-            wait_rerun(page, text_js("Layer: 16→16, 3×3, stride 1, pad 1, 8×8") if label == "input height H" else "return true")
-        commit(page, "rounds", 1)
-        wait_done(page)
-        commit(page, "s per visit", 0.01)
-        wait_done(page)
-        page.get_by_role("button", name="Measure on").click()
-        wait_rerun(page, text_js("Why measured and theoretical differ"), timeout=120_000)
-        wait_done(page)
+        # the measurement: a tiny layer so that it ends in seconds
+        for label, value in (("in channels M", 16), ("out channels N", 16), ("input height H", 8), ("rounds", 1),
+                             ("s per visit", 0.01)):
+            box = number_input(page, label)
+            box.fill(str(value))
+            rerun_after(page, lambda: box.press("Enter"))
+        assert "Layer: 16→16, 3×3, stride 1, pad 1, 8×8" in page.inner_text("body")
+        button = page.get_by_role("button", name="Measure on")
+        rerun_after(page, button.click, text_js("Why measured and theoretical differ"), timeout=120_000)
         assert charts(page) == 3
 
     @staticmethod
     def sizing(page, timings):
         assert charts(page) == 1 and tables(page) >= 2
         box = page.get_by_test_id("stSelectbox").filter(has_text="model").first
-        box.click()
-        page.keyboard.type("vgg19-cifar")
-        page.keyboard.press("Enter")
-        wait_rerun(page, text_js("vgg19-cifar with FALCON"))
-        wait_done(page)
-        assert "2,563,658" in page.get_by_test_id("stMetric").first.inner_text()
+
+        def choose():
+            box.click()
+            page.keyboard.type("vgg19-cifar")
+            page.keyboard.press("Enter")
+
+        rerun_after(page, choose, text_js("vgg19-cifar with FALCON"))
+        assert "2,563,658" in page.get_by_test_id("stMetric").first.inner_text()  # the thesis's 2.56M
+        assert "0.14%" in page.inner_text("body")
 
     @staticmethod
     def ehp_fit(page, timings):
         assert charts(page) == 3
-        page.get_by_role("radio", name="gradient descent").click()
-        wait_rerun(page, text_js("Start gradient descent"))
-        commit(page, "steps", 300)
-        wait_done(page)
-        page.get_by_role("button", name="Start gradient descent").click()
-        wait_rerun(page, text_js("Gradient descent finished after 300 steps"), timeout=120_000)
-        wait_done(page)
+        rerun_after(page, page.get_by_role("radio", name="gradient descent").click, text_js("Start gradient descent"))
+        box = number_input(page, "steps")
+        box.fill("300")
+        rerun_after(page, lambda: box.press("Enter"))
+        rerun_after(page, page.get_by_role("button", name="Start gradient descent").click,
+                    text_js("Gradient descent finished after 300 steps"), timeout=120_000)
         assert charts(page) == 4  # loss curve, energy, error by rank, kernels
 
     @staticmethod
     def accuracy(page, timings):
         assert charts(page) == 1 and tables(page) == 1
-        page.get_by_role("radio", name="FLOPs (MACs)").click()
-        wait_rerun(page, "return [...document.querySelectorAll('.xtitle')].some(e => e.textContent.includes('FLOPs'))")
-        wait_done(page)
+        rerun_after(page, page.get_by_role("radio", name="FLOPs (MACs)").click,
+                    "return [...document.querySelectorAll('.xtitle')].some(e => e.textContent.includes('FLOPs'))")
+        png = page.get_by_role("button", name="Figure (PNG)")
+        if png.count():  # kaleido installed: the figure is rendered on the server when clicked
+            t0 = time.perf_counter()
+            with page.expect_download(timeout=60_000) as download:
+                png.click()
+            data = Path(download.value.path()).read_bytes()
+            assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+            timings["accuracy_png_download_s"] = time.perf_counter() - t0
