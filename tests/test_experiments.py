@@ -391,3 +391,12 @@ def test_cli_sweep_in_process(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "shuffle" in out and "2 runs in" in out
     assert [r["conv"] for r in store.list_runs(db)] == ["falcon", "shuffle"]
+
+
+def test_cpu_threads_is_restored():
+    before = torch.get_num_threads()
+    with pipeline.cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(FalconError, match="threads"):
+        ExperimentConfig(threads=0).resolved()

@@ -54,6 +54,8 @@ def add_parser(sub) -> None:
                    help="batch size per process (default 32 on digits, 128 otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: PyTorch's); 1 is much faster when other jobs share the cores")
     p.add_argument("--data-dir", default=None, help="where CIFAR/SVHN are (or are downloaded to); "
                                                     "default $FALCON_DATA_DIR or ~/.cache/falcon-explorer/datasets")
     p.add_argument("--no-download", action="store_true", help="never download a data set")
@@ -96,6 +98,7 @@ def _config(args: argparse.Namespace, conv: str):
         batch_size=args.batch_size, seed=args.seed, device=args.device, data_dir=args.data_dir,
         download=not args.no_download, baseline=args.baseline, baseline_epochs=args.baseline_epochs,
         include_stem=args.include_stem, limit_train=args.limit_train, limit_test=args.limit_test,
+        threads=args.threads,
     )
 
 

@@ -69,7 +69,8 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, progress: ProgressFn | Non
     else:
         dist_state = None
     try:
-        return _run_sweep(configs, progress, should_stop, db, store, sweep_id)
+        with pipeline.cpu_threads(configs[0].threads if configs else None):
+            return _run_sweep(configs, progress, should_stop, db, store, sweep_id)
     finally:
         if dist_state is not None and dist_state.initialized_here:
             import torch.distributed as dist
