@@ -104,7 +104,8 @@ def convert_model(loaded, conv: str, rank: int, init: str = "svd", include_stem:
     """Replace the convs of ``loaded.model`` (a :class:`falcon.sources.LoadedModel`) by rank-``rank`` ``conv``.
 
     ``init``: ``svd`` (the closed-form optimum), ``gd`` (gradient descent; ``gd`` keyword arguments such
-    as ``steps``, ``lr``, ``optimizer`` go to :func:`falcon.ehp.run_gd`) or ``random`` (seeded).
+    as ``steps``, ``lr``, ``optimizer`` go to :func:`falcon.ehp.run_gd`) or ``random`` (PyTorch's default
+    init); both seeded, layer i with ``seed + i``.
     The original model is left untouched unless ``inplace``.
     """
     _check(conv, init)
@@ -121,10 +122,9 @@ def convert_model(loaded, conv: str, rank: int, init: str = "svd", include_stem:
     ct = get_conv_type(conv)
     for site in sites:
         ct.resolve(site.spec, rank=min(rank, full_rank((site.spec.N, site.spec.M, site.spec.D), ct.fit_axis)))
-    torch.manual_seed(seed)
     layers = []
-    kwargs = dict(gd, seed=seed) if init in ("gd", "random") else {}
-    for site in sites:
+    for i, site in enumerate(sites):
+        kwargs = dict(gd, seed=seed + i) if init in ("gd", "random") else {}  # layer i: seed + i
         conv_module = model.get_submodule(site.name)
         block, fit = fit_module(conv_module, conv, rank, init, spec=site.spec, **kwargs)
         set_module(model, site.name, block.eval())

@@ -491,9 +491,10 @@ def fit_kernel(kernel: torch.Tensor, conv_type: str, rank: int, method: str = "s
         _check_kernel(kernel)
         k, clamped = clamp_rank(kernel.shape, rank, axis)
         n, m, d, _ = kernel.shape
-        torch.manual_seed(int(gd_kwargs.get("seed", 0)))
         spec = LayerSpec(m, n, d, d, padding=0)
-        block = (FalconConv if axis == "output" else DSConv)(spec, rank=k).to(kernel.dtype)
+        with torch.random.fork_rng(devices=[]):  # PyTorch's default init, seeded, global RNG untouched
+            torch.manual_seed(int(gd_kwargs.get("seed", 0)))
+            block = (FalconConv if axis == "output" else DSConv)(spec, rank=k).to(kernel.dtype)
         p, dw, _ = block_factors(block)
         p, dw = p.detach(), dw.detach()
         kh = ehp_kernel(p, dw, axis)
