@@ -397,6 +397,7 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+_KEEP = 1 << 30  # 1 GiB; mallopt takes a C int (a larger Python int would wrap around)
 
 
 @contextmanager
@@ -415,12 +416,14 @@ def retained_memory(enabled: bool = True):
         try:
             libc = ctypes.CDLL(None)
             mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
         except (OSError, AttributeError):
             mallopt = None
     if mallopt is None:
         yield False
         return
-    on = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 40))
+    on = bool(mallopt(_M_MMAP_THRESHOLD, _KEEP)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP))
     try:
         yield on
     finally:
