@@ -170,8 +170,9 @@ if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", di
 def bench_panel() -> None:
     job: BackgroundJob | None = st.session_state.get("bench_job")
     if job is None:
-        st.info("Press the button to measure. A 256→256, 3×3, 32×32 layer at batch 8 takes about half a minute "
-                "on a 2-core CPU.", icon=":material/info:")
+        st.info("Press the button to measure. The default (256→256, 3×3, 32×32 at batch 8, four blocks in two "
+                "layouts, 3 rounds) takes about 10 s on a 2-core CPU; the Stop button ends it early.",
+                icon=":material/info:")
         return
     if job.running:
         st.progress(job.progress, text=f"{job.label or 'starting…'}  ({job.seconds:.0f} s)")

@@ -98,16 +98,27 @@ OBSERVE = """() => { window.__falconRuns = 0; const app = document.querySelector
   window.__falconObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']}); }"""
 
 
-def rerun_after(page, action, condition: str = "return true", timeout: float = 60_000) -> float:
+def rerun_after(page, action, condition: str = "return true", timeout: float = 60_000, retry: bool = True) -> float:
     """Do ``action`` and wait until the script has run again because of it (a run started and ended)
-    and ``condition`` holds; returns the seconds from the action to then."""
+    and ``condition`` holds; returns the seconds from the action to then. An input that reruns nothing
+    within 10 s (a keystroke lost while the page re-rendered) gets the action once more."""
     page.evaluate(OBSERVE)
     t0 = time.perf_counter()
     action()
-    page.wait_for_function(
-        "(cond) => { const app = document.querySelector(\"[data-testid='stApp']\");"
-        " return window.__falconRuns > 0 && app.dataset.testScriptState === 'notRunning' && (new Function(cond))(); }",
-        arg=condition, timeout=timeout, polling="raf")
+    check = ("(cond) => { const app = document.querySelector(\"[data-testid='stApp']\");"
+             " return window.__falconRuns > 0 && app.dataset.testScriptState === 'notRunning' && (new Function(cond))(); }")
+    try:
+        page.wait_for_function(check, arg=condition, timeout=10_000 if retry else timeout, polling="raf")
+    except sync_api.TimeoutError:
+        if not retry or page.evaluate("() => window.__falconRuns") > 0:
+            if not retry:
+                raise
+            page.wait_for_function(check, arg=condition, timeout=timeout, polling="raf")  # a long run: keep waiting
+        else:
+            page.evaluate(OBSERVE)
+            t0 = time.perf_counter()
+            action()
+            page.wait_for_function(check, arg=condition, timeout=timeout, polling="raf")
     seconds = time.perf_counter() - t0
     wait_done(page)
     return seconds
