@@ -18,9 +18,10 @@ How it runs (same math, different kernels; measurements in docs/latency.md):
   for a grouped conv with k inputs per group, so the grouped conv runs as one depthwise conv on a
   zero-copy view of the 1×1 conv's output. With the 1×1 rows in rank-major order the channels-last output
   has memory (B, H, W, k, N), i.e. it is a channels-last (B, N, H, W·k) tensor; a D×(D·k) depthwise
-  kernel with stride (s, s·k) and padding (p, p·k) covers D pixels × k ranks per window. An NCHW input
-  is laid out channels-last for the two convolutions and the output laid back (both copies included in
-  what the module costs): the depthwise conv in NCHW is several times slower on CPU.
+  kernel with stride (s, s·k) and padding (p, p·k) covers D pixels × k ranks per window. At rank ≥ 2 an NCHW
+  input is laid out channels-last for the two convolutions and the output laid back (the copies are part
+  of what the module costs; at rank 3 still faster than the NCHW forms measured); at rank 1 in NCHW the two
+  convolutions run as they are.
 * On CPU in float32 the 1×1 conv calls oneDNN (``torch.mkldnn_convolution``) directly: PyTorch's
   convolution dispatcher sends a single-threaded 1×1 conv at batch < 16 to its own GEMM path, which is
   ~20% slower here. Used only when no gradient is needed.
@@ -77,13 +78,15 @@ class FusedFalconConv(ConvBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pw, g = self.pointwise, self.grouped
-        if self.resolved_strategy(x.device.type) == "grouped":
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        if self.resolved_strategy(x.device.type) == "grouped" or (self.rank == 1 and not channels_last):
             y = self._pointwise(x, pw.weight, pw.bias)
             return F.conv2d(y, g.weight, g.bias, g.stride, g.padding, groups=self.spec.N)
-        if x.is_contiguous(memory_format=torch.channels_last):
+        if channels_last:
             return self._depthwise(x)
-        # NCHW in, NCHW out; channels-last in between, where the depthwise conv is fast (the two layout
-        # copies are part of what this module costs)
+        # rank ≥ 2, NCHW in and out: channels-last in between, where the depthwise conv on the view is
+        # fast (the two layout copies are part of what this module costs; still faster than the grouped
+        # conv in NCHW at rank 3; at rank 1 they are not, see above)
         return self._depthwise(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
     def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
