@@ -495,7 +495,8 @@ def measure(
     if budget is None:
         report.notes.append("free memory unknown: the memory guard was skipped")
     load_before = _loadavg()
-    if dev.type == "cpu" and load_before is not None and cpu_count and load_before > cpu_count - threads + 0.9:  # about one busy process too many
+    busy = load_before is not None and cpu_count and load_before > cpu_count - threads + 0.9  # ~1 process too many
+    if dev.type == "cpu" and busy:
         report.notes.append(f"the machine was busy (load average {load_before:g} on {cpu_count} CPUs) before "
                             f"measuring with {threads} thread{'s' if threads != 1 else ''}: other processes compete for the cores, "
                             "timings are noisy")
