@@ -51,9 +51,12 @@ PAGES: list[PageDef] = [
             "a whole model with a conv type: totals, the paper's numbers, per layer"),
     PageDef("ehp_fit.py", "EHP fit", ":material/tune:", "ehp-fit",
             "fit a trained layer with FALCON or DSConv: SVD optimum, live gradient descent"),
+    PageDef("experiments.py", "Experiments", ":material/science:", "experiments",
+            "compress and fine-tune the bundled digits model: one run or a sweep, live, stored"),
     PageDef("accuracy.py", "Accuracy vs cost", ":material/scatter_plot:", "accuracy",
-            "the thesis's accuracy against parameters or FLOPs, Pareto frontier"),
+            "the thesis's accuracy against parameters or FLOPs, Pareto frontier, our runs"),
 ]
+PAGE_BY_FILE: dict[str, PageDef] = {p.file: p for p in PAGES}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -484,3 +484,52 @@ def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str
     layout.update(BASE_LAYOUT, height=330 * rows + 90, margin=dict(l=10, r=10, t=100, b=10),
                   legend=dict(orientation="h", yanchor="bottom", y=1.0 + 0.12 / rows, x=0))
     return go.Figure(data=traces, layout=layout)
+
+
+# ----------------------------------------------------------------------------------------------
+# fine-tuning runs
+
+#: Line styles that tell apart runs of one conv type (FALCON ranks 1, 2, 3, ...).
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+
+
+def training_figure(curves: dict[Any, dict], baseline_accuracy: float | None = None) -> go.Figure:
+    """Fine-tuning of each run, side by side: the training loss against the step (left) and the held-out
+    accuracy after each epoch (right, percent; the baseline as a dashed line).
+
+    ``curves``: run → ``{"conv", "label", "step", "loss", "epoch_step", "accuracy"}`` (accuracy in [0, 1];
+    what :meth:`falcon.experiments.sweep.SweepRunner.snapshot` gives under ``curves``, with ``conv`` added).
+    Runs of one conv type share its colour and differ by dash.
+    """
+    layout = grid(1, 2, ["training loss", "held-out accuracy after each epoch"], hspace=0.08)
+    traces: list[dict] = []
+    seen: dict[str, int] = {}
+    for run, c in curves.items():
+        conv = c.get("conv", "")
+        dash = DASHES[seen.get(conv, 0) % len(DASHES)]
+        seen[conv] = seen.get(conv, 0) + 1
+        color = conv_color(conv)
+        name = c.get("label") or str(run)
+        traces.append(dict(type="scatter", x=list(c.get("step", [])), y=list(c.get("loss", [])), mode="lines",
+                           name=name, legendgroup=str(run), line=dict(color=color, dash=dash, width=2),
+                           hovertemplate=f"{name}<br>step %{{x}}<br>loss %{{y:.4f}}<extra></extra>"))
+        acc = [100.0 * a for a in c.get("accuracy", [])]
+        traces.append(dict(type="scatter", x=list(c.get("epoch_step", [])), y=acc, mode="lines+markers",
+                           xaxis="x2", yaxis="y2", name=name, legendgroup=str(run), showlegend=False,
+                           line=dict(color=color, dash=dash, width=2), marker=dict(size=8, color=color),
+                           hovertemplate=f"{name}<br>step %{{x}}<br>held-out %{{y:.2f}}%<extra></extra>"))
+    shapes, notes = [], []
+    if baseline_accuracy is not None:
+        y = 100.0 * baseline_accuracy
+        shapes.append(dict(type="line", xref="x2 domain", yref="y2", x0=0, x1=1, y0=y, y1=y,
+                           line=dict(color=FRONTIER, dash="dash", width=1.5)))
+        notes.append(dict(text=f"baseline {y:.2f}%", xref="x2 domain", yref="y2", x=1, y=y, xanchor="right",
+                          yanchor="bottom", showarrow=False, font=dict(color=FRONTIER, size=12)))
+    layout.update(BASE_LAYOUT, height=400, margin=dict(l=10, r=10, t=90, b=10))
+    layout["annotations"] = layout["annotations"] + notes
+    layout["shapes"] = shapes
+    layout["xaxis"].update(title_text="step")
+    layout["yaxis"].update(title_text="loss", type="log")
+    layout["xaxis2"].update(title_text="step")
+    layout["yaxis2"].update(title_text="accuracy (%)")
+    return go.Figure(data=traces, layout=layout)

@@ -422,3 +422,82 @@ def test_accuracy_page_shows_our_runs(tmp_path):
     assert ours.loc[ours["method_label"] == "FALCON", "top1"].item() == pytest.approx(97.5)
     names = [t.get("name") for t in plotly_specs(at)[0]["data"]]
     assert "FALCON (ours)" in names
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+def wait_runner(at: AppTest, timeout: float = 240):
+    runner = at.session_state["exp_runner"]
+    assert runner.join(timeout), f"the experiment did not finish in {timeout} s"
+    at.run()
+    at.run()
+    return runner
+
+
+def test_experiments_page_runs_a_sweep_live_and_stores_it():
+    from falcon.experiments.report import runs_frame
+    from falcon.experiments.store import list_runs
+
+    st.cache_resource.clear()  # the page's one experiment slot is shared by every session
+    at = open_page("experiments")
+    at.multiselect(key="convs").set_value(["falcon", "mobilev2"]).run()
+    at.multiselect(key="ranks").set_value([1]).run()
+    at.number_input(key="epochs").set_value(1).run()
+    assert_clean(at)
+    plan = shown_table(at, "CRR")  # the cost engine's numbers, before anything runs
+    assert list(plan["conv type"]) == ["FALCON k=1", "MobileConvV2 (t=0.5)"]
+    assert at.code[0].value.startswith("python -m falcon experiment --model digits-vgg --dataset digits --sweep "
+                                       "--convs falcon,mobilev2 --ranks 1 --epochs 1")
+    at.button(key="exp_start").click().run()
+    assert at.get("progress") or at.session_state["exp_runner"].done  # live progress while it runs
+    runner = wait_runner(at)
+    assert_clean(at)
+    assert runner.snapshot()["status"] == "completed" and "2 runs" in at.success[0].value
+    stored = list_runs(status="completed")  # $FALCON_RESULTS_DB of this test
+    assert [r["conv"] for r in stored] == ["falcon", "mobilev2"]
+    expected = runs_frame(stored)
+    shown = shown_table(at, "finetuned_accuracy")
+    assert list(shown["run_id"]) == list(expected["run_id"])
+    assert list(shown["finetuned_accuracy"]) == list(expected["finetuned_accuracy"])
+    assert list(shown["params"]) == [r["params"] for r in stored] == list(plan["params"])
+    assert list(shown["macs"]) == [r["macs"] for r in stored] == list(plan["MACs"])
+    specs = plotly_specs(at)
+    curves = specs[0]["data"]
+    assert {t["name"] for t in curves} == {"FALCON k=1", "MobileConvV2 (t=0.5)"}
+    acc = specs[1]
+    assert "FALCON (ours)" in [t.get("name") for t in acc["data"]]
+    # the accuracy page shows the same runs as ours
+    points = shown_table(open_page("accuracy"), "pareto")
+    ours = points[points["source"] == "ours"]
+    assert set(ours["method_label"]) == {"FALCON", "MobileConvV2", "StConv"}
+    assert sorted(ours.loc[ours["method_label"] != "StConv", "top1"]) == sorted(100 * r["finetuned_accuracy"] for r in stored)
+
+
+def test_experiments_page_stop_ends_the_sweep():
+    from falcon.experiments.store import list_runs
+
+    st.cache_resource.clear()
+    at = open_page("experiments")
+    at.number_input(key="epochs").set_value(20).run()
+    at.button(key="exp_start").click().run()
+    runner = at.session_state["exp_runner"]
+    deadline = time.monotonic() + 120
+    while runner.snapshot()["latest"].get("phase") != "finetune" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    at.run()
+    at.button(key="exp_stop").click().run()
+    wait_runner(at, 120)
+    assert_clean(at)
+    assert runner.snapshot()["status"] == "stopped" and "Stopped" in at.warning[0].value
+    assert [r["status"] for r in list_runs()] == ["stopped"]
+
+
+def test_experiments_page_bad_input_says_what_to_change():
+    st.cache_resource.clear()
+    at = open_page("experiments")
+    at.multiselect(key="convs").set_value([]).run()
+    assert not at.exception and "choose at least one conv type" in at.error[0].value
+    at.segmented_control(key="mode").set_value("run").run()
+    at.selectbox(key="conv").set_value("shuffle").run()
+    at.number_input(key="exp.shuffle.width_mult").set_value(2.0).run()
+    assert not at.exception and "--width-mult 1" in at.error[0].value
+    assert not at.button  # nothing can be started from a bad plan

@@ -198,6 +198,12 @@ def test_sweep_runner_in_a_thread(tmp_path):
     assert snap["status"] == "completed" and snap["fraction"] == 1.0 and snap["error"] is None
     assert len(snap["results"]) == 2 and snap["events"] and snap["runs"] == 2
     assert len(store.list_runs(tmp_path / "r.sqlite", sweep_id=snap["sweep_id"])) == 2
+    # the live curves: every run's fine-tuning loss by step, and its held-out accuracy ending at the fine-tuned one
+    assert sorted(snap["curves"]) == [1, 2]
+    for run, rec in zip((1, 2), snap["results"]):
+        curve = snap["curves"][run]
+        assert curve["step"] and curve["step"] == sorted(curve["step"]) and all(v > 0 for v in curve["loss"])
+        assert curve["accuracy"][-1] == rec["finetuned_accuracy"] and curve["label"] == f"falcon k={run}"
 
 
 def test_sweep_runner_stop_and_failure(tmp_path):
@@ -400,3 +406,63 @@ def test_cpu_threads_is_restored():
     assert torch.get_num_threads() == before
     with pytest.raises(FalconError, match="threads"):
         ExperimentConfig(threads=0).resolved()
+
+
+# ----------------------------------------------------------------------------------------------
+# views of runs for the app (falcon.experiments.report)
+def test_runs_frame_numbers_come_from_the_records():
+    from falcon.experiments.report import RUN_COLUMNS, runs_frame
+
+    recs = [{"run_id": "a", "conv": "falcon", "rank": 2, "hparams": {"rank": 2}, "init": "svd", "epochs": 3,
+             "status": "completed", "params": 100, "macs": 1000, "baseline_params": 700, "baseline_macs": 9000,
+             "baseline_accuracy": 0.99, "training_free_accuracy": 0.5, "finetuned_accuracy": 0.975, "seconds": 4.0},
+            {"run_id": "b", "conv": "mobilev2", "rank": None, "hparams": {"expansion": 0.5}, "init": "random",
+             "status": "stopped", "params": 50, "macs": 10, "baseline_params": 700, "baseline_macs": 9000,
+             "baseline_accuracy": 0.99, "finetuned_accuracy": None}]
+    df = runs_frame(recs)
+    assert list(df.columns) == RUN_COLUMNS
+    a, b = df.iloc[0], df.iloc[1]
+    assert a["label"] == "FALCON k=2" and a["compression_rate"] == 7.0 and a["computation_reduction_rate"] == 9.0
+    assert a["delta_points"] == pytest.approx(-1.5)
+    assert b["label"] == "MobileConvV2 (t=0.5)" and pd_isna(b["rank"]) and pd_isna(b["delta_points"])
+
+
+def pd_isna(v) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(v))
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_cli_command_reproduces_the_plan(sweep):
+    """The command the page shows parses back (through the real CLI parser) into the same configs."""
+    import shlex
+
+    from falcon.cli import build_parser
+    from falcon.cli.experiment import _config
+    from falcon.experiments.report import cli_command, sweep_plan
+
+    base = ExperimentConfig(epochs=2, optimizer="sgd", seed=7, threads=1)
+    if sweep:
+        plan = sweep_plan(["falcon", "dsconv", "shuffle"], [1, 3], base)
+    else:
+        plan = [dataclasses.replace(base, conv="falcon", hparams={"rank": 2}, init="gd").resolved()]
+    argv = shlex.split(cli_command(plan, sweep))[3:]
+    assert argv[0] == "experiment"
+    args = build_parser("experiment").parse_args(argv)
+    if sweep:
+        again = sweep_configs(_config(args, "falcon"), args.convs, args.ranks)
+    else:
+        again = [_config(args, args.conv)]
+    assert [c.resolved() for c in again] == plan
+
+
+def test_sweep_plan_says_what_is_missing():
+    from falcon.experiments.report import sweep_plan
+
+    with pytest.raises(FalconError, match="at least one conv type"):
+        sweep_plan([], [1])
+    with pytest.raises(FalconError, match="at least one FALCON rank"):
+        sweep_plan(["falcon"], [])
+    with pytest.raises(FalconError, match="unknown conv type"):
+        sweep_plan(["falcon", "nope"], [1])

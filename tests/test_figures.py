@@ -322,3 +322,21 @@ def test_checkpoint_source_for_the_fit_page():
         ui_state.load_for_fit("checkpoint", "digits-vgg", b"not a checkpoint")
     with pytest.raises(FalconError, match="unknown model source"):
         ui_state.load_for_fit("somewhere", "digits-vgg")
+
+
+def test_training_figure_draws_each_runs_curves():
+    from falcon.figures import conv_color, training_figure
+
+    curves = {1: {"conv": "falcon", "label": "FALCON k=1", "step": [5, 10], "loss": [1.0, 0.5],
+                  "epoch_step": [10], "accuracy": [0.9]},
+              2: {"conv": "falcon", "label": "FALCON k=2", "step": [5], "loss": [2.0], "epoch_step": [], "accuracy": []},
+              3: {"conv": "dsconv", "label": "DSConv k=1", "step": [5], "loss": [0.7], "epoch_step": [5], "accuracy": [0.5]}}
+    fig = training_figure(curves, baseline_accuracy=0.99)
+    loss = [t for t in fig.data if t.xaxis in (None, "x")]
+    acc = [t for t in fig.data if t.xaxis == "x2"]
+    assert [t.name for t in loss] == ["FALCON k=1", "FALCON k=2", "DSConv k=1"]
+    assert list(loss[0].y) == [1.0, 0.5] and list(acc[0].y) == [90.0] and list(acc[2].y) == [50.0]
+    assert loss[0].line.color == loss[1].line.color == conv_color("falcon") != loss[2].line.color
+    assert loss[0].line.dash != loss[1].line.dash  # ranks of one type differ by dash
+    assert fig.layout.yaxis.type == "log" and fig.layout.shapes[0].y0 == pytest.approx(99.0)
+    assert any("baseline 99.00%" in a.text for a in fig.layout.annotations)

@@ -152,6 +152,7 @@ class SweepRunner:
         self._max_events = max_events
         self._latest: dict = {}
         self._runs: list[dict] = []
+        self._curves: dict[int, dict[str, list]] = {}  # run (1-based) -> fine-tuning curve, never truncated
         self._status = "pending"
         self._error: str | None = None
         self._result: dict | None = None
@@ -185,7 +186,9 @@ class SweepRunner:
     def snapshot(self) -> dict[str, Any]:
         """``status``, ``fraction`` (0–1 of the sweep), ``message``, ``run``/``runs``, ``latest`` (the
         last progress event), ``events`` (recent ones), ``results`` (records of finished runs),
-        ``error`` (a one-line message if it failed), ``elapsed`` (s), ``sweep_id``."""
+        ``error`` (a one-line message if it failed), ``elapsed`` (s), ``sweep_id``, and ``curves``: per run
+        (1-based), its fine-tuning curve: ``step``/``loss`` (every few steps), ``epoch_step``/``accuracy``
+        (held-out accuracy after each epoch, the last one the fine-tuned accuracy), ``label``."""
         with self._lock:
             latest = dict(self._latest)
             end = self._ended or time.time()
@@ -195,6 +198,8 @@ class SweepRunner:
                 "message": latest.get("message", ""), "run": latest.get("run", 0), "runs": len(self.configs),
                 "latest": latest, "events": list(self._events), "results": list(self._runs),
                 "error": self._error, "elapsed": (end - self._started) if self._started else 0.0,
+                "curves": {run: {k: list(v) if isinstance(v, list) else v for k, v in c.items()}
+                           for run, c in self._curves.items()},
             }
 
     def _on_progress(self, event: dict) -> None:
@@ -205,6 +210,23 @@ class SweepRunner:
                 del self._events[: len(self._events) - self._max_events]
             if event.get("phase") == "done" and event.get("record") is not None:
                 self._runs.append(event["record"])
+            self._track_curve(event)
+
+    def _track_curve(self, event: dict) -> None:
+        run = event.get("run")
+        if run is None:
+            return
+        curve = self._curves.setdefault(run, {"label": _label(self.configs[run - 1]), "step": [], "loss": [],
+                                              "epoch_step": [], "accuracy": []})
+        if event.get("phase") == "finetune" and event.get("loss") is not None and "accuracy" not in event:
+            curve["step"].append(int(event["step"]))
+            curve["loss"].append(float(event["loss"]))
+        elif event.get("phase") == "finetune" and event.get("accuracy") is not None:
+            curve["epoch_step"].append(int(event["step"]))
+            curve["accuracy"].append(float(event["accuracy"]))
+        elif event.get("phase") == "done" and (event.get("record") or {}).get("finetuned_accuracy") is not None:
+            curve["epoch_step"].append(curve["step"][-1] if curve["step"] else 0)
+            curve["accuracy"].append(float(event["record"]["finetuned_accuracy"]))
 
     def _run(self) -> None:
         from falcon.experiments.store import new_run_id

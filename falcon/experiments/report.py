@@ -1,0 +1,102 @@
+"""Plain views of experiment runs for a page or a report: a table of runs, the CLI command that
+reproduces a set of runs, and the app's presets. No Streamlit, no plotting (figures live in
+:mod:`falcon.figures`).
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Any, Sequence
+
+import pandas as pd
+
+from falcon.experiments.pipeline import ExperimentConfig
+from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, RANKED
+
+#: The columns of :func:`runs_frame`, in order.
+RUN_COLUMNS = ["run_id", "conv", "label", "rank", "init", "epochs", "status", "params", "macs",
+               "compression_rate", "computation_reduction_rate", "baseline_accuracy", "training_free_accuracy",
+               "finetuned_accuracy", "delta_points", "seconds"]
+
+
+def run_label(conv: str, hparams: dict[str, Any] | None = None) -> str:
+    """"FALCON k=2", "MobileConvV2 (t=0.5)", ...: the registry label with the hyper-parameters that matter."""
+    from falcon.convtypes import CONV_TYPES
+
+    hp = hparams or {}
+    label = CONV_TYPES[conv].label if conv in CONV_TYPES else conv
+    if conv in RANKED and hp.get("rank") is not None:
+        return f"{label} k={int(hp['rank'])}"
+    if conv == "mobilev2" and "expansion" in hp:
+        return f"{label} (t={hp['expansion']:g})"
+    if conv == "shuffle" and "groups" in hp:
+        return f"{label} (g={int(hp['groups'])}, α={hp.get('width_mult', 1):g})"
+    return label
+
+
+def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per run record (what :func:`falcon.experiments.pipeline.run_experiment` returns and the store
+    holds): its numbers, the reductions against its baseline (CR, CRR), accuracies in [0, 1] and the
+    fine-tuned accuracy's difference from the baseline in points (percent)."""
+    rows = []
+    for r in records:
+        bp, bm = r.get("baseline_params"), r.get("baseline_macs")
+        ft, base = r.get("finetuned_accuracy"), r.get("baseline_accuracy")
+        hp = r.get("hparams") or {}
+        rows.append({
+            "run_id": r.get("run_id"), "conv": r.get("conv"), "label": run_label(r.get("conv", ""), hp),
+            "rank": r.get("rank") if r.get("conv") in RANKED else None, "init": r.get("init"),
+            "epochs": r.get("epochs"), "status": r.get("status"), "params": r.get("params"), "macs": r.get("macs"),
+            "compression_rate": bp / r["params"] if bp and r.get("params") else None,
+            "computation_reduction_rate": bm / r["macs"] if bm and r.get("macs") else None,
+            "baseline_accuracy": base, "training_free_accuracy": r.get("training_free_accuracy"),
+            "finetuned_accuracy": ft,
+            "delta_points": 100.0 * (ft - base) if ft is not None and base is not None else None,
+            "seconds": r.get("seconds"),
+        })
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    df["rank"] = pd.array(df["rank"], dtype="Int64")
+    return df
+
+
+def sweep_plan(convs: Sequence[str] = DEFAULT_CONVS, ranks: Sequence[int] = DEFAULT_RANKS,
+               base: ExperimentConfig | None = None) -> list[ExperimentConfig]:
+    """The configs of a sweep, each checked (:meth:`ExperimentConfig.resolved`): a bad value raises a
+    FalconError before anything runs."""
+    from falcon.errors import FalconError
+    from falcon.experiments.sweep import sweep_configs
+
+    if not convs:
+        raise FalconError("choose at least one conv type for the sweep")
+    if "falcon" in convs and not ranks:
+        raise FalconError("choose at least one FALCON rank for the sweep")
+    configs = sweep_configs(base, convs, ranks)
+    return [c.resolved() for c in configs]
+
+
+def cli_command(configs: Sequence[ExperimentConfig], sweep: bool) -> str:
+    """The ``python -m falcon experiment`` command that runs the same thing from a shell."""
+    first = configs[0]
+    args = ["python", "-m", "falcon", "experiment", "--model", first.model, "--dataset", first.dataset]
+    if sweep:
+        convs = list(dict.fromkeys(c.conv for c in configs))
+        args += ["--sweep", "--convs", ",".join(convs)]
+        ranks = [str(c.hparams["rank"]) for c in configs if c.conv == "falcon"]
+        if ranks:
+            args += ["--ranks", ",".join(ranks)]
+    else:
+        args += ["--conv", first.conv]
+        for name, value in sorted(first.hparams.items()):
+            args += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+        if first.init and first.conv in RANKED:
+            args += ["--init", first.init]
+    defaults = ExperimentConfig()
+    args += ["--epochs", str(first.epochs)]
+    if first.optimizer != defaults.optimizer:
+        args += ["--optimizer", first.optimizer]
+    if first.lr is not None:
+        args += ["--lr", f"{first.lr:g}"]
+    if first.seed != defaults.seed:
+        args += ["--seed", str(first.seed)]
+    if first.threads:
+        args += ["--threads", str(first.threads)]
+    return " ".join(shlex.quote(a) for a in args)

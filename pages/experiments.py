@@ -1,0 +1,206 @@
+"""Experiments: compress the bundled digits model and fine-tune it, one run or a sweep, live; the results store."""
+import dataclasses
+import json
+
+import pandas as pd
+import streamlit as st
+
+import common
+from falcon.convtypes import CONV_TYPES
+from falcon.errors import FalconError
+from falcon.experiments.pipeline import INITS, OPTIMIZERS, ExperimentConfig
+from falcon.experiments.report import cli_command, run_label, runs_frame, sweep_plan
+from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, RANKED, SweepRunner
+from falcon.figures import accuracy_figure, training_figure
+
+st.title("Experiments")
+st.caption("Compress-and-fine-tune on the bundled data: the trained `digits-vgg` (a small VGG on scikit-learn's 8×8 "
+           "handwritten digits, upsampled) is converted to a conv type (FALCON and DSConv initialised from the SVD "
+           "fit of each trained kernel, the pretrained BN kept), evaluated without training, fine-tuned for a few "
+           "epochs and evaluated again. Every run is stored in the results database and appears on the "
+           "**Accuracy vs cost** page beside the thesis's points. CIFAR and SVHN runs: the command line.")
+
+CHOICES = [c for c in CONV_TYPES if c != "standard"]
+
+
+@st.cache_resource(show_spinner=False)
+def active() -> dict:
+    """The machine's one experiment slot, shared by every session (runs would compete for the cores);
+    a reloaded page finds its run still going here."""
+    return {"runner": None, "mode": None}
+
+
+slot = active()
+runner: SweepRunner | None = slot["runner"]
+running = runner is not None and not runner.done
+
+# ---------------------------------------------------------------------------------------------- what to run
+c = st.columns([1.2, 3])
+mode = common.widget(c[0].segmented_control, "what", ["sweep", "run"], default="sweep", key="mode", required=True,
+                     format_func=lambda m: {"sweep": "a sweep", "run": "one run"}[m])
+with c[1]:
+    if mode == "run":
+        r = st.columns([1.3, 1, 2.5])
+        conv = common.widget(r[0].selectbox, "conv type", CHOICES, key="conv",
+                             format_func=lambda t: CONV_TYPES[t].label)
+        init = None
+        if conv in RANKED:
+            init = common.widget(r[1].selectbox, "init", list(INITS), key="init",
+                                 help="svd: the closed-form EHP optimum of each trained kernel; gd: gradient "
+                                      "descent toward it; random: PyTorch's initialisation (no fit)")
+        else:
+            r[1].selectbox("init", ["random"], key="init_fixed", disabled=True,
+                           help=f"{CONV_TYPES[conv].label} is not an EHP of the kernel: its blocks start random")
+        with r[2]:
+            hparams = common.hparam_inputs(conv, key_prefix="exp.", bind=True)
+    else:
+        r = st.columns([2.2, 1.3])
+        convs = common.widget(r[0].multiselect, "conv types", CHOICES, default=list(DEFAULT_CONVS), key="convs",
+                              bind=False, format_func=lambda t: CONV_TYPES[t].label,
+                              help="one shared baseline; FALCON at each rank, the others with the registry's "
+                                   "defaults (DSConv rank 1, MobileConvV2 t=0.5, ShuffleUnit g=2, α=1)")
+        ranks = common.widget(r[1].multiselect, "FALCON ranks", list(range(1, 9)), default=list(DEFAULT_RANKS),
+                              key="ranks", bind=False, disabled="falcon" not in convs)
+
+o = st.columns(5)
+epochs = int(o[0].number_input("epochs", 1, 100, 3, key="epochs", help="fine-tuning epochs per run"))
+optimizer = o[1].selectbox("optimizer", OPTIMIZERS, index=OPTIMIZERS.index(ExperimentConfig.optimizer), key="optimizer",
+                           help="adamw (lr 5e-3 by default) or SGD with Nesterov momentum 0.9 (lr 0.05)")
+lr = o[2].number_input("learning rate", 1e-6, 10.0, None, key="lr", format="%g", placeholder="default",
+                       help="empty: the optimizer's default")
+seed = int(o[3].number_input("seed", 0, 10**6, 0, key="seed"))
+threads = int(o[4].number_input("CPU threads", 1, 64, 1, key="threads",
+                                help="intra-op threads while it runs; on a shared or busy CPU one thread is "
+                                     "far faster than two competing ones, and leaves a core to the app"))
+
+base = ExperimentConfig(model="digits-vgg", dataset="digits", epochs=epochs, optimizer=optimizer,
+                        lr=None if lr is None else float(lr), seed=seed, threads=threads)
+with common.guard():
+    if mode == "run":
+        plan = [dataclasses.replace(base, conv=conv, hparams=hparams, init=init).resolved()]
+    else:
+        plan = sweep_plan(convs, ranks, base)
+
+
+
+def planned_costs() -> pd.DataFrame:
+    """What each planned run will cost, from the cost engine (the `clean` count the runs store)."""
+    rows = []
+    for p in plan:
+        with common.guard():
+            size = common.size_model(p.model, p.conv, 10, 32, "clean", p.include_stem, json.dumps(p.hparams, sort_keys=True))
+        rows.append({"conv type": run_label(p.conv, p.hparams), "init": p.init, "params": size["params"],
+                     "MACs": size["macs"], "CR": size["compression_rate"], "CRR": size["computation_reduction_rate"]})
+    return pd.DataFrame(rows)
+
+
+st.markdown(f"**The plan: {len(plan)} run{'s' if len(plan) > 1 else ''}, {epochs} epoch{'s' if epochs > 1 else ''} "
+            "each**")
+st.dataframe(planned_costs(), key="plan", hide_index=True, column_config={
+    "params": st.column_config.NumberColumn(format="localized"), "MACs": st.column_config.NumberColumn(format="localized"),
+    "CR": st.column_config.NumberColumn(format="%.2f×", help="the baseline's parameters / the run's"),
+    "CRR": st.column_config.NumberColumn(format="%.2f×", help="the baseline's MACs / the run's")})
+st.caption("Parameters and MACs of the converted model from the cost engine (`clean` convention: weights, biases, BN "
+           "and the classifier, as stored with each run). The same from a shell:")
+st.code(cli_command(plan, sweep=mode == "sweep"), language="bash")
+
+
+def start() -> None:
+    if slot["runner"] is not None and not slot["runner"].done:
+        st.session_state["exp_busy"] = True
+        return
+    slot["runner"] = st.session_state["exp_runner"] = SweepRunner(plan).start()
+    slot["mode"] = mode
+
+
+b = st.columns([1.6, 5])
+b[0].button("Start the sweep" if mode == "sweep" else "Start the run", key="exp_start", type="primary",
+            disabled=running, on_click=start, icon=":material/play_arrow:")
+if st.session_state.pop("exp_busy", False):
+    st.error("Another experiment is running on this machine; stop it or wait for it to finish.",
+             icon=":material/error:")
+runner = slot["runner"]
+running = runner is not None and not runner.done
+
+# ---------------------------------------------------------------------------------------------- live progress
+
+
+@st.fragment(run_every=1.0 if running else None)
+def live() -> None:
+    runner: SweepRunner | None = slot["runner"]
+    if runner is None:
+        st.info("Press **Start**: the training curves are drawn live, each finished run lands in the table, and "
+                "**Stop** ends the current run at its next step (it is stored as stopped).", icon=":material/info:")
+        return
+    snap = runner.snapshot()
+    if snap["status"] == "running":
+        cols = st.columns([6, 1])
+        cols[0].progress(snap["fraction"], text=f"{snap['message'] or 'starting…'}  ({snap['elapsed']:.0f} s)")
+        cols[1].button("Stop", key="exp_stop", on_click=runner.stop, icon=":material/stop_circle:")
+    elif st.session_state.get("exp_shown") is not runner:
+        st.session_state["exp_shown"] = runner
+        if running:  # it ended since the page last ran in full: redraw the page (buttons, stored runs)
+            st.rerun(scope="app")
+    if snap["status"] == "failed":
+        st.error(f"The experiment failed: {snap['error']}", icon=":material/error:")
+    elif snap["status"] == "stopped":
+        st.warning(f"Stopped after {snap['elapsed']:.0f} s; {len(snap['results'])} of {snap['runs']} runs ended "
+                   "(a stopped run is stored as stopped, without a fine-tuned accuracy).", icon=":material/stop_circle:")
+    elif snap["status"] == "completed":
+        st.success(f"{snap['runs']} run{'s' if snap['runs'] > 1 else ''} in {snap['elapsed']:.0f} s, stored "
+                   f"(sweep {snap['sweep_id']}).", icon=":material/check_circle:")
+    records = snap["results"]
+    curves = {run: {**curve, "conv": runner.configs[run - 1].conv, "label": run_label(runner.configs[run - 1].conv,
+                                                                                       runner.configs[run - 1].hparams)}
+              for run, curve in snap["curves"].items()}
+    baseline = next((r["baseline_accuracy"] for r in records if r.get("baseline_accuracy") is not None), None)
+    if curves:
+        common.plot(training_figure(curves, baseline), key="exp_curves", filename="falcon-fine-tuning")
+    if records:
+        show_runs(runs_frame(records), key="exp_runs")
+        done = [r for r in records if r.get("status") == "completed"]
+        if done and not running:
+            from falcon.experiments.store import accuracy_points
+
+            own = pd.DataFrame(accuracy_points(runs=done))
+            fig = accuracy_figure(common.paper_results().iloc[0:0], own, x="params_m", log_x=True,
+                                  panels=[(done[0]["model"], done[0]["dataset"])], cols=1)
+            common.plot(fig, key="exp_accuracy", filename="falcon-experiment-accuracy")
+            st.page_link(common.PAGE_BY_FILE["accuracy.py"].path, label="All runs beside the thesis's points",
+                         icon=":material/scatter_plot:")
+
+
+def show_runs(df: pd.DataFrame, key: str) -> None:
+    st.dataframe(df.drop(columns=["conv"]), key=key, hide_index=True, column_config={
+        "run_id": st.column_config.TextColumn("run"),
+        "label": st.column_config.TextColumn("conv type"),
+        "params": st.column_config.NumberColumn("params", format="localized"),
+        "macs": st.column_config.NumberColumn("MACs", format="localized"),
+        "compression_rate": st.column_config.NumberColumn("CR", format="%.2f×"),
+        "computation_reduction_rate": st.column_config.NumberColumn("CRR", format="%.2f×"),
+        "baseline_accuracy": st.column_config.NumberColumn("baseline", format="percent"),
+        "training_free_accuracy": st.column_config.NumberColumn("training-free", format="percent"),
+        "finetuned_accuracy": st.column_config.NumberColumn("fine-tuned", format="percent"),
+        "delta_points": st.column_config.NumberColumn("Δ (points)", format="%+.2f"),
+        "seconds": st.column_config.NumberColumn("s", format="%.1f"),
+    })
+
+
+live()
+
+# ---------------------------------------------------------------------------------------------- the store
+st.subheader("Stored runs")
+with common.guard(stop=False):
+    from falcon.experiments.store import db_path, list_runs
+
+    stored = list_runs()
+    path = db_path()
+    if stored:
+        df = runs_frame(stored)
+        show_runs(df.iloc[::-1], key="stored_runs")  # newest first
+        st.download_button("Runs (CSV)", df.to_csv(index=False).encode(), file_name="falcon-runs.csv",
+                           mime="text/csv", icon=":material/download:", key="runs_csv", on_click="ignore")
+    else:
+        st.caption("No stored runs yet.")
+    st.caption(f"Results database: `{path}` (set `FALCON_RESULTS_DB` to use another). "
+               "`python -m falcon results` lists the same runs.")
