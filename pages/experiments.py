@@ -83,14 +83,22 @@ with common.guard():
 
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def planned_cost(config_json: str) -> dict:
+    from falcon.experiments.report import planned_cost as cost
+
+    return cost(ExperimentConfig(**json.loads(config_json)))
+
+
 def planned_costs() -> pd.DataFrame:
-    """What each planned run will cost, from the cost engine (the `clean` count the runs store)."""
+    """What each planned run will fine-tune, counted on the model its conversion builds."""
     rows = []
     for p in plan:
         with common.guard():
-            size = common.size_model(p.model, p.conv, 10, 32, "clean", p.include_stem, json.dumps(p.hparams, sort_keys=True))
-        rows.append({"conv type": run_label(p.conv, p.hparams), "init": p.init, "params": size["params"],
-                     "MACs": size["macs"], "CR": size["compression_rate"], "CRR": size["computation_reduction_rate"]})
+            c = planned_cost(json.dumps(p.as_dict(), sort_keys=True))
+        rows.append({"conv type": run_label(p.conv, p.hparams), "init": p.init, "params": c["params"],
+                     "MACs": c["macs"], "CR": c["compression_rate"], "CRR": c["computation_reduction_rate"],
+                     "rank lowered in": ", ".join(c["clamped"])})
     return pd.DataFrame(rows)
 
 
@@ -100,8 +108,11 @@ st.dataframe(planned_costs(), key="plan", hide_index=True, column_config={
     "params": st.column_config.NumberColumn(format="localized"), "MACs": st.column_config.NumberColumn(format="localized"),
     "CR": st.column_config.NumberColumn(format="%.2f×", help="the baseline's parameters / the run's"),
     "CRR": st.column_config.NumberColumn(format="%.2f×", help="the baseline's MACs / the run's")})
-st.caption("Parameters and MACs of the converted model from the cost engine (`clean` convention: weights, biases, BN "
-           "and the classifier, as stored with each run). The same from a shell:")
+st.caption("Parameters and MACs of the model each run fine-tunes, counted on what its conversion builds (`clean` "
+           "convention: weights, biases, BN and the classifier; the run stores the same count). FALCON and DSConv are "
+           "the bare EHP blocks the fit fills, without the BN inside the thesis's DSConv layout that **Model sizing** "
+           "counts; a rank above a layer's full rank is lowered to it (the 1-channel stem has full rank 1 for "
+           "FALCON). The same from a shell:")
 st.code(cli_command(plan, sweep=mode == "sweep"), language="bash")
 
 
@@ -171,7 +182,8 @@ def live() -> None:
 
 
 def show_runs(df: pd.DataFrame, key: str) -> None:
-    st.dataframe(df.drop(columns=["conv"]), key=key, hide_index=True, column_config={
+    df = df.drop(columns=["conv"]).assign(rank=df["rank"].astype("string").fillna(""))  # blank, not "None"
+    st.dataframe(df, key=key, hide_index=True, column_config={
         "run_id": st.column_config.TextColumn("run"),
         "label": st.column_config.TextColumn("conv type"),
         "params": st.column_config.NumberColumn("params", format="localized"),

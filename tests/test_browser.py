@@ -263,8 +263,27 @@ class Interactions:
         assert charts(page) == 4  # loss curve, energy, error by rank, kernels
 
     @staticmethod
+    def experiments(page, timings):
+        """The done-when sweep (FALCON ranks 1-3, DSConv, MobileConvV2, ShuffleUnit) at one epoch a run."""
+        assert tables(page) >= 1 and "The plan: 6 runs" in page.inner_text("body")
+        box = number_input(page, "epochs")
+        box.fill("1")
+        rerun_after(page, lambda: box.press("Enter"), text_js("6 runs, 1 epoch each"))
+        t0 = time.perf_counter()
+        page.get_by_role("button", name="Start the sweep").click()
+        page.wait_for_function("() => document.body.innerText.includes('6 runs in')", timeout=600_000, polling=500)
+        timings["experiments_sweep_1_epoch_s"] = time.perf_counter() - t0
+        wait_done(page)
+        page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stPlotlyChart'] .main-svg\").length >= 2")
+        assert charts(page) == 2  # the training curves and this sweep's accuracy against parameters
+        assert "Stored runs" in page.inner_text("body")
+
+    @staticmethod
     def accuracy(page, timings):
         assert charts(page) == 1 and tables(page) == 1
+        # the sweep just run on the Experiments page is drawn beside the thesis's points, as ours
+        assert "digits-vgg" in page.get_by_test_id("stPlotlyChart").inner_text()
+        assert "FALCON (ours)" in page.get_by_test_id("stPlotlyChart").inner_text()
         rerun_after(page, page.get_by_role("radio", name="FLOPs (MACs)").click,
                     "return [...document.querySelectorAll('.xtitle')].some(e => e.textContent.includes('FLOPs'))")
         png = page.get_by_role("button", name="Figure (PNG)")

@@ -466,3 +466,17 @@ def test_sweep_plan_says_what_is_missing():
         sweep_plan(["falcon"], [])
     with pytest.raises(FalconError, match="unknown conv type"):
         sweep_plan(["falcon", "nope"], [1])
+
+
+@pytest.mark.parametrize("conv,hparams", [("falcon", {"rank": 2}), ("dsconv", {"rank": 1}), ("shuffle", {})])
+def test_planned_cost_is_what_the_run_counts(tmp_path, conv, hparams):
+    from falcon.experiments.report import planned_cost
+
+    cfg = tiny(conv=conv, hparams=hparams)
+    before = torch.random.get_rng_state()
+    plan = planned_cost(cfg)
+    assert torch.equal(before, torch.random.get_rng_state())
+    rec = run_experiment(cfg, store=False)
+    assert (plan["params"], plan["macs"]) == (rec["params"], rec["macs"])
+    assert (plan["baseline_params"], plan["baseline_macs"]) == (rec["baseline_params"], rec["baseline_macs"])
+    assert plan["clamped"] == (["features.0"] if conv == "falcon" else [])  # the 1-channel stem: full rank 1

@@ -73,6 +73,35 @@ def sweep_plan(convs: Sequence[str] = DEFAULT_CONVS, ranks: Sequence[int] = DEFA
     return [c.resolved() for c in configs]
 
 
+def planned_cost(config: ExperimentConfig) -> dict[str, Any]:
+    """Parameters and MACs of the model a run of ``config`` will fine-tune, before it runs: the run's own
+    conversion (:func:`falcon.experiments.pipeline.convert`) applied to the untrained architecture, counted
+    under the ``clean`` convention as the run counts it. FALCON/DSConv are the bare EHP blocks the fit
+    fills (no BN inside, unlike the thesis's layout that ``falcon size`` reproduces) and a rank above a
+    layer's full rank is lowered to it, so these can differ from the Model sizing page's numbers.
+    Also ``baseline_params``/``baseline_macs`` and ``clamped`` (layers whose rank was lowered)."""
+    import dataclasses
+
+    import torch
+
+    from falcon.experiments import pipeline
+    from falcon.models import get_model_entry
+
+    cfg = config.resolved()
+    entry = get_model_entry(cfg.model)
+    chw = (entry.in_channels, entry.input_size, entry.input_size)
+    with torch.random.fork_rng(devices=[]):  # the random init below must not move the caller's RNG
+        model = entry.build(None).eval()
+        converted, layers = pipeline.convert(model, dataclasses.replace(cfg, init="random" if cfg.init != "none"
+                                                                         else "none"), chw)
+    params, macs = pipeline._count(converted, chw)
+    base_params, base_macs = pipeline._count(model, chw)
+    clamped = [layer.get("name", layer.get("layer")) for layer in layers if layer.get("clamped")]
+    return {"params": params, "macs": macs, "baseline_params": base_params, "baseline_macs": base_macs,
+            "compression_rate": base_params / params, "computation_reduction_rate": base_macs / macs,
+            "clamped": clamped}
+
+
 def cli_command(configs: Sequence[ExperimentConfig], sweep: bool) -> str:
     """The ``python -m falcon experiment`` command that runs the same thing from a shell."""
     first = configs[0]
