@@ -42,6 +42,9 @@ def main() -> None:
         worst = max(times)
         print(f"\n{len(times)} sizings: median {statistics.median(t for t, *_ in times) * 1000:.0f} ms, "
               f"worst {worst[0] * 1000:.0f} ms ({worst[1]}, {worst[2]}); {len(refused)} refused")
+        slow = sorted((t for t in times if t[0] >= 1.0), reverse=True)
+        print(f"{len(slow)} of {len(times)} took 1 s or more" + (": " if slow else "")
+              + ", ".join(f"{m} {c} {t:.2f} s" for t, m, c in slow))
 
 
 if __name__ == "__main__":
