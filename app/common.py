@@ -104,9 +104,9 @@ def device_info():
     return describe_device()
 
 
-def sidebar() -> None:
+def sidebar(container=None) -> None:
     dev = device_info()
-    with st.sidebar:
+    with container or st.sidebar:
         st.markdown("**Device**")
         st.caption(dev.sentence)
         st.caption("Links reproduce the view: the model, layer and layer spec live in the page's URL.")

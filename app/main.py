@@ -22,5 +22,8 @@ st.set_page_config(page_title="FALCON Explorer", page_icon=common.favicon(), lay
 
 pages = [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path, default=p.default) for p in common.PAGES]
 page = st.navigation(pages)
-common.sidebar()
-page.run()
+device_slot = st.sidebar.container()  # filled after the page: the device needs torch, the first page does not
+try:
+    page.run()
+finally:
+    common.sidebar(device_slot)

@@ -123,17 +123,39 @@ def _units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return units
 
 
+#: Leaf modules whose output has the shape of their input and that count no MACs under the paper and
+#: clean conventions: normalizations, activations, dropout.
+SHAPE_KEEPING: tuple[type, ...] = (
+    nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity,
+)
+
+
+def _shape_keeping() -> tuple[type, ...]:
+    try:  # torchvision's stochastic depth (drop path) keeps the shape too
+        from torchvision.ops import StochasticDepth
+    except ImportError:  # pragma: no cover - torchvision is a requirement
+        return SHAPE_KEEPING
+    return SHAPE_KEEPING + (StochasticDepth,)
+
+
 @contextlib.contextmanager
 def shape_only(model: nn.Module):
-    """On the ``meta`` device, let BN pass its input through unchanged (it keeps the shape).
+    """On the ``meta`` device, let shape-keeping leaves (BN, LayerNorm, activations, dropout) pass their
+    input through unchanged.
 
-    Meta batch_norm goes through slow decompositions (~3 ms a call); BN counts no MACs under the
-    paper/clean conventions and its hooks still fire, so the counts are unchanged.
+    On ``meta`` these run through PyTorch's Python decompositions (batch_norm ~3 ms a call, layer_norm
+    ~6 ms); they count no MACs under the paper/clean conventions and their hooks still fire with an
+    output of the right shape, so the counts are unchanged (``tests/test_sizing.py`` checks models that
+    use each of these against the plain forward pass). A subclass that overrides ``forward`` with a
+    shape-changing one is left alone.
     """
     patched = []
     if any(p.is_meta for p in model.parameters()):
+        kinds = _shape_keeping()
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, kinds) and not list(m.children()) and _forward_is_stock(m, kinds):
                 m.forward = _identity
                 patched.append(m)
     try:
@@ -143,8 +165,15 @@ def shape_only(model: nn.Module):
             del m.forward
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
+def _identity(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return x
+
+
+def _forward_is_stock(module: nn.Module, kinds: tuple[type, ...]) -> bool:
+    """True when ``module``'s forward is the one of a class in ``kinds`` (not a subclass's own)."""
+    fwd = type(module).forward
+    return any(fwd is k.forward for k in kinds) or any(
+        fwd is base.forward for base in type(module).__mro__[1:] if base in kinds)
 
 
 def _input_tensor(input_size: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -14,7 +14,6 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from falcon.convtypes import CONV_TYPES
 
 #: One diverging scale for every kernel heatmap (zero is white).
 DIVERGING = "RdBu_r"
@@ -68,12 +67,16 @@ def _fixed_margins(margin: dict) -> dict:
 def conv_color(conv: str) -> str:
     """The registry colour of a conv type (``falcon-fused`` shares FALCON's); neutral grey otherwise."""
     base = "falcon" if conv == "falcon-fused" else conv
+    from falcon.convtypes import CONV_TYPES  # here, not at the top: the overview draws before torch is imported
+
     return CONV_TYPES[base].color if base in CONV_TYPES else NEUTRAL
 
 
 def conv_label(conv: str) -> str:
     if conv == "falcon-fused":
         return "FALCON fused"
+    from falcon.convtypes import CONV_TYPES
+
     return CONV_TYPES[conv].label if conv in CONV_TYPES else conv
 
 

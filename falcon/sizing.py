@@ -15,7 +15,8 @@ from falcon.counting import CONVENTIONS, ModelCount, count_model
 from falcon.errors import FalconError
 from falcon.models import get_model_entry
 from falcon.blocks import ShuffleUnit
-from falcon.surgery import adapt_widths, conv_sites, drop_shortcuts, plan, replace_convs, widen_for_shuffle
+from falcon.surgery import (adapt_widths, conv_sites, drop_shortcuts, plan, recording_conv_inputs, replace_convs,
+                            sites_from, widen_for_shuffle)
 
 
 @dataclass
@@ -119,9 +120,17 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
         raise FalconError(f"number of classes must be positive, got {num_classes}")
     chw = (entry.in_channels, size, size)
     net = _build_on(entry, num_classes, device)
-    if conv in entry.drop_shortcuts_for:
+    dropped = conv in entry.drop_shortcuts_for
+    if dropped:
         drop_shortcuts(net)
-    all_sites = conv_sites(net, chw)
+    if conv == "standard":  # nothing to replace: no need for the forward pass that finds the convs
+        return net, entry, resolved, [], {}, chw
+    key = (model, num_classes, size, dropped)
+    if key not in _SITES:  # the convs and their input sizes depend only on these, not on the conv type
+        if len(_SITES) >= 256:
+            _SITES.clear()
+        _SITES[key] = tuple(conv_sites(net, chw))
+    all_sites = list(_SITES[key])
     sites = plan(entry, all_sites, conv, include_stem)
     for site in sites:
         ct.resolve(site.spec, **resolved)  # validate every layer before building any
@@ -142,11 +151,23 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
     return net, entry, resolved, [s.name for s in sites], unused, chw
 
 
+#: (model, classes, input size, shortcuts dropped) -> the model's convs with their input sizes
+_SITES: dict[tuple, tuple] = {}
+
+
 @functools.lru_cache(maxsize=64)
 def _standard_count(model: str, num_classes: int | None, input_size: int, convention: str) -> ModelCount:
     """The unmodified model's count (cached: every sizing compares against it)."""
     base, _, _, _, _, chw = build_sized(model, num_classes, input_size, "standard")
-    return count_model(base, chw, convention)
+    if convention == "thop":  # thop profiles a deep copy (hooks and all): find the convs later, on their own
+        return count_model(base, chw, convention)
+    try:
+        with recording_conv_inputs(base) as seen:  # the same pass finds the convs for the other conv types
+            count = count_model(base, chw, convention)
+    except RuntimeError as e:
+        raise FalconError(f"the model does not run on a {chw[1]}×{chw[2]} input: {str(e).splitlines()[0]}") from None
+    _SITES.setdefault((model, num_classes, input_size, False), tuple(sites_from(base, seen)))
+    return count
 
 
 def size_model(model: str, conv: str = "standard", num_classes: int | None = None, input_size: int | None = None,
@@ -155,9 +176,19 @@ def size_model(model: str, conv: str = "standard", num_classes: int | None = Non
     if convention not in CONVENTIONS:
         raise FalconError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     t0 = time.perf_counter()
-    net, entry, resolved, replaced, unused, chw = build_sized(model, num_classes, input_size, conv, include_stem, **hp)
-    count = count_model(net, chw, convention, unused)
-    standard = count if conv == "standard" else _standard_count(model, num_classes, chw[1], convention)
+    if conv == "standard":  # the cached standard count (every other conv type compares against it)
+        resolved, entry = get_conv_type(conv).resolve(**hp), get_model_entry(model)
+        size = entry.input_size if input_size is None else int(input_size)
+        count = standard = _standard_count(model, num_classes, size, convention)
+        chw, replaced, unused = (entry.in_channels, size, size), [], {}
+    else:
+        entry = get_model_entry(model)
+        size = entry.input_size if input_size is None else int(input_size)
+        if size >= 1 and (num_classes is None or num_classes >= 1):  # else build_sized says what is wrong
+            get_conv_type(conv).resolve(**hp)
+            standard = _standard_count(model, num_classes, size, convention)  # first: its pass also finds the convs
+        net, entry, resolved, replaced, unused, chw = build_sized(model, num_classes, input_size, conv, include_stem, **hp)
+        count = count_model(net, chw, convention, unused)
     notes = []
     if conv in entry.drop_shortcuts_for:
         notes.append("residual shortcuts removed, as the thesis did for this model with this conv type")

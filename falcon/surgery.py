@@ -1,9 +1,10 @@
 """Finding the convs a conv type replaces in a model, and replacing them."""
 from __future__ import annotations
 
+import contextlib
 import types
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -34,6 +35,26 @@ def _replaceable(conv: nn.Conv2d) -> bool:
 
 def conv_sites(model: nn.Module, input_size: tuple[int, int, int]) -> list[ConvSite]:
     """Every Conv2d of ``model`` in forward order, with the spatial size of its input."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    with recording_conv_inputs(model) as seen:
+        try:
+            model.eval()
+            with torch.inference_mode(), shape_only(model):
+                model(torch.zeros((1, *input_size), device=device))
+        except RuntimeError as e:
+            raise FalconError(f"the model does not run on a {input_size[1]}×{input_size[2]} input: "
+                              f"{str(e).splitlines()[0]}") from None
+        finally:
+            model.train(was_training)
+    return sites_from(model, seen)
+
+
+@contextlib.contextmanager
+def recording_conv_inputs(model: nn.Module) -> Iterator[dict[str, tuple[int, int]]]:
+    """While it lasts, a forward pass of ``model`` records each Conv2d's input size (H, W), in forward
+    order, into the dict it yields; :func:`sites_from` turns that into sites. Lets a pass that does
+    something else (counting) find the sites too."""
     seen: dict[str, tuple[int, int]] = {}
     names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
@@ -41,18 +62,14 @@ def conv_sites(model: nn.Module, input_size: tuple[int, int, int]) -> list[ConvS
         seen.setdefault(names[module], tuple(inputs[0].shape[-2:]))
 
     handles = [m.register_forward_pre_hook(record) for m in names]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.inference_mode(), shape_only(model):
-            model(torch.zeros((1, *input_size), device=device))
-    except RuntimeError as e:
-        raise FalconError(f"the model does not run on a {input_size[1]}×{input_size[2]} input: {str(e).splitlines()[0]}") from None
+        yield seen
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
+
+
+def sites_from(model: nn.Module, seen: dict[str, tuple[int, int]]) -> list[ConvSite]:
     modules = dict(model.named_modules())
     sites = []
     for i, name in enumerate(seen):

@@ -24,7 +24,8 @@ n = common.widget(controls[1].slider, "output channels N", 2, 8, 3, key="ov_N")
 seed = common.widget(controls[2].number_input, "random example", 0, 999, 0, key="ov_seed",
                      help="seed of the random pointwise and depthwise factors")
 controls[3].caption(
-    "Random rank-1 factors for a 3×3 layer, multiplied out by the library's `ehp_kernel`. "
+    "Random rank-1 factors for a 3×3 layer, multiplied out by the library's EHP product (`falcon.ehp_numpy`, "
+    "tested against the `ehp_kernel` that the fits use). "
     "Colour: one diverging scale for every panel (red > 0 > blue). In FALCON every row of K (one output "
     "channel) is the same depthwise kernel scaled by a row of P; in DSConv every column (one input channel) is."
 )
@@ -32,15 +33,15 @@ controls[3].caption(
 
 @st.cache_data(show_spinner=False)
 def example(m: int, n: int, seed: int) -> tuple[dict, dict]:
-    import torch
+    import numpy as np
 
-    from falcon.ehp import ehp_kernel
+    from falcon.ehp_numpy import ehp_kernel_np  # numpy: this first page draws before torch is imported
 
-    g = torch.Generator().manual_seed(seed)
-    p = torch.randn(n, m, generator=g)
-    d_out, d_in = torch.randn(n, 3, 3, generator=g), torch.randn(m, 3, 3, generator=g)
-    falcon = {"P": p.numpy(), "D": d_out.numpy(), "K": ehp_kernel(p, d_out, "output").numpy()}
-    dsconv = {"P": p.numpy(), "D": d_in.numpy(), "K": ehp_kernel(p, d_in, "input").numpy()}
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal((n, m), dtype=np.float32)
+    d_out, d_in = rng.standard_normal((n, 3, 3), dtype=np.float32), rng.standard_normal((m, 3, 3), dtype=np.float32)
+    falcon = {"P": p, "D": d_out, "K": ehp_kernel_np(p, d_out, "output")}
+    dsconv = {"P": p, "D": d_in, "K": ehp_kernel_np(p, d_in, "input")}
     return falcon, dsconv
 
 

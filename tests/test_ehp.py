@@ -468,3 +468,22 @@ def test_cli_fit_errors_are_one_line(capsys, args, words):
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert words in err
+
+
+@pytest.mark.parametrize("axis", ["output", "input"])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_numpy_ehp_is_the_torch_ehp(axis, rank):
+    """falcon.ehp_numpy (einsum, what the overview draws) and falcon.ehp.ehp_kernel (bmm) agree."""
+    from falcon.ehp import ehp_kernel
+    from falcon.ehp_numpy import ehp_kernel_np
+
+    g = torch.Generator().manual_seed(rank)
+    n, m = 5, 4
+    p = torch.randn(rank, n, m, generator=g, dtype=torch.float64)
+    d = torch.randn(rank, n if axis == "output" else m, 3, 3, generator=g, dtype=torch.float64)
+    np.testing.assert_allclose(ehp_kernel_np(p.numpy(), d.numpy(), axis), ehp_kernel(p, d, axis).numpy(), rtol=1e-12)
+    if rank == 1:
+        np.testing.assert_allclose(ehp_kernel_np(p[0].numpy(), d[0].numpy(), axis), ehp_kernel(p[0], d[0], axis).numpy(),
+                                   rtol=1e-12)
+    with pytest.raises(FalconError):
+        ehp_kernel_np(p.numpy(), d[:, :2].numpy(), axis)

@@ -120,3 +120,26 @@ def test_counter_matches_a_hand_count():
 def test_bad_sizing_requests(kwargs, message):
     with pytest.raises(FalconError, match=message):
         size_model(**kwargs)
+
+
+@pytest.mark.parametrize("model", ["swin_t", "vit_b_16", "efficientnet_b0", "mobilenet_v3_small", "convnext_tiny",
+                                   "regnet_x_400mf", "resnet18", "vgg19-cifar"])
+def test_shape_only_shortcut_changes_no_count(model, monkeypatch):
+    """Letting norms, activations and dropout pass their input through on `meta` (falcon.counting.shape_only)
+    gives the counts, per layer, and the conv sites of the plain forward pass; and the cached sites and
+    standard counts give what a cold sizing gives."""
+    from falcon import counting, sizing
+
+    def fresh():
+        sizing._standard_count.cache_clear()
+        sizing._SITES.clear()
+
+    fresh()
+    fast = {conv: size_model(model, conv, convention="clean") for conv in ("falcon", "dsconv", "standard")}
+    monkeypatch.setattr(counting, "_shape_keeping", lambda: (nn.modules.batchnorm._BatchNorm,))
+    for conv, r in fast.items():
+        fresh()
+        plain = size_model(model, conv, convention="clean")
+        assert (r.params, r.macs, r.replaced) == (plain.params, plain.macs, plain.replaced)
+        assert [u.as_dict() for u in r.count.units] == [u.as_dict() for u in plain.count.units]
+    fresh()
