@@ -15,90 +15,105 @@ st.title("Layer calculator")
 st.caption("Closed-form weights and multiply-accumulates (MACs; the thesis's FLOPs) of one convolution layer, "
            "for every conv type of the registry, next to the standard conv. Weights only: no bias, no BN.")
 
-# ---------------------------------------------------------------------------------------------- inputs
-cols = st.columns(7)
-M = common.widget(cols[0].number_input, "in channels M", 1, 16384, 256, step=1, key="M")
-N = common.widget(cols[1].number_input, "out channels N", 1, 16384, 256, step=1, key="N")
-D = common.widget(cols[2].number_input, "kernel D", 1, 15, 3, step=1, key="D")
-H = common.widget(cols[3].number_input, "input height H", 1, 4096, 32, step=1, key="H")
-W = common.widget(cols[4].number_input, "input width W", 1, 4096, None, step=1, key="W", placeholder="= H",
-                  help="empty: the same as H")
-stride = common.widget(cols[5].number_input, "stride s", 1, 8, 1, step=1, key="stride")
-padding = common.widget(cols[6].number_input, "padding p", 0, 32, None, step=1, key="padding",
-                        placeholder="D // 2", help="empty: D // 2 ('same' for odd D)")
 
-with st.container(border=True):
-    st.markdown("**Hyper-parameters of each conv type**")
-    hp_cols = st.columns(sum(len(ct.hparams) for ct in CONV_TYPES.values()) or 1)
-    hparams, i = {}, 0
-    for name, ct in CONV_TYPES.items():
-        hparams[name] = {}
-        for h in ct.hparams:
-            col = hp_cols[i]
-            i += 1
-            hparams[name][h.name] = common.hparam_input(name, h.name, container=col, label=f"{ct.label}: {h.label}")
+@st.fragment
+def layer_view() -> None:
+    """Inputs, table, charts and cross-check: a change of an input reruns only this part of the page (the
+    measurement below reads the spec it leaves in the session state; a click there reruns everything)."""
+    # ---------------------------------------------------------------------------------------------- inputs
+    cols = st.columns(7)
+    M = common.widget(cols[0].number_input, "in channels M", 1, 16384, 256, step=1, key="M")
+    N = common.widget(cols[1].number_input, "out channels N", 1, 16384, 256, step=1, key="N")
+    D = common.widget(cols[2].number_input, "kernel D", 1, 15, 3, step=1, key="D")
+    H = common.widget(cols[3].number_input, "input height H", 1, 4096, 32, step=1, key="H")
+    W = common.widget(cols[4].number_input, "input width W", 1, 4096, None, step=1, key="W", placeholder="= H",
+                      help="empty: the same as H")
+    stride = common.widget(cols[5].number_input, "stride s", 1, 8, 1, step=1, key="stride")
+    padding = common.widget(cols[6].number_input, "padding p", 0, 32, None, step=1, key="padding",
+                            placeholder="D // 2", help="empty: D // 2 ('same' for odd D)")
 
-spec_args = {"in_channels": int(M), "out_channels": int(N), "kernel_size": int(D), "height": int(H),
-             "width": None if W is None else int(W), "stride": int(stride),
-             "padding": None if padding is None else int(padding)}
-with common.guard():
-    spec = common.spec_from(spec_args)
-spec_dict = spec.as_dict()
-hp_json = json.dumps(hparams, sort_keys=True)
-st.caption(f"Layer: {spec.describe()}.  Symbols: M={spec.M}, N={spec.N}, D={spec.D}, H×W={spec.height}×{spec.width}, "
-           f"H'×W'={spec.out_height}×{spec.out_width}, s={spec.stride}, p={spec.padding}.")
+    with st.container(border=True):
+        st.markdown("**Hyper-parameters of each conv type**")
+        hp_cols = st.columns(sum(len(ct.hparams) for ct in CONV_TYPES.values()) or 1)
+        hparams, i = {}, 0
+        for name, ct in CONV_TYPES.items():
+            hparams[name] = {}
+            for h in ct.hparams:
+                col = hp_cols[i]
+                i += 1
+                hparams[name][h.name] = common.hparam_input(name, h.name, container=col, label=f"{ct.label}: {h.label}")
 
-rows = common.layer_rows(spec_dict, hp_json)
-for r in rows:
-    if "error" in r:
-        st.error(f"{r['label']}: {r['error']}", icon=":material/error:")
-good = [r for r in rows if "error" not in r]
+    spec_args = {"in_channels": int(M), "out_channels": int(N), "kernel_size": int(D), "height": int(H),
+                 "width": None if W is None else int(W), "stride": int(stride),
+                 "padding": None if padding is None else int(padding)}
+    with common.guard():
+        spec = common.spec_from(spec_args)
+    spec_dict = spec.as_dict()
+    hp_json = json.dumps(hparams, sort_keys=True)
+    st.caption(f"Layer: {spec.describe()}.  Symbols: M={spec.M}, N={spec.N}, D={spec.D}, H×W={spec.height}×{spec.width}, "
+               f"H'×W'={spec.out_height}×{spec.out_width}, s={spec.stride}, p={spec.padding}.")
 
-# ---------------------------------------------------------------------------------------------- table
-st.subheader("Every conv type, formulas beside the numbers")
-lines = ["| | conv type | parameters | MACs | CR | CRR |", "|---|---|---|---|---|---|"]
-for r in good:
-    lines.append(
-        f"| {common.color_dot(r['color'])} | **{r['label']}** "
-        f"| ${r['latex_params']}$<br>= {r['params_sum'].replace('{,}', ',')} "
-        f"| ${r['latex_macs']}$<br>= {r['macs_sum'].replace('{,}', ',')} "
-        f"| **{r['compression_rate']:.3f}×** | **{r['computation_reduction_rate']:.3f}×** |")
-st.markdown("\n".join(lines), unsafe_allow_html=True)
-st.caption("CR = standard params / params; CRR = standard MACs / MACs. Weights only (no bias, no BN); "
-           "the parts of each sum are the block's convolutions, in order. MobileConvV2: T = ⌊t·M⌋ hidden channels. "
-           "ShuffleUnit: M' = α·M, N' = α·N, bottleneck B = N'/4, g groups.")
-st.download_button("Table (CSV)", lambda: layer_table(good).to_csv().encode(), file_name="falcon-layer-costs.csv",
-                   mime="text/csv", icon=":material/download:", key="calc_csv", on_click="ignore")
+    rows = common.layer_rows(spec_dict, hp_json)
+    for r in rows:
+        if "error" in r:
+            st.error(f"{r['label']}: {r['error']}", icon=":material/error:")
+    good = [r for r in rows if "error" not in r]
 
-left, right = st.columns(2)
-with left:
-    st.subheader("Reductions")
-    common.plot(reductions_figure(good), key="reductions", filename="falcon-reductions")
+    # ---------------------------------------------------------------------------------------------- table
+    st.subheader("Every conv type, formulas beside the numbers")
+    lines = ["| | conv type | parameters | MACs | CR | CRR |", "|---|---|---|---|---|---|"]
+    for r in good:
+        lines.append(
+            f"| {common.color_dot(r['color'])} | **{r['label']}** "
+            f"| ${r['latex_params']}$<br>= {r['params_sum'].replace('{,}', ',')} "
+            f"| ${r['latex_macs']}$<br>= {r['macs_sum'].replace('{,}', ',')} "
+            f"| **{r['compression_rate']:.3f}×** | **{r['computation_reduction_rate']:.3f}×** |")
+    st.markdown("\n".join(lines), unsafe_allow_html=True)
+    st.caption("CR = standard params / params; CRR = standard MACs / MACs. Weights only (no bias, no BN); "
+               "the parts of each sum are the block's convolutions, in order. MobileConvV2: T = ⌊t·M⌋ hidden channels. "
+               "ShuffleUnit: M' = α·M, N' = α·N, bottleneck B = N'/4, g groups.")
+    st.download_button("Table (CSV)", lambda: layer_table(good).to_csv().encode(), file_name="falcon-layer-costs.csv",
+                       mime="text/csv", icon=":material/download:", key="calc_csv", on_click="ignore")
 
-# ---------------------------------------------------------------------------------------------- break-even
-with right:
-    st.subheader("Break-even rank")
-    sweeps, be = common.rank_sweeps(spec_dict)
-    st.caption("Rank-k FALCON and DSConv cost k times rank 1. From the break-even rank on, they cost at least "
-               "as much as the standard conv (CR or CRR ≤ 1×).")
-    for conv, by in be.items():
-        ct = CONV_TYPES[conv]
-        st.markdown(f"{common.color_dot(ct.color)} **{ct.label}** stops saving parameters at **k = {by['params']}** "
-                    f"and MACs at **k = {by['macs']}**", unsafe_allow_html=True)
-    common.plot(rank_sweep_figure(sweeps, be), key="rank_sweep", filename="falcon-break-even")
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Reductions")
+        common.plot(reductions_figure(good), key="reductions", filename="falcon-reductions")
 
-# ---------------------------------------------------------------------------------------------- thop
-check = common.thop_check(spec_dict, hp_json)
-agree = bool(check["agree"].all())
-t = st.columns([4, 1.2], vertical_alignment="center")
-if agree:
-    t[0].success("Cross-check: thop 0.1.1, run on each type's built block (PyTorch's meta device: shapes only), "
-                 "counts exactly the closed-form params and MACs of every conv type.", icon=":material/check_circle:")
-else:
-    t[0].warning("thop disagrees with the closed form for: " + ", ".join(check.index[~check["agree"]]))
-if t[1].toggle("show thop's counts", key="show_thop"):
-    st.dataframe(check, key="thop_table", column_config={
-        c: st.column_config.NumberColumn(c, format="localized") for c in check.columns if c not in ("conv type", "agree")})
+    # ---------------------------------------------------------------------------------------------- break-even
+    with right:
+        st.subheader("Break-even rank")
+        sweeps, be = common.rank_sweeps(spec_dict)
+        st.caption("Rank-k FALCON and DSConv cost k times rank 1. From the break-even rank on, they cost at least "
+                   "as much as the standard conv (CR or CRR ≤ 1×).")
+        for conv, by in be.items():
+            ct = CONV_TYPES[conv]
+            st.markdown(f"{common.color_dot(ct.color)} **{ct.label}** stops saving parameters at **k = {by['params']}** "
+                        f"and MACs at **k = {by['macs']}**", unsafe_allow_html=True)
+        common.plot(rank_sweep_figure(sweeps, be), key="rank_sweep", filename="falcon-break-even")
+
+    # ---------------------------------------------------------------------------------------------- thop
+    check = common.thop_check(spec_dict, hp_json)
+    agree = bool(check["agree"].all())
+    t = st.columns([4, 1.2], vertical_alignment="center")
+    if agree:
+        t[0].success("Cross-check: thop 0.1.1, run on each type's built block (PyTorch's meta device: shapes only), "
+                     "counts exactly the closed-form params and MACs of every conv type.", icon=":material/check_circle:")
+    else:
+        t[0].warning("thop disagrees with the closed form for: " + ", ".join(check.index[~check["agree"]]))
+    if t[1].toggle("show thop's counts", key="show_thop"):
+        st.dataframe(check, key="thop_table", column_config={
+            c: st.column_config.NumberColumn(c, format="localized") for c in check.columns if c not in ("conv type", "agree")})
+    st.session_state["calc_layer"] = (spec, hparams)
+    if not st.session_state.get("calc_full_run") and st.session_state.get("bench_job") is not None \
+            and st.session_state.get("bench_spec") != spec.describe():
+        st.rerun(scope="app")  # a measurement of another layer is shown below: let it say so
+
+
+st.session_state["calc_full_run"] = True  # the fragment's own reruns start below this line
+layer_view()
+st.session_state["calc_full_run"] = False
+spec, hparams = st.session_state["calc_layer"]
 
 # ---------------------------------------------------------------------------------------------- measure
 dev = common.device_info()

@@ -501,3 +501,15 @@ def test_experiments_page_bad_input_says_what_to_change():
     at.number_input(key="exp.shuffle.width_mult").set_value(2.0).run()
     assert not at.exception and "--width-mult 1" in at.error[0].value
     assert not at.button  # nothing can be started from a bad plan
+
+
+def test_calculator_change_after_a_measurement_flags_it_as_another_layers():
+    at = open_page("calculator", M=16, N=16, H=8)
+    at.number_input(key="bench_rounds").set_value(1).run()
+    at.number_input(key="bench_min_time").set_value(0.01).run()
+    at.button(key="bench_start").click().run()
+    wait_for(at, "bench_job", 120)
+    assert not at.warning
+    at.number_input(key="M").set_value(24).run()  # an input of the calculator's fragment
+    assert_clean(at)
+    assert any("not the one above" in w.value for w in at.warning)
