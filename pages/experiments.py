@@ -27,7 +27,9 @@ CHOICES = [c for c in CONV_TYPES if c != "standard"]
 def active() -> dict:
     """The machine's one experiment slot, shared by every session (runs would compete for the cores);
     a reloaded page finds its run still going here."""
-    return {"runner": None, "mode": None}
+    import threading
+
+    return {"runner": None, "mode": None, "lock": threading.Lock()}
 
 
 slot = active()
@@ -117,11 +119,12 @@ st.code(cli_command(plan, sweep=mode == "sweep"), language="bash")
 
 
 def start() -> None:
-    if slot["runner"] is not None and not slot["runner"].done:
-        st.session_state["exp_busy"] = True
-        return
-    slot["runner"] = st.session_state["exp_runner"] = SweepRunner(plan).start()
-    slot["mode"] = mode
+    with slot["lock"]:  # two sessions may press Start at once
+        if slot["runner"] is not None and not slot["runner"].done:
+            st.session_state["exp_busy"] = True
+            return
+        slot["runner"] = st.session_state["exp_runner"] = SweepRunner(plan).start()
+        slot["mode"] = mode
 
 
 b = st.columns([1.6, 5])
