@@ -29,7 +29,7 @@ def active() -> dict:
     a reloaded page finds its run still going here."""
     import threading
 
-    return {"runner": None, "mode": None, "lock": threading.Lock()}
+    return {"runner": None, "lock": threading.Lock()}
 
 
 slot = active()
@@ -124,7 +124,6 @@ def start() -> None:
             st.session_state["exp_busy"] = True
             return
         slot["runner"] = st.session_state["exp_runner"] = SweepRunner(plan).start()
-        slot["mode"] = mode
 
 
 b = st.columns([1.6, 5])
