@@ -568,7 +568,8 @@ def training_figure(curves: dict[Any, dict], baseline_accuracy: float | None = N
     layout["annotations"] = layout["annotations"] + notes
     layout["shapes"] = shapes
     layout["xaxis"].update(title_text="step")
-    layout["yaxis"].update(title_text="loss", type="log")
+    layout["yaxis"].update(title_text="loss", type="log", tickvals=LOG_TICKS_WIDE,
+                           ticktext=[f"{v:g}" for v in LOG_TICKS_WIDE])
     layout["xaxis2"].update(title_text="step")
     layout["yaxis2"].update(title_text="accuracy (%)")
     return go.Figure(data=traces, layout=layout)
