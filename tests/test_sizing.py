@@ -143,3 +143,16 @@ def test_shape_only_shortcut_changes_no_count(model, monkeypatch):
         assert (r.params, r.macs, r.replaced) == (plain.params, plain.macs, plain.replaced)
         assert [u.as_dict() for u in r.count.units] == [u.as_dict() for u in plain.count.units]
     fresh()
+
+
+def test_init_is_skipped_on_meta_only_and_restored():
+    from falcon.sizing import _no_init_on_meta
+
+    before = nn.init.kaiming_normal_
+    with _no_init_on_meta():
+        real = torch.zeros(4, 4)
+        nn.init.ones_(real)
+        assert real.sum() == 16  # a real tensor (another thread's model, say) is initialized as usual
+        meta = torch.empty(4, 4, device="meta")
+        assert nn.init.kaiming_normal_(meta) is meta
+    assert nn.init.kaiming_normal_ is before
