@@ -113,7 +113,8 @@ def _units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     units: list[tuple[str, nn.Module]] = []
     inside: set[str] = set()
     for name, module in model.named_modules():
-        if any(name.startswith(p + ".") for p in inside):
+        parts = name.split(".")
+        if any(".".join(parts[:i]) in inside for i in range(1, len(parts))):  # inside a block already taken
             continue
         if isinstance(module, ConvBlock):
             inside.add(name)
@@ -194,7 +195,8 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], convention: 
     device = next((p.device for p in model.parameters()), torch.device("meta"))
     rows: dict[str, UnitCount] = {}
     owner: dict[nn.Module, str] = {}
-    for name, unit in _units(model):
+    units_of_model = _units(model)
+    for name, unit in units_of_model:
         kind, shape = _describe(unit)
         extra = (unused_params or {}).get(name, 0) if convention == "paper" else 0
         rows[name] = UnitCount(name, kind, shape, None, None,
@@ -221,7 +223,7 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], convention: 
         for module, name in owner.items():
             if not list(module.children()):
                 handles.append(module.register_forward_hook(hook))
-        for name, unit in _units(model):
+        for name, unit in units_of_model:
             handles.append(unit.register_forward_hook(unit_hook))
         was_training = model.training
         model.eval()
@@ -233,7 +235,7 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], convention: 
             h.remove()
     units = list(rows.values())
     # parameters not inside any unit (e.g. registered directly on a container) still count
-    in_units = sum(sum(p.numel() for p in m.parameters()) for _, m in _units(model))
+    in_units = sum(sum(p.numel() for p in m.parameters()) for _, m in units_of_model)
     loose = sum(p.numel() for p in model.parameters()) - in_units
     params = sum(u.params for u in units) + loose
     return ModelCount(convention, params, sum(u.macs for u in units), units)

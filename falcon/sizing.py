@@ -170,7 +170,7 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
                                    entry.shuffle_widen)
         make = lambda site: ShuffleUnit(site.spec, resolved["groups"], resolved["width_mult"], paper=True,  # noqa: E731
                                         in_width=widths[site.name][0], out_width=widths[site.name][1])
-    with torch.device(device):
+    with torch.device(device), (_no_init_on_meta() if str(device) == "meta" else contextlib.nullcontext()):
         replace_convs(net, sites, conv, resolved, make)
     if widened:
         adapt_widths(net, chw)
