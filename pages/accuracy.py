@@ -50,10 +50,13 @@ for (_m, _d), g in data.groupby(["model", "dataset"]):
 data = data.assign(pareto=front, method_label=[CONV_TYPES[m].label if m in CONV_TYPES else m for m in data["method"]])
 st.subheader("The points")
 cols = ["source", "model", "dataset", "method_label", "rank", "top1", "top5", "params_m", "macs_m", "pareto", "table"]
-st.dataframe(data[[c for c in cols if c in data]], key="points", hide_index=True, column_config={
+shown = data[[c for c in cols if c in data]].assign(  # blank cells, not "None", where a column does not apply
+    rank=lambda d: pd.array(d["rank"], dtype="Int64").astype("string").fillna(""),
+    top5=lambda d: [f"{v:.2f}" if pd.notna(v) else "" for v in d["top5"]])
+st.dataframe(shown, key="points", hide_index=True, column_config={
     "method_label": st.column_config.TextColumn("method"),
     "top1": st.column_config.NumberColumn("top-1 (%)", format="%.2f"),
-    "top5": st.column_config.NumberColumn("top-5 (%)", format="%.2f"),
+    "top5": st.column_config.TextColumn("top-5 (%)"),
     "params_m": st.column_config.NumberColumn("params (M)", format="%.2f"),
     "macs_m": st.column_config.NumberColumn("FLOPs (M)", format="%.2f"),
     "pareto": st.column_config.CheckboxColumn("on the frontier"),
