@@ -15,8 +15,8 @@ from falcon.counting import CONVENTIONS, ModelCount, count_model
 from falcon.errors import FalconError
 from falcon.models import get_model_entry
 from falcon.blocks import ShuffleUnit
-from falcon.surgery import (adapt_widths, conv_sites, drop_shortcuts, plan, recording_conv_inputs, replace_convs,
-                            sites_from, widen_for_shuffle)
+from falcon.surgery import (adapt_widths, conv_sites, does_not_run, drop_shortcuts, plan, recording_conv_inputs,
+                            replace_convs, sites_from, widen_for_shuffle)
 
 
 @dataclass
@@ -130,6 +130,16 @@ def _build_on(entry, num_classes, device):
             return entry.build(num_classes)
 
 
+def _checked_size(entry, num_classes: int | None, input_size: int | None) -> int:
+    """The input size to size ``entry`` at (its default when None); a FalconError for bad sizes or classes."""
+    size = entry.input_size if input_size is None else int(input_size)
+    if size < 1:
+        raise FalconError(f"input size must be positive, got {size}")
+    if num_classes is not None and num_classes < 1:
+        raise FalconError(f"number of classes must be positive, got {num_classes}")
+    return size
+
+
 def build_sized(model: str, num_classes: int | None, input_size: int | None, conv: str,
                 include_stem: bool | None = None, device: str | torch.device = "meta", **hp: Any):
     """Build ``model`` with ``conv`` in place of its replaceable convs (paper layout).
@@ -140,11 +150,7 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
     entry = get_model_entry(model)
     ct = get_conv_type(conv)
     resolved = ct.resolve(**hp)
-    size = entry.input_size if input_size is None else int(input_size)
-    if size < 1:
-        raise FalconError(f"input size must be positive, got {size}")
-    if num_classes is not None and num_classes < 1:
-        raise FalconError(f"number of classes must be positive, got {num_classes}")
+    size = _checked_size(entry, num_classes, input_size)
     chw = (entry.in_channels, size, size)
     net = _build_on(entry, num_classes, device)
     dropped = conv in entry.drop_shortcuts_for
@@ -192,7 +198,7 @@ def _standard_count(model: str, num_classes: int | None, input_size: int, conven
         with recording_conv_inputs(base) as seen:  # the same pass finds the convs for the other conv types
             count = count_model(base, chw, convention)
     except RuntimeError as e:
-        raise FalconError(f"the model does not run on a {chw[1]}×{chw[2]} input: {str(e).splitlines()[0]}") from None
+        raise does_not_run(chw, e) from None
     _SITES.setdefault((model, num_classes, input_size, False), tuple(sites_from(base, seen)))
     return count
 
@@ -203,18 +209,15 @@ def size_model(model: str, conv: str = "standard", num_classes: int | None = Non
     if convention not in CONVENTIONS:
         raise FalconError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     t0 = time.perf_counter()
-    if conv == "standard":  # the cached standard count (every other conv type compares against it)
-        resolved, entry = get_conv_type(conv).resolve(**hp), get_model_entry(model)
-        size = entry.input_size if input_size is None else int(input_size)
-        count = standard = _standard_count(model, num_classes, size, convention)
-        chw, replaced, unused = (entry.in_channels, size, size), [], {}
+    entry = get_model_entry(model)
+    resolved = get_conv_type(conv).resolve(**hp)  # a bad hyper-parameter fails before any forward pass
+    size = _checked_size(entry, num_classes, input_size)
+    # cached, and computed first: every conv type compares against it, and its pass also finds the convs
+    standard = _standard_count(model, num_classes, size, convention)
+    if conv == "standard":
+        count, chw, replaced, unused = standard, (entry.in_channels, size, size), [], {}
     else:
-        entry = get_model_entry(model)
-        size = entry.input_size if input_size is None else int(input_size)
-        if size >= 1 and (num_classes is None or num_classes >= 1):  # else build_sized says what is wrong
-            get_conv_type(conv).resolve(**hp)
-            standard = _standard_count(model, num_classes, size, convention)  # first: its pass also finds the convs
-        net, entry, resolved, replaced, unused, chw = build_sized(model, num_classes, input_size, conv, include_stem, **hp)
+        net, entry, resolved, replaced, unused, chw = build_sized(model, num_classes, size, conv, include_stem, **hp)
         count = count_model(net, chw, convention, unused)
     notes = []
     if conv in entry.drop_shortcuts_for:

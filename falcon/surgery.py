@@ -43,11 +43,15 @@ def conv_sites(model: nn.Module, input_size: tuple[int, int, int]) -> list[ConvS
             with torch.inference_mode(), shape_only(model):
                 model(torch.zeros((1, *input_size), device=device))
         except RuntimeError as e:
-            raise FalconError(f"the model does not run on a {input_size[1]}×{input_size[2]} input: "
-                              f"{str(e).splitlines()[0]}") from None
+            raise does_not_run(input_size, e) from None
         finally:
             model.train(was_training)
     return sites_from(model, seen)
+
+
+def does_not_run(input_size: tuple[int, int, int], error: Exception) -> FalconError:
+    """The user error for a model whose forward pass fails on a (C, H, W) input."""
+    return FalconError(f"the model does not run on a {input_size[1]}×{input_size[2]} input: {str(error).splitlines()[0]}")
 
 
 @contextlib.contextmanager
