@@ -84,7 +84,6 @@ with common.guard():
         plan = sweep_plan(convs, ranks, base)
 
 
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def planned_cost(config_json: str) -> dict:
     from falcon.experiments.report import planned_cost as cost
