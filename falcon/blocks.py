@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from falcon.spec import LayerSpec
+from falcon.spec import LayerSpec, expanded_channels, shuffle_widths  # noqa: F401 (re-exported)
 
 
 class ConvBlock(nn.Module):
@@ -128,11 +128,6 @@ class DSConv(ConvBlock):
         return out
 
 
-def expanded_channels(in_channels: int, expansion: float) -> int:
-    """T = int(t·M), the hidden width of MobileConvV2-t."""
-    return int(expansion * in_channels)
-
-
 class MobileConvV2(ConvBlock):
     """MobileNetV2's inverted residual as a conv replacement: pointwise M→T, depthwise D×D, pointwise T→N.
 
@@ -178,13 +173,6 @@ class ChannelShuffle(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-def shuffle_widths(spec: LayerSpec, width_mult: float) -> tuple[int, int, int]:
-    """(M', N', B) of ShuffleUnit α×: M' = int(α·M), N' = int(α·N), bottleneck B = N' // 4."""
-    m = int(width_mult * spec.M)
-    n = int(width_mult * spec.N)
-    return m, n, n // 4
 
 
 class ShuffleUnit(ConvBlock):

@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+import importlib
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
-
-from falcon import blocks
 from falcon.errors import FalconError
-from falcon.spec import LayerSpec
+from falcon.spec import LayerSpec, expanded_channels, shuffle_widths
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# The registry itself does not import torch (the first page of the app draws with the registry's
+# colours before torch is imported); the blocks, which need it, are imported when one is built.
+
+
+def _blocks():
+    return importlib.import_module("falcon.blocks")
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def _falcon_cost(s: LayerSpec, hp: dict) -> Cost:
 
 
 def _mobilev2_cost(s: LayerSpec, hp: dict) -> Cost:
-    t = blocks.expanded_channels(s.M, hp["expansion"])
+    t = expanded_channels(s.M, hp["expansion"])
     hw_in, hw_out = s.height * s.width, s.out_height * s.out_width
     return Cost.of(
         CostPart("pointwise M→T", s.M * t, hw_in * s.M * t),
@@ -160,7 +168,7 @@ def _mobilev2_cost(s: LayerSpec, hp: dict) -> Cost:
 
 def _shuffle_cost(s: LayerSpec, hp: dict) -> Cost:
     g = hp["groups"]
-    m, n, b = blocks.shuffle_widths(s, hp["width_mult"])
+    m, n, b = shuffle_widths(s, hp["width_mult"])
     hw_in, hw_out = s.height * s.width, s.out_height * s.out_width
     return Cost.of(
         CostPart("group pointwise M'→B", m * b // g, hw_in * m * b // g),
@@ -172,7 +180,7 @@ def _shuffle_cost(s: LayerSpec, hp: dict) -> Cost:
 # ----------------------------------------------------------------------------------------------
 # validation
 def _check_mobilev2(s: LayerSpec, hp: dict) -> None:
-    t = blocks.expanded_channels(s.M, hp["expansion"])
+    t = expanded_channels(s.M, hp["expansion"])
     if t < 1:
         raise FalconError(
             f"expansion {hp['expansion']:g} gives int(t·M) = int({hp['expansion']:g}·{s.M}) = {t} hidden channels; "
@@ -182,7 +190,7 @@ def _check_mobilev2(s: LayerSpec, hp: dict) -> None:
 
 def _check_shuffle(s: LayerSpec, hp: dict) -> None:
     g, a = hp["groups"], hp["width_mult"]
-    m, n, b = blocks.shuffle_widths(s, a)
+    m, n, b = shuffle_widths(s, a)
     if m < 1 or b < 1:
         raise FalconError(
             f"ShuffleUnit {a:g}× on {s.M}→{s.N} channels gives M'={m}, bottleneck B=N'/4={b}; "
@@ -213,8 +221,8 @@ CONV_TYPES: dict[str, ConvType] = {
             (),
             r"D^2 M N", r"H' W' D^2 M N",
             _standard_cost,
-            lambda s, hp: blocks.StandardConv(s),
-            lambda s, hp, bias: blocks.StandardConv(s, bias=bias),
+            lambda s, hp: _blocks().StandardConv(s),
+            lambda s, hp, bias: _blocks().StandardConv(s, bias=bias),
         ),
         ConvType(
             "falcon", "FALCON", "#ef553b",
@@ -223,8 +231,8 @@ CONV_TYPES: dict[str, ConvType] = {
             (RANK,),
             r"k\,(M N + D^2 N)", r"k\,(H W M N + H' W' D^2 N)",
             _falcon_cost,
-            lambda s, hp: blocks.FalconConv(s, rank=hp["rank"]),
-            lambda s, hp, bias: blocks.FalconConv(s, rank=hp["rank"]),
+            lambda s, hp: _blocks().FalconConv(s, rank=hp["rank"]),
+            lambda s, hp, bias: _blocks().FalconConv(s, rank=hp["rank"]),
             fit_axis="output",
             reference_unused_params=_falcon_unused_bn,
         ),
@@ -235,8 +243,8 @@ CONV_TYPES: dict[str, ConvType] = {
             (RANK,),
             r"k\,(D^2 M + M N)", r"k\,(H' W' D^2 M + H' W' M N)",
             _dsconv_cost,
-            lambda s, hp: blocks.DSConv(s, rank=hp["rank"]),
-            lambda s, hp, bias: blocks.DSConv(s, rank=hp["rank"], inner_bn=True),
+            lambda s, hp: _blocks().DSConv(s, rank=hp["rank"]),
+            lambda s, hp, bias: _blocks().DSConv(s, rank=hp["rank"], inner_bn=True),
             fit_axis="input",
         ),
         ConvType(
@@ -245,8 +253,8 @@ CONV_TYPES: dict[str, ConvType] = {
             (EXPANSION,),
             r"T M + D^2 T + T N,\ T=\lfloor tM \rfloor", r"H W M T + H' W' D^2 T + H' W' T N",
             _mobilev2_cost,
-            lambda s, hp: blocks.MobileConvV2(s, expansion=hp["expansion"]),
-            lambda s, hp, bias: blocks.MobileConvV2(s, expansion=hp["expansion"], paper=True),
+            lambda s, hp: _blocks().MobileConvV2(s, expansion=hp["expansion"]),
+            lambda s, hp, bias: _blocks().MobileConvV2(s, expansion=hp["expansion"], paper=True),
             _check=_check_mobilev2,
         ),
         ConvType(
@@ -257,8 +265,8 @@ CONV_TYPES: dict[str, ConvType] = {
             r"\frac{M' B}{g} + D^2 B + \frac{B N'}{g}",
             r"H W \frac{M' B}{g} + H' W' D^2 B + H' W' \frac{B N'}{g}",
             _shuffle_cost,
-            lambda s, hp: blocks.ShuffleUnit(s, groups=hp["groups"], width_mult=hp["width_mult"]),
-            lambda s, hp, bias: blocks.ShuffleUnit(s, groups=hp["groups"], width_mult=hp["width_mult"], paper=True),
+            lambda s, hp: _blocks().ShuffleUnit(s, groups=hp["groups"], width_mult=hp["width_mult"]),
+            lambda s, hp, bias: _blocks().ShuffleUnit(s, groups=hp["groups"], width_mult=hp["width_mult"], paper=True),
             _check=_check_shuffle,
         ),
     )

@@ -241,11 +241,12 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], convention: 
     return ModelCount(convention, params, sum(u.macs for u in units), units)
 
 
-def count_thop(model: nn.Module, input_size: tuple[int, int, int]) -> ModelCount:
-    """thop's MACs and params, profiled on a deep copy (thop leaves buffers on the modules it sees)."""
+def count_thop(model: nn.Module, input_size: tuple[int, int, int], copy_model: bool = True) -> ModelCount:
+    """thop's MACs and params, profiled on a deep copy (thop leaves buffers on the modules it sees);
+    ``copy_model=False`` profiles ``model`` itself, for a caller that built it only for this."""
     from thop import profile  # imported here: thop prints on import of some versions and is slow-ish
 
-    clone = copy.deepcopy(model).eval()
+    clone = (copy.deepcopy(model) if copy_model else model).eval()
     device = next((p.device for p in clone.parameters()), torch.device("cpu"))
     with torch.inference_mode():
         macs, params = profile(clone, inputs=(_input_tensor(input_size, device),), verbose=False)

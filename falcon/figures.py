@@ -80,6 +80,17 @@ def conv_label(conv: str) -> str:
     return CONV_TYPES[conv].label if conv in CONV_TYPES else conv
 
 
+def _figure(data: list[dict], layout: dict, validate: bool) -> go.Figure:
+    """A figure from plain trace and layout dicts; ``validate=False`` skips plotly.py's validation.
+
+    Validation (and the copy of the template it makes) is most of the time a figure takes to build:
+    ~9 ms against ~1 ms for the calculator's figures, which are rebuilt on every input change. The
+    builders that use this are tested to give the same JSON both ways (tests/test_figures.py); they
+    spell every property out in nested dicts (``title=dict(text=...)``, not plotly.py's ``title_text``,
+    which only validation expands)."""
+    return go.Figure(data=data, layout=layout) if validate else go.Figure(dict(data=data, layout=layout), _validate=False)
+
+
 def _layout(fig: go.Figure, title: str | None = None, height: int | None = None,
             shapes: Sequence[dict] = (), annotations: Sequence[dict] = (), **kw: Any) -> go.Figure:
     """Apply the common layout in one update (each plotly layout update re-validates the figure)."""
@@ -265,7 +276,7 @@ def kernel_figure(kernel: np.ndarray, kernel_hat: np.ndarray, max_out: int = 8, 
 # layer calculator
 
 
-def reductions_figure(rows: Sequence[dict]) -> go.Figure:
+def reductions_figure(rows: Sequence[dict], validate: bool = False) -> go.Figure:
     """CR (params, solid) and CRR (MACs, light) of each conv type as horizontal bars coloured by type;
     the dashed line is 1× (no saving).
 
@@ -287,41 +298,45 @@ def reductions_figure(rows: Sequence[dict]) -> go.Figure:
                   title=dict(text="solid: × fewer parameters (CR) · light: × fewer MACs (CRR)", x=0, xanchor="left",
                              font=dict(size=13)),
                   margin=fixed["margin"], yaxis=fixed["yaxis"],
-                  xaxis=dict(fixed["xaxis"], range=[0, top * 1.2], title_text="× fewer than the standard conv"),
+                  xaxis=dict(fixed["xaxis"], range=[0, top * 1.2], title=dict(text="× fewer than the standard conv")),
                   shapes=[dict(type="line", xref="x", yref="paper", x0=1, x1=1, y0=0, y1=1,
                                line=dict(color=FRONTIER, dash="dash", width=1.5))])
-    return go.Figure(data=data, layout=layout)
+    return _figure(data, layout, validate)
 
 
-def rank_sweep_figure(sweeps: dict[str, pd.DataFrame], break_even: dict[str, dict[str, int]] | None = None) -> go.Figure:
-    """CR (solid) and CRR (dotted) of rank-k conv types against k; below the dashed 1× line a rank no
-    longer saves. The break-even ranks (``break_even``: conv type → {"params": k, "macs": k}) are marked.
+def rank_sweep_figure(sweeps: dict[str, pd.DataFrame], break_even: dict[str, dict[str, int]] | None = None,
+                      validate: bool = False) -> go.Figure:
+    """CR (solid) and CRR (dotted) of rank-k conv types against k, one colour per type; below the dashed
+    1× line a rank no longer saves. The break-even ranks of the parameters (``break_even``: conv type →
+    {"params": k, "macs": k}) are the vertical dotted lines.
+
+    No legend and no line labels: the title says what the line styles mean, the colours are the
+    registry's (the page names them beside the chart) and the hover names each point. A legend and
+    labels measure their text in the browser on every redraw and took about half of this figure's
+    drawing time there.
 
     ``sweeps``: conv type → frame with ``rank``, ``compression_rate``, ``computation_reduction_rate``.
     """
-    data, shapes, notes = [], [dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=1, y1=1,
-                                    line=dict(color=FRONTIER, dash="dash", width=1.5))], []
+    data, shapes = [], [dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=1, y1=1,
+                             line=dict(color=FRONTIER, dash="dash", width=1.5))]
     for conv, df in sweeps.items():
         color, label = conv_color(conv), conv_label(conv)
         for key, what, dash in (("compression_rate", "params", "solid"), ("computation_reduction_rate", "MACs", "dot")):
-            data.append(dict(type="scatter", x=list(df["rank"]), y=list(df[key]), mode="lines+markers",
-                             name=f"{label}, {what}", line=dict(color=color, dash=dash), legendgroup=conv,
+            data.append(dict(type="scatter", x=[int(k) for k in df["rank"]], y=[float(v) for v in df[key]],
+                             mode="lines+markers", name=f"{label}, {what}", line=dict(color=color, dash=dash),
                              hovertemplate=f"{label} k=%{{x}}: %{{y:.3f}}× fewer {what}<extra></extra>"))
         if break_even and conv in break_even:
             k = break_even[conv]["params"]
             shapes.append(dict(type="line", xref="x", yref="paper", x0=k, x1=k, y0=0, y1=1,
                                line=dict(color=color, dash="dot", width=1.5)))
-            notes.append(dict(text=f" {label} k={k}", xref="x", yref="paper", x=k, y=1 - 0.07 * len(notes),
-                              xanchor="left", yanchor="top", showarrow=False, font=dict(color=color, size=12)))
-    # The legend sits below the plot in the bottom margin: placed from the container's bottom edge
-    # (yref="container") it does not push the margins, so plotly.js draws the figure once.
-    fixed = _fixed_margins(dict(l=60, r=10, t=20, b=110))
-    layout = dict(BASE_LAYOUT, height=380, shapes=shapes, annotations=notes, margin=fixed["margin"],
-                  xaxis=dict(fixed["xaxis"], title_text="rank k"),
-                  yaxis=dict(fixed["yaxis"], type="log", title_text="× fewer than standard", tickvals=LOG_TICKS,
-                             ticktext=[f"{v:g}" for v in LOG_TICKS]),
-                  legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, x=0))
-    return go.Figure(data=data, layout=layout)
+    fixed = _fixed_margins(dict(l=60, r=10, t=50, b=55))
+    layout = dict(BASE_LAYOUT, height=380, shapes=shapes, margin=fixed["margin"], showlegend=False,
+                  title=dict(text="solid: × fewer parameters · dotted: × fewer MACs · vertical: break-even k (params)",
+                             x=0, xanchor="left", font=dict(size=13)),
+                  xaxis=dict(fixed["xaxis"], title=dict(text="rank k")),
+                  yaxis=dict(fixed["yaxis"], type="log", title=dict(text="× fewer than standard"), tickvals=LOG_TICKS,
+                             ticktext=[f"{v:g}" for v in LOG_TICKS]))
+    return _figure(data, layout, validate)
 
 
 def speedup_figure(results: Sequence[dict]) -> go.Figure:

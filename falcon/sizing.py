@@ -98,7 +98,7 @@ _INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_",
 
 
 @contextlib.contextmanager
-def _no_init_on_meta():
+def no_init_on_meta():
     """While it lasts, the init functions return a ``meta`` tensor untouched; any other tensor (another
     thread building a real model, say) is initialized as usual."""
     saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
@@ -123,10 +123,10 @@ def _build_on(entry, num_classes, device):
         with torch.device(device):
             return entry.build(num_classes)
     try:
-        with torch.device("meta"), _no_init_on_meta():
+        with torch.device("meta"), no_init_on_meta():
             return entry.build(num_classes)
     except (NotImplementedError, RuntimeError):
-        with _parameters_on_meta(), _no_init_on_meta():
+        with _parameters_on_meta(), no_init_on_meta():
             return entry.build(num_classes)
 
 
@@ -176,7 +176,7 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
                                    entry.shuffle_widen)
         make = lambda site: ShuffleUnit(site.spec, resolved["groups"], resolved["width_mult"], paper=True,  # noqa: E731
                                         in_width=widths[site.name][0], out_width=widths[site.name][1])
-    with torch.device(device), (_no_init_on_meta() if str(device) == "meta" else contextlib.nullcontext()):
+    with torch.device(device), (no_init_on_meta() if str(device) == "meta" else contextlib.nullcontext()):
         replace_convs(net, sites, conv, resolved, make)
     if widened:
         adapt_widths(net, chw)

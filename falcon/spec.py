@@ -89,3 +89,15 @@ class LayerSpec:
             "stride": self.stride,
             "padding": self.padding,
         }
+
+
+def expanded_channels(in_channels: int, expansion: float) -> int:
+    """T = int(t·M), the hidden width of MobileConvV2-t."""
+    return int(expansion * in_channels)
+
+
+def shuffle_widths(spec: LayerSpec, width_mult: float) -> tuple[int, int, int]:
+    """(M', N', B) of ShuffleUnit α×: M' = int(α·M), N' = int(α·N), bottleneck B = N' // 4."""
+    m = int(width_mult * spec.M)
+    n = int(width_mult * spec.N)
+    return m, n, n // 4

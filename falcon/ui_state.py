@@ -159,6 +159,7 @@ def thop_check(spec: LayerSpec, hparams: dict[str, dict[str, Any]] | None = None
     import torch
 
     from falcon.counting import count_thop
+    from falcon.sizing import no_init_on_meta
 
     hparams = hparams or {}
     rows = []
@@ -168,11 +169,11 @@ def thop_check(spec: LayerSpec, hparams: dict[str, dict[str, Any]] | None = None
             cost = ct.cost(spec, **hp)
         except FalconError:
             continue  # the calculator shows that type's error already
-        with torch.device("meta"):
+        with torch.device("meta"), no_init_on_meta():  # shapes only: nothing to initialize
             module = ct.build(spec, **hp)
         # the block's own input width: ShuffleUnit α× reads α·M channels
         first = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
-        counted = count_thop(module, (first.in_channels, spec.height, spec.width))
+        counted = count_thop(module, (first.in_channels, spec.height, spec.width), copy_model=False)
         rows.append({"conv": name, "conv type": ct.display_name(**ct.resolve(spec, **hp)),
                      "closed-form params": cost.params, "thop params": counted.params,
                      "closed-form MACs": cost.macs, "thop MACs": counted.macs,

@@ -125,8 +125,27 @@ def test_rank_sweep_and_break_even():
     assert row["compression_rate"] <= 1 < sweep[sweep["rank"] == be - 1].iloc[0]["compression_rate"]
     fig = figures.rank_sweep_figure({"falcon": sweep}, {"falcon": {"params": be, "macs": break_even_rank(SPEC, "falcon", "macs")}})
     assert [t.name for t in _traces(fig, "scatter")] == ["FALCON, params", "FALCON, MACs"]
+    assert [t.line.color for t in fig.data] == [CONV_TYPES["falcon"].color] * 2
+    assert [t.line.dash for t in fig.data] == ["solid", "dot"]  # the title says which is which
+    assert "solid: × fewer parameters" in fig.layout.title.text and "dotted: × fewer MACs" in fig.layout.title.text
     assert list(fig.data[0].y) == list(sweep["compression_rate"])
-    assert fig.layout.shapes[1].x0 == be
+    assert list(fig.data[1].y) == list(sweep["computation_reduction_rate"])
+    assert fig.layout.shapes[0].y0 == 1 and fig.layout.shapes[1].x0 == be
+
+
+@pytest.mark.parametrize("spec", [SPEC, LayerSpec(3, 64, 7, 224, stride=2), LayerSpec(512, 128, 1, 7)])
+def test_calculator_figures_built_unvalidated_equal_the_validated_ones(spec):
+    """The calculator's figures skip plotly.py's validation at run time (it is most of their build
+    time); validated, the same data must give exactly the same figure."""
+    rows = [r for r in ui_state.layer_rows(spec, keep_going=True) if "error" not in r]  # as the page does
+    sweeps = {c: ui_state.rank_sweep(spec, c) for c in ui_state.ranked_types()}
+    be = {c: {"params": break_even_rank(spec, c, "params"), "macs": break_even_rank(spec, c, "macs")}
+          for c in ui_state.ranked_types()}
+    for build in (lambda v: figures.reductions_figure(rows, validate=v),
+                  lambda v: figures.rank_sweep_figure(sweeps, be, validate=v)):
+        fast, checked = build(False), build(True)
+        assert json.loads(fast.to_json()) == json.loads(checked.to_json())
+        go.Figure(fast.to_dict())  # and plotly.py accepts it
 
 
 def test_speedup_figure():
@@ -340,3 +359,23 @@ def test_training_figure_draws_each_runs_curves():
     assert loss[0].line.dash != loss[1].line.dash  # ranks of one type differ by dash
     assert fig.layout.yaxis.type == "log" and fig.layout.shapes[0].y0 == pytest.approx(99.0)
     assert any("baseline 99.00%" in a.text for a in fig.layout.annotations)
+
+
+def test_registry_and_overview_figure_do_not_import_torch():
+    """The app's first page draws the EHP figure in the registry's colours before torch (~2 s to
+    import) is loaded; the registry and the figure builders must not pull it in."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from falcon.convtypes import CONV_TYPES, compare\n"
+            "from falcon.spec import LayerSpec\n"
+            "from falcon.figures import ehp_figure\n"
+            "from falcon.ehp_numpy import ehp_kernel_np\n"
+            "p, d = np.ones((3, 4), np.float32), np.ones((3, 3, 3), np.float32)\n"
+            "parts = {'P': p, 'D': d, 'K': ehp_kernel_np(p, d, 'output')}\n"
+            "ehp_figure(parts, {'P': p, 'D': np.ones((4, 3, 3), np.float32), 'K': ehp_kernel_np(p, np.ones((4, 3, 3), np.float32), 'input')})\n"
+            "assert CONV_TYPES['falcon'].color and compare(LayerSpec(256, 256, 3, 32), 'falcon').compression_rate > 8\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

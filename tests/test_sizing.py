@@ -146,10 +146,10 @@ def test_shape_only_shortcut_changes_no_count(model, monkeypatch):
 
 
 def test_init_is_skipped_on_meta_only_and_restored():
-    from falcon.sizing import _no_init_on_meta
+    from falcon.sizing import no_init_on_meta
 
     before = nn.init.kaiming_normal_
-    with _no_init_on_meta():
+    with no_init_on_meta():
         real = torch.zeros(4, 4)
         nn.init.ones_(real)
         assert real.sum() == 16  # a real tensor (another thread's model, say) is initialized as usual
