@@ -197,7 +197,7 @@ def calculator_changes(browser, n: int, profile: bool, extra: list[str]) -> tupl
         page.set_default_timeout(90_000)
         page.goto(f"{server.url}/calculator")
         wait_done(page)
-        page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stPlotlyChart'] .main-svg\").length >= 2")
+        page.wait_for_function("() => document.querySelectorAll(\"svg.falcon-chart\").length >= 2")
         wait_quiet(page)
         cdp = None
         if profile:

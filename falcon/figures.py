@@ -50,18 +50,6 @@ def _white_template() -> go.layout.Template:
 TEMPLATE = _white_template()
 BASE_LAYOUT = dict(template=TEMPLATE, margin=dict(l=10, r=10, t=50, b=10),
                    font=dict(size=13), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
-#: Width of one character of the 13 px font (Open Sans, averaged), to size margins without automargin.
-CHAR_PX = 6.2
-
-
-def _fixed_margins(margin: dict) -> dict:
-    """Layout entries for a figure with explicit margins and no axis automargin.
-
-    plotly_white turns on ``automargin`` for every axis: plotly.js then draws the figure, measures the
-    tick labels and titles and draws it again with the margins they need, which roughly doubles or
-    triples the time a figure takes to appear in the browser. The layer calculator redraws its
-    figures on every input change, so they size their margins here instead."""
-    return dict(margin=margin, xaxis=dict(automargin=False), yaxis=dict(automargin=False))
 
 
 def conv_color(conv: str) -> str:
@@ -78,17 +66,6 @@ def conv_label(conv: str) -> str:
     from falcon.convtypes import CONV_TYPES
 
     return CONV_TYPES[conv].label if conv in CONV_TYPES else conv
-
-
-def _figure(data: list[dict], layout: dict, validate: bool) -> go.Figure:
-    """A figure from plain trace and layout dicts; ``validate=False`` skips plotly.py's validation.
-
-    Validation (and the copy of the template it makes) is most of the time a figure takes to build:
-    ~9 ms against ~1 ms for the calculator's figures, which are rebuilt on every input change. The
-    builders that use this are tested to give the same JSON both ways (tests/test_figures.py); they
-    spell every property out in nested dicts (``title=dict(text=...)``, not plotly.py's ``title_text``,
-    which only validation expands)."""
-    return go.Figure(data=data, layout=layout) if validate else go.Figure(dict(data=data, layout=layout), _validate=False)
 
 
 def _layout(fig: go.Figure, title: str | None = None, height: int | None = None,
@@ -273,70 +250,7 @@ def kernel_figure(kernel: np.ndarray, kernel_hat: np.ndarray, max_out: int = 8, 
 
 
 # ----------------------------------------------------------------------------------------------
-# layer calculator
-
-
-def reductions_figure(rows: Sequence[dict], validate: bool = False) -> go.Figure:
-    """CR (params, solid) and CRR (MACs, light) of each conv type as horizontal bars coloured by type;
-    the dashed line is 1× (no saving).
-
-    ``rows``: dicts with ``conv``, ``label``, ``compression_rate``, ``computation_reduction_rate``.
-    """
-    rows = [r for r in rows if r["conv"] != "standard"][::-1]  # first type on top
-    labels = [r["label"] for r in rows]
-    colors = [conv_color(r["conv"]) for r in rows]
-    data = []
-    for key, name, opacity in (("computation_reduction_rate", "CRR: × fewer MACs (light)", 0.5),
-                               ("compression_rate", "CR: × fewer parameters", 1.0)):
-        data.append(dict(type="bar", orientation="h", y=labels, x=[r[key] for r in rows], name=name,
-                         marker=dict(color=colors, opacity=opacity, line=dict(color=colors, width=1.5)),
-                         text=[f"{r[key]:.2f}×" for r in rows], textposition="outside", cliponaxis=False,
-                         hovertemplate="%{y}: %{x:.3f}× <extra>" + name + "</extra>"))
-    top = max([r[k] for r in rows for k in ("compression_rate", "computation_reduction_rate")] + [1.0])
-    fixed = _fixed_margins(dict(l=14 + CHAR_PX * max([len(lab) for lab in labels] + [4]), r=10, t=50, b=55))
-    layout = dict(BASE_LAYOUT, height=130 + 60 * len(rows), barmode="group", bargap=0.25, showlegend=False,
-                  title=dict(text="solid: × fewer parameters (CR) · light: × fewer MACs (CRR)", x=0, xanchor="left",
-                             font=dict(size=13)),
-                  margin=fixed["margin"], yaxis=fixed["yaxis"],
-                  xaxis=dict(fixed["xaxis"], range=[0, top * 1.2], title=dict(text="× fewer than the standard conv")),
-                  shapes=[dict(type="line", xref="x", yref="paper", x0=1, x1=1, y0=0, y1=1,
-                               line=dict(color=FRONTIER, dash="dash", width=1.5))])
-    return _figure(data, layout, validate)
-
-
-def rank_sweep_figure(sweeps: dict[str, pd.DataFrame], break_even: dict[str, dict[str, int]] | None = None,
-                      validate: bool = False) -> go.Figure:
-    """CR (solid) and CRR (dotted) of rank-k conv types against k, one colour per type; below the dashed
-    1× line a rank no longer saves. The break-even ranks of the parameters (``break_even``: conv type →
-    {"params": k, "macs": k}) are the vertical dotted lines.
-
-    No legend and no line labels: the title says what the line styles mean, the colours are the
-    registry's (the page names them beside the chart) and the hover names each point. A legend and
-    labels measure their text in the browser on every redraw and took about half of this figure's
-    drawing time there.
-
-    ``sweeps``: conv type → frame with ``rank``, ``compression_rate``, ``computation_reduction_rate``.
-    """
-    data, shapes = [], [dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=1, y1=1,
-                             line=dict(color=FRONTIER, dash="dash", width=1.5))]
-    for conv, df in sweeps.items():
-        color, label = conv_color(conv), conv_label(conv)
-        for key, what, dash in (("compression_rate", "params", "solid"), ("computation_reduction_rate", "MACs", "dot")):
-            data.append(dict(type="scatter", x=[int(k) for k in df["rank"]], y=[float(v) for v in df[key]],
-                             mode="lines+markers", name=f"{label}, {what}", line=dict(color=color, dash=dash),
-                             hovertemplate=f"{label} k=%{{x}}: %{{y:.3f}}× fewer {what}<extra></extra>"))
-        if break_even and conv in break_even:
-            k = break_even[conv]["params"]
-            shapes.append(dict(type="line", xref="x", yref="paper", x0=k, x1=k, y0=0, y1=1,
-                               line=dict(color=color, dash="dot", width=1.5)))
-    fixed = _fixed_margins(dict(l=60, r=10, t=50, b=55))
-    layout = dict(BASE_LAYOUT, height=380, shapes=shapes, margin=fixed["margin"], showlegend=False,
-                  title=dict(text="solid: × fewer parameters · dotted: × fewer MACs · vertical: break-even k (params)",
-                             x=0, xanchor="left", font=dict(size=13)),
-                  xaxis=dict(fixed["xaxis"], title=dict(text="rank k")),
-                  yaxis=dict(fixed["yaxis"], type="log", title=dict(text="× fewer than standard"), tickvals=LOG_TICKS,
-                             ticktext=[f"{v:g}" for v in LOG_TICKS]))
-    return _figure(data, layout, validate)
+# layer calculator (its reductions and break-even charts are SVG: falcon/svgcharts.py)
 
 
 def speedup_figure(results: Sequence[dict]) -> go.Figure:
@@ -493,7 +407,7 @@ def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str
     traces: list[dict] = []  # built as dicts and validated once (add_trace per panel is slow)
     xlabel = "parameters (M)" if x == "params_m" else "FLOPs = MACs (M)"
     for i, (model, dataset) in enumerate(panels):
-        r, c = i // cols + 1, i % cols + 1
+        c = i % cols + 1  # the column (1-based): only the first column titles its y axis
         xr, yr = ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
         d = by_panel.get((model, dataset))
         if d is None:

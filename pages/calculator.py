@@ -8,12 +8,56 @@ import streamlit as st
 
 import common
 from falcon.convtypes import CONV_TYPES
-from falcon.figures import rank_sweep_figure, reductions_figure, speedup_figure
+from falcon.figures import speedup_figure
+from falcon.svgcharts import rank_sweep_svg, reductions_svg
 from falcon.ui_state import BackgroundJob, layer_table
 
 st.title("Layer calculator")
 st.caption("Closed-form weights and multiply-accumulates (MACs; the thesis's FLOPs) of one convolution layer, "
            "for every conv type of the registry, next to the standard conv. Weights only: no bias, no BN.")
+
+
+#: The cost table is four tables stacked into one (one column per conv type, the same fixed column
+#: widths in each): the formulas for the parameters, this layer's parameters, the formulas for the MACs,
+#: this layer's MACs with CR and CRR. The formulas (LaTeX, typeset by KaTeX in the browser) do not
+#: change with the layer, so on a change the browser skips their two tables; typesetting all of them
+#: again was ~50 ms of a change (benchmarks/bench_app.py).
+TABLE_CSS = """<style>
+.st-key-calc_tables table { table-layout: fixed; width: 100%; margin: 0; border-collapse: collapse; }
+.st-key-calc_tables th:first-child, .st-key-calc_tables td:first-child { width: 6.5em; }
+.st-key-calc_tables td, .st-key-calc_tables th { overflow-wrap: anywhere; vertical-align: top; }
+.st-key-calc_tables [data-testid="stMarkdownContainer"] { margin-bottom: -1px; }
+.st-key-calc_macs_formula th { font-weight: 400; }
+.st-key-calc_tables .num td { color: inherit; }
+</style>"""
+
+
+def _html_rows(rows: list[list[str]]) -> str:
+    return "<table class='num'>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+
+
+def cost_tables(good: list[dict]) -> None:
+    """Formulas and this layer's numbers, one column per conv type (see TABLE_CSS)."""
+    st.html(TABLE_CSS)
+    box = st.container(key="calc_tables", gap=None)
+    box.markdown("\n".join([
+        "| | " + " | ".join(f"{common.color_dot(r['color'])} {r['label']}" for r in good) + " |",
+        "|---|" + "---|" * len(good),
+        "| **parameters** | " + " | ".join(f"${r['latex_params']}$" for r in good) + " |"]), unsafe_allow_html=True)
+    box.markdown(_html_rows([["="] + [r["params_sum"].replace("{,}", ",") for r in good]]), unsafe_allow_html=True)
+    box.container(key="calc_macs_formula", gap=None).markdown(
+        "| **MACs** | " + " | ".join(f"${r['latex_macs']}$" for r in good) + " |\n|---|" + "---|" * len(good))
+    box.markdown(_html_rows([["="] + [r["macs_sum"].replace("{,}", ",") for r in good],
+                             ["<b>CR</b>"] + [f"<b>{r['compression_rate']:.3f}×</b>" for r in good],
+                             ["<b>CRR</b>"] + [f"<b>{r['computation_reduction_rate']:.3f}×</b>" for r in good]]),
+                 unsafe_allow_html=True)
+
+
+def chart(svg: str, filename: str, key: str) -> None:
+    """An SVG chart (hover a bar or point for its value) and its download."""
+    st.markdown(svg, unsafe_allow_html=True)
+    st.download_button("SVG", svg.encode(), file_name=filename, mime="image/svg+xml", key=key, on_click="ignore",
+                       icon=":material/download:", type="tertiary")
 
 
 @st.fragment
@@ -61,24 +105,19 @@ def layer_view() -> None:
 
     # ---------------------------------------------------------------------------------------------- table
     st.subheader("Every conv type, formulas beside the numbers")
-    lines = ["| | conv type | parameters | MACs | CR | CRR |", "|---|---|---|---|---|---|"]
-    for r in good:
-        lines.append(
-            f"| {common.color_dot(r['color'])} | **{r['label']}** "
-            f"| ${r['latex_params']}$<br>= {r['params_sum'].replace('{,}', ',')} "
-            f"| ${r['latex_macs']}$<br>= {r['macs_sum'].replace('{,}', ',')} "
-            f"| **{r['compression_rate']:.3f}×** | **{r['computation_reduction_rate']:.3f}×** |")
-    st.markdown("\n".join(lines), unsafe_allow_html=True)
+    cost_tables(good)
     st.caption("CR = standard params / params; CRR = standard MACs / MACs. Weights only (no bias, no BN); "
                "the parts of each sum are the block's convolutions, in order. MobileConvV2: T = ⌊t·M⌋ hidden channels. "
                "ShuffleUnit: M' = α·M, N' = α·N, bottleneck B = N'/4, g groups.")
     st.download_button("Table (CSV)", lambda: layer_table(good).to_csv().encode(), file_name="falcon-layer-costs.csv",
                        mime="text/csv", icon=":material/download:", key="calc_csv", on_click="ignore")
 
+    # The two charts are inline SVG, not plotly: they change on every input, and a plotly chart whose
+    # figure changes is rebuilt from scratch in the browser (~110 ms of a change; falcon/svgcharts.py).
     left, right = st.columns(2)
     with left:
         st.subheader("Reductions")
-        common.plot(reductions_figure(good), key="reductions", filename="falcon-reductions")
+        chart(reductions_svg(good), "falcon-reductions.svg", "svg_reductions")
 
     # ---------------------------------------------------------------------------------------------- break-even
     with right:
@@ -89,7 +128,7 @@ def layer_view() -> None:
         st.markdown("  \n".join(f"{common.color_dot(CONV_TYPES[conv].color)} **{CONV_TYPES[conv].label}** stops saving "
                                  f"parameters at **k = {by['params']}** and MACs at **k = {by['macs']}**"
                                  for conv, by in be.items()), unsafe_allow_html=True)  # one element: fewer to redraw
-        common.plot(rank_sweep_figure(sweeps, be), key="rank_sweep", filename="falcon-break-even")
+        chart(rank_sweep_svg(sweeps, be), "falcon-break-even.svg", "svg_break_even")
 
     # ---------------------------------------------------------------------------------------------- thop
     check = common.thop_check(spec_dict, hp_json)

@@ -7,7 +7,6 @@ import streamlit as st
 
 import common
 from falcon.convtypes import CONV_TYPES
-from falcon.errors import FalconError
 from falcon.experiments.pipeline import INITS, OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, run_label, runs_frame, sweep_plan
 from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, RANKED, SweepRunner

@@ -152,6 +152,11 @@ def charts(page) -> int:
     return page.locator("[data-testid='stPlotlyChart']:has(.main-svg)").count()
 
 
+def svg_charts(page) -> int:
+    """The calculator's inline SVG charts (falcon/svgcharts.py)."""
+    return page.locator("svg.falcon-chart").count()
+
+
 def tables(page) -> int:
     """Dataframes and markdown tables."""
     return page.locator("[data-testid='stDataFrame'], [data-testid='stMarkdown'] table").count()
@@ -217,7 +222,7 @@ class Interactions:
 
     @staticmethod
     def calculator(page, timings):
-        assert charts(page) == 2 and tables(page) >= 1
+        assert svg_charts(page) == 2 and charts(page) == 0 and tables(page) >= 4  # reductions, break-even; cost tables
         # a calculator change: from Enter until the page has run again and shows the new layer
         samples = []
         for m in (128, 192, 64, 256, 96):
@@ -235,7 +240,7 @@ class Interactions:
         assert "Layer: 16→16, 3×3, stride 1, pad 1, 8×8" in page.inner_text("body")
         button = page.get_by_role("button", name="Measure on")
         rerun_after(page, button.click, text_js("Why measured and theoretical differ"), timeout=120_000)
-        assert charts(page) == 3
+        assert charts(page) == 1 and svg_charts(page) == 2  # + measured vs theoretical
 
     @staticmethod
     def sizing(page, timings):

@@ -104,48 +104,12 @@ def test_kernel_figure_uses_one_scale_and_crops():
         figures.kernel_figure(k, kh[:, :3])
 
 
-def test_reductions_figure_has_the_library_rates_in_registry_colors():
-    rows = ui_state.layer_rows(SPEC)
-    fig = figures.reductions_figure(rows)
-    crr, cr = _traces(fig, "bar")
-    assert cr.name.startswith("CR:") and crr.name.startswith("CRR:")
-    expected = [r for r in rows if r["conv"] != "standard"][::-1]  # horizontal bars, first type on top
-    assert list(cr.y) == [r["label"] for r in expected]
-    assert list(cr.x) == [compare(SPEC, r["conv"]).compression_rate for r in expected]
-    assert list(crr.x) == [compare(SPEC, r["conv"]).computation_reduction_rate for r in expected]
-    assert list(cr.marker.color) == [CONV_TYPES[r["conv"]].color for r in expected]
-    assert fig.layout.shapes[0].x0 == 1  # the 1× line
-
-
 def test_rank_sweep_and_break_even():
     sweep = ui_state.rank_sweep(SPEC, "falcon")
     be = break_even_rank(SPEC, "falcon", "params")
     assert sweep["rank"].max() >= be
     row = sweep[sweep["rank"] == be].iloc[0]
     assert row["compression_rate"] <= 1 < sweep[sweep["rank"] == be - 1].iloc[0]["compression_rate"]
-    fig = figures.rank_sweep_figure({"falcon": sweep}, {"falcon": {"params": be, "macs": break_even_rank(SPEC, "falcon", "macs")}})
-    assert [t.name for t in _traces(fig, "scatter")] == ["FALCON, params", "FALCON, MACs"]
-    assert [t.line.color for t in fig.data] == [CONV_TYPES["falcon"].color] * 2
-    assert [t.line.dash for t in fig.data] == ["solid", "dot"]  # the title says which is which
-    assert "solid: × fewer parameters" in fig.layout.title.text and "dotted: × fewer MACs" in fig.layout.title.text
-    assert list(fig.data[0].y) == list(sweep["compression_rate"])
-    assert list(fig.data[1].y) == list(sweep["computation_reduction_rate"])
-    assert fig.layout.shapes[0].y0 == 1 and fig.layout.shapes[1].x0 == be
-
-
-@pytest.mark.parametrize("spec", [SPEC, LayerSpec(3, 64, 7, 224, stride=2), LayerSpec(512, 128, 1, 7)])
-def test_calculator_figures_built_unvalidated_equal_the_validated_ones(spec):
-    """The calculator's figures skip plotly.py's validation at run time (it is most of their build
-    time); validated, the same data must give exactly the same figure."""
-    rows = [r for r in ui_state.layer_rows(spec, keep_going=True) if "error" not in r]  # as the page does
-    sweeps = {c: ui_state.rank_sweep(spec, c) for c in ui_state.ranked_types()}
-    be = {c: {"params": break_even_rank(spec, c, "params"), "macs": break_even_rank(spec, c, "macs")}
-          for c in ui_state.ranked_types()}
-    for build in (lambda v: figures.reductions_figure(rows, validate=v),
-                  lambda v: figures.rank_sweep_figure(sweeps, be, validate=v)):
-        fast, checked = build(False), build(True)
-        assert json.loads(fast.to_json()) == json.loads(checked.to_json())
-        go.Figure(fast.to_dict())  # and plotly.py accepts it
 
 
 def test_speedup_figure():
