@@ -515,6 +515,9 @@ def test_experiments_page_stop_ends_the_sweep():
     assert_clean(at)
     assert runner.snapshot()["status"] == "stopped" and "Stopped" in at.warning[0].value
     assert [r["status"] for r in list_runs()] == ["stopped"]
+    at.run()
+    stored = shown_table(at, "finetuned_accuracy")
+    assert stored["finetuned_accuracy"].dtype.kind == "f" and stored["finetuned_accuracy"].isna().all()  # blank cell
 
 
 def test_experiments_page_bad_input_says_what_to_change():
