@@ -14,7 +14,7 @@ in Debian's chromium through Playwright, and times, with ``performance.now()`` m
   drawn), split into navigation → websocket open → script running → script done → chart drawn;
 * a calculator change (fill "in channels M", press Enter, until "Layer: M→256, 3×3" is visible), split
   into Enter → rerun message sent → script running → script done (notRunning) → text visible, plus when
-  the last DOM mutation inside the plotly charts / anywhere happened, the bytes received and the main
+  the last DOM mutation inside the charts (plotly, or the calculator's SVG) / anywhere happened, the bytes received and the main
   thread's long tasks. The "test" column is what tests/test_browser.py measures (Python clock, Enter
   until script done and text visible).
 
@@ -76,7 +76,7 @@ INSTRUMENT = r"""
         if (r.type === 'attributes' && r.attributeName === 'data-test-script-state' && el.dataset.testid === 'stApp') {
           fx.states.push([t, el.dataset.testScriptState]);
         }
-        if (el && el.closest && el.closest("[data-testid='stPlotlyChart']")) {
+        if (el && el.closest && el.closest("[data-testid='stPlotlyChart'], svg.falcon-chart")) {
           fx.lastChartMut = t;
           if (fx.chartDrawn === null && document.querySelector("[data-testid='stPlotlyChart'] .main-svg")) fx.chartDrawn = t;
         }

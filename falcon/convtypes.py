@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-import importlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from falcon.errors import FalconError
@@ -28,7 +27,9 @@ if TYPE_CHECKING:
 
 
 def _blocks():
-    return importlib.import_module("falcon.blocks")
+    from falcon import blocks
+
+    return blocks
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -139,6 +140,33 @@ def _shape_keeping() -> tuple[type, ...]:
     except ImportError:  # pragma: no cover - torchvision is a requirement
         return SHAPE_KEEPING
     return SHAPE_KEEPING + (StochasticDepth,)
+
+
+#: torch.nn.init functions that models call on their new weights; on ``meta`` they do nothing observable
+#: (there is no data) but run PyTorch's Python decompositions (densenet201: 0.5 s of kaiming_normal_).
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def no_init_on_meta():
+    """While it lasts, the init functions return a ``meta`` tensor untouched; any other tensor (another
+    thread building a real model, say) is initialized as usual. For building modules only to count them."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+
+    def skip(original):
+        @functools.wraps(original)
+        def init(tensor, *args, **kwargs):
+            return tensor if isinstance(tensor, torch.Tensor) and tensor.is_meta else original(tensor, *args, **kwargs)
+        return init
+
+    for name, fn in saved.items():
+        setattr(nn.init, name, skip(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from falcon.convtypes import get_conv_type
-from falcon.counting import CONVENTIONS, ModelCount, count_model
+from falcon.counting import CONVENTIONS, ModelCount, count_model, no_init_on_meta
 from falcon.errors import FalconError
 from falcon.models import get_model_entry
 from falcon.blocks import ShuffleUnit
@@ -89,33 +89,6 @@ def _parameters_on_meta():
         yield
     finally:
         nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
-
-
-#: torch.nn.init functions that models call on their new weights; on ``meta`` they do nothing observable
-#: (there is no data) but run PyTorch's Python decompositions (densenet201: 0.5 s of kaiming_normal_).
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
-
-
-@contextlib.contextmanager
-def no_init_on_meta():
-    """While it lasts, the init functions return a ``meta`` tensor untouched; any other tensor (another
-    thread building a real model, say) is initialized as usual."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
-
-    def skip(original):
-        @functools.wraps(original)
-        def init(tensor, *args, **kwargs):
-            return tensor if isinstance(tensor, torch.Tensor) and tensor.is_meta else original(tensor, *args, **kwargs)
-        return init
-
-    for name, fn in saved.items():
-        setattr(nn.init, name, skip(fn))
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
 
 
 def _build_on(entry, num_classes, device):

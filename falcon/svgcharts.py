@@ -70,7 +70,7 @@ def reductions_svg(rows: Sequence[dict], width: int = 480) -> str:
     height = int(top_pad + len(rows) * (2 * bar + gap + group) + 46)
     top = max([r[k] for r in rows for k in ("compression_rate", "computation_reduction_rate")] + [1.0])
     ticks = nice_ticks(top)
-    xmax = ticks[-1] if ticks[-1] >= top else top
+    xmax = ticks[-1]  # the first tick at or above the longest bar
 
     def x(v: float) -> float:
         return left + plot_w * v / xmax

@@ -158,8 +158,7 @@ def thop_check(spec: LayerSpec, hparams: dict[str, dict[str, Any]] | None = None
     """Each type's bare block built on PyTorch's ``meta`` device and profiled by thop, next to the closed form."""
     import torch
 
-    from falcon.counting import count_thop
-    from falcon.sizing import no_init_on_meta
+    from falcon.counting import count_thop, no_init_on_meta
 
     hparams = hparams or {}
     rows = []

@@ -28,12 +28,11 @@ TABLE_CSS = """<style>
 .st-key-calc_tables td, .st-key-calc_tables th { overflow-wrap: anywhere; vertical-align: top; }
 .st-key-calc_tables [data-testid="stMarkdownContainer"] { margin-bottom: -1px; }
 .st-key-calc_macs_formula th { font-weight: 400; }
-.st-key-calc_tables .num td { color: inherit; }
 </style>"""
 
 
 def _html_rows(rows: list[list[str]]) -> str:
-    return "<table class='num'>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    return "<table>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
 
 
 def cost_tables(good: list[dict]) -> None:

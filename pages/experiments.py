@@ -183,9 +183,6 @@ def live() -> None:
 
 def show_runs(df: pd.DataFrame, key: str) -> None:
     df = df.drop(columns=["conv"]).assign(rank=df["rank"].astype("string").fillna(""))  # blank, not "None"
-    for col in ("baseline_accuracy", "training_free_accuracy", "finetuned_accuracy", "delta_points", "seconds"):
-        if col in df:  # a stopped run has no fine-tuned accuracy: NaN shows as a blank cell, None as "None"
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     st.dataframe(df, key=key, hide_index=True, column_config={
         "run_id": st.column_config.TextColumn("run"),
         "label": st.column_config.TextColumn("conv type"),

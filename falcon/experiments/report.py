@@ -33,6 +33,10 @@ def run_label(conv: str, hparams: dict[str, Any] | None = None) -> str:
     return label
 
 
+FLOAT_COLUMNS = ("compression_rate", "computation_reduction_rate", "baseline_accuracy", "training_free_accuracy",
+                 "finetuned_accuracy", "delta_points", "seconds")
+
+
 def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
     """One row per run record (what :func:`falcon.experiments.pipeline.run_experiment` returns and the store
     holds): its numbers, the reductions against its baseline (CR, CRR), accuracies in [0, 1] and the
@@ -55,6 +59,8 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     df["rank"] = pd.array(df["rank"], dtype="Int64")
+    for col in FLOAT_COLUMNS:  # a missing number (a stopped run's accuracy) is NaN, not None in an object column
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df
 
 
