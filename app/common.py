@@ -99,7 +99,7 @@ def favicon():
 # sidebar
 @st.cache_resource(show_spinner=False)
 def device_info():
-    from falcon.ui_state import describe_device
+    from falcon.bench import describe_device
 
     return describe_device()
 
@@ -116,10 +116,6 @@ def sidebar(container=None) -> None:
 # formatting
 def fmt_int(n: int | float) -> str:
     return f"{int(n):,}"
-
-
-def fmt_millions(n: int | float) -> str:
-    return f"{n / 1e6:,.3f} M"
 
 
 def fmt_rate(x: float) -> str:
@@ -149,15 +145,16 @@ def spec_from(d: dict):
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def layer_rows(spec: dict, hparams_json: str) -> list[dict]:
-    from falcon.ui_state import layer_rows as rows
+    from falcon.costs import layer_rows as rows
+    from falcon.views.tables import with_formulas
 
-    return rows(spec_from(spec), json.loads(hparams_json), keep_going=True)
+    return with_formulas(rows(spec_from(spec), json.loads(hparams_json), keep_going=True))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def rank_sweeps(spec: dict) -> tuple[dict, dict]:
     from falcon.convtypes import break_even_rank
-    from falcon.ui_state import rank_sweep, ranked_types
+    from falcon.costs import rank_sweep, ranked_types
 
     s = spec_from(spec)
     sweeps = {c: rank_sweep(s, c) for c in ranked_types()}
@@ -167,7 +164,7 @@ def rank_sweeps(spec: dict) -> tuple[dict, dict]:
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def thop_check(spec: dict, hparams_json: str):
-    from falcon.ui_state import thop_check as check
+    from falcon.counting import thop_check as check
 
     return check(spec_from(spec), json.loads(hparams_json))
 
@@ -305,7 +302,7 @@ def torchvision_names() -> list[str]:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _load_fit_model(source: str, name: str, checkpoint: bytes | None):
-    from falcon.ui_state import load_for_fit
+    from falcon.probe import load_for_fit
 
     return load_for_fit(source, name, checkpoint)
 
@@ -358,7 +355,7 @@ def random_fit(loaded, layer: str, conv: str, rank: int, seed: int):
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _kernel_info(key: str, layer: str, conv: str, _loaded):
-    from falcon.ui_state import kernel_info as info
+    from falcon.probe import kernel_info as info
 
     return info(_loaded.kernel(layer), conv)
 
@@ -369,14 +366,14 @@ def kernel_info(loaded, layer: str, conv: str):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _probe(key: str, layer: str, _loaded):
-    from falcon.ui_state import LayerProbe
+    from falcon.probe import LayerProbe
 
     return LayerProbe(_loaded.model, layer, _loaded.samples)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _fit_effect(key: tuple, layer: str, conv: str, _loaded, _fit):
-    from falcon.ui_state import fit_effect as effect
+    from falcon.probe import fit_effect as effect
 
     return effect(_loaded, layer, conv, _fit, _probe(_loaded.key, layer, _loaded))
 

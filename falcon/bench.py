@@ -635,3 +635,34 @@ def _cuda_peak(module: nn.Module, x: torch.Tensor) -> int:
     del out
     weights = sum(_nbytes(p) for p in module.parameters()) + sum(_nbytes(b) for b in module.buffers())
     return _nbytes(x) + weights + transient
+
+
+# ----------------------------------------------------------------------------------------------
+# the device the app measures on
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str  # "cuda" or "cpu"
+    name: str  # GPU name or CPU model
+    threads: int  # torch's intra-op threads (CPU)
+    cpu_count: int | None
+
+    @property
+    def short(self) -> str:
+        """What a button says: "NVIDIA H100" or "CPU (2 threads)"."""
+        return self.name if self.kind == "cuda" else f"CPU ({self.threads} thread{'s' if self.threads != 1 else ''})"
+
+    @property
+    def sentence(self) -> str:
+        if self.kind == "cuda":
+            return f"GPU: {self.name}. Measurements run on it; sizing and fitting need no GPU."
+        return (f"CPU, {self.threads} thread{'s' if self.threads != 1 else ''} ({self.name}; "
+                f"{self.cpu_count or '?'} cores visible). No GPU: measurements run on the CPU.")
+
+
+def describe_device() -> DeviceInfo:
+    """The device the app measures on: the first CUDA GPU when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return DeviceInfo("cuda", torch.cuda.get_device_name(0), torch.get_num_threads(), os.cpu_count())
+    return DeviceInfo("cpu", device_name(torch.device("cpu")), torch.get_num_threads(), os.cpu_count())

@@ -5,9 +5,9 @@ hyper-parameters in ``self.hparams`` so that counters, fitters and tables can de
 
 Two layouts:
 
-* ``bare``: only the convolutions the formulas of METHOD.md §2 count (no bias, no BN, no activation);
+* ``bare``: only the convolutions the formulas of docs/method.md §2 count (no bias, no BN, no activation);
   the closed-form cost of a conv type equals the weights and MACs of its bare block exactly.
-* ``paper``: the block as the FALCON experiments placed it inside a model (METHOD.md §4), with the
+* ``paper``: the block as the FALCON experiments placed it inside a model (docs/method.md §4), with the
   internal BN/activations and shortcuts of each competitor. The model's own BN and ReLU that follow
   the replaced conv stay where they were.
 """

@@ -4,7 +4,7 @@ Each :class:`ConvType` knows how to
 
 * build its bare block for a :class:`~falcon.spec.LayerSpec` (``build``) and the block the paper's
   experiments put in a model (``block``),
-* give its closed-form parameters and MACs (``cost``; weights only, no bias, no BN; METHOD.md §2),
+* give its closed-form parameters and MACs (``cost``; weights only, no bias, no BN; docs/method.md §2),
   with the formulas as LaTeX,
 * declare and validate its hyper-parameters (:class:`HParam`).
 
@@ -133,7 +133,7 @@ class ConvType:
 
 
 # ----------------------------------------------------------------------------------------------
-# closed forms (METHOD.md §2): H, W input; H', W' output; stride only in the D×D conv
+# closed forms (docs/method.md §2): H, W input; H', W' output; stride only in the D×D conv
 def _standard_cost(s: LayerSpec, hp: dict) -> Cost:
     hw_out = s.out_height * s.out_width
     return Cost.of(CostPart("D×D conv M→N", s.D**2 * s.M * s.N, hw_out * s.D**2 * s.M * s.N))
@@ -272,10 +272,6 @@ CONV_TYPES: dict[str, ConvType] = {
         ),
     )
 }
-
-#: Conv types that replace a standard conv (everything but ``standard`` itself).
-COMPRESSED_TYPES = tuple(n for n in CONV_TYPES if n != "standard")
-
 
 def get_conv_type(name: str) -> ConvType:
     try:

@@ -7,7 +7,7 @@ the registry counts as one unit, every other leaf as its own.
 Conventions (what each one counts):
 
 ``paper``
-    The rules that reproduce the FALCON thesis's Params/FLOPs columns (METHOD.md §4):
+    The rules that reproduce the FALCON thesis's Params/FLOPs columns (docs/method.md §4):
     MACs of a conv = N·(D²·M/groups + 1 if it has a bias)·H'·W'; of a linear layer in·out + out;
     BN, activations and pooling count 0. Params = every parameter of the model, plus the BN (2·N)
     that the reference FALCON module creates per replaced layer and never uses.
@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import DeviceContext, _device_constructors
 
 from falcon.blocks import ConvBlock
 from falcon.errors import FalconError
@@ -142,31 +143,65 @@ def _shape_keeping() -> tuple[type, ...]:
     return SHAPE_KEEPING + (StochasticDepth,)
 
 
-#: torch.nn.init functions that models call on their new weights; on ``meta`` they do nothing observable
-#: (there is no data) but run PyTorch's Python decompositions (densenet201: 0.5 s of kaiming_normal_).
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+#: What torch.nn.init does to a new weight: the init functions themselves (those that dispatch through
+#: ``__torch_function__``) and the in-place ops that fill it (reached by the others). On ``meta`` they do
+#: nothing observable (there is no data) but run PyTorch's Python decompositions (densenet201: 0.5 s of
+#: kaiming_normal_). All work in place and keep the shape: on a meta tensor, returning it is the exact result.
+_INIT_OPS = frozenset(getattr(owner, name) for owner, names in (
+    (torch.Tensor, ("uniform_", "normal_", "erfinv_", "clamp_", "log_normal_", "exponential_", "cauchy_",
+                    "geometric_", "random_", "bernoulli_")),
+    (nn.init, ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
+               "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")),
+) for name in names if hasattr(owner, name))
+
+
+class _SkipInitOnMeta(TorchFunctionMode):
+    """A torch-function mode (modes are per thread) that returns a meta tensor untouched from the ops above."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = _skipped_init(func, args, kwargs)
+        return tensor if tensor is not None else func(*args, **kwargs)
+
+
+def _skipped_init(func, args, kwargs):
+    """The meta tensor that ``func`` would initialize (then skip it), else None."""
+    if func in _INIT_OPS:
+        tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes its tensor by keyword when it dispatches
+        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+    return None
 
 
 @contextlib.contextmanager
 def no_init_on_meta():
-    """While it lasts, the init functions return a ``meta`` tensor untouched; any other tensor (another
-    thread building a real model, say) is initialized as usual. For building modules only to count them."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
-
-    def skip(original):
-        @functools.wraps(original)
-        def init(tensor, *args, **kwargs):
-            return tensor if isinstance(tensor, torch.Tensor) and tensor.is_meta else original(tensor, *args, **kwargs)
-        return init
-
-    for name, fn in saved.items():
-        setattr(nn.init, name, skip(fn))
-    try:
+    """While it lasts, in the calling thread only, initializing a ``meta`` tensor leaves it untouched; any
+    other tensor is initialized as usual, and other threads are not affected at all (a torch-function
+    mode is thread-local; nothing of torch is replaced). For building modules only to count them."""
+    with _SkipInitOnMeta():
         yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+
+
+class _MetaWithoutInit(DeviceContext):
+    """``torch.device("meta")`` and :func:`no_init_on_meta` as one mode: one Python dispatch per op, not two."""
+
+    def __init__(self) -> None:
+        super().__init__("meta")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = _skipped_init(func, args, kwargs)
+        if tensor is not None:
+            return tensor
+        if func in _device_constructors() and kwargs.get("device") is None:
+            kwargs["device"] = self.device
+        return func(*args, **kwargs)
+
+
+def on_meta_without_init():
+    """The same as ``with torch.device("meta"), no_init_on_meta():`` (thread-local too), for building
+    modules to count them; faster (one Python dispatch per torch call instead of two)."""
+    return _MetaWithoutInit()
 
 
 @contextlib.contextmanager
@@ -290,3 +325,29 @@ def count_thop(model: nn.Module, input_size: tuple[int, int, int], copy_model: b
 def count_module(module: nn.Module, input_size: Iterable[int], convention: str = "clean") -> ModelCount:
     """Count a single layer or block (bare blocks: weights and MACs of the closed forms)."""
     return count_model(module, tuple(input_size), convention)
+
+
+def thop_check(spec, hparams: dict[str, dict] | None = None):
+    """Each type's bare block built on PyTorch's ``meta`` device and profiled by thop, next to the closed form."""
+    import pandas as pd
+
+    from falcon.convtypes import CONV_TYPES
+
+    hparams = hparams or {}
+    rows = []
+    for name, ct in CONV_TYPES.items():
+        hp = hparams.get(name, {})
+        try:
+            cost = ct.cost(spec, **hp)
+        except FalconError:
+            continue  # the calculator shows that type's error already
+        with torch.device("meta"), no_init_on_meta():  # shapes only: nothing to initialize
+            module = ct.build(spec, **hp)
+        # the block's own input width: ShuffleUnit α× reads α·M channels
+        first = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+        counted = count_thop(module, (first.in_channels, spec.height, spec.width), copy_model=False)
+        rows.append({"conv": name, "conv type": ct.display_name(**ct.resolve(spec, **hp)),
+                     "closed-form params": cost.params, "thop params": counted.params,
+                     "closed-form MACs": cost.macs, "thop MACs": counted.macs,
+                     "agree": cost.params == counted.params and cost.macs == counted.macs})
+    return pd.DataFrame(rows).set_index("conv")

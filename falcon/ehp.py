@@ -6,7 +6,7 @@ A rank-k factorization is a pair of stacked factors
 * ``P`` of shape ``(k, N, M)``: the pointwise kernels, ``P[r, n, m]``;
 * ``Dw`` of shape ``(k, C, D, D)``: the depthwise kernels, on the *common axis* of C channels.
 
-Two conv types share the math and differ only in the common axis (METHOD.md §1):
+Two conv types share the math and differ only in the common axis (docs/method.md §1):
 
 * falcon, ``axis="output"`` (C = N): pointwise M→N, then depthwise on N.
   ``K[n, m, i, j] = Σ_r P[r, n, m] · Dw[r, n, i, j]``

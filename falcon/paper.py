@@ -8,6 +8,7 @@ This module must stay light: no torch, no streamlit.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -54,3 +55,46 @@ def load_paper_results(path: str | Path | None = None) -> pd.DataFrame:
         na_values={"rank": [""], "top1": [""], "top5": [""], "params_m": [""], "macs_m": [""]},
     )
     return df[COLUMNS]
+
+
+# ----------------------------------------------------------------------------------------------
+# the thesis's rows that match a sizing
+
+#: The competitors' hyper-parameters in the thesis's tables (MobileConvV2-0.5, ShuffleUnit 2× with g=2).
+PAPER_HPARAMS: dict[str, dict[str, Any]] = {
+    "standard": {}, "falcon": {}, "dsconv": {"rank": 1},
+    "mobilev2": {"expansion": 0.5}, "shuffle": {"groups": 2, "width_mult": 2.0},
+}
+
+
+def paper_rows(model: str, conv: str, hparams: dict[str, Any], num_classes: int, input_size: int) -> pd.DataFrame:
+    """The thesis's rows for this sizing: same model, classes, input size, conv type and hyper-parameters.
+
+    Empty when the thesis has no such row (another model, another width, a rank above 3 …). Several
+    rows can match (CIFAR-10 and SVHN share a model shape): they carry the same params/MACs.
+    """
+    paper_names = [p for p, ours in PAPER_MODELS.items() if ours == model]
+    if not paper_names or conv not in PAPER_HPARAMS:
+        return pd.DataFrame()
+    want = PAPER_HPARAMS[conv]
+    if any(hparams.get(k) != v for k, v in want.items()):
+        return pd.DataFrame()
+    df = load_paper_results()
+    datasets = [d for d in DATASET_CLASSES
+                if DATASET_CLASSES[d] == num_classes and DATASET_INPUT_SIZE[d] == input_size]
+    sel = df[df["model"].isin(paper_names) & df["dataset"].isin(datasets) & (df["method"] == conv)]
+    if conv == "falcon":
+        sel = sel[sel["rank"] == hparams.get("rank", 1)]
+    return sel.reset_index(drop=True)
+
+
+def paper_comparison(paper: pd.DataFrame, params: int, macs: int) -> pd.DataFrame:
+    """Published params/MACs (millions, as printed) beside ours, with the differences."""
+    rows = []
+    for _, r in paper.iterrows():
+        for what, ours, theirs in (("params", params, r["params_m"]), ("MACs (FLOPs)", macs, r["macs_m"])):
+            ours_m = ours / 1e6
+            rows.append({"dataset": r["dataset"], "table": r["table"], "quantity": what,
+                         "paper (M)": float(theirs), "ours (M)": ours_m, "difference (M)": ours_m - theirs,
+                         "difference (%)": 100 * (ours_m - theirs) / theirs if theirs else float("nan")})
+    return pd.DataFrame(rows)

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
 
 from falcon.convtypes import get_conv_type
-from falcon.counting import CONVENTIONS, ModelCount, count_model, no_init_on_meta
+from falcon.counting import CONVENTIONS, ModelCount, count_model, no_init_on_meta, on_meta_without_init
 from falcon.errors import FalconError
 from falcon.models import get_model_entry
 from falcon.blocks import ShuffleUnit
@@ -69,26 +71,46 @@ class SizeResult:
         }
 
 
+#: threads inside :func:`_parameters_on_meta` (a per-thread nesting depth)
+_ON_META = threading.local()
+_HOOKS_LOCK = threading.Lock()
+_hooks_installed = False
+
+
+def _param_to_meta(module, name, p):
+    if p is not None and getattr(_ON_META, "depth", 0) and not p.is_meta:
+        return nn.Parameter(p.to("meta"), p.requires_grad)
+    return None
+
+
+def _buffer_to_meta(module, name, b):
+    if b is not None and getattr(_ON_META, "depth", 0) and not b.is_meta:
+        return b.to("meta")
+    return None
+
+
 @contextlib.contextmanager
 def _parameters_on_meta():
     """Create parameters and buffers on ``meta`` while ordinary tensors stay on the CPU.
 
     For builders that compute with tensors (regnet's widths) and so cannot run under
-    ``torch.device("meta")``; the same trick as accelerate's ``init_empty_weights``.
+    ``torch.device("meta")``. Scoped to the calling thread: PyTorch's parameter and buffer registration
+    hooks (installed once, on first use, and never removed, so that no thread ever iterates the hook
+    table while it changes) move a tensor to ``meta`` only when the thread registering it is inside this
+    context; a model that another thread builds at the same time keeps its real parameters. No
+    ``nn.Module`` method is replaced.
     """
-    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
-
-    def param(self, name, p):
-        register_parameter(self, name, None if p is None else nn.Parameter(p.to("meta"), p.requires_grad))
-
-    def buffer(self, name, b, persistent=True):
-        register_buffer(self, name, None if b is None else b.to("meta"), persistent)
-
-    nn.Module.register_parameter, nn.Module.register_buffer = param, buffer
+    global _hooks_installed
+    with _HOOKS_LOCK:
+        if not _hooks_installed:
+            register_module_parameter_registration_hook(_param_to_meta)
+            register_module_buffer_registration_hook(_buffer_to_meta)
+            _hooks_installed = True
+    _ON_META.depth = getattr(_ON_META, "depth", 0) + 1
     try:
         yield
     finally:
-        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+        _ON_META.depth -= 1
 
 
 def _build_on(entry, num_classes, device):
@@ -96,7 +118,7 @@ def _build_on(entry, num_classes, device):
         with torch.device(device):
             return entry.build(num_classes)
     try:
-        with torch.device("meta"), no_init_on_meta():
+        with on_meta_without_init():
             return entry.build(num_classes)
     except (NotImplementedError, RuntimeError):
         with _parameters_on_meta(), no_init_on_meta():
@@ -149,7 +171,7 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
                                    entry.shuffle_widen)
         make = lambda site: ShuffleUnit(site.spec, resolved["groups"], resolved["width_mult"], paper=True,  # noqa: E731
                                         in_width=widths[site.name][0], out_width=widths[site.name][1])
-    with torch.device(device), (no_init_on_meta() if str(device) == "meta" else contextlib.nullcontext()):
+    with on_meta_without_init() if str(device) == "meta" else torch.device(device):
         replace_convs(net, sites, conv, resolved, make)
     if widened:
         adapt_widths(net, chw)

@@ -135,7 +135,7 @@ def widen_for_shuffle(model: nn.Module, sites: list[ConvSite], all_sites: list[C
     """Plan a ShuffleUnit α× model: (input, output) channels of each unit, and widen the other convs.
 
     The thesis's ShuffleUnit code was never published; these are the assumptions that come closest
-    to its counts (METHOD.md §4). α widens the feature maps of the model:
+    to its counts (docs/method.md §4). α widens the feature maps of the model:
 
     * ``mode="inner"`` (VGG): between the replaced convs only; the stem keeps its output and the
       last unit gives back N, so the classifier keeps its size;

@@ -4,8 +4,8 @@ import streamlit as st
 
 import common
 from falcon.convtypes import CONV_TYPES
-from falcon.figures import accuracy_figure, pareto_front
-from falcon.ui_state import own_runs
+from falcon.views.figures import accuracy_figure, pareto_front
+from falcon.experiments.store import own_runs
 
 st.title("Accuracy vs cost")
 st.caption("Top-1 accuracy against parameters or FLOPs (multiply-accumulates), from the thesis's Tables 3–8 "

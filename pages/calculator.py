@@ -8,9 +8,10 @@ import streamlit as st
 
 import common
 from falcon.convtypes import CONV_TYPES
-from falcon.figures import speedup_figure
-from falcon.svgcharts import rank_sweep_svg, reductions_svg
-from falcon.ui_state import BackgroundJob, layer_table
+from falcon.views.figures import speedup_figure
+from falcon.views.svgcharts import rank_sweep_svg, reductions_svg
+from falcon.jobs import Job
+from falcon.views.tables import layer_table
 
 st.title("Layer calculator")
 st.caption("Closed-form weights and multiply-accumulates (MACs; the thesis's FLOPs) of one convolution layer, "
@@ -195,7 +196,7 @@ def start_measurement() -> None:
     args = dict(spec=spec, convs=bench_convs(), batch_size=int(batch), memory_format=layout,
                 rounds=int(rounds), min_run_time=float(min_time))
 
-    def target(job: BackgroundJob):
+    def target(job: Job):
         if not lock.acquire(blocking=False):
             raise FalconError("another measurement is running on this machine; wait for it to finish")
         try:
@@ -205,11 +206,11 @@ def start_measurement() -> None:
         finally:
             lock.release()
 
-    st.session_state["bench_job"] = BackgroundJob(target, name="bench").start()
+    st.session_state["bench_job"] = Job(target, name="bench").start()
     st.session_state["bench_spec"] = spec.describe()
 
 
-job: BackgroundJob | None = st.session_state.get("bench_job")
+job: Job | None = st.session_state.get("bench_job")
 running = job is not None and job.running
 bc = st.columns([2, 5])
 if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", disabled=running or not chosen,
@@ -220,7 +221,7 @@ if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", di
 
 @st.fragment(run_every=0.5 if running else None)
 def bench_panel() -> None:
-    job: BackgroundJob | None = st.session_state.get("bench_job")
+    job: Job | None = st.session_state.get("bench_job")
     if job is None:
         st.info("Press the button to measure. The default (256→256, 3×3, 32×32 at batch 8, four blocks in two "
                 "layouts, 3 rounds) takes about 10 s on a 2-core CPU; the Stop button ends it early.",
@@ -228,7 +229,7 @@ def bench_panel() -> None:
         return
     if job.running:
         st.progress(job.progress, text=f"{job.label or 'starting…'}  ({job.seconds:.0f} s)")
-        if st.button("Stop", key="bench_stop", icon=":material/stop_circle:", disabled=job.stopping):
+        if st.button("Stop", key="bench_stop", icon=":material/stop_circle:", disabled=job.should_stop()):
             job.stop()
         return
     if st.session_state.get("bench_shown") is not job:  # finished since the last full run: redraw the page

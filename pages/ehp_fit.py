@@ -4,8 +4,10 @@ import streamlit as st
 import common
 from falcon.errors import FalconError
 from falcon.convtypes import CONV_TYPES
-from falcon.figures import energy_figure, error_by_rank_figure, kernel_figure, loss_figure
-from falcon.ui_state import FIT_SOURCES, BackgroundJob, fit_summary
+from falcon.views.figures import energy_figure, error_by_rank_figure, kernel_figure, loss_figure
+from falcon.probe import FIT_SOURCES
+from falcon.jobs import Job
+from falcon.views.explain import fit_summary
 
 st.title("EHP fit")
 st.caption("Fit a trained convolution's kernel K with the EHP of a pointwise and a depthwise kernel. The best "
@@ -94,7 +96,7 @@ if svd.clamped:
 
 # ---------------------------------------------------------------------------------------------- gradient descent
 job_args = {"fit": fit_key, **gd}
-job: BackgroundJob | None = st.session_state.get("fit_job")
+job: Job | None = st.session_state.get("fit_job")
 job_matches = job is not None and st.session_state.get("fit_job_args") == job_args
 running = job is not None and job.running
 
@@ -106,7 +108,7 @@ def start_gd() -> None:
     axis = conv_type_axis(conv)
     steps = gd["steps"]
 
-    def target(j: BackgroundJob):
+    def target(j: Job):
         def callback(rec) -> bool:
             j.records.append((rec.step, rec.relative_error))
             j.report(rec.step / max(steps, 1), f"step {rec.step} / {steps}: relative error {rec.relative_error:.5f}")
@@ -115,7 +117,7 @@ def start_gd() -> None:
         return run_gd(kernel, rank, axis, steps=steps, lr=gd["lr"], optimizer=gd["optimizer"], seed=gd["seed"],
                       loss=gd["loss"], callback=callback)
 
-    st.session_state["fit_job"] = BackgroundJob(target, name="gd").start()
+    st.session_state["fit_job"] = Job(target, name="gd").start()
     st.session_state["fit_job_args"] = dict(job_args)
 
 
@@ -128,7 +130,7 @@ if method == "gd":
 
 @st.fragment(run_every=0.4 if running else None)
 def gd_panel() -> None:
-    job: BackgroundJob | None = st.session_state.get("fit_job")
+    job: Job | None = st.session_state.get("fit_job")
     matches = job is not None and st.session_state.get("fit_job_args") == job_args
     if job is None or not matches:
         st.info("Press **Start gradient descent**: the loss curve is drawn live, with the SVD optimum as the "
@@ -138,7 +140,7 @@ def gd_panel() -> None:
     if job.running:
         cols = st.columns([5, 1])
         cols[0].progress(job.progress, text=job.label or "starting…")
-        if cols[1].button("Stop", key="gd_stop", icon=":material/stop_circle:", disabled=job.stopping):
+        if cols[1].button("Stop", key="gd_stop", icon=":material/stop_circle:", disabled=job.should_stop()):
             job.stop()
     elif st.session_state.get("fit_shown") is not job:
         st.session_state["fit_shown"] = job

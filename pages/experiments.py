@@ -10,7 +10,7 @@ from falcon.convtypes import CONV_TYPES
 from falcon.experiments.pipeline import INITS, OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, run_label, runs_frame, sweep_plan
 from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, RANKED, SweepRunner
-from falcon.figures import accuracy_figure, training_figure
+from falcon.views.figures import accuracy_figure, training_figure
 
 st.title("Experiments")
 st.caption("Compress-and-fine-tune on the bundled data: the trained `digits-vgg` (a small VGG on scikit-learn's 8×8 "

@@ -46,7 +46,7 @@ def example(m: int, n: int, seed: int) -> tuple[dict, dict]:
 
 
 with common.guard():
-    from falcon.figures import ehp_figure
+    from falcon.views.figures import ehp_figure
 
     falcon_parts, dsconv_parts = example(int(m), int(n), int(seed))
     common.plot(ehp_figure(falcon_parts, dsconv_parts), key="ehp", filename="ehp-factorization")

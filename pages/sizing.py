@@ -7,9 +7,9 @@ import streamlit as st
 import common
 from falcon.convtypes import CONV_TYPES
 from falcon.counting import CONVENTIONS
-from falcon.figures import per_layer_figure
+from falcon.views.figures import per_layer_figure
 from falcon.models import PAPER_MODELS
-from falcon.ui_state import paper_comparison, paper_rows
+from falcon.paper import paper_comparison, paper_rows
 
 st.title("Model sizing")
 st.caption("Parameters and MACs of a whole model after replacing its convolutions with a conv type, next to the "

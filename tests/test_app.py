@@ -6,11 +6,10 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "app"))
 
 import common  # noqa: E402  (app/common.py: the page registry)
@@ -112,7 +111,7 @@ def test_navigation_is_built_from_the_registry():
 
 def test_sidebar_explains_the_device():
     at = open_page("overview")
-    from falcon.ui_state import describe_device
+    from falcon.bench import describe_device
 
     assert describe_device().sentence in [c.value for c in at.sidebar.caption]
 
@@ -316,7 +315,7 @@ def test_sizing_any_torchvision_model_and_errors():
 # ---------------------------------------------------------------------------------------------- EHP fit
 def test_ehp_fit_numbers_are_the_librarys():
     from falcon.ehp import fit_kernel
-    from falcon.ui_state import load_for_fit
+    from falcon.probe import load_for_fit
 
     at = open_page("ehp_fit")
     loaded = load_for_fit("digits-vgg")
@@ -343,7 +342,7 @@ def test_ehp_fit_numbers_are_the_librarys():
 
 def test_ehp_fit_gradient_descent_runs_live_and_stops():
     from falcon.ehp import run_gd
-    from falcon.ui_state import load_for_fit
+    from falcon.probe import load_for_fit
 
     at = open_page("ehp_fit", layer="features.3", k=2, method="gd")
     at.number_input(key="gd_steps").set_value(200).run()
@@ -371,7 +370,7 @@ def test_ehp_fit_random_init_and_url_state():
     at = open_page("ehp_fit", layer="features.7", fit="dsconv", k=2, method="random")
     assert_clean(at)
     from falcon.ehp import fit_kernel
-    from falcon.ui_state import load_for_fit
+    from falcon.probe import load_for_fit
 
     fit = fit_kernel(load_for_fit("digits-vgg").kernel("features.7"), "dsconv", 2, "random", seed=0)
     assert metrics(at)["relative error"] == f"{fit.relative_error:.4f}"
@@ -414,7 +413,7 @@ def test_ehp_fit_torchvision_weights_from_the_cache(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- accuracy
 def test_accuracy_page_shows_the_paper():
-    from falcon.figures import pareto_front
+    from falcon.views.figures import pareto_front
     from falcon.paper import load_paper_results
 
     at = open_page("accuracy")
@@ -437,7 +436,8 @@ def test_accuracy_page_shows_the_paper():
 
 
 def test_accuracy_page_shows_our_runs(tmp_path):
-    store = pytest.importorskip("falcon.experiments.store")
+    from falcon.experiments import store
+
     store.save_run({"model": "digits-vgg", "dataset": "digits", "conv": "falcon", "rank": 1,
                     "finetuned_accuracy": 0.975, "baseline_accuracy": 0.99, "params": 20106, "macs": 3450122,
                     "baseline_params": 100000, "baseline_macs": 9000000})  # into $FALCON_RESULTS_DB
@@ -453,7 +453,7 @@ def test_accuracy_page_shows_our_runs(tmp_path):
 # ---------------------------------------------------------------------------------------------- experiments
 def wait_runner(at: AppTest, timeout: float = 240):
     runner = at.session_state["exp_runner"]
-    assert runner.join(timeout), f"the experiment did not finish in {timeout} s"
+    assert runner.wait(timeout), f"the experiment did not finish in {timeout} s"
     at.run()
     at.run()
     return runner

@@ -21,12 +21,7 @@ CLI_SIZES = ["-M", "8", "-N", "8", "-D", "3", "-H", "6", "-B", "1", "--threads",
              "--rounds", "1", "--min-run-time", "0.002"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_entries_put_standard_first_and_resolve_fused():
@@ -88,9 +83,17 @@ def test_report_structure_both_layouts():
 
 
 def test_every_registered_conv_type_runs():
-    report = measure(LayerSpec(8, 16, 3, 6), ["falcon", "dsconv", "mobilev2", "shuffle", "falcon-fused"],
-                     memory_format="channels_last", **{**FAST, "rounds": 1})
-    assert [r.conv for r in report.results] == ["standard", "falcon", "dsconv", "mobilev2", "shuffle", "falcon-fused"]
+    """Every conv type of the registry (a new entry included, without touching this test), and the fused FALCON."""
+    from falcon.convtypes import CONV_TYPES
+
+    spec = LayerSpec(8, 16, 3, 6)
+    compressed = [name for name in CONV_TYPES if name != "standard"]
+    report = measure(spec, [*CONV_TYPES, bench.FUSED], memory_format="channels_last", **{**FAST, "rounds": 1})
+    assert [r.conv for r in report.results] == ["standard", *compressed, bench.FUSED]
+    for r in report.results:
+        assert r.median_ms > 0 and math.isfinite(r.median_ms), r.conv
+        conv_type = "falcon" if r.conv == bench.FUSED else r.conv  # the fused form does FALCON's MACs
+        assert r.theoretical_speedup == pytest.approx(compare(spec, conv_type).computation_reduction_rate), r.conv
 
 
 def test_one_layout_and_standard_added():

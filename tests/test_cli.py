@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
 from falcon.convtypes import compare
 from falcon.sizing import size_model
@@ -13,7 +13,7 @@ from falcon.spec import LayerSpec
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "falcon", *args], capture_output=True, text=True, timeout=120)
+    return run_cli(*args, timeout=120)
 
 
 def test_layer_json_contract():

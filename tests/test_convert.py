@@ -4,11 +4,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_cli
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -20,8 +19,6 @@ from falcon.errors import FalconError
 from falcon.models import ModelEntry
 from falcon.models.cifar import VGGCifar
 from falcon.sources import LoadedModel, load_model
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +192,7 @@ def test_parse_ranks():
 
 # --- CLI ------------------------------------------------------------------------------------------
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "falcon", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout)
+    return run_cli(*args, timeout=timeout, cwd=REPO)
 
 
 def main_inprocess(capsys, *args: str) -> tuple[int, str, str]:

@@ -93,7 +93,7 @@ def test_standard_block_is_a_real_convolution():
 
 
 def test_formulas_of_method_md_on_a_known_layer():
-    # 256→256, 3×3, 32×32: theoretical falcon CRR 8.69× (METHOD.md §5)
+    # 256→256, 3×3, 32×32: theoretical falcon CRR 8.69× (docs/method.md §5)
     spec = LayerSpec(256, 256, 3, 32)
     c = compare(spec, "falcon")
     assert c.standard.params == 9 * 256 * 256

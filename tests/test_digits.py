@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
 from falcon import datasets
@@ -22,7 +22,6 @@ from falcon.models.digits import (
     train_digits_model,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 NPZ = REPO / "data" / "digits.npz"
 
 
@@ -143,11 +142,6 @@ def test_load_digits_bad_split(split):
 def test_load_digits_bad_size(size):
     with pytest.raises(ValueError, match="size"):
         load_digits("test", size=size)
-
-
-def test_datasets_does_not_import_streamlit():
-    src = (REPO / "falcon" / "datasets.py").read_text()
-    assert "streamlit" not in src
 
 
 # --- the model ---------------------------------------------------------------

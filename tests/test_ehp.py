@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, run_cli
 from torch import nn
 
 from falcon.convtypes import get_conv_type
@@ -337,34 +338,18 @@ def test_attach_bias_goes_where_it_acts_on_outputs():
         torch.testing.assert_close(block(x)[0, :, 0, 0], torch.arange(5.0))
 
 
-def test_ehp_does_not_import_streamlit():
-    import falcon.ehp as ehp
-
-    assert "streamlit" not in open(ehp.__file__).read()
-    assert math.isfinite(1.0)
-
-
 # --- the layers and fit commands ----------------------------------------------------------------
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
-
-
 @pytest.fixture(scope="module")
-def resnet18_checkpoint(tmp_path_factory):
-    import torchvision
-
-    torch.manual_seed(0)
+def resnet18_checkpoint(tmp_path_factory, resnet18_state):
     path = tmp_path_factory.mktemp("ckpt") / "resnet18.pt"
-    torch.save(torchvision.models.resnet18().state_dict(), path)
+    torch.save(resnet18_state, path)
     return path
 
 
 def falcon_cli(*args: str) -> dict:
     import json
-    import subprocess
-    import sys
 
-    r = subprocess.run([sys.executable, "-m", "falcon", *args, "--json"], capture_output=True, text=True, cwd=REPO,
-                       timeout=300)
+    r = run_cli(*args, "--json", timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 

@@ -10,12 +10,12 @@ import json
 import pickle
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from falcon.errors import FalconError
 from falcon.experiments import data as exp_data
@@ -193,7 +193,7 @@ def test_sweep_runner_in_a_thread(tmp_path):
     runner = SweepRunner(sweep_configs(tiny(), convs=["falcon"], ranks=[1, 2]), db=tmp_path / "r.sqlite")
     assert runner.snapshot()["status"] == "pending"
     runner.start()
-    assert runner.join(timeout=300)
+    assert runner.wait(timeout=300)
     snap = runner.snapshot()
     assert snap["status"] == "completed" and snap["fraction"] == 1.0 and snap["error"] is None
     assert len(snap["results"]) == 2 and snap["events"] and snap["runs"] == 2
@@ -212,11 +212,11 @@ def test_sweep_runner_stop_and_failure(tmp_path):
     while not runner.done and runner.snapshot()["latest"].get("phase") != "finetune":
         time.sleep(0.05)
     runner.stop()
-    assert runner.join(timeout=300)
+    assert runner.wait(timeout=300)
     snap = runner.snapshot()
     assert snap["status"] == "stopped" and len(snap["results"]) <= 1
     failing = SweepRunner([tiny(model="vgg19-cifar")], store=False).start()
-    assert failing.join(timeout=120)
+    assert failing.wait(timeout=120)
     assert failing.snapshot()["status"] == "failed" and "3-channel" in failing.snapshot()["error"]
 
 
@@ -345,7 +345,7 @@ def test_paper_model_needs_a_baseline_or_trains_one(fake_cifar10):
 # ----------------------------------------------------------------------------------------------
 # the CLI contract
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "falcon", *args], capture_output=True, text=True, timeout=300)
+    return run_cli(*args, timeout=300)
 
 
 def test_cli_experiment_and_results(tmp_path, capsys):

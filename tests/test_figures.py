@@ -1,4 +1,4 @@
-"""The app's figure builders (falcon.figures) and page helpers (falcon.ui_state), on their data."""
+"""The app's figure builders (falcon.views) and the library calls its pages make, on their data."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,14 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from falcon import figures
+from falcon.views import figures
+from falcon import costs, counting, jobs, paper, probe
+from falcon.views import explain, tables
+from falcon.experiments import store
 from falcon.convtypes import CONV_TYPES, break_even_rank, compare
 from falcon.errors import FalconError
 from falcon.paper import load_paper_results
 from falcon.spec import LayerSpec
-from falcon import ui_state
 
 SPEC = LayerSpec(256, 256, 3, 32)
 
@@ -105,7 +107,7 @@ def test_kernel_figure_uses_one_scale_and_crops():
 
 
 def test_rank_sweep_and_break_even():
-    sweep = ui_state.rank_sweep(SPEC, "falcon")
+    sweep = costs.rank_sweep(SPEC, "falcon")
     be = break_even_rank(SPEC, "falcon", "params")
     assert sweep["rank"].max() >= be
     row = sweep[sweep["rank"] == be].iloc[0]
@@ -176,44 +178,44 @@ def test_accuracy_figure_marks_our_runs():
     assert len(mine) == 2 and all(t.marker.symbol == "circle-open" for t in mine)
 
 
-# ---------------------------------------------------------------------------------------------- ui_state
+# ---------------------------------------------------------------------------------------------- page helpers
 def test_layer_rows_are_the_registry_numbers():
     hp = {"falcon": {"rank": 2}, "mobilev2": {"expansion": 1.0}}
-    rows = ui_state.layer_rows(SPEC, hp)
+    rows = tables.with_formulas(costs.layer_rows(SPEC, hp))
     assert [r["conv"] for r in rows] == list(CONV_TYPES)
     for r in rows:
         c = compare(SPEC, r["conv"], **hp.get(r["conv"], {}))
         assert (r["params"], r["macs"]) == (c.cost.params, c.cost.macs)
         assert r["compression_rate"] == c.compression_rate
-        assert r["params_sum"].endswith(ui_state.latex_int(c.cost.params))
-    table = ui_state.layer_table(rows)
+        assert r["params_sum"].endswith(tables.latex_int(c.cost.params))
+    table = tables.layer_table(rows)
     assert table.loc["falcon", "params"] == 2 * (256 * 256 + 9 * 256)
 
 
 def test_layer_rows_keep_going_past_a_bad_type():
     bad = {"shuffle": {"groups": 3}}
     with pytest.raises(FalconError):
-        ui_state.layer_rows(SPEC, bad)
-    rows = ui_state.layer_rows(SPEC, bad, keep_going=True)
+        costs.layer_rows(SPEC, bad)
+    rows = costs.layer_rows(SPEC, bad, keep_going=True)
     shuffle = next(r for r in rows if r["conv"] == "shuffle")
     assert "groups g=3" in shuffle["error"] and "params" not in shuffle
-    assert "shuffle" not in ui_state.layer_table(rows).index
+    assert "shuffle" not in tables.layer_table(rows).index
 
 
 def test_thop_agrees_with_the_closed_form():
-    check = ui_state.thop_check(LayerSpec(32, 48, 3, 16, stride=2), {"falcon": {"rank": 3}})
+    check = counting.thop_check(LayerSpec(32, 48, 3, 16, stride=2), {"falcon": {"rank": 3}})
     assert check["agree"].all()
     assert check.loc["falcon", "thop params"] == compare(LayerSpec(32, 48, 3, 16, stride=2), "falcon", rank=3).cost.params
 
 
 def test_paper_rows_match_only_the_papers_settings():
-    rows = ui_state.paper_rows("vgg19-cifar", "falcon", {"rank": 2}, 10, 32)
+    rows = paper.paper_rows("vgg19-cifar", "falcon", {"rank": 2}, 10, 32)
     assert set(rows["dataset"]) == {"cifar10", "svhn"} and set(rows["rank"]) == {2}
-    assert ui_state.paper_rows("vgg19-cifar", "falcon", {"rank": 4}, 10, 32).empty
-    assert ui_state.paper_rows("vgg19-cifar", "shuffle", {"groups": 2, "width_mult": 1.0}, 10, 32).empty
-    assert len(ui_state.paper_rows("vgg19-cifar", "shuffle", {"groups": 2, "width_mult": 2.0}, 100, 32)) == 1
-    assert ui_state.paper_rows("mobilenet_v2", "falcon", {"rank": 1}, 1000, 224).empty
-    cmp = ui_state.paper_comparison(ui_state.paper_rows("resnet18", "falcon", {"rank": 1}, 1000, 224), 1_966_888, 395_398_120)
+    assert paper.paper_rows("vgg19-cifar", "falcon", {"rank": 4}, 10, 32).empty
+    assert paper.paper_rows("vgg19-cifar", "shuffle", {"groups": 2, "width_mult": 1.0}, 10, 32).empty
+    assert len(paper.paper_rows("vgg19-cifar", "shuffle", {"groups": 2, "width_mult": 2.0}, 100, 32)) == 1
+    assert paper.paper_rows("mobilenet_v2", "falcon", {"rank": 1}, 1000, 224).empty
+    cmp = paper.paper_comparison(paper.paper_rows("resnet18", "falcon", {"rank": 1}, 1000, 224), 1_966_888, 395_398_120)
     assert cmp["paper (M)"].tolist() == [1.97, 395.40]
     assert abs(cmp["difference (M)"].iloc[0] - (1.966888 - 1.97)) < 1e-12
 
@@ -228,7 +230,7 @@ def test_background_job_reports_stops_and_catches():
             time.sleep(0.001)
         return 1000
 
-    job = ui_state.BackgroundJob(work).start()
+    job = jobs.Job(work).start()
     time.sleep(0.05)
     job.stop()
     assert job.wait(5) and job.result < 1000 and job.error is None
@@ -237,52 +239,72 @@ def test_background_job_reports_stops_and_catches():
     def bad(job):
         raise FalconError("use a smaller batch")
 
-    job = ui_state.BackgroundJob(bad).start()
+    job = jobs.Job(bad).start()
     assert job.wait(5) and job.error == "use a smaller batch" and job.trace is None
 
     def bug(job):
         return 1 / 0
 
-    job = ui_state.BackgroundJob(bug).start()
+    job = jobs.Job(bug).start()
     assert job.wait(5) and job.error.startswith("ZeroDivisionError") and "Traceback" in job.trace
 
 
 def test_describe_device():
-    dev = ui_state.describe_device()
-    if torch.cuda.is_available():
-        assert dev.kind == "cuda" and dev.short == torch.cuda.get_device_name(0)
+    """The machine the sidebar names: the GPU torch sees, else this CPU, by the name /proc/cpuinfo gives it,
+    with torch's current thread count (read when asked: a change of threads shows)."""
+    import os
+    from pathlib import Path
+
+    from falcon.bench import describe_device
+
+    dev = describe_device()
+    assert dev.kind == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert dev.threads == torch.get_num_threads() and dev.cpu_count == os.cpu_count()
+    assert dev.name.strip() and dev.name in dev.sentence
+    if dev.kind == "cuda":
+        assert dev.name == torch.cuda.get_device_name(0) == dev.short
     else:
-        assert dev.kind == "cpu" and dev.short == f"CPU ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})"
-        assert dev.sentence.startswith(f"CPU, {torch.get_num_threads()} thread")
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")] if cpuinfo.is_file() else []
+        if models:
+            assert dev.name == models[0]
+        saved = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            assert describe_device().threads == 1
+        finally:
+            torch.set_num_threads(saved)
 
 
 def test_digits_fit_effect_and_summary():
     from falcon.ehp import fit_kernel
 
-    loaded = ui_state.load_for_fit("digits-vgg")
+    loaded = probe.load_for_fit("digits-vgg")
     assert [r["name"] for r in loaded.layers][:2] == ["features.0", "features.3"]
     layer = "features.10"
     full = fit_kernel(loaded.kernel(layer), "falcon", 9, "svd")
-    effect = ui_state.fit_effect(loaded, layer, "falcon", full)
+    effect = probe.fit_effect(loaded, layer, "falcon", full)
     assert effect["output_error"] < 1e-5  # full rank is exact
     assert effect["accuracy"] == pytest.approx(loaded.baseline_accuracy)
     low = fit_kernel(loaded.kernel(layer), "dsconv", 1, "svd")
-    worse = ui_state.fit_effect(loaded, layer, "dsconv", low)
+    worse = probe.fit_effect(loaded, layer, "dsconv", low)
     assert worse["output_error"] > 0.05
-    info = ui_state.kernel_info(loaded.kernel(layer), "dsconv")
+    info = probe.kernel_info(loaded.kernel(layer), "dsconv")
     assert info["error_by_rank"][0] == pytest.approx(low.relative_error, rel=1e-5)
-    text = ui_state.fit_summary(loaded, layer, "dsconv", low, low, info, worse, "SVD optimum")
+    text = explain.fit_summary(loaded, layer, "dsconv", low, low, info, worse, "SVD optimum")
     assert "Rank-1 DSConv" in text and f"{low.relative_error:.3f}" in text
 
 
 def test_own_runs_reads_the_results_store(tmp_path):
-    store = pytest.importorskip("falcon.experiments.store")
+    from falcon.experiments import store
+
     db = tmp_path / "runs.sqlite"
-    assert ui_state.own_runs(str(db)).empty
+    assert store.own_runs(str(db)).empty
     store.save_run({"model": "digits-vgg", "dataset": "digits", "conv": "falcon", "rank": 1, "finetuned_accuracy": 0.975,
                     "baseline_accuracy": 0.99, "params": 20106, "macs": 3450122, "baseline_params": 100000,
                     "baseline_macs": 9000000}, db)
-    runs = ui_state.own_runs(str(db))
+    runs = store.own_runs(str(db))
     assert set(runs["method"]) == {"falcon", "standard"}
     assert runs.loc[runs["method"] == "falcon", "top1"].item() == pytest.approx(97.5)
     json.dumps(runs.astype(str).to_dict())  # plain data
@@ -296,19 +318,19 @@ def test_checkpoint_source_for_the_fit_page():
     torch.manual_seed(0)
     buf = io.BytesIO()
     torch.save(DigitsVGG().state_dict(), buf)
-    loaded = ui_state.load_for_fit("checkpoint", "digits-vgg", buf.getvalue())
+    loaded = probe.load_for_fit("checkpoint", "digits-vgg", buf.getvalue())
     assert loaded.key.startswith("checkpoint:digits-vgg:") and loaded.dataset is None
     assert [r["name"] for r in loaded.layers] == ["features.0", "features.3", "features.7", "features.10", "features.14"]
-    fit = ui_state.kernel_info(loaded.kernel("features.3"), "falcon")
+    fit = probe.kernel_info(loaded.kernel("features.3"), "falcon")
     assert len(fit["error_by_rank"]) == 9
     with pytest.raises(FalconError, match="the uploaded checkpoint"):
-        ui_state.load_for_fit("checkpoint", "digits-vgg", b"not a checkpoint")
+        probe.load_for_fit("checkpoint", "digits-vgg", b"not a checkpoint")
     with pytest.raises(FalconError, match="unknown model source"):
-        ui_state.load_for_fit("somewhere", "digits-vgg")
+        probe.load_for_fit("somewhere", "digits-vgg")
 
 
 def test_training_figure_draws_each_runs_curves():
-    from falcon.figures import conv_color, training_figure
+    from falcon.views.figures import conv_color, training_figure
 
     curves = {1: {"conv": "falcon", "label": "FALCON k=1", "step": [5, 10], "loss": [1.0, 0.5],
                   "epoch_step": [10], "accuracy": [0.9]},
@@ -334,7 +356,7 @@ def test_registry_and_overview_figure_do_not_import_torch():
     code = ("import sys, numpy as np\n"
             "from falcon.convtypes import CONV_TYPES, compare\n"
             "from falcon.spec import LayerSpec\n"
-            "from falcon.figures import ehp_figure\n"
+            "from falcon.views.figures import ehp_figure\n"
             "from falcon.ehp_numpy import ehp_kernel_np\n"
             "p, d = np.ones((3, 4), np.float32), np.ones((3, 3, 3), np.float32)\n"
             "parts = {'P': p, 'D': d, 'K': ehp_kernel_np(p, d, 'output')}\n"

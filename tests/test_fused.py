@@ -13,13 +13,7 @@ from falcon.spec import LayerSpec
 LAYOUTS = (torch.contiguous_format, torch.channels_last)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convs on a shared 2-core machine: two OpenMP threads only add waiting for each other."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny convs, one thread
 
 
 def _falcon(spec: LayerSpec, rank: int, dtype=torch.float64, seed: int = 0) -> nn.Module:

@@ -163,11 +163,22 @@ def test_printed_decimals_kept():
                     assert len(v.split(".")[1]) == 2, (col, v)
 
 
-def test_project_mappings():
-    assert PAPER_MODELS == {"vgg19": "vgg19-cifar", "resnet34": "resnet34-cifar",
-                            "vgg16_bn": "vgg16_bn", "resnet18": "resnet18"}
-    assert DATASET_CLASSES == {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet": 1000}
-    assert DATASET_INPUT_SIZE == {"cifar10": 32, "cifar100": 32, "svhn": 32, "imagenet": 224}
+@pytest.mark.parametrize("model, dataset", sorted(PAIRS))
+def test_project_mappings(df, model, dataset):
+    """The mappings say which of our models, at how many classes and what input size, is the thesis's
+    (model, dataset): sized that way, our standard model reproduces the published standard row, and
+    the sizing page's lookup (paper_rows) finds that row again from our side."""
+    from falcon.paper import paper_rows
+    from falcon.sizing import size_model
+
+    ours, classes, size = PAPER_MODELS[model], DATASET_CLASSES[dataset], DATASET_INPUT_SIZE[dataset]
+    published = _row(df, model, dataset, "standard")
+    r = size_model(ours, "standard", num_classes=classes, input_size=size, convention="paper")
+    assert r.params / 1e6 == pytest.approx(published.params_m, rel=1e-3, abs=0.005)
+    assert r.macs / 1e6 == pytest.approx(published.macs_m, rel=1e-3, abs=0.005)
+    found = paper_rows(ours, "standard", {}, classes, size)
+    assert ((found.model == model) & (found.dataset == dataset)).sum() == 1
+    assert set(found.model) == {model}
 
 
 def test_paper_module_is_light():

@@ -11,7 +11,7 @@ from falcon.models import get_model_entry
 from falcon.paper import DATASET_CLASSES, PAPER_MODELS, load_paper_results
 from falcon.sizing import size_model
 
-# tolerance per method: (relative, absolute in millions); METHOD.md §4 and issue #2
+# tolerance per method: (relative, absolute in millions); docs/method.md §4 and issue #2
 TOLERANCE = {"standard": (0.001, 0.005), "falcon": (0.001, 0.005), "dsconv": (0.001, 0.005),
              "mobilev2": (0.01, 0.0), "shuffle": (0.10, 0.0)}
 HPARAMS = {"mobilev2": {"expansion": 0.5}, "shuffle": {"groups": 2, "width_mult": 2.0}}
@@ -37,7 +37,7 @@ def test_paper_row_is_reproduced(row):
 
 
 def test_exact_counts_of_method_md():
-    """The exact integers METHOD.md §4 gives (the published columns are these, rounded)."""
+    """The exact integers docs/method.md §4 gives (the published columns are these, rounded)."""
     expect = {("vgg19-cifar", "standard"): (20.303, 398.702), ("vgg19-cifar", "falcon"): (2.564, 47.233),
               ("resnet34-cifar", "standard"): (21.294, 292.521), ("resnet34-cifar", "falcon"): (2.626, 46.335)}
     for (model, conv), (p, m) in expect.items():
@@ -156,3 +156,48 @@ def test_init_is_skipped_on_meta_only_and_restored():
         meta = torch.empty(4, 4, device="meta")
         assert nn.init.kaiming_normal_(meta) is meta
     assert nn.init.kaiming_normal_ is before
+
+
+def test_sizing_on_meta_does_not_leak_into_another_thread():
+    """Sizing builds on ``meta`` in its own thread only: a real model built by another thread at the same
+    moment (the app serves several sessions in threads) keeps real parameters, and the sizes stay right."""
+    import threading
+
+    from falcon import sizing
+
+    expect = {m: (size_model(m, "falcon").params, size_model(m, "falcon").macs) for m in ("regnet_x_400mf", "resnet18")}
+    stop, errors, real_builds = threading.Event(), [], [0]
+
+    def sizer():
+        try:
+            for _ in range(6):
+                for m, want in expect.items():
+                    sizing._standard_count.cache_clear()  # build the standard model again every time
+                    sizing._SITES.clear()
+                    r = size_model(m, "falcon")
+                    assert (r.params, r.macs) == want, (m, r.params, r.macs, want)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+        finally:
+            stop.set()
+
+    def builder():
+        try:
+            while not stop.is_set():
+                net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 4))
+                nn.init.kaiming_normal_(net[0].weight)
+                tensors = list(net.parameters()) + list(net.buffers())
+                assert not any(t.is_meta for t in tensors), "a real model got meta tensors"
+                assert net[0].weight.abs().sum() > 0  # and was initialized
+                real_builds[0] += 1
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=sizer), threading.Thread(target=builder)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[0]
+    assert real_builds[0] > 0

@@ -8,29 +8,21 @@ import sys
 import threading
 import time
 import urllib.error
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from conftest import REPO
 from torch import nn
 
 from falcon import sources
 from falcon.errors import FalconError
 from falcon.sources import load_for_app, load_model, read_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 class Custom:  # a pickled custom object is not a checkpoint
     def __init__(self):
         self.weights = [1, 2, 3]
-
-
-@pytest.fixture(scope="module")
-def resnet18_state():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=1000).state_dict()
 
 
 @pytest.fixture()
@@ -269,8 +261,3 @@ def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
     assert "Python objects" in lines[0]
-
-
-def test_sources_do_not_import_streamlit():
-    for name in ("sources.py", "convert.py", "ehp.py"):
-        assert "streamlit" not in (REPO / "falcon" / name).read_text()

@@ -140,7 +140,7 @@ def test_accuracy_points_match_the_paper_columns(tmp_path):
 
     import pandas as pd
 
-    from falcon.figures import accuracy_figure
+    from falcon.views.figures import accuracy_figure
     from falcon.paper import load_paper_results
 
     fig = accuracy_figure(load_paper_results(), pd.DataFrame(pts))

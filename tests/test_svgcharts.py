@@ -5,7 +5,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from falcon import svgcharts, ui_state
+from falcon.views import svgcharts
+from falcon import costs
 from falcon.convtypes import CONV_TYPES, break_even_rank, compare
 from falcon.spec import LayerSpec
 
@@ -21,7 +22,7 @@ def parse(svg: str) -> ET.Element:
 
 
 def rows_for(spec):
-    return [r for r in ui_state.layer_rows(spec, keep_going=True) if "error" not in r]  # as the page does
+    return [r for r in costs.layer_rows(spec, keep_going=True) if "error" not in r]  # as the page does
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
@@ -51,9 +52,9 @@ def test_reductions_bars_are_the_library_rates_to_scale(spec):
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_rank_sweep_lines_and_break_even(spec):
-    sweeps = {c: ui_state.rank_sweep(spec, c) for c in ui_state.ranked_types()}
+    sweeps = {c: costs.rank_sweep(spec, c) for c in costs.ranked_types()}
     be = {c: {"params": break_even_rank(spec, c, "params"), "macs": break_even_rank(spec, c, "macs")}
-          for c in ui_state.ranked_types()}
+          for c in costs.ranked_types()}
     root = parse(svgcharts.rank_sweep_svg(sweeps, be))
     lines = root.findall(".//s:polyline[@class='line']", NS)
     assert {(p.get("data-conv"), p.get("data-what")) for p in lines} == {

@@ -11,7 +11,7 @@ from falcon.spec import LayerSpec
 def add_parser(sub) -> None:
     p = sub.add_parser("layer", help="closed-form params and MACs of one layer",
                        description="Closed-form weights and MACs of one D×D conv layer replaced by a conv type "
-                                   "(weights only: no bias, no BN; METHOD.md §2), next to the standard conv.")
+                                   "(weights only: no bias, no BN; docs/method.md §2), next to the standard conv.")
     p.add_argument("--in-channels", "-M", type=int, required=True, help="input channels M")
     p.add_argument("--out-channels", "-N", type=int, required=True, help="output channels N")
     p.add_argument("--kernel-size", "-D", type=int, required=True, help="kernel size D (D×D)")

@@ -257,3 +257,19 @@ def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None
                 "run_id": r["run_id"], "init": None, "epochs": 0, "training_free_top1": None,
             })
     return list(baselines.values()) + points
+
+
+OWN_RUN_COLUMNS = ["model", "dataset", "method", "rank", "top1", "top5", "params_m", "macs_m", "table", "run_id"]
+
+
+def own_runs(db: str | os.PathLike | None = None):
+    """The project's completed fine-tuning runs as accuracy points, in the paper frame's columns
+    (percent, millions; :func:`accuracy_points`), as a DataFrame; empty (with those columns) when there are none."""
+    import pandas as pd
+
+    points = accuracy_points(db, latest=True)  # the latest run of each configuration
+    if not points:
+        return pd.DataFrame(columns=OWN_RUN_COLUMNS)
+    df = pd.DataFrame(points)
+    df["rank"] = pd.array(df["rank"], dtype="Int64")
+    return df

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import traceback
 from typing import Any, Iterable, Sequence
 
 from falcon.errors import FalconError
+from falcon.jobs import Job
 from falcon.experiments.pipeline import ExperimentConfig, ProgressFn, StopFn
 
 #: The done-when sweep of issue 6: FALCON ranks 1–3 and the three competitors.
@@ -129,8 +129,9 @@ def _label(cfg: ExperimentConfig) -> str:
     return f"{cfg.conv} k={cfg.rank}" if cfg.conv in RANKED else cfg.conv
 
 
-class SweepRunner:
-    """Run a sweep (or a single run: one config) in a background thread.
+class SweepRunner(Job):
+    """Run a sweep (or a single run: one config) in a background thread: a :class:`falcon.jobs.Job`
+    whose target is :func:`run_sweep`.
 
     >>> runner = SweepRunner(sweep_configs(ExperimentConfig(epochs=3)), db=None).start()
     >>> runner.snapshot()["status"]        # "running" … then "completed", "stopped" or "failed"
@@ -143,44 +144,32 @@ class SweepRunner:
                  sweep_id: str | None = None, max_events: int = 500):
         if not configs:
             raise FalconError("a sweep needs at least one run")
+        super().__init__(SweepRunner._sweep, name="sweep")
         self.configs = list(configs)
         self.db, self.store, self.sweep_id = db, store, sweep_id
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._events: list[dict] = []
         self._max_events = max_events
         self._latest: dict = {}
         self._runs: list[dict] = []
         self._curves: dict[int, dict[str, list]] = {}  # run (1-based) -> fine-tuning curve, never truncated
-        self._status = "pending"
-        self._error: str | None = None
-        self._result: dict | None = None
-        self._started = self._ended = None
 
-    # -- control -------------------------------------------------------------------------------
-    def start(self) -> "SweepRunner":
+    def _sweep(self) -> dict[str, Any]:
+        from falcon.experiments.store import new_run_id
+
+        self.sweep_id = self.sweep_id or "sweep-" + new_run_id()
+        result = run_sweep(self.configs, progress=self._on_progress, should_stop=self.should_stop,
+                           db=self.db, store=self.store, sweep_id=self.sweep_id)
         with self._lock:
-            if self._thread is not None:
-                raise RuntimeError("this runner has already been started")
-            self._status, self._started = "running", time.time()
-            self._thread = threading.Thread(target=self._run, name="falcon-sweep", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Ask the sweep to stop; the current run ends at its next training or evaluation step."""
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the sweep to end; True when it has."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.done
+            self._runs = list(result["runs"])
+        return result
 
     @property
-    def done(self) -> bool:
-        return self._status in ("completed", "stopped", "failed")
+    def status(self) -> str:
+        status = super().status
+        if status in ("completed", "stopped"):  # what the sweep itself says: it may have ended before a stop
+            return "stopped" if (self.result or {}).get("stopped") else "completed"
+        return status
 
     # -- state ---------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -189,15 +178,15 @@ class SweepRunner:
         ``error`` (a one-line message if it failed), ``elapsed`` (s), ``sweep_id``, and ``curves``: per run
         (1-based), its fine-tuning curve: ``step``/``loss`` (every few steps), ``epoch_step``/``accuracy``
         (held-out accuracy after each epoch, the last one the fine-tuned accuracy), ``label``."""
+        status = self.status
         with self._lock:
             latest = dict(self._latest)
-            end = self._ended or time.time()
             return {
-                "status": self._status, "sweep_id": self.sweep_id,
-                "fraction": 1.0 if self._status == "completed" else float(latest.get("sweep_fraction", 0.0)),
+                "status": status, "sweep_id": self.sweep_id,
+                "fraction": 1.0 if status == "completed" else float(latest.get("sweep_fraction", 0.0)),
                 "message": latest.get("message", ""), "run": latest.get("run", 0), "runs": len(self.configs),
                 "latest": latest, "events": list(self._events), "results": list(self._runs),
-                "error": self._error, "elapsed": (end - self._started) if self._started else 0.0,
+                "error": self.error, "elapsed": self.seconds,
                 "curves": {run: {k: list(v) if isinstance(v, list) else v for k, v in c.items()}
                            for run, c in self._curves.items()},
             }
@@ -227,31 +216,3 @@ class SweepRunner:
         elif event.get("phase") == "done" and (event.get("record") or {}).get("finetuned_accuracy") is not None:
             curve["epoch_step"].append(curve["step"][-1] if curve["step"] else 0)
             curve["accuracy"].append(float(event["record"]["finetuned_accuracy"]))
-
-    def _run(self) -> None:
-        from falcon.experiments.store import new_run_id
-
-        self.sweep_id = self.sweep_id or "sweep-" + new_run_id()
-        try:
-            result = run_sweep(self.configs, progress=self._on_progress, should_stop=self._stop.is_set,
-                               db=self.db, store=self.store, sweep_id=self.sweep_id)
-            with self._lock:
-                self._result = result
-                self._runs = list(result["runs"])
-                self._status = "stopped" if result["stopped"] else "completed"
-        except FalconError as e:
-            with self._lock:
-                self._error, self._status = str(e), "failed"
-        except Exception as e:  # noqa: BLE001 - a bug: keep the traceback for the page's details
-            with self._lock:
-                self._error = f"{type(e).__name__}: {e}"
-                self._traceback = traceback.format_exc()
-                self._status = "failed"
-        finally:
-            with self._lock:
-                self._ended = time.time()
-
-    @property
-    def result(self) -> dict | None:
-        with self._lock:
-            return self._result

@@ -1,4 +1,4 @@
-"""The thesis's models for 32×32 inputs (METHOD.md §4), written to match its counts exactly."""
+"""The thesis's models for 32×32 inputs (docs/method.md §4), written to match its counts exactly."""
 from __future__ import annotations
 
 import torch

@@ -16,7 +16,7 @@ import math
 from html import escape
 from typing import Iterable, Sequence
 
-from falcon.figures import FRONTIER, conv_color, conv_label
+from falcon.views.figures import FRONTIER, conv_color, conv_label
 
 FONT = "font-family='Source Sans Pro, Source Sans 3, sans-serif'"
 GRID = "#e5e5e5"

@@ -1,0 +1,266 @@
+"""One layer of a trained model, probed: its fittable convs, the input that reaches it, and what a fitted
+replacement block does to its output and to the network's predictions.
+
+Shared by ``python -m falcon fit`` and the EHP-fit page.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from falcon.convtypes import get_conv_type
+from falcon.errors import FalconError
+from falcon.spec import LayerSpec
+
+
+def fittable_layers(model, input_size: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """The convs of ``model`` that FALCON/DSConv can fit (groups 1, square kernel > 1×1), in forward
+    order, with their shapes and the spatial size of their input."""
+    import torch
+
+    from falcon.surgery import conv_sites
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type != "meta":  # shapes only: run the walk on a meta copy, not on the trained weights
+        import copy
+
+        with torch.device("meta"):
+            shadow = copy.deepcopy(model).to("meta")
+    else:
+        shadow = model
+    rows = []
+    for site in conv_sites(shadow, input_size):
+        if not site.replaceable:
+            continue
+        s = site.spec
+        rows.append({"name": site.name, "in_channels": s.M, "out_channels": s.N, "kernel_size": s.D,
+                     "stride": s.stride, "padding": s.padding, "height": s.height, "width": s.width,
+                     "params": s.D * s.D * s.M * s.N, "bias": site.bias,
+                     "label": f"{site.name} · {s.M}→{s.N} {s.D}×{s.D}/{s.stride} · input {s.height}×{s.width}"})
+    return rows
+
+
+def layer_input(model, layer: str, x):
+    """The tensor that reaches ``layer`` when ``model`` (eval mode) runs on ``x``."""
+    import torch
+
+    seen = {}
+    module = model.get_submodule(layer)
+
+    def grab(_m, inputs):
+        seen["x"] = inputs[0].detach()
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(grab)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if "x" not in seen:
+        raise FalconError(f"layer {layer!r} is not reached by the model's forward pass")
+    return seen["x"]
+
+
+class _Captured(Exception):
+    """Stops the forward pass once the layer's input is captured."""
+
+
+class LayerProbe:
+    """``model`` run once up to ``layer`` on fixed inputs, so that trying a replacement block only runs the
+    layer and what comes after it.
+
+    The model is traced with ``torch.fx``; the values computed before the layer that later nodes still
+    need (the layer's input, skip connections) are kept. Models fx cannot trace fall back to running
+    the whole network each time. Inputs run in ``channels_last`` (on CPU the depthwise convs of the
+    FALCON/DSConv blocks are many times faster in it), under ``torch.inference_mode``.
+    """
+
+    def __init__(self, model, layer: str, x):
+        import torch
+        import torch.fx
+
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.model, self.layer, self.x = model, layer, x
+        self._graph = None
+        try:
+            gm = torch.fx.symbolic_trace(model)
+        except Exception:  # noqa: BLE001 - control flow fx cannot trace: run the whole model instead
+            gm = None
+        nodes = list(gm.graph.nodes) if gm is not None else []
+        at = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == layer), None)
+        if gm is None or at is None or len(nodes[at].args) != 1:
+            self.input = layer_input(model, layer, x)
+            return
+        interp = torch.fx.Interpreter(gm)
+        interp.env, interp.args_iter = {}, iter([x])
+        with torch.inference_mode():
+            for node in nodes[:at]:
+                interp.env[node] = interp.run_node(node)
+        later = nodes[at:]
+        self.input = interp.env[nodes[at].args[0]]
+        self._kept = {n: interp.env[n] for n in nodes[:at] if any(u in later for u in n.users)}
+        self._graph, self._node, self._later = gm, nodes[at], later[1:]
+
+    def output(self, module):
+        import torch
+
+        with torch.inference_mode():
+            return module(self.input)
+
+    def logits(self, module):
+        """The network's output with ``module`` in place of the layer."""
+        import torch
+
+        if self._graph is None:  # no trace: a copy of the model with the module swapped in
+            import copy
+
+            from falcon.surgery import set_module
+
+            clone = copy.deepcopy(self.model)
+            set_module(clone, self.layer, module)
+            with torch.inference_mode():
+                return clone(self.x)
+        interp = torch.fx.Interpreter(self._graph)
+        # clones: an in-place op after the layer must not change the kept values
+        interp.env = {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in self._kept.items()}
+        with torch.inference_mode():
+            interp.env[self._node] = module(self.input)
+            for node in self._later:
+                value = interp.run_node(node)
+                if node.op == "output":
+                    return value
+                interp.env[node] = value
+        raise FalconError("the traced model has no output")
+
+
+def output_error(conv, block, x) -> float:
+    """‖conv(x) − block(x)‖ / ‖conv(x)‖ on the sample inputs ``x``: what the fit changes in the layer's output."""
+    import torch
+
+    with torch.inference_mode():
+        y, y_hat = conv(x).double(), block(x).double()
+    den = torch.linalg.vector_norm(y).item()
+    num = torch.linalg.vector_norm(y - y_hat).item()
+    return num / den if den else (0.0 if num == 0 else math.inf)
+
+
+def block_from_fit(conv, conv_type: str, fit, spec: LayerSpec):
+    """A bare FALCON/DSConv block that computes ``conv`` up to the fit: the fit's factors loaded, the
+    conv's bias (if any) carried over (:func:`falcon.ehp.load_fit_into`, :func:`falcon.ehp.attach_bias`)."""
+    from falcon.ehp import attach_bias, load_fit_into
+
+    block = get_conv_type(conv_type).build(spec, rank=fit.rank_used).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    load_fit_into(block, fit)
+    if conv.bias is not None:
+        attach_bias(block, conv.bias.detach())
+    return block.eval()
+
+
+#: Where the EHP-fit page takes a model from.
+FIT_SOURCES = {"digits-vgg": "digits-vgg (bundled)", "torchvision": "torchvision", "checkpoint": "checkpoint"}
+
+
+@dataclass
+class FitTarget:
+    """A trained model ready for fitting one layer at a time (not :class:`falcon.sources.LoadedModel`, the
+    model-loading record): its fittable layers, sample inputs and (digits) held-out set."""
+
+    key: str  # identifies source, name and weights (cache key)
+    name: str
+    model: Any  # nn.Module in eval mode; shared, never modified
+    input_size: tuple[int, int, int]
+    layers: list[dict[str, Any]]
+    samples: Any  # a batch of inputs to measure a layer's output error on
+    samples_label: str  # what the samples are
+    dataset: Any = None  # TensorDataset to evaluate accuracy on, when the model has one
+    baseline_accuracy: float | None = None
+
+    def conv(self, layer: str):
+        return self.model.get_submodule(layer)
+
+    def kernel(self, layer: str):
+        return self.conv(layer).weight.detach()
+
+    def spec(self, layer: str) -> LayerSpec:
+        row = next(r for r in self.layers if r["name"] == layer)
+        return LayerSpec(row["in_channels"], row["out_channels"], row["kernel_size"], row["height"], row["width"],
+                         stride=row["stride"], padding=row["padding"])
+
+
+def load_for_fit(source: str, name: str = "digits-vgg", checkpoint: bytes | None = None,
+                 samples: int = 256, seed: int = 0) -> FitTarget:
+    """Load a trained model from ``source`` (see :data:`FIT_SOURCES`) for the EHP-fit page.
+
+    digits-vgg comes with its held-out digits (sample inputs and accuracy); other models get ``samples``
+    seeded random-normal images (at most 8) as sample inputs.
+    """
+    import hashlib
+
+    import torch
+
+    if source not in FIT_SOURCES:
+        raise FalconError(f"unknown model source {source!r}; choose one of {', '.join(FIT_SOURCES)}")
+    dataset = baseline = None
+    if source == "digits-vgg":
+        from falcon.datasets import load_digits
+        from falcon.models.digits import digits_vgg, evaluate_accuracy
+
+        model, name = digits_vgg(pretrained=True), "digits-vgg"
+        dataset = load_digits("test")
+        baseline = evaluate_accuracy(model, dataset)
+        input_size = (1, 32, 32)
+        x, label = dataset.tensors[0], f"the {len(dataset)} held-out digits"  # accuracy needs them all
+        key = "digits-vgg"
+    else:
+        from falcon import sources
+
+        model, input_size = sources.load_for_app(source, name, checkpoint)
+        gen = torch.Generator().manual_seed(seed)
+        n = min(samples, 8)
+        x, label = torch.randn((n, *input_size), generator=gen), f"{n} random N(0,1) images"
+        key = f"{source}:{name}:" + (hashlib.sha1(checkpoint).hexdigest()[:12] if checkpoint else "pretrained")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return FitTarget(key, name, model, input_size, fittable_layers(model, input_size), x, label, dataset, baseline)
+
+
+def kernel_info(kernel, conv_type: str) -> dict[str, Any]:
+    """Singular-value energy per channel (:func:`falcon.ehp.singular_energy`), the optimal error at every rank
+    and the rank that keeps 90% of every channel's energy."""
+    import numpy as np
+
+    from falcon.ehp import conv_type_axis, error_by_rank, rank_for_energy, singular_energy
+
+    axis = conv_type_axis(conv_type)
+    energy = singular_energy(kernel, axis).numpy()
+    return {"energy": energy, "median_energy": [float(v) for v in np.median(energy, axis=0)],
+            "rank_90": int(rank_for_energy(kernel, axis, 0.9).max()), "error_by_rank": error_by_rank(kernel, axis)}
+
+
+def fit_effect(loaded: FitTarget, layer: str, conv_type: str, fit, probe: LayerProbe | None = None) -> dict[str, Any]:
+    """What a fit does to the layer: its output error on the sample inputs, the layer's params, and (with a
+    held-out set, which the samples then are) the model's accuracy with only this layer replaced.
+    ``probe``: a :class:`LayerProbe` of this layer on ``loaded.samples`` (made here when not given)."""
+    import torch
+
+    spec = loaded.spec(layer)
+    conv = loaded.conv(layer)
+    block = block_from_fit(conv, conv_type, fit, spec)
+    probe = probe or LayerProbe(loaded.model, layer, loaded.samples)
+    out = {"spec": spec, "samples": loaded.samples_label, "output_error": output_error(conv, block, probe.input),
+           "params": sum(p.numel() for p in block.parameters()),
+           "standard_params": sum(p.numel() for p in conv.parameters())}
+    if loaded.dataset is not None:
+        labels = loaded.dataset.tensors[1][: len(probe.input)]
+        out["accuracy"] = float((probe.logits(block).argmax(1) == labels).to(torch.float64).mean())
+        out["baseline_accuracy"] = loaded.baseline_accuracy
+    return out

@@ -1,0 +1,29 @@
+"""Prose a teacher can point at: what a fit did, in a paragraph."""
+from __future__ import annotations
+
+from falcon.convtypes import compare, get_conv_type
+
+
+def fit_summary(loaded, layer: str, conv_type: str, fit, optimum, info: dict, effect: dict,
+                how: str) -> str:
+    """A paragraph a teacher can point at: what was fitted, how well, what it saves and what it changes."""
+    ct = get_conv_type(conv_type)
+    spec = effect["spec"]
+    k = fit.rank_used
+    cmp = compare(spec, conv_type, rank=k)
+    axis = "output" if ct.fit_axis == "output" else "input"
+    energy = info["median_energy"][k - 1]
+    text = (f"Layer **{layer}** of {loaded.name} is a {spec.D}×{spec.D} convolution from {spec.M} to {spec.N} "
+            f"channels. **Rank-{k} {ct.label}** writes its kernel as {k} pointwise × depthwise product"
+            f"{'s' if k > 1 else ''} sharing the {axis} channel; the median channel keeps {energy:.1%} of its energy at "
+            f"this rank, so the best possible relative error is **{optimum.relative_error:.3f}** "
+            f"(exact from rank {fit.full_rank} on). The {how} reaches **{fit.relative_error:.3f}**. The layer "
+            f"then holds {cmp.cost.params:,} instead of {cmp.standard.params:,} weights "
+            f"(**{cmp.compression_rate:.1f}× fewer**) and needs {cmp.computation_reduction_rate:.1f}× fewer MACs. "
+            f"On {effect['samples']} its output changes by {effect['output_error']:.1%}")
+    if effect.get("accuracy") is not None:
+        text += (f", and the network, with only this layer replaced and no fine-tuning, classifies "
+                 f"**{effect['accuracy']:.1%}** of the held-out digits correctly (original: {effect['baseline_accuracy']:.1%}).")
+    else:
+        text += "."
+    return text
