@@ -217,10 +217,9 @@ def hparam_input(conv: str, name: str, key_prefix: str = "", container=None, bin
     kwargs: dict[str, Any] = dict(min_value=h.minimum, max_value=h.maximum, value=h.default,
                                   key=f"{key_prefix}{conv}.{h.name}" if per_conv else f"{key_prefix}{h.name}",
                                   help=f"{h.help} (range {h.minimum:g}–{h.maximum:g})")
-    if h.kind is int:
-        kwargs.update(step=1)
-    else:
-        kwargs.update(step=0.05 if h.name == "expansion" else 0.125 if h.name == "width_mult" else 0.01, format="%g")
+    kwargs.update(step=h.widget_step)
+    if h.kind is not int:
+        kwargs.update(format="%g")
         kwargs.update(min_value=float(h.minimum), max_value=float(h.maximum), value=float(h.default))
     return widget((container or st).number_input, label or h.label, bind=bind, **kwargs)
 

@@ -18,8 +18,9 @@ PyTorch's ``meta`` device (shapes only) and compared with a budget: a fraction o
 warm-up and timed visit; ``should_stop()`` is asked before each one, and a stopped run returns what it
 has, marked ``stopped``.
 
-Besides the registry's conv types, the pseudo-type ``falcon-fused`` is FALCON run as two convolutions
-(:func:`falcon.fused.fuse_falcon`); pass ``("falcon", {"rank": 3, "fused": True})`` or ``"falcon-fused"``.
+Besides the registry's conv types, the inference form of a type that has one (``{name}-fused``: FALCON run as
+two convolutions, :meth:`falcon.convtypes.ConvType.fuse`) can be timed: pass ``(name, {..., "fused": True})``
+or its name (:func:`falcon.convtypes.variant_names`).
 """
 from __future__ import annotations
 
@@ -39,9 +40,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import benchmark
 
-from falcon.convtypes import CONV_TYPES, compare, get_conv_type
+from falcon.convtypes import CONV_TYPES, compare, get_conv_type, parse_variant, variant_names
 from falcon.errors import FalconError
-from falcon.fused import fuse_falcon
 from falcon.spec import LayerSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,9 +52,9 @@ DEVICES = ("auto", "cpu", "cuda")
 CLOCKS = ("wall", "cpu")
 
 #: pseudo conv types the harness knows besides the registry: name -> (registry type, extra options)
-FUSED = "falcon-fused"
-BENCH_CONVS = (*CONV_TYPES, FUSED)
-DEFAULT_CONVS = ("standard", "falcon", FUSED)
+BENCH_CONVS = variant_names()
+#: standard, then the first type that has an inference form, bare and fused
+DEFAULT_CONVS = ("standard", *next(((c.name, c.fused_name) for c in CONV_TYPES.values() if c.fused_name), ()))
 
 #: share of the available RAM (CPU) / free GPU memory (CUDA) a benchmark may plan to use
 CPU_MEMORY_FRACTION = 0.5
@@ -70,7 +70,7 @@ StopFn = Callable[[], bool]
 class BenchEntry:
     """One conv type to time: its registry type, resolved hyper-parameters and whether it is fused."""
 
-    conv: str  # "standard", "falcon", "falcon-fused", ...
+    conv: str  # a name of :func:`falcon.convtypes.variant_names`
     conv_type: str  # the registry entry it builds from
     hparams: tuple[tuple[str, Any], ...]
     fused: bool = False
@@ -81,13 +81,15 @@ class BenchEntry:
 
     @property
     def label(self) -> str:
-        name = get_conv_type(self.conv_type).display_name(**self.hp)
-        return name.replace("FALCON", "FALCON fused", 1) if self.fused else name
+        ct = get_conv_type(self.conv_type)
+        name = ct.display_name(**self.hp)
+        return name.replace(ct.label, f"{ct.label} fused", 1) if self.fused else name
 
     def build(self, spec: LayerSpec) -> nn.Module:
-        """The bare block (fused: the bare FALCON block through :func:`fuse_falcon`), in eval mode."""
-        block = get_conv_type(self.conv_type).build(spec, **self.hp)
-        return (fuse_falcon(block) if self.fused else block).eval()
+        """The bare block (fused: its inference form, :meth:`~falcon.convtypes.ConvType.fuse`), in eval mode."""
+        ct = get_conv_type(self.conv_type)
+        block = ct.build(spec, **self.hp)
+        return (ct.fuse(block) if self.fused else block).eval()
 
     def macs(self, spec: LayerSpec, batch_size: int) -> int:
         return compare(spec, self.conv_type, **self.hp).cost.macs * batch_size
@@ -97,27 +99,25 @@ class BenchEntry:
 
 
 def bench_entries(spec: LayerSpec, convs: Iterable[str | tuple[str, dict]]) -> list[BenchEntry]:
-    """Resolve ``convs`` (names, or (name, hparams) pairs; ``fused=True`` or ``falcon-fused`` for the
-    fused FALCON) into entries, standard first (added when missing: speedups are measured against it)."""
+    """Resolve ``convs`` (names, or (name, hparams) pairs; ``fused=True`` or a ``-fused`` name for a type's
+    inference form) into entries, standard first (added when missing: speedups are measured against it)."""
     entries: list[BenchEntry] = []
     for item in convs:
         name, hp = (item, {}) if isinstance(item, str) else (item[0], dict(item[1] or {}))
-        fused = bool(hp.pop("fused", False)) or name == FUSED
-        conv_type = "falcon" if name == FUSED else name
-        if conv_type not in CONV_TYPES:
-            raise FalconError(f"unknown conv type {name!r}; choose from {', '.join(BENCH_CONVS)}")
-        if fused and conv_type != "falcon":
-            raise FalconError(f"only falcon has a fused form, not {name!r}")
-        ct = get_conv_type(conv_type)
+        ct, named_fused = parse_variant(name)
+        fused = bool(hp.pop("fused", False)) or named_fused
+        conv_type = ct.name
+        if fused and ct.fused_name is None:
+            raise FalconError(f"{name!r} has no fused form; only {', '.join(n for n in BENCH_CONVS if n not in CONV_TYPES)} do")
         unknown = set(hp) - {h.name for h in ct.hparams}
         if unknown:
             raise FalconError(f"{name} has no hyper-parameter {', '.join(sorted(unknown))}; "
                               f"it takes {', '.join(h.name for h in ct.hparams) or 'none'}")
         resolved = ct.resolve(spec, **hp)
-        if conv_type == "shuffle" and resolved["width_mult"] != 1:
-            raise FalconError(f"shuffle with width multiplier {resolved['width_mult']:g} takes α·M input channels, "
-                              "not the layer's M; the benchmark times it at width multiplier 1")
-        entry = BenchEntry(FUSED if fused else conv_type, conv_type, tuple(sorted(resolved.items())), fused)
+        if ct.widens(**resolved):
+            raise FalconError(f"{ct.display_name(**resolved)} changes the layer's widths (it reads α·M input channels, "
+                              "not the layer's M); the benchmark times it at settings that keep them (width multiplier 1)")
+        entry = BenchEntry(ct.fused_name if fused else conv_type, conv_type, tuple(sorted(resolved.items())), fused)
         if entry not in entries:
             entries.append(entry)
     if not entries:

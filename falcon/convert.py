@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from falcon.convtypes import get_conv_type
+from falcon.convtypes import FITTABLE, get_conv_type
 from falcon.counting import count_model
 from falcon.ehp import attach_bias, fit_module, full_rank
 from falcon.errors import FalconError
@@ -31,7 +31,6 @@ from falcon.spec import LayerSpec
 from falcon.surgery import conv_sites, plan, set_module
 
 FORMAT = "falcon-explorer/converted-v1"
-CONVERTIBLE = ("falcon", "dsconv")
 INITS = ("svd", "gd", "random")
 CONVENTION = "clean"  # counts of what the converted model really holds
 
@@ -91,10 +90,10 @@ class Converted:
 
 
 def _check(conv: str, init: str) -> None:
-    if conv not in CONVERTIBLE:
+    if conv not in FITTABLE:
         get_conv_type(conv)  # unknown names get the registry's message
         raise FalconError(f"{conv} is not an EHP of the kernel, so it cannot be fitted to pretrained weights; "
-                          f"convert to {' or '.join(CONVERTIBLE)}")
+                          f"convert to {' or '.join(FITTABLE)}")
     if init not in INITS:
         raise FalconError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 

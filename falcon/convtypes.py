@@ -32,6 +32,16 @@ def _blocks():
     return blocks
 
 
+def _fused():
+    from falcon import fused
+
+    return fused
+
+
+#: The name of a type's inference form is its name with this suffix ("falcon-fused").
+FUSED_SUFFIX = "-fused"
+
+
 @dataclass(frozen=True)
 class HParam:
     """A hyper-parameter of a conv type, with its valid range."""
@@ -44,6 +54,11 @@ class HParam:
     maximum: Any
     help: str
     symbol: str = ""
+    step: Any = None  # a number input's step (default: 1 for int, 0.01 for float)
+
+    @property
+    def widget_step(self) -> Any:
+        return self.step if self.step is not None else (1 if self.kind is int else 0.01)
 
     @property
     def flag(self) -> str:
@@ -102,6 +117,36 @@ class ConvType:
     _check: Callable[[LayerSpec, dict], None] = field(default=lambda spec, hp: None, repr=False)
     fit_axis: str | None = None  # "output" (falcon) or "input" (dsconv): the EHP's common axis
     reference_unused_params: Callable[[LayerSpec, dict], int] = field(default=lambda spec, hp: 0, repr=False)
+    symbol: str = "circle"  # plot marker
+    #: the hyper-parameters the thesis's tables used (None: not in the thesis); a rank left out means any rank
+    paper_hparams: dict | None = field(default=None, compare=False, hash=False)
+    #: whether these hyper-parameters change the widths of the model around the layer (ShuffleUnit α≠1)
+    _widens: Callable[[dict], bool] = field(default=lambda hp: False, repr=False)
+    #: the inference form, where the type has one: the trained bare block rewritten for deployment (FALCON's
+    #: k branches as two convolutions, :func:`falcon.fused.fuse_falcon`); named ``{name}-fused``
+    _fuse: Callable[[nn.Module], nn.Module] | None = field(default=None, repr=False)
+
+    @property
+    def fused_name(self) -> str | None:
+        return f"{self.name}{FUSED_SUFFIX}" if self._fuse is not None else None
+
+    def fuse(self, block: nn.Module) -> nn.Module:
+        if self._fuse is None:
+            raise FalconError(f"{self.name} has no fused (inference) form")
+        return self._fuse(block)
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the type has a rank k (sums k branches)."""
+        return any(h.name == "rank" for h in self.hparams)
+
+    @property
+    def fittable(self) -> bool:
+        """Whether the type is an EHP of the kernel, so it can be fitted to (and converted from) trained weights."""
+        return self.fit_axis is not None
+
+    def widens(self, **hp: Any) -> bool:
+        return self._widens(self.resolve(**hp))
 
     def resolve(self, spec: LayerSpec | None = None, **hp: Any) -> dict:
         """Fill defaults, coerce types, check ranges; with a spec, also check it fits the layer."""
@@ -125,7 +170,13 @@ class ConvType:
         """The block the paper's experiments put in a model in place of a standard conv."""
         return self._block(spec, self.resolve(spec, **hp), bias)
 
-    def display_name(self, **hp: Any) -> str:
+    def display_name(self, short: bool = False, **hp: Any) -> str:
+        """The one label of a configured type: "FALCON (k=2)", "ShuffleUnit (g=2, α=1)"; ``short`` (run lists
+        and legends): "FALCON k=2", and the bare label when no hyper-parameter is given."""
+        if short and (not hp or (self.ranked and hp.get("rank") is None)):
+            return self.label
+        if short and self.ranked:
+            return f"{self.label} k={int(hp['rank'])}"
         resolved = self.resolve(**hp)
         if not resolved:
             return self.label
@@ -202,10 +253,10 @@ def _check_shuffle(s: LayerSpec, hp: dict) -> None:
             raise FalconError(f"groups g={g} does not divide {what} = {value}; pick g that divides it")
 
 
-RANK = HParam("rank", "rank k", int, 1, 1, 256, "number of summed branches (rank-k)", "k")
-EXPANSION = HParam("expansion", "expansion ratio t", float, 0.5, 0.01, 16.0, "hidden width T = int(t·M)", "t")
-GROUPS = HParam("groups", "groups g", int, 2, 1, 64, "groups of the pointwise convolutions", "g")
-WIDTH = HParam("width_mult", "width multiplier α", float, 1.0, 0.125, 8.0, "M' = αM, N' = αN", "α")
+RANK = HParam("rank", "rank k", int, 1, 1, 256, "number of summed branches (rank-k)", "k", 1)
+EXPANSION = HParam("expansion", "expansion ratio t", float, 0.5, 0.01, 16.0, "hidden width T = int(t·M)", "t", 0.05)
+GROUPS = HParam("groups", "groups g", int, 2, 1, 64, "groups of the pointwise convolutions", "g", 1)
+WIDTH = HParam("width_mult", "width multiplier α", float, 1.0, 0.125, 8.0, "M' = αM, N' = αN", "α", 0.125)
 
 
 def _falcon_unused_bn(s: LayerSpec, hp: dict) -> int:
@@ -224,6 +275,7 @@ CONV_TYPES: dict[str, ConvType] = {
             _standard_cost,
             lambda s, hp: _blocks().StandardConv(s),
             lambda s, hp, bias: _blocks().StandardConv(s, bias=bias),
+            symbol="star", paper_hparams={},
         ),
         ConvType(
             "falcon", "FALCON", "#ef553b",
@@ -236,6 +288,8 @@ CONV_TYPES: dict[str, ConvType] = {
             lambda s, hp, bias: _blocks().FalconConv(s, rank=hp["rank"]),
             fit_axis="output",
             reference_unused_params=_falcon_unused_bn,
+            symbol="circle", paper_hparams={},
+            _fuse=lambda block: _fused().fuse_falcon(block),
         ),
         ConvType(
             "dsconv", "DSConv", "#00cc96",
@@ -247,6 +301,7 @@ CONV_TYPES: dict[str, ConvType] = {
             lambda s, hp: _blocks().DSConv(s, rank=hp["rank"]),
             lambda s, hp, bias: _blocks().DSConv(s, rank=hp["rank"], inner_bn=True),
             fit_axis="input",
+            symbol="diamond", paper_hparams={"rank": 1},
         ),
         ConvType(
             "mobilev2", "MobileConvV2", "#ab63fa",
@@ -257,6 +312,7 @@ CONV_TYPES: dict[str, ConvType] = {
             lambda s, hp: _blocks().MobileConvV2(s, expansion=hp["expansion"]),
             lambda s, hp, bias: _blocks().MobileConvV2(s, expansion=hp["expansion"], paper=True),
             _check=_check_mobilev2,
+            symbol="triangle-up", paper_hparams={"expansion": 0.5},
         ),
         ConvType(
             "shuffle", "ShuffleUnit", "#ffa15a",
@@ -269,9 +325,37 @@ CONV_TYPES: dict[str, ConvType] = {
             lambda s, hp: _blocks().ShuffleUnit(s, groups=hp["groups"], width_mult=hp["width_mult"]),
             lambda s, hp, bias: _blocks().ShuffleUnit(s, groups=hp["groups"], width_mult=hp["width_mult"], paper=True),
             _check=_check_shuffle,
+            symbol="square", paper_hparams={"groups": 2, "width_mult": 2.0},
+            _widens=lambda hp: hp["width_mult"] != 1,
         ),
     )
 }
+
+#: Types with a rank k, and types that can be fitted to a trained kernel (the EHP), from the entries' facts.
+RANKED: tuple[str, ...] = tuple(n for n, c in CONV_TYPES.items() if c.ranked)
+FITTABLE: tuple[str, ...] = tuple(n for n, c in CONV_TYPES.items() if c.fittable)
+
+
+def variant_names() -> tuple[str, ...]:
+    """Every conv type, then the inference form of each type that has one: what a benchmark can time."""
+    return (*CONV_TYPES, *(c.fused_name for c in CONV_TYPES.values() if c.fused_name))
+
+
+def parse_variant(name: str) -> tuple[ConvType, bool]:
+    """``"falcon"`` → (the falcon entry, False); ``"falcon-fused"`` → (the falcon entry, True)."""
+    if name in CONV_TYPES:
+        return CONV_TYPES[name], False
+    for c in CONV_TYPES.values():
+        if c.fused_name == name:
+            return c, True
+    raise FalconError(f"unknown conv type {name!r}; choose from {', '.join(variant_names())}")
+
+
+def variant_label(name: str) -> str:
+    """"FALCON", or "FALCON fused" for an inference form."""
+    ct, fused = parse_variant(name)
+    return f"{ct.label} fused" if fused else ct.label
+
 
 def get_conv_type(name: str) -> ConvType:
     try:

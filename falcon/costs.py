@@ -50,8 +50,8 @@ def layer_rows(spec: LayerSpec, hparams: dict[str, dict[str, Any]] | None = None
 
 
 def ranked_types() -> list[str]:
-    """Conv types that have a rank k (falcon, dsconv)."""
-    return [n for n, ct in CONV_TYPES.items() if any(h.name == "rank" for h in ct.hparams)]
+    """Conv types that have a rank k (:attr:`falcon.convtypes.ConvType.ranked`)."""
+    return [n for n, ct in CONV_TYPES.items() if ct.ranked]
 
 
 def rank_sweep(spec: LayerSpec, conv: str = "falcon", max_rank: int | None = None) -> pd.DataFrame:

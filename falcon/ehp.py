@@ -424,14 +424,12 @@ def run_gd(kernel: torch.Tensor, rank: int, axis: Axis, steps: int = GD_STEPS, l
 # from and into the blocks
 def block_factors(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor, Axis]:
     """(P, D, axis) of a FalconConv or DSConv block, stacked over its branches."""
-    from falcon.blocks import DSConv, FalconConv
+    from falcon.convtypes import CONV_TYPES
 
-    if isinstance(block, FalconConv):
-        axis: Axis = "output"
-    elif isinstance(block, DSConv):
-        axis = "input"
-    else:
-        raise FalconError(f"{type(block).__name__} is not a FalconConv or DSConv block")
+    ct = CONV_TYPES.get(getattr(block, "conv_type", ""))
+    if ct is None or not ct.fittable or not hasattr(block, "branches"):
+        raise FalconError(f"{type(block).__name__} is not a block of a fittable conv type (an EHP of the kernel)")
+    axis: Axis = ct.fit_axis
     p = torch.stack([b.pointwise.weight[:, :, 0, 0] for b in block.branches])
     dw = torch.stack([b.depthwise.weight[:, 0] for b in block.branches])
     return p, dw, axis
@@ -451,12 +449,10 @@ def load_fit_into(block: nn.Module, fit: Fit) -> nn.Module:
     standard conv with ``fit.kernel_hat``. DSConv with an inner BN/ReLU (the paper layout) is refused:
     the fit is exact only for the bare block.
     """
-    from falcon.blocks import DSConv
-
     _, _, axis = block_factors(block)
     if axis != fit.axis:
         raise FalconError(f"the fit is along the {fit.axis} channels but {type(block).__name__} needs {axis}")
-    if isinstance(block, DSConv) and any(not isinstance(b.inner, nn.Identity) for b in block.branches):
+    if any(not isinstance(getattr(b, "inner", nn.Identity()), nn.Identity) for b in block.branches):
         raise FalconError("a DSConv with BN and ReLU between its convs does not compute an EHP; use the bare block")
     if len(block.branches) < fit.rank_used:
         raise FalconError(f"the block has {len(block.branches)} branches, the fit needs {fit.rank_used}")

@@ -26,7 +26,14 @@ DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet": 1000}
 DATASET_INPUT_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32, "imagenet": 224}
 
 COLUMNS = ["model", "dataset", "method", "rank", "top1", "top5", "params_m", "macs_m", "table"]
-METHODS = ["standard", "falcon", "dsconv", "mobilev2", "shuffle"]
+def _paper_methods() -> list[str]:
+    from falcon.convtypes import CONV_TYPES
+
+    return [n for n, c in CONV_TYPES.items() if c.paper_hparams is not None]
+
+
+#: The conv types the thesis's tables report (registry entries with ``paper_hparams``).
+METHODS = _paper_methods()
 
 
 def load_paper_results(path: str | Path | None = None) -> pd.DataFrame:
@@ -60,13 +67,6 @@ def load_paper_results(path: str | Path | None = None) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 # the thesis's rows that match a sizing
 
-#: The competitors' hyper-parameters in the thesis's tables (MobileConvV2-0.5, ShuffleUnit 2× with g=2).
-PAPER_HPARAMS: dict[str, dict[str, Any]] = {
-    "standard": {}, "falcon": {}, "dsconv": {"rank": 1},
-    "mobilev2": {"expansion": 0.5}, "shuffle": {"groups": 2, "width_mult": 2.0},
-}
-
-
 def paper_rows(model: str, conv: str, hparams: dict[str, Any], num_classes: int, input_size: int) -> pd.DataFrame:
     """The thesis's rows for this sizing: same model, classes, input size, conv type and hyper-parameters.
 
@@ -74,16 +74,18 @@ def paper_rows(model: str, conv: str, hparams: dict[str, Any], num_classes: int,
     rows can match (CIFAR-10 and SVHN share a model shape): they carry the same params/MACs.
     """
     paper_names = [p for p, ours in PAPER_MODELS.items() if ours == model]
-    if not paper_names or conv not in PAPER_HPARAMS:
+    from falcon.convtypes import CONV_TYPES
+
+    want = CONV_TYPES[conv].paper_hparams if conv in CONV_TYPES else None
+    if not paper_names or want is None:
         return pd.DataFrame()
-    want = PAPER_HPARAMS[conv]
     if any(hparams.get(k) != v for k, v in want.items()):
         return pd.DataFrame()
     df = load_paper_results()
     datasets = [d for d in DATASET_CLASSES
                 if DATASET_CLASSES[d] == num_classes and DATASET_INPUT_SIZE[d] == input_size]
     sel = df[df["model"].isin(paper_names) & df["dataset"].isin(datasets) & (df["method"] == conv)]
-    if conv == "falcon":
+    if CONV_TYPES[conv].ranked and "rank" not in want:  # the thesis's rows of each rank
         sel = sel[sel["rank"] == hparams.get("rank", 1)]
     return sel.reset_index(drop=True)
 

@@ -163,7 +163,7 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
     for site in sites:
         ct.resolve(site.spec, **resolved)  # validate every layer before building any
     make = None
-    widened = conv == "shuffle" and resolved["width_mult"] != 1
+    widened = ct.widens(**resolved)
     if widened:
         if str(device) != "meta":
             raise FalconError("a width multiplier α ≠ 1 changes the model's layer widths: it can be sized, not converted")

@@ -166,11 +166,15 @@ def measurement_lock() -> threading.Lock:
     return threading.Lock()
 
 
-from falcon.bench import BENCH_CONVS, FUSED  # noqa: E402
+from falcon.bench import BENCH_CONVS, DEFAULT_CONVS  # noqa: E402
+from falcon.convtypes import RANKED, parse_variant, variant_label  # noqa: E402
+
+#: the bench's defaults, then the other ranked types
+DEFAULT_BENCH = (*DEFAULT_CONVS, *(c for c in RANKED if c not in DEFAULT_CONVS))
 
 mc = st.columns([3, 1, 1.4, 1, 1])
-chosen = mc[0].multiselect("conv types", list(BENCH_CONVS), default=["standard", "falcon", FUSED, "dsconv"],
-                           key="bench_convs", format_func=lambda c: "FALCON fused (inference)" if c == FUSED else CONV_TYPES[c].label)
+chosen = mc[0].multiselect("conv types", list(BENCH_CONVS), default=list(DEFAULT_BENCH),
+                           key="bench_convs", format_func=lambda c: variant_label(c) + (" (inference)" if parse_variant(c)[1] else ""))
 batch = mc[1].number_input("batch size", 1, 1024, 8, key="bench_batch")
 layout = mc[2].selectbox("memory layout", ["auto", "contiguous", "channels_last"], key="bench_layout",
                          help="auto measures both layouts and marks the best")
@@ -181,8 +185,9 @@ min_time = mc[4].number_input("s per visit", 0.01, 2.0, 0.1, step=0.05, key="ben
 def bench_convs() -> list:
     out = []
     for c in chosen:
-        if c == FUSED:
-            out.append(("falcon", {**hparams["falcon"], "fused": True}))
+        ct, fused = parse_variant(c)
+        if fused:
+            out.append((ct.name, {**hparams[ct.name], "fused": True}))
         else:
             out.append((c, hparams.get(c, {})))
     return out

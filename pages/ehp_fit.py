@@ -3,7 +3,7 @@ import streamlit as st
 
 import common
 from falcon.errors import FalconError
-from falcon.convtypes import CONV_TYPES
+from falcon.convtypes import CONV_TYPES, FITTABLE
 from falcon.views.figures import energy_figure, error_by_rank_figure, kernel_figure, loss_figure
 from falcon.probe import FIT_SOURCES
 from falcon.jobs import Job
@@ -57,7 +57,7 @@ c = st.columns([2.4, 1.1, 0.8, 1.9])
 biggest = max(range(len(layers)), key=lambda i: layers[i]["params"])  # default: the layer with most weights
 layer = common.widget(c[0].selectbox, f"layer ({len(layers)} fittable convs)", list(by_name), index=biggest, key="layer",
                       format_func=lambda n: by_name[n]["label"])
-conv = common.widget(c[1].segmented_control, "fit with", ["falcon", "dsconv"], default="falcon", key="fit",
+conv = common.widget(c[1].segmented_control, "fit with", list(FITTABLE), default=FITTABLE[0], key="fit",
                      required=True, format_func=lambda t: CONV_TYPES[t].label)
 rank = common.widget(c[2].number_input, "rank k", 1, 256, 1, step=1, key="k",
                      help="a rank above the layer's full rank is lowered to it")
@@ -66,7 +66,7 @@ method = common.widget(c[3].segmented_control, "method", ["svd", "gd", "random"]
                        help="SVD: the closed-form optimum; gradient descent: the thesis's fit, drawn live; "
                             "random: a freshly initialized block (no fit)")
 row = by_name[layer]
-conv, method, rank = conv or "falcon", method or "svd", int(rank)
+conv, method, rank = conv or FITTABLE[0], method or "svd", int(rank)
 
 gd = {}
 if method in ("gd", "random"):

@@ -9,7 +9,8 @@ import common
 from falcon.convtypes import CONV_TYPES
 from falcon.experiments.pipeline import INITS, OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, run_label, runs_frame, sweep_plan
-from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, RANKED, SweepRunner
+from falcon.convtypes import RANKED
+from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, SweepRunner
 from falcon.views.figures import accuracy_figure, training_figure
 
 st.title("Experiments")

@@ -83,16 +83,18 @@ def test_report_structure_both_layouts():
 
 
 def test_every_registered_conv_type_runs():
-    """Every conv type of the registry (a new entry included, without touching this test), and the fused FALCON."""
-    from falcon.convtypes import CONV_TYPES
+    """Every conv type of the registry (a new entry included, without touching this test), and every inference
+    form (the fused FALCON)."""
+    from falcon.convtypes import CONV_TYPES, parse_variant, variant_names
 
     spec = LayerSpec(8, 16, 3, 6)
-    compressed = [name for name in CONV_TYPES if name != "standard"]
-    report = measure(spec, [*CONV_TYPES, bench.FUSED], memory_format="channels_last", **{**FAST, "rounds": 1})
-    assert [r.conv for r in report.results] == ["standard", *compressed, bench.FUSED]
+    names = list(variant_names())
+    assert len(names) > len(CONV_TYPES)  # at least one inference form
+    report = measure(spec, names, memory_format="channels_last", **{**FAST, "rounds": 1})
+    assert [r.conv for r in report.results] == names  # standard first, as given
     for r in report.results:
         assert r.median_ms > 0 and math.isfinite(r.median_ms), r.conv
-        conv_type = "falcon" if r.conv == bench.FUSED else r.conv  # the fused form does FALCON's MACs
+        conv_type = parse_variant(r.conv)[0].name  # the fused form does its type's MACs
         assert r.theoretical_speedup == pytest.approx(compare(spec, conv_type).computation_reduction_rate), r.conv
 
 

@@ -157,3 +157,74 @@ def test_every_entry_declares_what_the_app_and_cli_need():
         for h in ct.hparams:
             assert h.minimum <= h.default <= h.maximum
             assert h.coerce(h.default) == h.default
+
+
+# ---------------------------------------------------------------------------------------------- a new entry
+class _GroupedConv(__import__("falcon.blocks", fromlist=["ConvBlock"]).ConvBlock):
+    """A throw-away conv type for the registry test: one D×D conv with g groups."""
+
+    conv_type = "toy-grouped"
+
+    def __init__(self, spec, groups):
+        import torch.nn as tnn
+
+        super().__init__(spec, {"groups": groups})
+        self.conv = tnn.Conv2d(spec.M, spec.N, spec.D, stride=spec.stride, padding=spec.padding, groups=groups,
+                               bias=False)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.fixture
+def toy_conv_type(monkeypatch):
+    """One more registry entry, added only through the registry (nothing else is edited)."""
+    from falcon import convtypes
+    from falcon.convtypes import ConvType, Cost, CostPart, HParam
+
+    groups = HParam("groups", "groups g", int, 4, 1, 64, "groups of the D×D conv", "g", 1)
+
+    def cost(s, hp):
+        return Cost.of(CostPart("grouped D×D", s.D**2 * s.M * s.N // hp["groups"],
+                                s.out_height * s.out_width * s.D**2 * s.M * s.N // hp["groups"]))
+
+    def check(s, hp):
+        if s.M % hp["groups"] or s.N % hp["groups"]:
+            raise FalconError(f"groups g={hp['groups']} must divide M={s.M} and N={s.N}")
+
+    entry = ConvType("toy-grouped", "Grouped", "#123456", "A grouped D×D conv.", (groups,),
+                     r"D^2 M N / g", r"H' W' D^2 M N / g", cost,
+                     lambda s, hp: _GroupedConv(s, hp["groups"]), lambda s, hp, bias: _GroupedConv(s, hp["groups"]),
+                     _check=check, symbol="x")
+    monkeypatch.setitem(convtypes.CONV_TYPES, entry.name, entry)
+    return entry
+
+
+def test_a_new_registry_entry_reaches_calculator_sizing_cli_and_figures(toy_conv_type):
+    from falcon import costs
+    from falcon.cli import build_parser
+    from falcon.counting import count_module
+    from falcon.sizing import size_model
+    from falcon.views.figures import conv_color, conv_label, conv_symbol
+    from falcon.views.tables import layer_table, with_formulas
+
+    spec = LayerSpec(64, 128, 3, 16)
+    # the calculator's rows and table
+    rows = with_formulas(costs.layer_rows(spec))
+    toy = next(r for r in rows if r["conv"] == "toy-grouped")
+    assert toy["params"] == 9 * 64 * 128 // 4 and toy["latex_params"] == r"D^2 M N / g"
+    assert layer_table(rows).loc["toy-grouped", "CR (params)"] == pytest.approx(4.0)
+    # its module counts what its closed form says
+    counted = count_module(toy_conv_type.build(spec), (64, 16, 16))
+    assert (counted.params, counted.macs) == (toy["params"], toy["macs"])
+    # whole-model sizing replaces the model's convs with it
+    r = size_model("vgg19-cifar", "toy-grouped", groups=4)
+    assert r.params < r.standard.params and r.macs < r.standard.macs
+    # the CLI offers it, with its hyper-parameter as a flag
+    args = build_parser("layer").parse_args(["layer", "-M", "64", "-N", "128", "-D", "3", "-H", "16", "--conv", "toy-grouped",
+                                      "--groups", "8"])
+    assert args.conv == "toy-grouped" and args.groups == 8
+    # the figures take its colour, label and marker from the registry
+    assert (conv_color("toy-grouped"), conv_label("toy-grouped"), conv_symbol("toy-grouped")) == ("#123456", "Grouped", "x")
+    # not fittable, not ranked: the lists derived from the registry leave it out
+    assert not toy_conv_type.fittable and not toy_conv_type.ranked and "toy-grouped" not in costs.ranked_types()

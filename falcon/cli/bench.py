@@ -8,7 +8,7 @@ import threading
 
 from falcon.bench import BENCH_CONVS, DEFAULT_CONVS, DEVICES, DTYPES, MEMORY_FORMATS, BenchReport, fmt_bytes, measure
 from falcon.cli.common import print_json, print_table
-from falcon.convtypes import CONV_TYPES, all_hparams
+from falcon.convtypes import CONV_TYPES, all_hparams, parse_variant
 from falcon.errors import FalconError
 from falcon.spec import LayerSpec
 
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
                         "standard is always measured)")
     for h in all_hparams().values():
         users = [c.name for c in CONV_TYPES.values() if h in c.hparams]
-        users += ["falcon-fused"] if "falcon" in users else []
+        users += [CONV_TYPES[u].fused_name for u in users if CONV_TYPES[u].fused_name]
         p.add_argument(h.flag, dest=h.name, type=h.kind, default=None,
                        help=f"{h.help} ({'/'.join(users)}; default {h.default}, range {h.minimum}–{h.maximum})")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (CUDA if available), cpu or cuda")
@@ -61,7 +61,7 @@ def parse_convs(text: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
     for name in names:
         if name not in BENCH_CONVS:
             raise FalconError(f"unknown conv type {name!r}; choose from {', '.join(BENCH_CONVS)}")
-        ct = CONV_TYPES["falcon" if name == "falcon-fused" else name]
+        ct = parse_variant(name)[0]
         convs.append((name, {h.name: getattr(args, h.name) for h in ct.hparams if getattr(args, h.name) is not None}))
     return convs
 

@@ -5,6 +5,7 @@ import argparse
 
 from falcon.cli.common import print_json, print_table
 from falcon.cli.fit import add_model_flags
+from falcon.convtypes import FITTABLE
 from falcon.errors import FalconError
 
 
@@ -19,7 +20,7 @@ def add_parser(sub) -> None:
                                    "--evaluate the held-out accuracy before and after (no fine-tuning), and with "
                                    "--output saves the converted model (loads with weights_only=True).")
     add_model_flags(p)
-    p.add_argument("--conv", required=True, choices=["falcon", "dsconv"], help="falcon or dsconv")
+    p.add_argument("--conv", required=True, choices=FITTABLE, help=" or ".join(FITTABLE))
     p.add_argument("--rank", default="1", metavar="K",
                    help="rank k (default 1), clamped per layer to its full rank; or several for a table: "
                         "1,2,4 | 1-9 | all (1 … the largest full rank) | full")

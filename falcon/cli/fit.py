@@ -7,6 +7,7 @@ import math
 import time
 
 from falcon.cli.common import print_json, print_table
+from falcon.convtypes import FITTABLE, get_conv_type
 from falcon.errors import FalconError
 
 MAX_HISTORY = 200  # loss_history points in the JSON output (subsampled above that)
@@ -40,7 +41,7 @@ def add_parser(sub) -> None:
                                    "||K - K_hat||_F / ||K||_F next to the optimum at that rank.")
     add_model_flags(f)
     f.add_argument("--layer", required=True, help="the conv's module name (python -m falcon layers --model NAME)")
-    f.add_argument("--conv", choices=["falcon", "dsconv"], default="falcon",
+    f.add_argument("--conv", choices=FITTABLE, default=FITTABLE[0],
                    help="falcon (common axis: output channel; default) or dsconv (input channel)")
     f.add_argument("--rank", type=int, default=1, help="rank k (default 1); above the layer's full rank it is clamped")
     f.add_argument("--method", choices=["svd", "gd"], default="svd", help="svd (closed form, default) or gd")
@@ -142,7 +143,7 @@ def fit_layer(loaded, layer: str, conv: str, rank: int, method: str, steps: int,
         raise FalconError(f"{layer} ({module.in_channels}→{module.out_channels}, kernel "
                           f"{'×'.join(map(str, module.kernel_size))}, groups {module.groups}) cannot be fitted: the EHP "
                           "replaces square D×D convs with D > 1, groups 1, dilation 1")
-    axis = "output" if conv == "falcon" else "input"
+    axis = get_conv_type(conv).fit_axis
     kernel = module.weight.detach()
     t0 = time.perf_counter()
     optimum = svd_fit(kernel, rank, axis)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from falcon.convtypes import FITTABLE, get_conv_type
 from falcon.errors import FalconError
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -48,7 +49,6 @@ DEFAULT_LR = {"sgd": 0.05, "adamw": 5e-3}
 DEFAULT_BATCH_SIZE = {"digits": 32}
 FALLBACK_BATCH_SIZE = 128
 #: conv types whose blocks can be initialised from the EHP fit of the replaced kernel
-FITTABLE = ("falcon", "dsconv")
 
 
 @dataclass
@@ -106,9 +106,11 @@ class ExperimentConfig:
             raise FalconError(f"init must be one of {', '.join(INITS)}, got {c.init!r}")
         elif c.conv not in FITTABLE and c.init != "random":
             raise FalconError(f"{c.conv} is not an EHP of the kernel, so it has no {c.init} fit; use --init random")
-        if c.conv == "shuffle" and c.hparams.get("width_mult", 1.0) != 1.0:
-            raise FalconError("ShuffleUnit with α ≠ 1 changes the widths of the kept layers, so their pretrained "
-                              "weights cannot be kept; use --width-mult 1 (α ≠ 1 can be sized, not fine-tuned)")
+        ct = get_conv_type(c.conv)
+        if ct.widens(**c.hparams):
+            raise FalconError(f"{ct.display_name(**c.hparams)} changes the widths of the kept layers, so their "
+                              "pretrained weights cannot be kept; use settings that keep the widths (ShuffleUnit: "
+                              "--width-mult 1); these can be sized, not fine-tuned")
         if c.lr is None:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.batch_size is None:

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from falcon.experiments.pipeline import ExperimentConfig
-from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, RANKED
+from falcon.convtypes import RANKED
+from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS
 
 #: The columns of :func:`runs_frame`, in order.
 RUN_COLUMNS = ["run_id", "conv", "label", "rank", "init", "epochs", "status", "params", "macs",
@@ -22,15 +23,11 @@ def run_label(conv: str, hparams: dict[str, Any] | None = None) -> str:
     """"FALCON k=2", "MobileConvV2 (t=0.5)", ...: the registry label with the hyper-parameters that matter."""
     from falcon.convtypes import CONV_TYPES
 
-    hp = hparams or {}
-    label = CONV_TYPES[conv].label if conv in CONV_TYPES else conv
-    if conv in RANKED and hp.get("rank") is not None:
-        return f"{label} k={int(hp['rank'])}"
-    if conv == "mobilev2" and "expansion" in hp:
-        return f"{label} (t={hp['expansion']:g})"
-    if conv == "shuffle" and "groups" in hp:
-        return f"{label} (g={int(hp['groups'])}, α={hp.get('width_mult', 1):g})"
-    return label
+    if conv not in CONV_TYPES:
+        return conv
+    ct = CONV_TYPES[conv]
+    hp = {k: v for k, v in (hparams or {}).items() if k in {h.name for h in ct.hparams}}
+    return ct.display_name(short=True, **hp)
 
 
 FLOAT_COLUMNS = ("compression_rate", "computation_reduction_rate", "baseline_accuracy", "training_free_accuracy",

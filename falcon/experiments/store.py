@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from falcon.convtypes import RANKED
 from falcon.errors import FalconError
 
 ENV_VAR = "FALCON_RESULTS_DB"
@@ -240,7 +241,7 @@ def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None
         acc = r.get(which)
         if acc is None or r.get("params") is None:
             continue
-        rank = r.get("rank") if r.get("conv") in ("falcon", "dsconv") else None
+        rank = r.get("rank") if r.get("conv") in RANKED else None
         points.append({
             "model": r["model"], "dataset": r["dataset"], "method": r["conv"], "rank": rank,
             "top1": 100.0 * acc, "top5": None, "params_m": r["params"] / 1e6, "macs_m": (r.get("macs") or 0) / 1e6,

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
+from falcon.convtypes import RANKED
 from falcon.errors import FalconError
 from falcon.jobs import Job
 from falcon.experiments.pipeline import ExperimentConfig, ProgressFn, StopFn
@@ -20,7 +21,6 @@ from falcon.experiments.pipeline import ExperimentConfig, ProgressFn, StopFn
 #: The done-when sweep of issue 6: FALCON ranks 1–3 and the three competitors.
 DEFAULT_CONVS = ("falcon", "dsconv", "mobilev2", "shuffle")
 DEFAULT_RANKS = (1, 2, 3)
-RANKED = ("falcon", "dsconv")
 
 
 def sweep_configs(base: ExperimentConfig | None = None, convs: Iterable[str] = DEFAULT_CONVS,
@@ -126,7 +126,9 @@ def _run_sweep(configs, progress, should_stop, db, store, sweep_id) -> dict[str,
 
 
 def _label(cfg: ExperimentConfig) -> str:
-    return f"{cfg.conv} k={cfg.rank}" if cfg.conv in RANKED else cfg.conv
+    from falcon.experiments.report import run_label
+
+    return run_label(cfg.conv, cfg.hparams)
 
 
 class SweepRunner(Job):

@@ -21,8 +21,7 @@ NEUTRAL = "#9aa0a6"  # layers that are not conv blocks (linear, other convs)
 FRONTIER = "#444444"
 
 #: Marker symbol per conv type in the accuracy plots (standard: a star; ours: open symbols).
-SYMBOLS = {"standard": "star", "falcon": "circle", "dsconv": "diamond", "mobilev2": "triangle-up",
-           "shuffle": "square"}
+
 
 LOG_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
 #: 1-2-5 ticks for log axes of millions of params/MACs (0.001 M … 500,000 M)
@@ -53,19 +52,29 @@ BASE_LAYOUT = dict(template=TEMPLATE, margin=dict(l=10, r=10, t=50, b=10),
 
 
 def conv_color(conv: str) -> str:
-    """The registry colour of a conv type (``falcon-fused`` shares FALCON's); neutral grey otherwise."""
-    base = "falcon" if conv == "falcon-fused" else conv
-    from falcon.convtypes import CONV_TYPES  # here, not at the top: the overview draws before torch is imported
+    """The registry colour of a conv type (an inference form shares its type's); neutral grey otherwise."""
+    from falcon.convtypes import FalconError, parse_variant  # here: the overview draws before torch is imported
 
-    return CONV_TYPES[base].color if base in CONV_TYPES else NEUTRAL
+    try:
+        return parse_variant(conv)[0].color
+    except FalconError:
+        return NEUTRAL
+
+
+def conv_symbol(conv: str) -> str:
+    """The registry's plot marker of a conv type (a circle for anything else)."""
+    from falcon.convtypes import CONV_TYPES
+
+    return CONV_TYPES[conv].symbol if conv in CONV_TYPES else "circle"
 
 
 def conv_label(conv: str) -> str:
-    if conv == "falcon-fused":
-        return "FALCON fused"
-    from falcon.convtypes import CONV_TYPES
+    from falcon.convtypes import FalconError, variant_label
 
-    return CONV_TYPES[conv].label if conv in CONV_TYPES else conv
+    try:
+        return variant_label(conv)
+    except FalconError:
+        return conv
 
 
 def _layout(fig: go.Figure, title: str | None = None, height: int | None = None,
@@ -426,7 +435,7 @@ def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str
             name = conv_label(method) + (" (ours)" if source == "ours" else "")
             if method == "falcon" and source == "paper":
                 name = "FALCON rank 1–3"
-            symbol = SYMBOLS.get(method, "circle") + ("-open" if source == "ours" else "")
+            symbol = conv_symbol(method) + ("-open" if source == "ours" else "")
             ranks = [f"k={int(k)}" if pd.notna(k) else "" for k in m["rank"]] if "rank" in m else [""] * len(m)
             traces.append(dict(
                 type="scatter", xaxis=xr, yaxis=yr,
