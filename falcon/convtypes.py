@@ -357,6 +357,17 @@ def variant_label(name: str) -> str:
     return f"{ct.label} fused" if fused else ct.label
 
 
+def label_of(conv: str, hparams: dict[str, Any] | None = None) -> str:
+    """"FALCON k=2", "MobileConvV2 (t=0.5)": the short label of a configured type (runs, plans, legends;
+    :meth:`ConvType.display_name` with ``short``); hyper-parameters the type does not take are ignored, and an
+    unknown name is returned as it is."""
+    ct = CONV_TYPES.get(conv)
+    if ct is None:
+        return conv
+    known = {h.name for h in ct.hparams}
+    return ct.display_name(short=True, **{k: v for k, v in (hparams or {}).items() if k in known})
+
+
 def get_conv_type(name: str) -> ConvType:
     try:
         return CONV_TYPES[name]

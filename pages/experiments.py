@@ -8,8 +8,8 @@ import streamlit as st
 import common
 from falcon.convtypes import CONV_TYPES
 from falcon.experiments.pipeline import INITS, OPTIMIZERS, ExperimentConfig
-from falcon.experiments.report import cli_command, run_label, runs_frame, sweep_plan
-from falcon.convtypes import RANKED
+from falcon.experiments.report import cli_command, runs_frame, sweep_plan
+from falcon.convtypes import RANKED, label_of
 from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, SweepRunner
 from falcon.views.figures import accuracy_figure, training_figure
 
@@ -97,7 +97,7 @@ def planned_costs() -> pd.DataFrame:
     for p in plan:
         with common.guard():
             c = planned_cost(json.dumps(p.as_dict(), sort_keys=True))
-        rows.append({"conv type": run_label(p.conv, p.hparams), "init": p.init, "params": c["params"],
+        rows.append({"conv type": label_of(p.conv, p.hparams), "init": p.init, "params": c["params"],
                      "MACs": c["macs"], "CR": c["compression_rate"], "CRR": c["computation_reduction_rate"],
                      "rank lowered in": ", ".join(c["clamped"])})
     return pd.DataFrame(rows)
@@ -162,7 +162,7 @@ def live() -> None:
         st.success(f"{snap['runs']} run{'s' if snap['runs'] > 1 else ''} in {snap['elapsed']:.0f} s, stored "
                    f"(sweep {snap['sweep_id']}).", icon=":material/check_circle:")
     records = snap["results"]
-    curves = {run: {**curve, "conv": runner.configs[run - 1].conv, "label": run_label(runner.configs[run - 1].conv,
+    curves = {run: {**curve, "conv": runner.configs[run - 1].conv, "label": label_of(runner.configs[run - 1].conv,
                                                                                        runner.configs[run - 1].hparams)}
               for run, curve in snap["curves"].items()}
     baseline = next((r["baseline_accuracy"] for r in records if r.get("baseline_accuracy") is not None), None)

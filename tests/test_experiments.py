@@ -203,7 +203,7 @@ def test_sweep_runner_in_a_thread(tmp_path):
     for run, rec in zip((1, 2), snap["results"]):
         curve = snap["curves"][run]
         assert curve["step"] and curve["step"] == sorted(curve["step"]) and all(v > 0 for v in curve["loss"])
-        assert curve["accuracy"][-1] == rec["finetuned_accuracy"] and curve["label"] == f"falcon k={run}"
+        assert curve["accuracy"][-1] == rec["finetuned_accuracy"] and curve["label"] == f"FALCON k={run}"
 
 
 def test_sweep_runner_stop_and_failure(tmp_path):

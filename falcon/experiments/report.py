@@ -10,24 +10,13 @@ from typing import Any, Sequence
 import pandas as pd
 
 from falcon.experiments.pipeline import ExperimentConfig
-from falcon.convtypes import RANKED
+from falcon.convtypes import RANKED, label_of
 from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS
 
 #: The columns of :func:`runs_frame`, in order.
 RUN_COLUMNS = ["run_id", "conv", "label", "rank", "init", "epochs", "status", "params", "macs",
                "compression_rate", "computation_reduction_rate", "baseline_accuracy", "training_free_accuracy",
                "finetuned_accuracy", "delta_points", "seconds"]
-
-
-def run_label(conv: str, hparams: dict[str, Any] | None = None) -> str:
-    """"FALCON k=2", "MobileConvV2 (t=0.5)", ...: the registry label with the hyper-parameters that matter."""
-    from falcon.convtypes import CONV_TYPES
-
-    if conv not in CONV_TYPES:
-        return conv
-    ct = CONV_TYPES[conv]
-    hp = {k: v for k, v in (hparams or {}).items() if k in {h.name for h in ct.hparams}}
-    return ct.display_name(short=True, **hp)
 
 
 FLOAT_COLUMNS = ("compression_rate", "computation_reduction_rate", "baseline_accuracy", "training_free_accuracy",
@@ -44,7 +33,7 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
         ft, base = r.get("finetuned_accuracy"), r.get("baseline_accuracy")
         hp = r.get("hparams") or {}
         rows.append({
-            "run_id": r.get("run_id"), "conv": r.get("conv"), "label": run_label(r.get("conv", ""), hp),
+            "run_id": r.get("run_id"), "conv": r.get("conv"), "label": label_of(r.get("conv", ""), hp),
             "rank": r.get("rank") if r.get("conv") in RANKED else None, "init": r.get("init"),
             "epochs": r.get("epochs"), "status": r.get("status"), "params": r.get("params"), "macs": r.get("macs"),
             "compression_rate": bp / r["params"] if bp and r.get("params") else None,

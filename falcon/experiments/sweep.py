@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-from falcon.convtypes import RANKED
+from falcon.convtypes import RANKED, label_of
 from falcon.errors import FalconError
 from falcon.jobs import Job
 from falcon.experiments.pipeline import ExperimentConfig, ProgressFn, StopFn
@@ -97,7 +97,7 @@ def _run_sweep(configs, progress, should_stop, db, store, sweep_id) -> dict[str,
             if progress is not None:
                 frac = event.get("fraction") or 0.0
                 progress({**event, "run": i + 1, "runs": n, "sweep_fraction": (i + frac) / n,
-                          "message": f"run {i + 1}/{n} ({_label(cfg)}): {event.get('message', '')}"})
+                          "message": f"run {i + 1}/{n} ({label_of(cfg.conv, cfg.hparams)}): {event.get('message', '')}"})
 
         key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.baseline, cfg.baseline_epochs, cfg.limit_train,
                cfg.limit_test, cfg.device, cfg.seed if cfg.baseline_epochs else None)
@@ -123,12 +123,6 @@ def _run_sweep(configs, progress, should_stop, db, store, sweep_id) -> dict[str,
             stopped = True
             break
     return {"sweep_id": sweep_id, "runs": records, "seconds": time.perf_counter() - t0, "stopped": stopped}
-
-
-def _label(cfg: ExperimentConfig) -> str:
-    from falcon.experiments.report import run_label
-
-    return run_label(cfg.conv, cfg.hparams)
 
 
 class SweepRunner(Job):
@@ -207,7 +201,7 @@ class SweepRunner(Job):
         run = event.get("run")
         if run is None:
             return
-        curve = self._curves.setdefault(run, {"label": _label(self.configs[run - 1]), "step": [], "loss": [],
+        curve = self._curves.setdefault(run, {"label": label_of(self.configs[run - 1].conv, self.configs[run - 1].hparams), "step": [], "loss": [],
                                               "epoch_step": [], "accuracy": []})
         if event.get("phase") == "finetune" and event.get("loss") is not None and "accuracy" not in event:
             curve["step"].append(int(event["step"]))
