@@ -25,6 +25,7 @@ from torch import nn
 from falcon.convtypes import FITTABLE, get_conv_type
 from falcon.counting import count_model
 from falcon.ehp import attach_bias, fit_module, full_rank
+from falcon.checkpoints import finish, load_state_into, read_checkpoint, state_dict_of
 from falcon.errors import FalconError
 from falcon.models import ModelEntry, get_model_entry
 from falcon.spec import LayerSpec
@@ -166,7 +167,6 @@ def save_converted(converted: Converted, path: str | os.PathLike) -> Path:
 
 def rebuild_converted(obj: dict, label: str = "the converted model"):
     """A :class:`falcon.sources.LoadedModel` from the contents of a saved converted model."""
-    from falcon.sources import _finish, load_state_into, state_dict_of
 
     try:
         entry = get_model_entry(obj["model"])
@@ -180,13 +180,11 @@ def rebuild_converted(obj: dict, label: str = "the converted model"):
     load_state_into(model, state_dict_of(obj.get("state_dict"), label), label, f"converted {entry.name}")
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     rank = meta.get("rank")
-    return _finish(model, entry, f"{entry.name} converted to rank-{rank} {conv} ({label})", label, meta)
+    return finish(model, entry, f"{entry.name} converted to rank-{rank} {conv} ({label})", label, meta)
 
 
 def load_converted(path: str | os.PathLike):
     """Load a model saved by :func:`save_converted` (``weights_only=True``); a LoadedModel with ``.converted`` set."""
-    from falcon.sources import read_checkpoint
-
     obj = read_checkpoint(path)
     if not is_converted(obj):
         raise FalconError(f"{path} is not a converted model saved by `python -m falcon convert --output`")

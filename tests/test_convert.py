@@ -18,7 +18,8 @@ from falcon.counting import count_model
 from falcon.errors import FalconError
 from falcon.models import ModelEntry
 from falcon.models.cifar import VGGCifar
-from falcon.sources import LoadedModel, load_model
+from falcon.checkpoints import LoadedModel
+from falcon.sources import load_model
 
 
 @pytest.fixture(scope="module")

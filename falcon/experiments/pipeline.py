@@ -88,7 +88,6 @@ class ExperimentConfig:
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with defaults filled in and every field checked (FalconError on a bad one)."""
-        from falcon.convtypes import get_conv_type
         from falcon.experiments.data import DATASETS
 
         c = dataclasses.replace(self, hparams=dict(self.hparams))
@@ -449,7 +448,6 @@ def convert(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[int, int,
     model did up to the fit error (:func:`falcon.convert.convert_model`). Other types: the paper-layout
     block, randomly initialised (seeded).
     """
-    from falcon.convtypes import get_conv_type
     from falcon.models import get_model_entry
     from falcon.surgery import conv_sites, plan, replace_convs
 
@@ -467,7 +465,7 @@ def convert(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[int, int,
     report = []
     if cfg.conv in FITTABLE:  # the EHP conversion of issue 3: falcon.convert
         from falcon.convert import convert_model
-        from falcon.sources import LoadedModel
+        from falcon.checkpoints import LoadedModel
 
         gd = {"steps": cfg.gd_steps} if cfg.init == "gd" and cfg.gd_steps else {}
         loaded = LoadedModel(model, entry, None, "baseline", "baseline", 0)
