@@ -154,11 +154,12 @@ def layer_rows(spec: dict, hparams_json: str) -> list[dict]:
 @st.cache_data(show_spinner=False, max_entries=256)
 def rank_sweeps(spec: dict) -> tuple[dict, dict]:
     from falcon.convtypes import break_even_rank
-    from falcon.costs import rank_sweep, ranked_types
+    from falcon.convtypes import RANKED
+    from falcon.costs import rank_sweep
 
     s = spec_from(spec)
-    sweeps = {c: rank_sweep(s, c) for c in ranked_types()}
-    be = {c: {"params": break_even_rank(s, c, "params"), "macs": break_even_rank(s, c, "macs")} for c in ranked_types()}
+    sweeps = {c: rank_sweep(s, c) for c in RANKED}
+    be = {c: {"params": break_even_rank(s, c, "params"), "macs": break_even_rank(s, c, "macs")} for c in RANKED}
     return sweeps, be
 
 

@@ -49,11 +49,6 @@ def layer_rows(spec: LayerSpec, hparams: dict[str, dict[str, Any]] | None = None
     return rows
 
 
-def ranked_types() -> list[str]:
-    """Conv types that have a rank k (:attr:`falcon.convtypes.ConvType.ranked`)."""
-    return [n for n, ct in CONV_TYPES.items() if ct.ranked]
-
-
 def rank_sweep(spec: LayerSpec, conv: str = "falcon", max_rank: int | None = None) -> pd.DataFrame:
     """CR and CRR of rank-k ``conv`` for k = 1 … max_rank (default: a little past both break-even ranks)."""
     ct = get_conv_type(conv)

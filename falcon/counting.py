@@ -341,7 +341,7 @@ def thop_check(spec, hparams: dict[str, dict] | None = None):
             cost = ct.cost(spec, **hp)
         except FalconError:
             continue  # the calculator shows that type's error already
-        with torch.device("meta"), no_init_on_meta():  # shapes only: nothing to initialize
+        with on_meta_without_init():  # shapes only: nothing to initialize
             module = ct.build(spec, **hp)
         # the block's own input width: ShuffleUnit α× reads α·M channels
         first = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))

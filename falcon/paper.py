@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from falcon.convtypes import CONV_TYPES
+
 PAPER_RESULTS_CSV = Path(__file__).resolve().parent.parent / "data" / "paper_results.csv"
 
 #: paper model name -> this project's model name
@@ -26,14 +28,8 @@ DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet": 1000}
 DATASET_INPUT_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32, "imagenet": 224}
 
 COLUMNS = ["model", "dataset", "method", "rank", "top1", "top5", "params_m", "macs_m", "table"]
-def _paper_methods() -> list[str]:
-    from falcon.convtypes import CONV_TYPES
-
-    return [n for n, c in CONV_TYPES.items() if c.paper_hparams is not None]
-
-
 #: The conv types the thesis's tables report (registry entries with ``paper_hparams``).
-METHODS = _paper_methods()
+METHODS = [n for n, c in CONV_TYPES.items() if c.paper_hparams is not None]
 
 
 def load_paper_results(path: str | Path | None = None) -> pd.DataFrame:
@@ -74,8 +70,6 @@ def paper_rows(model: str, conv: str, hparams: dict[str, Any], num_classes: int,
     rows can match (CIFAR-10 and SVHN share a model shape): they carry the same params/MACs.
     """
     paper_names = [p for p, ours in PAPER_MODELS.items() if ours == model]
-    from falcon.convtypes import CONV_TYPES
-
     want = CONV_TYPES[conv].paper_hparams if conv in CONV_TYPES else None
     if not paper_names or want is None:
         return pd.DataFrame()

@@ -7,7 +7,7 @@ import pytest
 
 from falcon.views import svgcharts
 from falcon import costs
-from falcon.convtypes import CONV_TYPES, break_even_rank, compare
+from falcon.convtypes import CONV_TYPES, RANKED, break_even_rank, compare
 from falcon.spec import LayerSpec
 
 NS = {"s": "http://www.w3.org/2000/svg"}
@@ -52,9 +52,9 @@ def test_reductions_bars_are_the_library_rates_to_scale(spec):
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_rank_sweep_lines_and_break_even(spec):
-    sweeps = {c: costs.rank_sweep(spec, c) for c in costs.ranked_types()}
+    sweeps = {c: costs.rank_sweep(spec, c) for c in RANKED}
     be = {c: {"params": break_even_rank(spec, c, "params"), "macs": break_even_rank(spec, c, "macs")}
-          for c in costs.ranked_types()}
+          for c in RANKED}
     root = parse(svgcharts.rank_sweep_svg(sweeps, be))
     lines = root.findall(".//s:polyline[@class='line']", NS)
     assert {(p.get("data-conv"), p.get("data-what")) for p in lines} == {

@@ -98,14 +98,13 @@ class ExperimentConfig:
         if c.optimizer not in OPTIMIZERS:
             raise FalconError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
         if c.init is None:
-            c.init = "svd" if c.conv in FITTABLE else ("none" if c.conv == "standard" else "random")
+            c.init = "svd" if ct.fittable else ("none" if c.conv == "standard" else "random")
         elif c.conv == "standard":
             c.init = "none"
         elif c.init not in INITS:
             raise FalconError(f"init must be one of {', '.join(INITS)}, got {c.init!r}")
-        elif c.conv not in FITTABLE and c.init != "random":
+        elif not ct.fittable and c.init != "random":
             raise FalconError(f"{c.conv} is not an EHP of the kernel, so it has no {c.init} fit; use --init random")
-        ct = get_conv_type(c.conv)
         if ct.widens(**c.hparams):
             raise FalconError(f"{ct.display_name(**c.hparams)} changes the widths of the kept layers, so their "
                               "pretrained weights cannot be kept; use settings that keep the widths (ShuffleUnit: "

@@ -53,7 +53,8 @@ BASE_LAYOUT = dict(template=TEMPLATE, margin=dict(l=10, r=10, t=50, b=10),
 
 def conv_color(conv: str) -> str:
     """The registry colour of a conv type (an inference form shares its type's); neutral grey otherwise."""
-    from falcon.convtypes import FalconError, parse_variant  # here: the overview draws before torch is imported
+    from falcon.convtypes import parse_variant  # here: the overview draws before torch is imported
+    from falcon.errors import FalconError
 
     try:
         return parse_variant(conv)[0].color
@@ -69,7 +70,8 @@ def conv_symbol(conv: str) -> str:
 
 
 def conv_label(conv: str) -> str:
-    from falcon.convtypes import FalconError, variant_label
+    from falcon.convtypes import variant_label
+    from falcon.errors import FalconError
 
     try:
         return variant_label(conv)
