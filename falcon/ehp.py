@@ -32,7 +32,9 @@ from falcon.errors import FalconError
 
 Axis = Literal["output", "input"]
 AXES = ("output", "input")
-OPTIMIZERS = ("adam", "sgd")
+#: The optimizers of the gradient-descent fit (not the fine-tuning's: falcon.experiments.pipeline).
+FIT_OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = FIT_OPTIMIZERS  # alias until falcon/cli/convert.py is updated
 LOSSES = ("relative", "mse")
 
 #: Defaults of the gradient-descent fit, per optimizer. ``scale``: the RMS the kernel is rescaled to
@@ -83,6 +85,10 @@ def _threads(n: int | None):
     finally:
         if before != n:
             torch.set_num_threads(before)
+
+
+#: The full rank along each common axis, as a formula (N output, M input channels, D×D kernel).
+FULL_RANK_FORMULA = {"output": "min(M, D²)", "input": "min(N, D²)"}
 
 
 def full_rank(kernel_shape: torch.Size | tuple[int, ...], axis: Axis) -> int:
@@ -280,8 +286,8 @@ class GDStep:
 
 def _gd_options(optimizer: str, lr: float | None, loss: str | None, scale: float | None | str,
                 steps: int) -> tuple[float, str, float | None]:
-    if optimizer not in OPTIMIZERS:
-        raise FalconError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if optimizer not in FIT_OPTIMIZERS:
+        raise FalconError(f"optimizer must be one of {', '.join(FIT_OPTIMIZERS)}, got {optimizer!r}")
     defaults = GD_DEFAULTS[optimizer]
     loss = defaults["loss"] if loss is None else loss
     if loss not in LOSSES:

@@ -1,7 +1,8 @@
 """One layer of a trained model, probed: its fittable convs, the input that reaches it, and what a fitted
 replacement block does to its output and to the network's predictions.
 
-Shared by ``python -m falcon fit`` and the EHP-fit page.
+One implementation for ``python -m falcon layers``/``fit`` (:func:`conv_layers`, :func:`fit_layer`) and the
+EHP-fit page (:func:`load_for_fit`, :func:`kernel_info`, :class:`LayerProbe`, :func:`fit_effect`).
 """
 from __future__ import annotations
 
@@ -14,23 +15,66 @@ from falcon.errors import FalconError
 from falcon.spec import LayerSpec
 
 
+MAX_HISTORY = 200  # loss-history points in a fit report (subsampled above that)
+
+
+def _meta_shadow(model):
+    """A copy of ``model`` on the meta device (shapes only; its weights are not copied), so that a walk
+    that registers hooks never touches a model that other sessions share."""
+    import copy
+
+    import torch
+
+    if next((p.device.type for p in model.parameters()), "cpu") == "meta":
+        return model
+    memo = {}
+    for t in (*model.parameters(), *model.buffers()):
+        if id(t) not in memo:
+            empty = torch.empty_like(t, device="meta")
+            memo[id(t)] = torch.nn.Parameter(empty, requires_grad=t.requires_grad) \
+                if isinstance(t, torch.nn.Parameter) else empty
+    return copy.deepcopy(model, memo)
+
+
+def conv_walk(model, input_size: tuple[int, int, int]) -> list[tuple[Any, Any]]:
+    """Every Conv2d the forward pass of ``model`` reaches, in forward order, as ``(site, conv)`` pairs
+    (:class:`falcon.surgery.ConvSite`, the conv of a meta copy: shapes only). The walk runs on a meta copy."""
+    from falcon.surgery import conv_sites
+
+    shadow = _meta_shadow(model)
+    modules = dict(shadow.named_modules())
+    return [(site, modules[site.name]) for site in conv_sites(shadow, input_size)]
+
+
+def conv_layers(model, input_size: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """Every conv of ``model`` in forward order (what ``python -m falcon layers`` lists): channels, kernel,
+    stride, padding, groups, bias, whether it is the stem and whether it can be fitted; for a fittable one
+    its input and output size and, per fittable conv type, ``{type}_full_rank`` (where the fit is exact)."""
+    from falcon.convtypes import CONV_TYPES, FITTABLE
+    from falcon.ehp import full_rank
+
+    rows = []
+    for site, conv in conv_walk(model, input_size):
+        row = {"name": site.name, "in_channels": conv.in_channels, "out_channels": conv.out_channels,
+               "kernel": "×".join(map(str, conv.kernel_size)), "stride": conv.stride[0],
+               "padding": conv.padding[0] if isinstance(conv.padding, tuple) else conv.padding,
+               "groups": conv.groups, "bias": site.bias, "stem": site.is_stem, "fittable": site.replaceable}
+        s = site.spec
+        if s is not None:
+            row.update(input=f"{s.height}×{s.width}", output=f"{s.out_height}×{s.out_width}")
+            row.update({f"{c}_full_rank": full_rank((s.N, s.M, s.D), CONV_TYPES[c].fit_axis) for c in FITTABLE})
+        else:
+            row.update(input="", output="")
+            row.update({f"{c}_full_rank": None for c in FITTABLE})
+        rows.append(row)
+    return rows
+
+
 def fittable_layers(model, input_size: tuple[int, int, int]) -> list[dict[str, Any]]:
     """The convs of ``model`` that FALCON/DSConv can fit (groups 1, square kernel > 1×1), in forward
     order, with their shapes and the spatial size of their input."""
-    import torch
-
-    from falcon.surgery import conv_sites
-
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if device.type != "meta":  # shapes only: run the walk on a meta copy, not on the trained weights
-        import copy
-
-        with torch.device("meta"):
-            shadow = copy.deepcopy(model).to("meta")
-    else:
-        shadow = model
     rows = []
-    for site in conv_sites(shadow, input_size):
+    for site, _conv in conv_walk(model, input_size):
         if not site.replaceable:
             continue
         s = site.spec
@@ -39,6 +83,102 @@ def fittable_layers(model, input_size: tuple[int, int, int]) -> list[dict[str, A
                      "params": s.D * s.D * s.M * s.N, "bias": site.bias,
                      "label": f"{site.name} · {s.M}→{s.N} {s.D}×{s.D}/{s.stride} · input {s.height}×{s.width}"})
     return rows
+
+
+def find_conv(model, name: str):
+    """The Conv2d named ``name`` in ``model``; a FalconError that suggests close names otherwise."""
+    import difflib
+
+    from torch import nn
+
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        close = difflib.get_close_matches(name, convs, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"conv layers: {', '.join(convs[:4])}{', …' if len(convs) > 4 else ''}"
+        raise FalconError(f"no layer {name!r} in the model; {hint}") from None
+    if not isinstance(module, nn.Conv2d):
+        raise FalconError(f"{name} is a {type(module).__name__}, not a conv layer; `python -m falcon layers` lists them")
+    return module
+
+
+def fittable_site(model, input_size: tuple[int, int, int], layer: str):
+    """(conv, site) of the fittable conv ``layer`` (:func:`find_conv`); a FalconError when the forward pass does
+    not reach it or FALCON/DSConv cannot replace it."""
+    module = find_conv(model, layer)
+    site = next((s for s, _ in conv_walk(model, input_size) if s.name == layer), None)
+    if site is None:
+        raise FalconError(f"layer {layer} is not reached by the model's forward pass")
+    if not site.replaceable:
+        raise FalconError(f"{layer} ({module.in_channels}→{module.out_channels}, kernel "
+                          f"{'×'.join(map(str, module.kernel_size))}, groups {module.groups}) cannot be fitted: the EHP "
+                          "replaces square D×D convs with D > 1, groups 1, dilation 1")
+    return module, site
+
+
+def subsample(values: list, limit: int = MAX_HISTORY) -> tuple[list, list[int], int]:
+    """At most ``limit`` evenly spaced values (the last one always kept): (values, their indices, stride)."""
+    every = max(1, math.ceil(len(values) / limit))
+    idx = list(range(0, len(values), every))
+    if values and idx[-1] != len(values) - 1:
+        idx.append(len(values) - 1)
+    return [values[i] for i in idx], idx, every
+
+
+def fit_layer(model, input_size: tuple[int, int, int], layer: str, conv: str, rank: int = 1, method: str = "svd",
+              steps: int | None = None, lr: float | None = None, optimizer: str = "adam", loss: str | None = None,
+              seed: int = 0) -> dict[str, Any]:
+    """One layer of ``model`` fitted with ``conv`` at rank ``rank`` by ``svd`` or ``gd`` (``steps``: default
+    :data:`falcon.ehp.GD_STEPS`), next to the optimum at that rank: the report ``python -m falcon fit`` prints
+    (its ``--json`` keys after ``model`` and ``weights``)."""
+    import time
+
+    from falcon.convtypes import compare
+    from falcon.ehp import GD_DEFAULTS, GD_STEPS, conv_type_axis, error_by_rank, run_gd, svd_fit
+
+    module, site = fittable_site(model, input_size, layer)
+    axis = conv_type_axis(conv)
+    kernel = module.weight.detach()
+    t0 = time.perf_counter()
+    optimum = svd_fit(kernel, rank, axis)
+    optimum_seconds = time.perf_counter() - t0
+    out = {"layer": layer, "spec": site.spec.as_dict(),
+           "kernel_shape": list(kernel.shape), "conv": conv, "axis": axis, "method": method,
+           "rank_requested": rank, "rank_used": optimum.rank_used, "clamped": optimum.clamped,
+           "full_rank": optimum.full_rank}
+    if method == "svd":
+        fit, seconds, history, steps_done = optimum, optimum_seconds, [], 0
+        out["optimizer"] = None
+    else:
+        res = run_gd(kernel, rank, axis, steps=GD_STEPS if steps is None else steps, lr=lr, optimizer=optimizer,
+                     seed=seed, loss=loss)
+        fit, seconds, history, steps_done = res.fit, res.seconds, res.history, res.steps
+        defaults = GD_DEFAULTS[optimizer]
+        out.update(optimizer=optimizer, lr=defaults["lr"] if lr is None else lr,
+                   loss=defaults["loss"] if loss is None else loss, scale=defaults["scale"], seed=seed)
+    losses, idx, every = subsample([h.loss for h in history])
+    cmp = compare(site.spec, conv, rank=fit.rank_used)
+    out.update({
+        "relative_error": fit.relative_error,
+        "optimum_relative_error": optimum.relative_error,
+        "gap": fit.relative_error / optimum.relative_error - 1 if optimum.relative_error > 0 else None,
+        "steps": steps_done,
+        "seconds": seconds,
+        "optimum_seconds": optimum_seconds,
+        "loss_history": losses,
+        "loss_history_steps": idx,
+        "loss_history_every": every,
+        "relative_error_history": [history[i].relative_error for i in idx],
+        "error_by_rank": error_by_rank(kernel, axis),
+        "params": cmp.cost.params,
+        "standard_params": cmp.standard.params,
+        "compression_rate": cmp.compression_rate,
+    })
+    if history:
+        out["loss_history_note"] = (f"loss before each of the {steps_done} steps and after the last, "
+                                    + (f"every {every}th kept (and the last)" if every > 1 else "all kept"))
+    return out
 
 
 def layer_input(model, layer: str, x):
