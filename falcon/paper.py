@@ -16,13 +16,14 @@ from falcon.convtypes import CONV_TYPES
 
 PAPER_RESULTS_CSV = Path(__file__).resolve().parent.parent / "data" / "paper_results.csv"
 
-#: paper model name -> this project's model name
-PAPER_MODELS = {
+#: paper model name -> this project's model name (the names alone: falcon.models.PAPER_MODELS)
+MODEL_BY_PAPER_NAME = {
     "vgg19": "vgg19-cifar",
     "resnet34": "resnet34-cifar",
     "vgg16_bn": "vgg16_bn",
     "resnet18": "resnet18",
 }
+PAPER_MODELS = MODEL_BY_PAPER_NAME  # alias until pages/sizing.py and tests/test_sizing.py are updated
 
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet": 1000}
 DATASET_INPUT_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32, "imagenet": 224}
@@ -30,6 +31,10 @@ DATASET_INPUT_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32, "imagenet": 224
 COLUMNS = ["model", "dataset", "method", "rank", "top1", "top5", "params_m", "macs_m", "table"]
 #: The conv types the thesis's tables report (registry entries with ``paper_hparams``).
 METHODS = [n for n, c in CONV_TYPES.items() if c.paper_hparams is not None]
+#: The ranked types the thesis reports at several ranks (their ``paper_hparams`` leave the rank open): FALCON,
+#: ranks 1–3. The accuracy figure joins their points by rank; a sweep runs them at each of its ranks.
+PAPER_RANKED: tuple[str, ...] = tuple(n for n in METHODS if CONV_TYPES[n].ranked
+                                      and "rank" not in CONV_TYPES[n].paper_hparams)
 
 
 def load_paper_results(path: str | Path | None = None) -> pd.DataFrame:
@@ -69,7 +74,7 @@ def paper_rows(model: str, conv: str, hparams: dict[str, Any], num_classes: int,
     Empty when the thesis has no such row (another model, another width, a rank above 3 …). Several
     rows can match (CIFAR-10 and SVHN share a model shape): they carry the same params/MACs.
     """
-    paper_names = [p for p, ours in PAPER_MODELS.items() if ours == model]
+    paper_names = [p for p, ours in MODEL_BY_PAPER_NAME.items() if ours == model]
     want = CONV_TYPES[conv].paper_hparams if conv in CONV_TYPES else None
     if not paper_names or want is None:
         return pd.DataFrame()

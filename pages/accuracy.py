@@ -3,9 +3,9 @@ import pandas as pd
 import streamlit as st
 
 import common
-from falcon.convtypes import CONV_TYPES
-from falcon.views.figures import accuracy_figure, pareto_front
 from falcon.experiments.store import own_runs
+from falcon.views.figures import points_figure
+from falcon.views.tables import accuracy_table
 
 st.title("Accuracy vs cost")
 st.caption("Top-1 accuracy against parameters or FLOPs (multiply-accumulates), from the thesis's Tables 3–8 "
@@ -32,22 +32,14 @@ show_ours = c[3].toggle("our runs", value=True, key="show_ours", disabled=not le
                         help="runs stored by `python -m falcon experiment` (the results store)")
 
 panels = [labels[p] for p in picked] or all_panels
-fig = accuracy_figure(paper, ours if show_ours else None, x=x or "params_m", log_x=scale == "log", panels=panels)
+data = accuracy_table(paper, ours if show_ours else None, x=x or "params_m", panels=panels)  # what the figure draws
+fig = points_figure(data, x=x or "params_m", log_x=scale == "log", panels=panels)
 common.plot(fig, key="accuracy", filename="falcon-accuracy-vs-cost")
 if not len(ours):
     st.caption("No runs of your own yet: `python -m falcon experiment …` stores fine-tuning runs, which then appear "
                "here with open markers, marked “ours”.")
 
 # ---------------------------------------------------------------------------------------------- data
-frames = [paper.assign(source="paper")]
-if show_ours and len(ours):
-    frames.append(ours.assign(source="ours"))
-data = pd.concat(frames, ignore_index=True)
-data = data[[(m, d) in panels for m, d in zip(data["model"], data["dataset"])]]
-front = pd.Series(False, index=data.index)
-for (_m, _d), g in data.groupby(["model", "dataset"]):
-    front.loc[g.index] = pareto_front(g[x or "params_m"], g["top1"])
-data = data.assign(pareto=front, method_label=[CONV_TYPES[m].label if m in CONV_TYPES else m for m in data["method"]])
 st.subheader("The points")
 cols = ["source", "model", "dataset", "method_label", "rank", "top1", "top5", "params_m", "macs_m", "pareto", "table"]
 shown = data[[c for c in cols if c in data]].assign(  # blank cells, not "None", where a column does not apply

@@ -178,6 +178,35 @@ def test_accuracy_figure_marks_our_runs():
     assert len(mine) == 2 and all(t.marker.symbol == "circle-open" for t in mine)
 
 
+def test_accuracy_table_is_what_the_figure_plots():
+    """The accuracy page's table and CSV (tables.accuracy_table) are the figure's points: per panel, the
+    markers of each (source, method) and the dashed frontier through the rows marked ``pareto``."""
+    df = load_paper_results()
+    ours = pd.DataFrame([{"model": "resnet18", "dataset": "imagenet", "method": "falcon", "rank": 2, "top1": 71.0,
+                          "params_m": 3.0, "macs_m": 500.0, "source": "ours"},
+                         {"model": "digits-vgg", "dataset": "digits", "method": "dsconv", "rank": 1, "top1": 97.0,
+                          "params_m": 0.02, "macs_m": 3.0, "source": "ours"},
+                         {"model": "digits-vgg", "dataset": "digits", "method": "standard", "rank": None,
+                          "top1": float("nan"), "params_m": 0.1, "macs_m": 9.0, "source": "ours"}])  # not plotted
+    for x, panels in (("params_m", None), ("macs_m", [("resnet18", "imagenet"), ("digits-vgg", "digits")])):
+        points = tables.accuracy_table(df, ours, x=x, panels=panels)
+        fig = figures.accuracy_figure(df, ours, x=x, panels=panels)
+        assert fig.to_json() == figures.points_figure(points, x=x, panels=panels).to_json()
+        in_panels = len(df) if panels is None else int(((df["model"] == "resnet18") & (df["dataset"] == "imagenet")).sum())
+        assert len(points) == in_panels + 2  # the NaN accuracy is left out
+        axes = {"x" if i == 0 else f"x{i + 1}": p for i, p in enumerate(panels or dict.fromkeys(zip(points["model"], points["dataset"])))}
+        drawn = sorted((axes[t.xaxis], float(px), float(py)) for t in fig.data if t.name != "Pareto frontier"
+                       for px, py in zip(t.x, t.y))
+        listed = sorted(((m, d), float(px), float(py)) for m, d, px, py in zip(points["model"], points["dataset"],
+                                                                               points[x], points["top1"]))
+        assert drawn == listed
+        front = sorted((axes[t.xaxis], float(px), float(py)) for t in fig.data if t.name == "Pareto frontier"
+                       for px, py in zip(t.x, t.y))
+        on = points[points["pareto"]]
+        assert front == sorted(((m, d), float(px), float(py)) for m, d, px, py in zip(on["model"], on["dataset"], on[x], on["top1"]))
+        assert set(points["method_label"]) <= {c.label for c in CONV_TYPES.values()}
+
+
 # ---------------------------------------------------------------------------------------------- page helpers
 def test_layer_rows_are_the_registry_numbers():
     hp = {"falcon": {"rank": 2}, "mobilev2": {"expansion": 1.0}}

@@ -9,7 +9,7 @@ import pytest
 from falcon.paper import (
     DATASET_CLASSES,
     DATASET_INPUT_SIZE,
-    PAPER_MODELS,
+    MODEL_BY_PAPER_NAME,
     PAPER_RESULTS_CSV,
     load_paper_results,
 )
@@ -68,7 +68,7 @@ def test_allowed_values(df):
     assert set(df.method) == METHODS
     assert set(df["rank"].dropna()) == {1, 2, 3}
     assert set(zip(df.model, df.dataset)) == PAIRS
-    assert set(PAPER_MODELS) == MODELS
+    assert set(MODEL_BY_PAPER_NAME) == MODELS
     assert set(DATASET_CLASSES) == DATASETS
     assert set(DATASET_INPUT_SIZE) == DATASETS
 
@@ -171,7 +171,7 @@ def test_project_mappings(df, model, dataset):
     from falcon.paper import paper_rows
     from falcon.sizing import size_model
 
-    ours, classes, size = PAPER_MODELS[model], DATASET_CLASSES[dataset], DATASET_INPUT_SIZE[dataset]
+    ours, classes, size = MODEL_BY_PAPER_NAME[model], DATASET_CLASSES[dataset], DATASET_INPUT_SIZE[dataset]
     published = _row(df, model, dataset, "standard")
     r = size_model(ours, "standard", num_classes=classes, input_size=size, convention="paper")
     assert r.params / 1e6 == pytest.approx(published.params_m, rel=1e-3, abs=0.005)

@@ -14,13 +14,15 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from falcon.convtypes import CONV_TYPES, FITTABLE
+from falcon.paper import PAPER_RANKED
+from falcon.views.tables import accuracy_table, pareto_front  # noqa: F401 (pareto_front: re-exported)
+
 
 #: One diverging scale for every kernel heatmap (zero is white).
 DIVERGING = "RdBu_r"
 NEUTRAL = "#9aa0a6"  # layers that are not conv blocks (linear, other convs)
 FRONTIER = "#444444"
-
-#: Marker symbol per conv type in the accuracy plots (standard: a star; ours: open symbols).
 
 
 LOG_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
@@ -67,6 +69,11 @@ def conv_symbol(conv: str) -> str:
     from falcon.convtypes import CONV_TYPES
 
     return CONV_TYPES[conv].symbol if conv in CONV_TYPES else "circle"
+
+
+def _fitted_along(axis: str) -> str:
+    """The registry's fittable conv type whose EHP shares the ``axis`` channel (output: FALCON, input: DSConv)."""
+    return next(n for n in FITTABLE if CONV_TYPES[n].fit_axis == axis)
 
 
 def conv_label(conv: str) -> str:
@@ -229,11 +236,11 @@ def ehp_figure(falcon: dict[str, np.ndarray], dsconv: dict[str, np.ndarray]) -> 
         dict(text="<b>FALCON</b>: common axis = output channel (pointwise M→N first, then depthwise on N); "
                   "each row of K is one depthwise kernel D[n], scaled",
              xref="paper", yref="paper", x=0, y=1.12, showarrow=False, xanchor="left",
-             font=dict(color=conv_color("falcon"), size=14)),
+             font=dict(color=conv_color(_fitted_along("output")), size=14)),
         dict(text="<b>DSConv</b>: common axis = input channel (depthwise on M first, then pointwise M→N); "
                   "each column of K is one depthwise kernel D[m], scaled",
              xref="paper", yref="paper", x=0, y=0.5, showarrow=False, xanchor="left",
-             font=dict(color=conv_color("dsconv"), size=14)),
+             font=dict(color=conv_color(_fitted_along("input")), size=14)),
     ]
     cells = n * (d + 1) + d + 2  # rows of the taller right panel (the DSConv one)
     return _layout(fig, height=200 + 2 * 18 * cells, annotations=notes,
@@ -328,7 +335,7 @@ def per_layer_figure(layers: pd.DataFrame | Sequence[dict], standard: pd.DataFra
 
 
 def loss_figure(steps: Sequence[int], relative_errors: Sequence[float], optimum: float | None = None,
-                conv: str = "falcon", title: str | None = None) -> go.Figure:
+                conv: str = FITTABLE[0], title: str | None = None) -> go.Figure:
     """Relative error ‖K − K̂‖/‖K‖ of gradient descent against the step, with the SVD optimum as a line."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=list(steps), y=list(relative_errors), mode="lines", name="gradient descent",
@@ -342,7 +349,7 @@ def loss_figure(steps: Sequence[int], relative_errors: Sequence[float], optimum:
                               ticktext=[f"{v:g}" for v in LOG_TICKS]))
 
 
-def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = "falcon") -> go.Figure:
+def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = FITTABLE[0]) -> go.Figure:
     """Cumulative singular-value energy per channel against the rank: median, and the band from the
     worst to the best channel; a dotted line at the chosen rank. ``energy``: ``(C, q)``."""
     e = np.asarray(energy, dtype=float)
@@ -362,7 +369,7 @@ def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = "falc
                    yaxis=dict(title_text="energy kept ‖K̂_c‖² / ‖K_c‖²", range=[0, 1.05]))
 
 
-def error_by_rank_figure(errors: Sequence[float], rank: int | None = None, conv: str = "falcon") -> go.Figure:
+def error_by_rank_figure(errors: Sequence[float], rank: int | None = None, conv: str = FITTABLE[0]) -> go.Figure:
     """The optimal (SVD) relative error at each rank 1 … full rank."""
     ranks = list(range(1, len(errors) + 1))
     fig = go.Figure(go.Bar(x=ranks, y=list(errors), marker_color=[conv_color(conv) if k == rank else NEUTRAL for k in ranks],
@@ -373,18 +380,6 @@ def error_by_rank_figure(errors: Sequence[float], rank: int | None = None, conv:
 
 # ----------------------------------------------------------------------------------------------
 # accuracy vs cost
-
-
-def pareto_front(x: Iterable[float], y: Iterable[float]) -> np.ndarray:
-    """Boolean mask of the points no other point beats: lower-or-equal cost ``x`` and higher-or-equal
-    accuracy ``y``, one of them strictly. NaNs are never on the front."""
-    xs, ys = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    front = np.zeros(len(xs), dtype=bool)
-    for i in np.flatnonzero(ok):
-        others = ok & (xs <= xs[i]) & (ys >= ys[i]) & ((xs < xs[i]) | (ys > ys[i]))
-        front[i] = not others.any()
-    return front
 
 
 def _panel_title(model: str, dataset: str) -> str:
@@ -399,19 +394,25 @@ def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str
     ``paper``: the thesis frame (:func:`falcon.paper.load_paper_results`); ``own``: the project's runs in
     the same columns (drawn with open markers, "ours"). FALCON ranks are joined by a line; each
     competitor has its colour and symbol, the standard conv a star; the dashed line is the Pareto
-    frontier (cheaper and more accurate than every point above and to its right).
+    frontier (cheaper and more accurate than every point above and to its right). The points drawn are
+    :func:`falcon.views.tables.accuracy_table`'s (:func:`points_figure` draws a table of them).
     """
-    frames = [paper.assign(source="paper")]
-    if own is not None and len(own):
-        frames.append(own.assign(source="ours"))
-    data = pd.concat(frames, ignore_index=True)
-    data = data[np.isfinite(pd.to_numeric(data[x], errors="coerce")) & np.isfinite(pd.to_numeric(data[y], errors="coerce"))]
+    return points_figure(accuracy_table(paper, own, x, y, panels), x, log_x, y, panels, cols)
+
+
+def points_figure(data: pd.DataFrame, x: str = "params_m", log_x: bool = False, y: str = "top1",
+                  panels: Sequence[tuple[str, str]] | None = None, cols: int = 4) -> go.Figure:
+    """:func:`accuracy_figure` of the points :func:`falcon.views.tables.accuracy_table` gives (``pareto`` marks the
+    frontier); ``panels``: the (model, dataset) panels in order (default: those of the points)."""
     if panels is None:
         panels = list(dict.fromkeys(zip(data["model"], data["dataset"])))
     n = max(1, len(panels))
     cols = max(1, min(cols, n))
     rows = -(-n // cols)
     by_panel = {key: g for key, g in data.groupby(["model", "dataset"], sort=False)}
+    ranked = data[(data["source"] == "paper") & data["method"].isin(PAPER_RANKED)].dropna(subset=["rank"]) \
+        if "rank" in data else data.iloc[0:0]
+    paper_ranks = {meth: (int(g.min()), int(g.max())) for meth, g in ranked.groupby("method")["rank"]}
     layout = grid(rows, cols, [_panel_title(*p) for p in panels], hspace=0.06, vspace=0.16 if rows > 1 else 0.1)
     shown: set[str] = set()
     axes: dict[str, dict] = {}
@@ -423,7 +424,7 @@ def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str
         d = by_panel.get((model, dataset))
         if d is None:
             continue
-        front = d[pareto_front(d[x], d[y])].sort_values(x)
+        front = d[d["pareto"]].sort_values(x)
         if len(front):
             traces.append(dict(type="scatter", x=list(front[x]), y=list(front[y]), mode="lines", xaxis=xr, yaxis=yr,
                                line=dict(color=FRONTIER, dash="dash", shape="hv", width=1),
@@ -431,21 +432,22 @@ def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str
                                hoverinfo="skip"))
             shown.add("frontier")
         for (source, method), m in d.groupby(["source", "method"], sort=False):
-            if method == "falcon":
+            curve = method in PAPER_RANKED  # one line through the ranks
+            if curve:
                 m = m.sort_values("rank")
             key = f"{source}:{method}"
             name = conv_label(method) + (" (ours)" if source == "ours" else "")
-            if method == "falcon" and source == "paper":
-                name = "FALCON rank 1–3"
+            if curve and source == "paper" and method in paper_ranks:
+                name = f"{conv_label(method)} rank {paper_ranks[method][0]}–{paper_ranks[method][1]}"
             symbol = conv_symbol(method) + ("-open" if source == "ours" else "")
             ranks = [f"k={int(k)}" if pd.notna(k) else "" for k in m["rank"]] if "rank" in m else [""] * len(m)
             traces.append(dict(
                 type="scatter", xaxis=xr, yaxis=yr,
-                x=list(m[x]), y=list(m[y]), mode="lines+markers+text" if method == "falcon" else "markers",
-                text=ranks if method == "falcon" else None, textposition="top center",
+                x=list(m[x]), y=list(m[y]), mode="lines+markers+text" if curve else "markers",
+                text=ranks if curve else None, textposition="top center",
                 textfont=dict(size=10, color=conv_color(method)),
                 line=dict(color=conv_color(method), width=2, dash="dot" if source == "ours" else "solid"),
-                marker=dict(symbol=symbol, size=15 if method == "standard" else 12 if method != "falcon" else 10,
+                marker=dict(symbol=symbol, size=15 if method == "standard" else 12 if not curve else 10,
                             color=conv_color(method),
                             line=dict(width=1.5, color=conv_color(method) if source == "ours" else "white")),
                 name=name, legendgroup=key, showlegend=key not in shown,

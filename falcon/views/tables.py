@@ -1,8 +1,10 @@
-"""Tables and LaTeX for display: the calculator's cost table and its formula sums."""
+"""Tables and LaTeX for display: the calculator's cost table and its formula sums; the points of the
+accuracy-vs-cost figure."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from falcon.convtypes import Cost
@@ -50,3 +52,42 @@ def with_formulas(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      params_sum=parts_latex(cost, "params"), macs_sum=parts_latex(cost, "macs"))
         out.append(r)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# accuracy vs cost
+
+
+def pareto_front(x: Iterable[float], y: Iterable[float]) -> np.ndarray:
+    """Boolean mask of the points no other point beats: lower-or-equal cost ``x`` and higher-or-equal
+    accuracy ``y``, one of them strictly. NaNs are never on the front."""
+    xs, ys = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    front = np.zeros(len(xs), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = ok & (xs <= xs[i]) & (ys >= ys[i]) & ((xs < xs[i]) | (ys > ys[i]))
+        front[i] = not others.any()
+    return front
+
+
+def accuracy_table(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str = "params_m", y: str = "top1",
+                   panels: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """The points of :func:`falcon.views.figures.accuracy_figure`, one row each: the thesis's (``source`` "paper")
+    and the project's runs (``own``, "ours"), those with a finite cost ``x`` and accuracy ``y`` in the
+    ``panels`` (model, dataset) given (all when None), with ``pareto`` (on its panel's Pareto frontier of
+    ``x`` against ``y``) and ``method_label`` (the registry's label of the conv type)."""
+    from falcon.convtypes import CONV_TYPES
+
+    frames = [paper.assign(source="paper")]
+    if own is not None and len(own):
+        frames.append(own.assign(source="ours"))
+    data = pd.concat(frames, ignore_index=True)
+    data = data[np.isfinite(pd.to_numeric(data[x], errors="coerce")) & np.isfinite(pd.to_numeric(data[y], errors="coerce"))]
+    if panels is not None:
+        wanted = set(map(tuple, panels))
+        data = data[[(m, d) in wanted for m, d in zip(data["model"], data["dataset"])]]
+    front = pd.Series(False, index=data.index)
+    for _key, g in data.groupby(["model", "dataset"], sort=False):
+        front.loc[g.index] = pareto_front(g[x], g[y])
+    return data.assign(pareto=front.astype(bool),
+                       method_label=[CONV_TYPES[m].label if m in CONV_TYPES else m for m in data["method"]])
