@@ -2,7 +2,7 @@
 objects), loading a ``state_dict`` into an architecture with named mismatches, and :class:`LoadedModel`, the one
 record of a loaded model (its module, what it is, its held-out data).
 
-:mod:`falcon.convert` (the converted-model file format) and :mod:`falcon.sources` (where weights come from) both
+:mod:`falcon.conversion` (the converted-model file format) and :mod:`falcon.sources` (where weights come from) both
 build on this module; it imports neither.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ class LoadedModel:
     description: str
     weights: str  # "bundled", "pretrained", "random" or the checkpoint's path
     num_classes: int
-    converted: dict | None = field(default=None)  # metadata of a converted model (falcon.convert)
+    converted: dict | None = field(default=None)  # metadata of a converted model (falcon.conversion)
 
     @property
     def name(self) -> str:

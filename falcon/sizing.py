@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
 
-from falcon.convtypes import get_conv_type
+from falcon.convtypes import RANKED, get_conv_type
 from falcon.counting import CONVENTIONS, ModelCount, count_model, no_init_on_meta, on_meta_without_init
 from falcon.errors import FalconError
-from falcon.models import get_model_entry
+from falcon.models import ModelEntry, _chw, get_model_entry, module_entry
 from falcon.blocks import ShuffleUnit
-from falcon.surgery import (adapt_widths, conv_sites, does_not_run, drop_shortcuts, plan, recording_conv_inputs,
+from falcon.surgery import (FORWARD_ERRORS, adapt_widths, conv_sites, does_not_run, drop_shortcuts, plan, recording_conv_inputs,
                             replace_convs, sites_from, widen_for_shuffle)
 
 
@@ -34,6 +34,7 @@ class SizeResult:
     replaced: list[str]
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    input_size_from: str = ""  # where the input size came from ("given", or the model's default and its source)
 
     @property
     def params(self) -> int:
@@ -56,6 +57,7 @@ class SizeResult:
             "model": self.model,
             "num_classes": self.num_classes,
             "input_size": self.input_size,
+            "input_size_from": self.input_size_from,
             "conv": self.conv,
             "hparams": self.hparams,
             "convention": self.convention,
@@ -69,6 +71,35 @@ class SizeResult:
             "notes": self.notes,
             "layers": self.count.table(),
         }
+
+    def frame(self, every_module: bool = True):
+        """The per-layer table as a DataFrame (``every_module=False``: only rows with params or MACs)."""
+        import pandas as pd
+
+        layers = pd.DataFrame(self.count.table())
+        if not every_module and not layers.empty:
+            layers = layers[(layers["params"] > 0) | (layers["macs"] > 0)]
+        return layers
+
+    def csv(self) -> bytes:
+        """The per-layer table with two TOTAL rows (this model, the standard one) as CSV."""
+        import json
+
+        import pandas as pd
+
+        blank = {c: "" for c in ("input", "output")}
+        totals = pd.DataFrame([
+            {"name": "TOTAL", "kind": f"{self.conv} {json.dumps(self.hparams)}", "shape": self.convention, **blank,
+             "params": self.params, "macs": self.macs},
+            {"name": "TOTAL standard", "kind": "standard", "shape": self.convention, **blank,
+             "params": self.standard.params, "macs": self.standard.macs},
+        ])
+        return pd.concat([self.frame(), totals], ignore_index=True).to_csv(index=False).encode()
+
+    def __repr__(self) -> str:
+        return (f"SizeResult({self.model}, {self.conv} {self.hparams or ''}, {self.convention}: {self.params:,} params "
+                f"(CR {self.compression_rate:.3f}x), {self.macs:,} MACs (CRR {self.computation_reduction_rate:.3f}x), "
+                f"{len(self.replaced)} convs replaced)")
 
 
 #: threads inside :func:`_parameters_on_meta` (a per-thread nesting depth)
@@ -125,24 +156,49 @@ def _build_on(entry, num_classes, device):
             return entry.build(num_classes)
 
 
-def _checked_size(entry, num_classes: int | None, input_size: int | None) -> int:
+def model_entry(model: str | ModelEntry | nn.Module, input_size: Any = None) -> ModelEntry:
+    """The entry of a model name or spec, an entry itself, or an entry for a module the caller holds."""
+    if isinstance(model, ModelEntry):
+        return model
+    if isinstance(model, nn.Module):
+        return module_entry(model, input_size if input_size is not None and not isinstance(input_size, int)
+                            else (3, input_size or 224, input_size or 224))
+    return get_model_entry(model)
+
+
+def _checked_size(entry, num_classes: int | None, input_size: Any) -> int:
     """The input size to size ``entry`` at (its default when None); a FalconError for bad sizes or classes."""
+    if input_size is not None and not isinstance(input_size, int):
+        c, h, w = _chw(input_size)
+        if c != entry.in_channels or h != w:
+            raise FalconError(f"{entry.name} takes {entry.in_channels}-channel square inputs; got {c}×{h}×{w}")
+        input_size = h
+    if isinstance(input_size, bool) or (input_size is not None and not isinstance(input_size, int)):
+        raise FalconError(f"input size must be a positive integer, got {input_size!r}")
     size = entry.input_size if input_size is None else int(input_size)
     if size < 1:
         raise FalconError(f"input size must be positive, got {size}")
-    if num_classes is not None and num_classes < 1:
-        raise FalconError(f"number of classes must be positive, got {num_classes}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise FalconError(f"number of classes must be positive (a whole number), got {num_classes!r}")
     return size
 
 
-def build_sized(model: str, num_classes: int | None, input_size: int | None, conv: str,
-                include_stem: bool | None = None, device: str | torch.device = "meta", **hp: Any):
-    """Build ``model`` with ``conv`` in place of its replaceable convs (paper layout).
+def _cacheable(entry: ModelEntry) -> bool:
+    """Named models are cached by their entry; a module or factory of the caller's is not (the cache would
+    keep it alive, and the code behind a factory may change between calls)."""
+    return entry.family not in ("module", "factory")
+
+
+def build_sized(model: str | ModelEntry | nn.Module, num_classes: int | None, input_size: Any, conv: str,
+                include_stem: bool | None = None, device: str | torch.device = "meta", include=None, exclude=None,
+                **hp: Any):
+    """Build ``model`` with ``conv`` in place of its replaceable convs (paper layout): those of the model's
+    policy, then the ``include``/``exclude`` name patterns (:func:`falcon.surgery.plan`).
 
     Returns (module, entry, resolved hparams, replaced site names, unused-param map, input size).
     On the ``meta`` device (the default) nothing is allocated: shapes only.
     """
-    entry = get_model_entry(model)
+    entry = model_entry(model, input_size)
     ct = get_conv_type(conv)
     resolved = ct.resolve(**hp)
     size = _checked_size(entry, num_classes, input_size)
@@ -153,13 +209,19 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
         drop_shortcuts(net)
     if conv == "standard":  # nothing to replace: no need for the forward pass that finds the convs
         return net, entry, resolved, [], {}, chw
-    key = (model, num_classes, size, dropped)
+    key = (entry, num_classes, size, dropped)
     if key not in _SITES:  # the convs and their input sizes depend only on these, not on the conv type
         if len(_SITES) >= 256:
             _SITES.clear()
-        _SITES[key] = tuple(conv_sites(net, chw))
-    all_sites = list(_SITES[key])
-    sites = plan(entry, all_sites, conv, include_stem)
+        found = tuple(conv_sites(net, chw, entry.name))
+        if not _cacheable(entry):
+            return _finish_build(net, entry, ct, resolved, list(found), conv, include_stem, include, exclude, chw, device)
+        _SITES[key] = found
+    return _finish_build(net, entry, ct, resolved, list(_SITES[key]), conv, include_stem, include, exclude, chw, device)
+
+
+def _finish_build(net, entry, ct, resolved, all_sites, conv, include_stem, include, exclude, chw, device):
+    sites = plan(entry, all_sites, conv, include_stem, include, exclude)
     for site in sites:
         ct.resolve(site.spec, **resolved)  # validate every layer before building any
     make = None
@@ -179,46 +241,166 @@ def build_sized(model: str, num_classes: int | None, input_size: int | None, con
     return net, entry, resolved, [s.name for s in sites], unused, chw
 
 
-#: (model, classes, input size, shortcuts dropped) -> the model's convs with their input sizes
+#: (model entry, classes, input size, shortcuts dropped) -> the model's convs with their input sizes
 _SITES: dict[tuple, tuple] = {}
 
 
+def _standard_count(entry: ModelEntry, num_classes: int | None, input_size: int, convention: str) -> ModelCount:
+    """The unmodified model's count (cached for named models: every sizing compares against it)."""
+    if _cacheable(entry):
+        return _cached_standard_count(entry, num_classes, input_size, convention)
+    return _count_standard(entry, num_classes, input_size, convention)
+
+
 @functools.lru_cache(maxsize=64)
-def _standard_count(model: str, num_classes: int | None, input_size: int, convention: str) -> ModelCount:
-    """The unmodified model's count (cached: every sizing compares against it)."""
-    base, _, _, _, _, chw = build_sized(model, num_classes, input_size, "standard")
+def _cached_standard_count(entry: ModelEntry, num_classes: int | None, input_size: int, convention: str) -> ModelCount:
+    return _count_standard(entry, num_classes, input_size, convention)
+
+
+def _count_standard(entry: ModelEntry, num_classes: int | None, input_size: int, convention: str) -> ModelCount:
+    base, _, _, _, _, chw = build_sized(entry, num_classes, input_size, "standard")
     if convention == "thop":  # thop profiles a deep copy (hooks and all): find the convs later, on their own
-        return count_model(base, chw, convention)
-    try:
-        with recording_conv_inputs(base) as seen:  # the same pass finds the convs for the other conv types
-            count = count_model(base, chw, convention)
-    except RuntimeError as e:
-        raise does_not_run(chw, e) from None
-    _SITES.setdefault((model, num_classes, input_size, False), tuple(sites_from(base, seen)))
+        return _counted(base, chw, convention, None, entry)
+    with recording_conv_inputs(base) as seen:  # the same pass finds the convs for the other conv types
+        count = _counted(base, chw, convention, None, entry)
+    if _cacheable(entry):
+        _SITES.setdefault((entry, num_classes, input_size, False), tuple(sites_from(base, seen)))
     return count
 
 
-def size_model(model: str, conv: str = "standard", num_classes: int | None = None, input_size: int | None = None,
-               convention: str = "paper", include_stem: bool | None = None, **hp: Any) -> SizeResult:
-    """Parameters and MACs of ``model`` with ``conv`` under ``convention``, next to the standard model."""
+def _counted(net: nn.Module, chw, convention: str, unused, entry: ModelEntry) -> ModelCount:
+    """count_model, with the model's own forward-pass failure as one line."""
+    try:
+        return count_model(net, chw, convention, unused)
+    except FORWARD_ERRORS as e:
+        raise does_not_run(chw, e, entry.name) from None
+
+
+def size_model(model: str | ModelEntry | nn.Module, conv: str = "standard", num_classes: int | None = None,
+               input_size: Any = None, convention: str = "paper", include_stem: bool | None = None,
+               include=None, exclude=None, **hp: Any) -> SizeResult:
+    """Parameters and MACs of ``model`` with ``conv`` under ``convention``, next to the standard model.
+
+    ``model``: a name or spec (:func:`falcon.models.get_model_entry`), an entry, or any ``nn.Module`` (sized
+    on a shapes-only copy: its weights are never copied). ``input_size``: H (= W), or (C, H, W); default the
+    model's own (for torchvision models, the eval crop of their weights).
+    """
     if convention not in CONVENTIONS:
         raise FalconError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     t0 = time.perf_counter()
-    entry = get_model_entry(model)
+    entry = model_entry(model, input_size)
     resolved = get_conv_type(conv).resolve(**hp)  # a bad hyper-parameter fails before any forward pass
     size = _checked_size(entry, num_classes, input_size)
     # cached, and computed first: every conv type compares against it, and its pass also finds the convs
-    standard = _standard_count(model, num_classes, size, convention)
+    standard = _standard_count(entry, num_classes, size, convention)
     if conv == "standard":
+        if include or exclude:
+            raise FalconError("include/exclude patterns choose the convs a compressed type replaces; pick a conv type")
         count, chw, replaced, unused = standard, (entry.in_channels, size, size), [], {}
     else:
-        net, entry, resolved, replaced, unused, chw = build_sized(model, num_classes, size, conv, include_stem, **hp)
-        count = count_model(net, chw, convention, unused)
+        net, entry, resolved, replaced, unused, chw = build_sized(entry, num_classes, size, conv, include_stem,
+                                                                  include=include, exclude=exclude, **hp)
+        count = _counted(net, chw, convention, unused, entry)
     notes = []
     if conv in entry.drop_shortcuts_for:
         notes.append("residual shortcuts removed, as the thesis did for this model with this conv type")
     if convention == "paper" and any(unused.values()):
         notes.append(f"includes {sum(unused.values()):,} parameters of the BN that the reference FALCON module "
                      "creates per replaced layer and never uses (convention 'clean' leaves them out)")
-    return SizeResult(model, num_classes if num_classes is not None else entry.default_classes, chw[1], conv, resolved,
-                      convention, count, standard, replaced, time.perf_counter() - t0, notes)
+    classes = num_classes if num_classes is not None else entry.default_classes
+    return SizeResult(entry.name, classes, chw[1], conv, resolved, convention, count, standard, replaced,
+                      time.perf_counter() - t0, notes, entry.input_size_from if input_size is None else "given")
+
+
+# ----------------------------------------------------------------------------------------------
+# budgets: which rank meets a target
+@dataclass
+class Budget:
+    """The answer to "which uniform rank gives me X× fewer MACs (or params)?"."""
+
+    model: str
+    conv: str
+    metric: str  # "computation_reduction_rate" (MACs) or "compression_rate" (params)
+    target: float
+    rank: int | None  # the highest rank that meets the target; None when none does
+    result: SizeResult | None  # sizing at that rank
+    neighbours: list[SizeResult]  # the ranks just below and above (and the answer), in rank order
+    max_rank: int  # the largest rank searched: the largest full rank of the replaced layers
+    ceiling: float  # the rate if every replaced conv cost nothing (what no rank can beat)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def what(self) -> str:
+        return "MACs" if self.metric == "computation_reduction_rate" else "params"
+
+    def summary(self) -> str:
+        label = get_conv_type(self.conv).label
+        if self.rank is None:
+            best = getattr(self.neighbours[0], self.metric) if self.neighbours else float("nan")
+            return (f"no rank of {label} gives {self.target:g}× fewer {self.what} on {self.model}: the best is "
+                    f"{best:.3f}× at rank 1, and even replaced convs that cost nothing would give at most "
+                    f"{self.ceiling:.3f}× (the rest of the model stays)")
+        got = getattr(self.result, self.metric)
+        return (f"{label} rank {self.rank} is the highest uniform rank with ≥ {self.target:g}× fewer {self.what} on "
+                f"{self.model}: {got:.3f}× ({self.result.params:,} params, {self.result.macs:,} MACs)")
+
+    def as_dict(self) -> dict:
+        def row(r: SizeResult) -> dict:
+            return {"rank": r.hparams.get("rank"), "params": r.params, "macs": r.macs,
+                    "compression_rate": r.compression_rate, "computation_reduction_rate": r.computation_reduction_rate,
+                    "meets": getattr(r, self.metric) >= self.target}
+
+        return {"model": self.model, "conv": self.conv, "metric": self.metric, "target": self.target,
+                "rank": self.rank, "max_rank": self.max_rank, "ceiling": self.ceiling, "summary": self.summary(),
+                "result": self.result.as_dict() if self.result else None,
+                "neighbours": [row(r) for r in self.neighbours], "notes": self.notes}
+
+
+def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", crr: float | None = None,
+                    cr: float | None = None, **kwargs: Any) -> Budget:
+    """The highest uniform rank of ``conv`` whose computation reduction rate is at least ``crr`` (or whose
+    compression rate is at least ``cr``), sized with :func:`size_model` (``kwargs``: its arguments).
+
+    Rates fall as the rank grows, so the search walks up from rank 1 and stops at the first rank that misses
+    the target, or at the largest full rank of the replaced layers (above it a fit gains nothing).
+    """
+    from falcon.ehp import full_rank
+
+    if (crr is None) == (cr is None):
+        raise FalconError("give one target: a computation reduction rate (MACs) or a compression rate (params)")
+    target = float(crr if crr is not None else cr)
+    if not target > 0:
+        raise FalconError(f"a target rate is a positive number of times fewer (4 for 4× fewer), got {target:g}")
+    ct = get_conv_type(conv)
+    if not ct.ranked:
+        ranked = ", ".join(c for c in RANKED)
+        raise FalconError(f"a target is met by choosing the rank; {conv} has none (use {ranked})")
+    if "rank" in kwargs:
+        raise FalconError("a target chooses the rank itself; leave the rank out")
+    metric = "computation_reduction_rate" if crr is not None else "compression_rate"
+    first = size_model(model, conv, rank=1, **kwargs)
+    entry = model_entry(model, kwargs.get("input_size"))
+    sites = {s.name: s for s in _SITES.get((entry, kwargs.get("num_classes"), first.input_size,
+                                            conv in entry.drop_shortcuts_for), ())}
+    specs = [sites[n].spec for n in first.replaced if n in sites]
+    max_rank = max((full_rank((s.N, s.M, s.D), ct.fit_axis) for s in specs), default=1) if specs else 9
+    replaced_cost = {"computation_reduction_rate": "macs", "compression_rate": "params"}[metric]
+    std_total = getattr(first.standard, replaced_cost)
+    std_rows = {u.name: getattr(u, replaced_cost) for u in first.standard.units}
+    free = std_total - sum(std_rows.get(n, 0) for n in first.replaced)
+    ceiling = std_total / free if free > 0 else float("inf")
+    results = [first]
+    while getattr(results[-1], metric) >= target and len(results) < max_rank:
+        results.append(size_model(model, conv, rank=len(results) + 1, **kwargs))
+    meets = [r for r in results if getattr(r, metric) >= target]
+    notes = []
+    if meets and len(meets) == len(results) == max_rank:
+        notes.append(f"rank {max_rank} is the full rank of every replaced layer: the fit is exact there, so no "
+                     "higher rank is searched")
+    if not meets:
+        return Budget(first.model, conv, metric, target, None, None, [first], max_rank, ceiling, notes)
+    best = meets[-1]
+    rank = best.hparams["rank"]
+    below = results[rank - 2: rank - 1] if rank > 1 else []
+    above = results[rank: rank + 1]
+    return Budget(first.model, conv, metric, target, rank, best, [*below, best, *above], max_rank, ceiling, notes)

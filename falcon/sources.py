@@ -6,7 +6,7 @@
 * a checkpoint file: a ``state_dict`` for a known architecture, read with ``weights_only=True``.
   Files that are not checkpoints are refused; keys or shapes that do not fit the architecture are
   named (a few of them). A classifier of another size is taken as the number of classes;
-* a converted model saved by :func:`falcon.convert.save_converted` (rebuilt, then loaded).
+* a converted model saved by :func:`falcon.conversion.save_converted` (rebuilt, then loaded).
 
 Every failure a user can fix is a :class:`~falcon.errors.FalconError` with a one-line message.
 """
@@ -99,6 +99,84 @@ def load_torchvision_pretrained(name: str, timeout: float = DOWNLOAD_TIMEOUT) ->
     return state_dict_of(state, str(cached))
 
 
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host of ``url`` resolves and accepts a TCP connection within ``timeout`` seconds."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True, name="falcon-probe")
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(ok and ok[0])
+
+
+def load_timm_pretrained(entry: ModelEntry, num_classes: int | None, timeout: float = DOWNLOAD_TIMEOUT) -> nn.Module:
+    """timm's pretrained model (through timm and the Hugging Face cache), or a one-line error within ``timeout``."""
+    import timm
+
+    arch = entry.name[len("timm:"):]
+    result: list = []
+
+    def work() -> None:
+        try:
+            kwargs = {} if num_classes is None else {"num_classes": num_classes}
+            result.append(timm.create_model(arch, pretrained=True, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            result.append(e)
+
+    import logging
+
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_OFFLINE")}
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
+    offline = not _reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        from huggingface_hub import constants as hf_constants
+    except ImportError:  # pragma: no cover - timm depends on it
+        hf_constants = None
+    was_offline = getattr(hf_constants, "HF_HUB_OFFLINE", None)
+    if offline and hf_constants is not None:
+        hf_constants.HF_HUB_OFFLINE = True  # no network: the Hugging Face cache only, no retries
+    quiet = logging.getLogger("huggingface_hub")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        thread = threading.Thread(target=work, daemon=True, name="falcon-timm-download")
+        thread.start()
+        thread.join(timeout + 2.0)
+    finally:
+        quiet.setLevel(level)
+        if hf_constants is not None:
+            hf_constants.HF_HUB_OFFLINE = was_offline
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    fix = ("online, timm downloads them into the Hugging Face cache ($HF_HOME, ~/.cache/huggingface); offline, copy "
+           "that cache from a machine that has them and set HF_HUB_OFFLINE=1, or pass a checkpoint file with --weights")
+    if thread.is_alive():
+        raise FalconError(f"no answer within {timeout:g} s while fetching timm's pretrained {arch} weights; {fix}")
+    if isinstance(result[0], BaseException):
+        e = result[0]
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise e
+        if offline:
+            raise FalconError(f"timm's pretrained {arch} weights are not in the Hugging Face cache and huggingface.co "
+                              f"cannot be reached; {fix}") from None
+        raise FalconError(f"could not load timm's pretrained {arch} weights ({_short(f'{type(e).__name__}: {e}', 120)}); "
+                          f"{fix}") from None
+    return result[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # one interface
 def load_model(name: str, weights: str | os.PathLike | None = None, num_classes: int | None = None,
@@ -106,8 +184,9 @@ def load_model(name: str, weights: str | os.PathLike | None = None, num_classes:
     """Build model ``name`` and load its weights.
 
     ``weights``: None (``digits-vgg``: its bundled weights; any other model: random init),
-    ``"pretrained"`` (torchvision's DEFAULT weights, or digits-vgg's bundled ones), ``"random"``, or
-    the path of a checkpoint file (a state_dict, or a converted model saved by :mod:`falcon.convert`).
+    ``"pretrained"`` (torchvision's DEFAULT weights, timm's for ``timm:`` models, or digits-vgg's bundled
+    ones), ``"random"`` (a factory of your own: whatever it initializes), or
+    the path of a checkpoint file (a state_dict, or a converted model saved by :mod:`falcon.conversion`).
     ``num_classes`` defaults to the model's own, or to the size of the checkpoint's classifier.
     """
     entry = get_model_entry(name)
@@ -128,13 +207,16 @@ def load_model(name: str, weights: str | os.PathLike | None = None, num_classes:
                            "bundled")
         from falcon.models import torchvision_classification_models
 
+        if entry.family == "timm":
+            model = load_timm_pretrained(entry, num_classes, timeout)
+            return finish(model, entry, f"{entry.name}, timm pretrained weights", "pretrained")
         if entry.name not in torchvision_classification_models():
             raise FalconError(f"{entry.name} has no pretrained weights; pass a checkpoint file (a state_dict)")
         state = load_torchvision_pretrained(entry.name, timeout)
         return _from_state(entry, state, num_classes, f"torchvision pretrained weights "
                                                       f"({torchvision_weights(entry.name)})", "pretrained", name)
     obj = read_checkpoint(weights)
-    from falcon import convert
+    from falcon import conversion as convert
 
     if convert.is_converted(obj):
         loaded = convert.rebuild_converted(obj, str(weights))
@@ -166,7 +248,7 @@ def load_for_app(source: str, name: str, checkpoint: bytes | None = None) -> tup
         if not checkpoint:
             raise FalconError("upload a checkpoint file (a state_dict saved with torch.save)")
         obj = read_checkpoint(bytes(checkpoint), "the uploaded checkpoint")
-        from falcon import convert
+        from falcon import conversion as convert
 
         if convert.is_converted(obj):
             raise FalconError("the uploaded file is a converted model; fit layers of the original model instead")

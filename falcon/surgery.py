@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ def _replaceable(conv: nn.Conv2d) -> bool:
             and p[0] == p[1] and d == (1, 1) and conv.padding_mode == "zeros")
 
 
-def conv_sites(model: nn.Module, input_size: tuple[int, int, int]) -> list[ConvSite]:
+def conv_sites(model: nn.Module, input_size: tuple[int, int, int], name: str = "the model") -> list[ConvSite]:
     """Every Conv2d of ``model`` in forward order, with the spatial size of its input."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
@@ -42,16 +43,28 @@ def conv_sites(model: nn.Module, input_size: tuple[int, int, int]) -> list[ConvS
             model.eval()
             with torch.inference_mode(), shape_only(model):
                 model(torch.zeros((1, *input_size), device=device))
-        except RuntimeError as e:
-            raise does_not_run(input_size, e) from None
+        except FORWARD_ERRORS as e:
+            raise does_not_run(input_size, e, name) from None
         finally:
             model.train(was_training)
     return sites_from(model, seen)
 
 
-def does_not_run(input_size: tuple[int, int, int], error: Exception) -> FalconError:
-    """The user error for a model whose forward pass fails on a (C, H, W) input."""
-    return FalconError(f"the model does not run on a {input_size[1]}×{input_size[2]} input: {str(error).splitlines()[0]}")
+#: What a model's own forward pass raises on an input it does not take: torchvision checks sizes with
+#: ``torch._assert`` (AssertionError), others raise RuntimeError (shapes), ValueError or IndexError.
+FORWARD_ERRORS = (RuntimeError, AssertionError, ValueError, IndexError, TypeError, NotImplementedError)
+
+
+def does_not_run(input_size: tuple[int, int, int], error: Exception, name: str = "the model") -> FalconError:
+    """The user error for a model whose forward pass fails on a (C, H, W) input, in one line."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = text if len(text) <= 200 else text[:199] + "…"
+    size = f"{input_size[1]}×{input_size[2]}"
+    if "expected" in text.lower() and isinstance(error, AssertionError):
+        return FalconError(f"{name} does not run at {size} (it checks its input size): {text}; "
+                           "give the size it expects with --input-size")
+    return FalconError(f"{name} does not run on a {input_size[0]}×{size} input ({type(error).__name__}: {text}); "
+                       "check --input-size and the input channels")
 
 
 @contextlib.contextmanager
@@ -86,12 +99,48 @@ def sites_from(model: nn.Module, seen: dict[str, tuple[int, int]]) -> list[ConvS
     return sites
 
 
-def plan(entry: ModelEntry, sites: list[ConvSite], conv: str, include_stem: bool | None = None) -> list[ConvSite]:
-    """The sites ``conv`` replaces under the model's policy (see :mod:`falcon.models`)."""
+def plan(entry: ModelEntry, sites: list[ConvSite], conv: str, include_stem: bool | None = None,
+         include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> list[ConvSite]:
+    """The sites ``conv`` replaces: the model's policy (see :mod:`falcon.models`), then the patterns.
+
+    ``include``: shell-style patterns on layer names (``features.*``, ``layer[34].*``); when given, only the
+    replaceable convs that match one are replaced, the stem too if a pattern names it. ``exclude``: patterns
+    of convs to keep. A pattern that matches no conv of the model is an error (a typo would silently change
+    nothing otherwise).
+    """
     if conv == "standard":
         return []
+    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    for pattern in (*include, *exclude):
+        if not any(fnmatch.fnmatchcase(s.name, pattern) for s in sites):
+            shown = ", ".join(s.name for s in sites[:4]) + (", …" if len(sites) > 4 else "")
+            raise FalconError(f"pattern {pattern!r} matches no conv of {entry.name} (its convs: {shown}; "
+                              "`python -m falcon layers --model …` lists them)")
     stem = (conv in entry.stem_replaced_by) if include_stem is None else include_stem
-    return [s for s in sites if s.replaceable and (stem or not s.is_stem)]
+    chosen = []
+    for s in sites:
+        if not s.replaceable:
+            continue
+        if include:
+            if not any(fnmatch.fnmatchcase(s.name, p) for p in include):
+                continue
+        elif s.is_stem and not stem:
+            continue
+        if any(fnmatch.fnmatchcase(s.name, p) for p in exclude):
+            continue
+        chosen.append(s)
+    return chosen
+
+
+def _patterns(patterns: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
+    if patterns is None:
+        return ()
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = tuple(p.strip() for part in patterns for p in str(part).split(",") if p.strip())
+    if not out and patterns:
+        raise FalconError(f"{what} patterns are empty")
+    return out
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from falcon.blocks import DSConv, FalconConv
-from falcon.convert import (FORMAT, accuracy, convert_model, load_converted, model_full_rank, parse_ranks,
-                            rank_sweep, report, save_converted)
+from falcon.conversion import (FORMAT, accuracy, convert_model, load_converted, model_full_rank, parse_ranks,
+                            convert_ranks, report, save_converted)
 from falcon.counting import count_model
 from falcon.errors import FalconError
 from falcon.models import ModelEntry
@@ -84,7 +84,7 @@ def test_replacement_policy_and_clamping(digits):
 
 
 def test_error_and_accuracy_improve_with_rank(digits):
-    table = rank_sweep(digits, "falcon", [1, 3, 5, 9])
+    table = convert_ranks(digits, "falcon", [1, 3, 5, 9])
     errors = [r["mean_relative_error"] for r in table["rows"]]
     params = [r["params"] for r in table["rows"]]
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-5
@@ -93,7 +93,7 @@ def test_error_and_accuracy_improve_with_rank(digits):
     assert table["standard_params"] == sum(p.numel() for p in digits.model.parameters())
     few = TensorDataset(*(t[:120] for t in digits.eval_data.tensors))
     small = dataclasses.replace(digits, eval_data=few)
-    table = rank_sweep(small, "dsconv", [1, 9], evaluate=True)
+    table = convert_ranks(small, "dsconv", [1, 9], evaluate=True)
     accs = [r["accuracy"] for r in table["rows"]]
     assert accs[0] < accs[1] == table["baseline_accuracy"] == accuracy(digits.model, few)
 

@@ -20,7 +20,7 @@ from conftest import run_cli
 from falcon.errors import FalconError
 from falcon.experiments import data as exp_data
 from falcon.experiments import pipeline, store
-from falcon.experiments.pipeline import ExperimentConfig, convert, run_experiment
+from falcon.experiments.pipeline import ExperimentConfig, convert_for_run, run_experiment
 from falcon.experiments.sweep import SweepRunner, run_sweep, sweep_configs
 
 TINY = dict(limit_train=96, limit_test=48, epochs=1, batch_size=32)
@@ -65,7 +65,7 @@ def test_config_defaults_and_validation():
 # conversion keeps what it should
 def test_full_rank_falcon_computes_the_baseline(baseline, digits):
     cfg = tiny(conv="falcon", hparams={"rank": 9}).resolved()
-    model, layers = convert(baseline.model, cfg, digits.input_size)
+    model, layers = convert_for_run(baseline.model, cfg, digits.input_size)
     assert len(layers) == 5 and layers[0]["rank"] == 1 and layers[0]["clamped"]  # the 1-channel stem
     assert max(layer["relative_error"] for layer in layers) < 1e-4
     x = digits.test.tensors[0][:16]
@@ -79,7 +79,7 @@ def test_full_rank_falcon_computes_the_baseline(baseline, digits):
 @pytest.mark.parametrize("conv", ["mobilev2", "shuffle"])
 def test_competitors_start_random_but_keep_the_other_weights(baseline, digits, conv):
     cfg = tiny(conv=conv).resolved()
-    model, layers = convert(baseline.model, cfg, digits.input_size)
+    model, layers = convert_for_run(baseline.model, cfg, digits.input_size)
     assert {layer["init"] for layer in layers} == {"random"} and len(layers) == 4  # the stem stays standard
     kept = baseline.model.state_dict()
     new = model.state_dict()

@@ -131,7 +131,7 @@ def test_shape_only_shortcut_changes_no_count(model, monkeypatch):
     from falcon import counting, sizing
 
     def fresh():
-        sizing._standard_count.cache_clear()
+        sizing._cached_standard_count.cache_clear()
         sizing._SITES.clear()
 
     fresh()
@@ -172,7 +172,7 @@ def test_sizing_on_meta_does_not_leak_into_another_thread():
         try:
             for _ in range(6):
                 for m, want in expect.items():
-                    sizing._standard_count.cache_clear()  # build the standard model again every time
+                    sizing._cached_standard_count.cache_clear()  # build the standard model again every time
                     sizing._SITES.clear()
                     r = size_model(m, "falcon")
                     assert (r.params, r.macs) == want, (m, r.params, r.macs, want)

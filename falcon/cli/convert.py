@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 
 from falcon.cli.common import print_json, print_table
+from falcon.cli.size import add_policy_flags, policy
 from falcon.cli.fit import add_model_flags
 from falcon.convtypes import FITTABLE
 from falcon.errors import FalconError
 
 
 def add_parser(sub) -> None:
-    from falcon.convert import INITS
+    from falcon.conversion import INITS
     from falcon.ehp import GD_STEPS, OPTIMIZERS
 
     p = sub.add_parser("convert", help="convert a model's convs to rank-k falcon/dsconv from the EHP fit",
@@ -21,17 +22,19 @@ def add_parser(sub) -> None:
                                    "--output saves the converted model (loads with weights_only=True).")
     add_model_flags(p)
     p.add_argument("--conv", required=True, choices=FITTABLE, help=" or ".join(FITTABLE))
-    p.add_argument("--rank", default="1", metavar="K",
+    p.add_argument("--rank", default=None, metavar="K",
                    help="rank k (default 1), clamped per layer to its full rank; or several for a table: "
                         "1,2,4 | 1-9 | all (1 … the largest full rank) | full")
+    p.add_argument("--energy", type=float, default=None, metavar="E",
+                   help="instead of --rank: per layer, the smallest rank that keeps at least this fraction (0-1] of "
+                        "every channel's singular-value energy (Network Decoupling's rule); each layer's rank is reported")
     p.add_argument("--init", choices=list(INITS), default="svd",
                    help="svd (closed-form optimum; default), gd (gradient descent) or random")
     p.add_argument("--steps", type=int, default=None, help=f"gd: steps per layer (default {GD_STEPS})")
     p.add_argument("--lr", type=float, default=None, help="gd: learning rate (default: the optimizer's)")
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None, help="gd: adam (default) or sgd")
     p.add_argument("--seed", type=int, default=0, help="seed for gd and random init (default 0)")
-    p.add_argument("--include-stem", action="store_true", default=None,
-                   help="also replace the first conv (the model's policy decides otherwise)")
+    add_policy_flags(p)
     p.add_argument("--evaluate", action="store_true",
                    help="accuracy on the held-out set before and after (digits-vgg has one)")
     p.add_argument("--output", default=None, metavar="PATH", help="save the converted model here")
@@ -40,7 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon.convert import (accuracy, convert_model, model_full_rank, parse_ranks, rank_sweep, report,
+    from falcon.conversion import (accuracy, convert_model, model_full_rank, parse_ranks, convert_ranks, report,
                                 save_converted)
     from falcon.sources import load_model
 
@@ -49,15 +52,19 @@ def run(args: argparse.Namespace) -> int:
     gd = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("optimizer", args.optimizer)) if v is not None}
     if gd and args.init != "gd":
         raise FalconError(f"--{next(iter(gd))} applies to --init gd only")
+    if args.energy is not None and args.rank is not None:
+        raise FalconError("give --rank or --energy, not both")
     loaded = load_model(args.model, args.weights, args.num_classes)
     if args.evaluate and loaded.eval_data is None:
         raise FalconError(f"{loaded.name} has no held-out set to evaluate on; digits-vgg has one")
-    single = args.rank.strip().isdigit()
-    ranks = [int(args.rank)] if single else parse_ranks(args.rank, model_full_rank(loaded, args.conv, args.include_stem))
-    if len(ranks) > 1 or not single:
+    options = policy(args)
+    text = "1" if args.rank is None else args.rank
+    single = text.strip().isdigit()
+    ranks = [int(text)] if single else parse_ranks(text, model_full_rank(loaded, args.conv, **options))
+    if args.energy is None and (len(ranks) > 1 or not single):
         if args.output:
             raise FalconError("--output saves one converted model; give a single --rank")
-        table = rank_sweep(loaded, args.conv, ranks, args.init, args.evaluate, args.include_stem, args.seed, **gd)
+        table = convert_ranks(loaded, args.conv, ranks, args.init, args.evaluate, args.seed, **options, **gd)
         if args.json:
             print_json(table)
             return 0
@@ -72,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if ranks[0] < 1:
         raise FalconError(f"rank must be a positive integer, got {ranks[0]}")
     baseline = accuracy(loaded.model, loaded.eval_data) if args.evaluate else None
-    converted = convert_model(loaded, args.conv, ranks[0], args.init, args.include_stem, args.seed, **gd)
+    rank = None if args.energy is not None else ranks[0]
+    converted = convert_model(loaded, args.conv, rank, args.init, energy=args.energy, seed=args.seed, **options, **gd)
     out = report(converted, args.evaluate, baseline, loaded.eval_data)
     if args.output:
         try:
@@ -88,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     clamped = [x["layer"] for x in out["layers"] if x["clamped"]]
     if clamped:
         print(f"rank {ranks[0]} clamped to the full rank in {', '.join(clamped)}")
-    print(f"rank-{ranks[0]} {args.conv}, init {args.init}: {out['replaced_layers']} convs replaced in {out['seconds']:.2f} s")
+    how = f"rank-{ranks[0]}" if rank is not None else f"energy ≥ {args.energy:g} per channel (ranks " \
+          f"{min(x['rank'] for x in out['layers'])}–{max(x['rank'] for x in out['layers'])})"
+    print(f"{how} {args.conv}, init {args.init}: {out['replaced_layers']} convs replaced in {out['seconds']:.2f} s")
     print(f"params {out['params']:>13,}   original {out['standard_params']:>13,}   CR  {out['compression_rate']:.2f}x")
     print(f"MACs   {out['macs']:>13,}   original {out['standard_macs']:>13,}   CRR {out['computation_reduction_rate']:.2f}x"
           f"   (convention {out['convention']})")

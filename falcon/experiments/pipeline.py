@@ -35,13 +35,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
-from falcon.convtypes import FITTABLE, get_conv_type
+from falcon.convtypes import get_conv_type
 from falcon.errors import FalconError
 
 ProgressFn = Callable[[dict[str, Any]], None]
 StopFn = Callable[[], bool]
 
-OPTIMIZERS = ("sgd", "adamw")
+TRAIN_OPTIMIZERS = ("sgd", "adamw")  # fine-tuning; the EHP fit has its own (falcon.ehp)
 INITS = ("svd", "gd", "random")
 #: Learning rates that fine-tune a converted digits-vgg well in 3 epochs (docs/experiments.md).
 DEFAULT_LR = {"sgd": 0.05, "adamw": 5e-3}
@@ -95,8 +95,8 @@ class ExperimentConfig:
         c.hparams = ct.resolve(**{k: v for k, v in c.hparams.items() if k in {h.name for h in ct.hparams}})
         if c.dataset not in DATASETS:
             raise FalconError(f"unknown dataset {c.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if c.optimizer not in OPTIMIZERS:
-            raise FalconError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+        if c.optimizer not in TRAIN_OPTIMIZERS:
+            raise FalconError(f"optimizer must be one of {', '.join(TRAIN_OPTIMIZERS)}, got {c.optimizer!r}")
         if c.init is None:
             c.init = "svd" if ct.fittable else ("none" if c.conv == "standard" else "random")
         elif c.conv == "standard":
@@ -186,7 +186,7 @@ def _wants_cuda(device: str) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
-def resolve_device(device: str, d: Dist) -> torch.device:
+def training_device(device: str, d: Dist) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -439,12 +439,12 @@ def build_baseline(cfg: ExperimentConfig, data, device: torch.device, d: Dist = 
     return Baseline(model, acc, params, macs, source, time.perf_counter() - t0, history)
 
 
-def convert(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[int, int, int]) -> tuple[nn.Module, list[dict]]:
+def convert_for_run(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[int, int, int]) -> tuple[nn.Module, list[dict]]:
     """Replace the convs of (a copy of) ``model`` by ``cfg.conv`` blocks; returns it and a per-layer report.
 
     falcon/dsconv: bare blocks loaded with the ``cfg.init`` fit of each trained kernel (the conv's
     bias moves into the block), so with the model's own BN/ReLU after them they compute what the
-    model did up to the fit error (:func:`falcon.convert.convert_model`). Other types: the paper-layout
+    model did up to the fit error (:func:`falcon.conversion.convert_model`). Other types: the paper-layout
     block, randomly initialised (seeded).
     """
     from falcon.models import get_model_entry
@@ -462,16 +462,14 @@ def convert(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[int, int,
         ct.resolve(site.spec, **cfg.hparams)  # check every layer before touching any
     torch.manual_seed(cfg.seed)
     report = []
-    if cfg.conv in FITTABLE:  # the EHP conversion of issue 3: falcon.convert
-        from falcon.convert import convert_model
-        from falcon.checkpoints import LoadedModel
+    if get_conv_type(cfg.conv).fittable:  # the EHP conversion: falcon.conversion, on the module itself
+        from falcon.conversion import convert_model
 
         gd = {"steps": cfg.gd_steps} if cfg.init == "gd" and cfg.gd_steps else {}
-        loaded = LoadedModel(model, entry, None, "baseline", "baseline", 0)
-        converted = convert_model(loaded, cfg.conv, cfg.hparams["rank"], cfg.init, cfg.include_stem, seed=cfg.seed,
-                                  inplace=True, **gd)
+        converted = convert_model(model, cfg.conv, cfg.hparams["rank"], cfg.init, input_size=input_size, entry=entry,
+                                  include_stem=cfg.include_stem, seed=cfg.seed, inplace=True, **gd)
         model = converted.model
-        report = [layer.as_dict() for layer in converted.layers]
+        report = converted.as_dict()
     else:
         made = replace_convs(model, sites, cfg.conv, cfg.hparams)
         report = [{"layer": name, "shape": site.spec.describe(), "init": "random"}
@@ -508,7 +506,7 @@ def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data
     t_start = time.perf_counter()
     d = setup_distributed(cfg.device)
     try:
-        device = resolve_device(cfg.device, d)
+        device = training_device(cfg.device, d)
         if cfg.channels_last is None:
             cfg.channels_last = device.type == "cpu"
         timings: dict[str, float] = {}
@@ -544,7 +542,7 @@ def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data
 
             _emit(progress, d, phase="convert", fraction=0.1, message=f"converting to {cfg.conv} (init {cfg.init})")
             t = time.perf_counter()
-            model, layers = convert(baseline.model, cfg, data.input_size)
+            model, layers = convert_for_run(baseline.model, cfg, data.input_size)
             timings["convert"] = time.perf_counter() - t
             record["params"], record["macs"] = _count(model, data.input_size)
             record["metrics"]["layers"] = layers
@@ -588,3 +586,9 @@ def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+# aliases until report.py, sweep.py, cli/experiment.py and pages/experiments.py are updated
+OPTIMIZERS = TRAIN_OPTIMIZERS
+resolve_device = training_device
+convert = convert_for_run

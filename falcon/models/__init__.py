@@ -6,6 +6,9 @@ Every model has a *replacement policy*: which convs a compressed conv type repla
 * The *stem* (the first conv, the one that sees the image) stays standard, except where the thesis
   replaced it: in the VGG models FALCON replaces every conv, the first one included.
 * ``include_stem=True`` replaces the stem too, for any model.
+* Models of your own: ``package.module:factory``, ``path/to/file.py:factory`` (your code, imported and run
+  as Python: only ever on your own machine), ``timm:NAME`` (when timm is installed), or an ``nn.Module``
+  given to the Python API (:func:`module_entry`). They follow the same policy.
 * ShuffleUnit α× is the one competitor whose code was never published. Its layout here is the one
   closest to the published counts (all within 6% but ResNet-18's 8%): α widens the maps between
   VGG's replaced convs, and the whole network after the image in the ResNets; ResNet-18 loses its
@@ -14,10 +17,17 @@ Every model has a *replacement policy*: which convs a compressed conv type repla
 """
 from __future__ import annotations
 
+import copy
+import importlib
+import importlib.util
+import inspect
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from falcon.errors import FalconError
@@ -30,15 +40,21 @@ class ModelEntry:
     builder: Callable[[int], nn.Module] = field(repr=False)
     input_size: int
     in_channels: int = 3
-    default_classes: int = 1000
+    default_classes: int | None = 1000  # None: the model's own (a factory or module of the user's)
     family: str = "torchvision"
     description: str = ""
+    input_size_from: str = ""  # where the default input size comes from, for the user
     stem_replaced_by: frozenset[str] = frozenset()  # conv types that replace the stem in the thesis
     drop_shortcuts_for: frozenset[str] = frozenset()
     shuffle_widen: str = "inner"  # how ShuffleUnit's α widens the model (falcon.surgery.widen_for_shuffle)
 
     def build(self, num_classes: int | None = None) -> nn.Module:
         return self.builder(self.default_classes if num_classes is None else num_classes)
+
+    @property
+    def rebuildable(self) -> bool:
+        """Whether :func:`get_model_entry` finds this entry again by its name (a saved conversion names it)."""
+        return self.family != "module"
 
 
 def _digits_builder(num_classes: int) -> nn.Module:
@@ -95,12 +111,200 @@ def list_models() -> list[str]:
     return list(PAPER_MODEL_ENTRIES) + [m for m in torchvision_classification_models() if m not in PAPER_MODEL_ENTRIES]
 
 
+#: What ``--model`` accepts, for help texts.
+MODEL_HELP = ("a name (python -m falcon models: the thesis's models, digits-vgg, torchvision's zoo), timm:NAME "
+              "(needs timm), or your own code: package.module:factory or path/to/file.py:factory (imported and "
+              "run as Python, so only on your own machine; factory(num_classes=N) when --num-classes is given)")
+
+
+@lru_cache(maxsize=None)
+def torchvision_crop_size(name: str) -> tuple[int, str]:
+    """The eval crop of the DEFAULT weights of a torchvision model, and where it comes from."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        crop = weights.transforms.keywords.get("crop_size")
+        crop = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+    except (ValueError, KeyError, AttributeError, TypeError, IndexError):
+        return 224, "the ImageNet default (no weights metadata)"
+    return crop, f"the eval crop of torchvision's {weights}"
+
+
 def get_model_entry(name: str) -> ModelEntry:
+    """The entry of a model name or spec (see :data:`MODEL_HELP`)."""
+    if not isinstance(name, str) or not name.strip():
+        raise FalconError(f"a model is a name or a spec such as package.module:factory, got {name!r}")
+    name = name.strip()
     if name in PAPER_MODEL_ENTRIES:
         return PAPER_MODEL_ENTRIES[name]
+    if name.startswith("timm:"):
+        return timm_entry(name[len("timm:"):])
+    if ":" in name:
+        return factory_entry(name)
     if name in torchvision_classification_models():
-        size = 299 if name == "inception_v3" else 224
-        return ModelEntry(name, _torchvision_builder(name), size, description=f"torchvision {name}")
+        return _torchvision_entry(name)
     close = [m for m in list_models() if name.lower().replace("-", "_") in m.replace("-", "_")][:5]
     hint = f" (did you mean {', '.join(close)}?)" if close else "; `python -m falcon models` lists them"
     raise FalconError(f"unknown model {name!r}{hint}")
+
+
+@lru_cache(maxsize=None)
+def _torchvision_entry(name: str) -> ModelEntry:
+    """One entry per name (the sizing caches key on entries)."""
+    size, source = torchvision_crop_size(name)
+    return ModelEntry(name, _torchvision_builder(name), size, description=f"torchvision {name}", input_size_from=source)
+
+
+# ----------------------------------------------------------------------------------------------
+# timm
+def timm_available() -> bool:
+    return importlib.util.find_spec("timm") is not None
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise FalconError("timm is not installed: pip install timm (or pip install -e .[timm])") from None
+    return timm
+
+
+def timm_models(pattern: str = "") -> list[str]:
+    """timm's architectures (``timm.list_models``), optionally filtered by a wildcard pattern."""
+    return list(_timm().list_models(pattern or ""))
+
+
+@lru_cache(maxsize=None)
+def timm_entry(arch: str) -> ModelEntry:
+    timm = _timm()
+    arch = arch.strip()
+    if not arch or not timm.is_model(arch):
+        close = timm.list_models(f"*{arch}*")[:5] if arch else []
+        hint = f" (did you mean {', '.join(close)}?)" if close else "; `python -m falcon models --source timm` lists them"
+        raise FalconError(f"timm has no model {arch!r}{hint}")
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+        chw = tuple(getattr(cfg, "input_size", None) or (3, 224, 224))
+        classes = int(getattr(cfg, "num_classes", None) or 1000)
+        source = f"timm's pretrained config of {arch}"
+    except Exception:  # noqa: BLE001 - older timm or a config-less model: the ImageNet default
+        chw, classes, source = (3, 224, 224), 1000, "the ImageNet default (no timm config)"
+
+    def build(num_classes: int) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+    return ModelEntry(f"timm:{arch}", build, int(chw[-1]), in_channels=int(chw[0]), default_classes=classes,
+                      family="timm", description=f"timm {arch}", input_size_from=source)
+
+
+# ----------------------------------------------------------------------------------------------
+# the user's own code and modules
+def _load_factory(spec: str) -> Callable:
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise FalconError(f"a model spec is package.module:factory or path/to/file.py:factory, got {spec!r}")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise FalconError(f"{where} does not exist" if not path.exists() else f"{where} is not a file")
+        mod_name = f"_falcon_user_{abs(hash(str(path.resolve())))}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            folder = str(path.resolve().parent)  # the file's own imports of its neighbours work
+            sys.path.insert(0, folder)
+            try:
+                loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(loader_spec)
+                loader_spec.loader.exec_module(module)
+            except Exception as e:  # noqa: BLE001 - the user's code: any error is theirs, in one line
+                raise FalconError(f"importing {where} failed: {type(e).__name__}: {_first_line(e)}") from None
+            finally:
+                sys.path.remove(folder)
+            sys.modules[mod_name] = module
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:  # noqa: BLE001
+            raise FalconError(f"cannot import {where}: {type(e).__name__}: {_first_line(e)}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")][:6]
+        raise FalconError(f"{where} has no {attr!r}" + (f" (it has {', '.join(found)})" if found else ""))
+    if not callable(factory):
+        raise FalconError(f"{spec} is a {type(factory).__name__}, not a function or class that builds a model")
+    return factory
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _takes_num_classes(factory: Callable) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def factory_entry(spec: str, input_size: int = 224, in_channels: int = 3) -> ModelEntry:
+    """A model built by the user's factory (``package.module:factory`` or ``file.py:factory``)."""
+    factory = _load_factory(spec)
+
+    def build(num_classes: int | None) -> nn.Module:
+        fixed = num_classes is not None and not _takes_num_classes(factory)
+        try:
+            model = factory() if num_classes is None or fixed else factory(num_classes=num_classes)
+        except FalconError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's factory: its error, in one line
+            raise FalconError(f"{spec} raised {type(e).__name__}: {_first_line(e)}") from None
+        if not isinstance(model, nn.Module):
+            raise FalconError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
+        if fixed:  # the factory decides the classes: they must be the ones asked for
+            own = next((m.out_features for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+            if own != num_classes:
+                raise FalconError(f"{spec} takes no num_classes argument and builds {own} classes, not {num_classes}")
+        return model
+
+    return ModelEntry(spec, build, input_size, in_channels=in_channels, default_classes=None, family="factory",
+                      description=f"built by {spec}", input_size_from="the default for a model of your own "
+                                                                         "(--input-size changes it)")
+
+
+def module_entry(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), name: str | None = None) -> ModelEntry:
+    """An entry for a module the caller holds: each build is a copy of it, on the device the caller builds on
+    (``torch.device("meta")`` copies shapes only, never the weights)."""
+    if not isinstance(model, nn.Module):
+        raise FalconError(f"expected a torch.nn.Module, got a {type(model).__name__}")
+    c, h, w = _chw(input_size)
+    if h != w:
+        raise FalconError(f"input size must be square (H = W), got {h}×{w}")
+
+    def build(num_classes: int | None) -> nn.Module:
+        if num_classes is not None:
+            raise FalconError("a model given as a module keeps its own classifier; leave num_classes out")
+        target = torch.empty(0).device  # the device of the caller's torch.device(...) context, if any
+        if target.type == "meta":
+            memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
+                            if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
+                    for t in (*model.parameters(), *model.buffers())}
+            return copy.deepcopy(model, memo)
+        return copy.deepcopy(model).to(target)
+
+    return ModelEntry(name or type(model).__name__, build, h, in_channels=c, default_classes=None, family="module",
+                      description=f"your {type(model).__name__}", input_size_from="the input_size you gave")
+
+
+def _chw(input_size) -> tuple[int, int, int]:
+    try:
+        size = tuple(int(v) for v in ((input_size,) if isinstance(input_size, int) else input_size))
+    except (TypeError, ValueError):
+        raise FalconError(f"input_size is (C, H, W), got {input_size!r}") from None
+    if len(size) == 1:
+        size = (3, size[0], size[0])
+    if len(size) != 3 or min(size) < 1:
+        raise FalconError(f"input_size is (C, H, W) with positive sizes, got {input_size!r}")
+    return size  # type: ignore[return-value]

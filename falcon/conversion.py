@@ -1,0 +1,360 @@
+"""Converting a trained model: its convs become rank-k falcon or dsconv blocks initialized from the EHP fit.
+
+* Which convs: the model's replacement policy (:func:`falcon.surgery.plan`, see :mod:`falcon.models`).
+* Each replaced conv becomes the *bare* block (the two sub-convolutions and nothing else), loaded with
+  the ``svd`` optimum, a ``gd`` fit, or left ``random``; the conv's bias moves into the block
+  (:func:`falcon.ehp.fit_module`). A rank above a layer's full rank is clamped for that layer.
+* Everything else stays: the pretrained BN and ReLU after each conv in particular, so the converted
+  network computes what the original did up to the fit error, before any fine-tuning. At full rank
+  it computes the same function (to float rounding).
+* The converted model saves as plain data (``weights_only``-safe): the model's name, the conv type,
+  the rank and replaced layers, and the ``state_dict``. :func:`load_converted` rebuilds it.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from falcon.convtypes import FITTABLE, get_conv_type
+from falcon.counting import count_model
+from falcon.ehp import attach_bias, fit_module, full_rank, rank_for_energy
+from falcon.checkpoints import finish, load_state_into, read_checkpoint, state_dict_of
+from falcon.errors import FalconError
+from falcon.models import ModelEntry, _chw, get_model_entry, module_entry
+from falcon.spec import LayerSpec
+from falcon.surgery import conv_sites, plan, set_module
+
+FORMAT = "falcon-explorer/converted-v1"
+INITS = ("svd", "gd", "random")
+CONVENTION = "clean"  # counts of what the converted model really holds
+
+
+@dataclass
+class ConvertedLayer:
+    name: str
+    spec: LayerSpec
+    rank: int  # the rank used (the requested one, clamped to the layer's full rank)
+    full_rank: int
+    clamped: bool
+    bias: bool
+    relative_error: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"layer": self.name, "shape": self.spec.describe(), "rank": self.rank, "full_rank": self.full_rank,
+                "clamped": self.clamped, "bias": self.bias, "relative_error": self.relative_error}
+
+
+@dataclass
+class Converted:
+    """A converted model and how it was made."""
+
+    model: nn.Module
+    entry: ModelEntry
+    num_classes: int | None  # None: the model's own (a module or factory of the user's)
+    conv: str
+    rank: int | None  # None when each layer's rank came from ``energy``
+    init: str
+    layers: list[ConvertedLayer]
+    source: str = ""  # where the original weights came from
+    seconds: float = 0.0
+    gd: dict[str, Any] = field(default_factory=dict)
+    chw: tuple[int, int, int] | None = None  # the input (C, H, W) the sites were found at
+    energy: float | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.chw or (self.entry.in_channels, self.entry.input_size, self.entry.input_size)
+
+    @property
+    def max_full_rank(self) -> int:
+        return max((layer.full_rank for layer in self.layers), default=1)
+
+    def as_dict(self) -> list[dict[str, Any]]:
+        """The per-layer fit report: name, shape, rank used, full rank, clamped, bias, relative error."""
+        return [layer.as_dict() for layer in self.layers]
+
+    def metadata(self) -> dict[str, Any]:
+        """Plain data (str, int, float, bool, lists, dicts) that, with the state_dict, rebuilds the model."""
+        meta = {
+            "format": FORMAT,
+            "model": self.entry.name,
+            "num_classes": self.num_classes,
+            "conv": self.conv,
+            "rank": self.rank,
+            "energy": self.energy,
+            "init": self.init,
+            "source": self.source,
+            "input_size": [int(v) for v in self.input_size],
+            "sites": [{"name": layer.name, "rank": int(layer.rank), "bias": bool(layer.bias),
+                       "spec": layer.spec.as_dict(), "relative_error": float(layer.relative_error)}
+                      for layer in self.layers],
+        }
+        return {k: v for k, v in meta.items() if v is not None}  # None: the model's own classes, no energy rule
+
+
+def _check(conv: str, init: str) -> None:
+    ct = get_conv_type(conv)  # unknown names get the registry's message
+    if not ct.fittable:
+        raise FalconError(f"{conv} is not an EHP of the kernel, so it cannot be fitted to pretrained weights; "
+                          f"convert to {' or '.join(FITTABLE)}")
+    if init not in INITS:
+        raise FalconError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def _target(model, input_size, entry) -> tuple[nn.Module, ModelEntry, tuple[int, int, int], str, int | None]:
+    """(module, entry, (C, H, W), weights source, classes) of a LoadedModel or of a plain module."""
+    from falcon.checkpoints import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        if model.converted is not None:
+            raise FalconError("this model is already converted; convert the original model")
+        chw = _chw(input_size) if input_size is not None else model.input_size
+        return model.model, model.entry, chw, model.weights, model.num_classes
+    if not isinstance(model, nn.Module):
+        raise FalconError(f"convert_model takes a torch.nn.Module (or a loaded model), got a {type(model).__name__}")
+    if entry is None:
+        entry = module_entry(model, input_size if input_size is not None else (3, 224, 224))
+    chw = _chw(input_size) if input_size is not None else (entry.in_channels, entry.input_size, entry.input_size)
+    classes = None if entry.family == "module" else entry.default_classes
+    return model, entry, chw, "", classes
+
+
+def convert_model(model, conv: str = "falcon", rank: int | None = 1, init: str = "svd", *,
+                  input_size: tuple[int, int, int] | None = None, entry: ModelEntry | None = None,
+                  include: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
+                  include_stem: bool | None = None, energy: float | None = None, seed: int = 0,
+                  inplace: bool = False, **gd: Any) -> Converted:
+    """Replace the convs of ``model`` (any ``nn.Module``, or a :class:`~falcon.checkpoints.LoadedModel`) by
+    rank-``rank`` ``conv`` blocks fitted to each trained kernel.
+
+    ``input_size``: the (C, H, W) of one input (default: the entry's, or 3×224×224 for a plain module); the
+    forward pass at that size finds the convs and the sizes they see. ``entry``: what the model is (its
+    replacement policy; :func:`falcon.models.get_model_entry`), optional for a plain module. Which convs: the
+    policy, then ``include``/``exclude`` name patterns (:func:`falcon.surgery.plan`).
+    ``energy``: instead of one rank, each layer gets the smallest rank that keeps at least this fraction of
+    every channel's singular-value energy (Network Decoupling's rule; ``rank`` must then be None).
+    ``init``: ``svd`` (the closed-form optimum), ``gd`` (gradient descent; ``gd`` keyword arguments such
+    as ``steps``, ``lr``, ``optimizer`` go to :func:`falcon.ehp.run_gd`) or ``random`` (PyTorch's default
+    init); both seeded, layer i with ``seed + i``. The original model is left untouched unless ``inplace``.
+    """
+    _check(conv, init)
+    if energy is not None:
+        if rank not in (None, 1):
+            raise FalconError("give a rank or an energy, not both")
+        if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 < float(energy) <= 1.0:
+            raise FalconError(f"energy must be a fraction in (0, 1], such as 0.9; got {energy!r}")
+        rank = None
+    elif isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise FalconError(f"rank must be a positive integer, got {rank!r}")
+    module, entry, chw, source, classes = _target(model, input_size, entry)
+    t0 = time.perf_counter()
+    module = module if inplace else copy.deepcopy(module)
+    module.eval()
+    sites = plan(entry, conv_sites(module, chw, entry.name), conv, include_stem, include, exclude)
+    if not sites:
+        raise FalconError(f"{entry.name} has no conv that {conv} replaces"
+                          + (" among those the patterns select" if include or exclude else ""))
+    ct = get_conv_type(conv)
+    ranks = {}
+    for site in sites:
+        top = full_rank((site.spec.N, site.spec.M, site.spec.D), ct.fit_axis)
+        if energy is not None:
+            kernel = module.get_submodule(site.name).weight.detach()
+            ranks[site.name] = int(rank_for_energy(kernel, ct.fit_axis, float(energy)).max())
+        else:
+            ranks[site.name] = rank
+        ct.resolve(site.spec, rank=min(ranks[site.name], top))
+    layers = []
+    for i, site in enumerate(sites):
+        kwargs = dict(gd, seed=seed + i) if init in ("gd", "random") else {}  # layer i: seed + i
+        conv_module = module.get_submodule(site.name)
+        block, fit = fit_module(conv_module, conv, ranks[site.name], init, spec=site.spec, **kwargs)
+        set_module(module, site.name, block.eval())
+        layers.append(ConvertedLayer(site.name, site.spec, fit.rank_used, fit.full_rank, fit.clamped,
+                                     conv_module.bias is not None, float(fit.relative_error)))
+    return Converted(module.eval(), entry, classes, conv, rank, init, layers, source, time.perf_counter() - t0,
+                     dict(gd), chw, None if energy is None else float(energy))
+
+
+# ----------------------------------------------------------------------------------------------
+# rebuilding, saving, loading
+def skeleton(entry: ModelEntry, num_classes: int, conv: str, sites: Iterable[dict], device: str | torch.device = "cpu") -> nn.Module:
+    """The converted model's modules (weights uninitialized on ``meta``, random elsewhere)."""
+    ct = get_conv_type(conv)
+    with torch.device(device):
+        model = entry.build(num_classes)
+        for site in sites:
+            spec = LayerSpec(**site["spec"])
+            block = ct.build(spec, rank=int(site["rank"]))
+            if site.get("bias"):
+                attach_bias(block, torch.zeros(spec.N))
+            set_module(model, site["name"], block)
+    return model.eval()
+
+
+def is_converted(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def save_converted(converted: Converted, path: str | os.PathLike) -> Path:
+    """Save as ``{**metadata, "state_dict": ...}``: tensors and plain data only (loads with ``weights_only=True``)."""
+    if not converted.entry.rebuildable:
+        raise FalconError(f"a converted {converted.entry.name} given as a module cannot be rebuilt from a file by name; "
+                          "save converted.model.state_dict() and rebuild it in your own code (or pass a "
+                          "package.module:factory or file.py:factory model, which saves)")
+    path = Path(path)
+    if path.is_dir():
+        raise FalconError(f"{path} is a directory; give a file name such as {path / 'converted.pt'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in converted.model.state_dict().items()}
+    torch.save({**converted.metadata(), "state_dict": state}, path)
+    return path
+
+
+def rebuild_converted(obj: dict, label: str = "the converted model"):
+    """A :class:`falcon.sources.LoadedModel` from the contents of a saved converted model."""
+
+    try:
+        entry = get_model_entry(obj["model"])
+        conv, sites = obj["conv"], list(obj["sites"])
+        classes = None if obj.get("num_classes") is None else int(obj["num_classes"])
+        _check(conv, obj.get("init", "svd"))
+        model = skeleton(entry, classes, conv, sites)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, FalconError):
+            raise
+        raise FalconError(f"{label} is not a valid converted model ({type(e).__name__}: {e})") from None
+    load_state_into(model, state_dict_of(obj.get("state_dict"), label), label, f"converted {entry.name}")
+    meta = {k: v for k, v in obj.items() if k != "state_dict"}
+    rank = meta.get("rank")
+    return finish(model, entry, f"{entry.name} converted to rank-{rank} {conv} ({label})", label, meta)
+
+
+def load_converted(path: str | os.PathLike):
+    """Load a model saved by :func:`save_converted` (``weights_only=True``); a LoadedModel with ``.converted`` set."""
+    obj = read_checkpoint(path)
+    if not is_converted(obj):
+        raise FalconError(f"{path} is not a converted model saved by `python -m falcon convert --output`")
+    return rebuild_converted(obj, str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# reports
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset, batch_size: int = 512) -> float:
+    """Top-1 accuracy on a (images, labels) TensorDataset, in eval mode."""
+    from falcon.models.digits import evaluate_accuracy
+
+    return evaluate_accuracy(model, dataset, batch_size)
+
+
+def _counts(entry: ModelEntry, num_classes: int, input_size, conv: str | None = None,
+            sites: list[dict] | None = None) -> tuple[int, int]:
+    if conv is None:
+        with torch.device("meta"):
+            model = entry.build(num_classes)
+    else:
+        model = skeleton(entry, num_classes, conv, sites or [], device="meta")
+    count = count_model(model, input_size, CONVENTION)
+    return count.params, count.macs
+
+
+def report(converted: Converted, evaluate: bool = False, baseline: float | None = None, eval_data=None) -> dict[str, Any]:
+    """Params and MACs (convention ``clean``, one image) of the converted model and the original; with
+    ``evaluate``, the held-out accuracy of both (``baseline`` skips re-measuring the original)."""
+    meta = converted.metadata()
+    params, macs = _counts(converted.entry, converted.num_classes, converted.input_size, converted.conv, meta["sites"])
+    std_params, std_macs = _counts(converted.entry, converted.num_classes, converted.input_size)
+    errors = [layer.relative_error for layer in converted.layers]
+    out: dict[str, Any] = {
+        "model": converted.entry.name,
+        "energy": converted.energy,
+        "weights": converted.source,
+        "conv": converted.conv,
+        "rank": converted.rank,
+        "init": converted.init,
+        "convention": CONVENTION,
+        "input_size": list(converted.input_size),
+        "params": params,
+        "macs": macs,
+        "standard_params": std_params,
+        "standard_macs": std_macs,
+        "compression_rate": std_params / params,
+        "computation_reduction_rate": std_macs / macs,
+        "replaced_layers": len(converted.layers),
+        "full_rank": converted.max_full_rank,
+        "mean_relative_error": sum(errors) / len(errors) if errors else 0.0,
+        "max_relative_error": max(errors, default=0.0),
+        "seconds": converted.seconds,
+        "layers": [layer.as_dict() for layer in converted.layers],
+    }
+    if converted.init == "gd":
+        out["gd"] = converted.gd
+    if evaluate:
+        if eval_data is None:
+            raise FalconError(f"{converted.entry.name} has no held-out set to evaluate on (digits-vgg has one)")
+        out["accuracy"] = accuracy(converted.model, eval_data)
+        out["baseline_accuracy"] = baseline
+        out["eval_images"] = len(eval_data)
+    return out
+
+
+def parse_ranks(text: str, top: int) -> list[int]:
+    """``"3"``, ``"1,2,4"``, ``"1-9"`` or ``"all"`` (1 … ``top``) → sorted ranks."""
+    text = str(text).strip().lower()
+    ranks: set[int] = set()
+    try:
+        if text in ("all", "full"):
+            return list(range(1, top + 1)) if text == "all" else [top]
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                ranks.update(range(lo, hi + 1))
+            else:
+                ranks.add(int(part))
+    except ValueError:
+        raise FalconError(f"rank must be an integer, a list (1,2,4), a range (1-9), 'all' or 'full'; got {text!r}") from None
+    if not ranks or min(ranks) < 1:
+        raise FalconError(f"ranks must be positive integers; got {text!r}")
+    return sorted(ranks)
+
+
+def model_full_rank(loaded, conv: str, include_stem: bool | None = None, include=None, exclude=None) -> int:
+    """The largest full rank among the convs ``conv`` replaces (rank ``all`` goes up to it)."""
+    _check(conv, "svd")
+    axis = get_conv_type(conv).fit_axis
+    sites = plan(loaded.entry, conv_sites(loaded.model, loaded.input_size, loaded.name), conv, include_stem,
+                 include, exclude)
+    if not sites:
+        raise FalconError(f"{loaded.entry.name} has no conv that {conv} replaces")
+    return max(full_rank((s.spec.N, s.spec.M, s.spec.D), axis) for s in sites)
+
+
+def convert_ranks(loaded, conv: str, ranks: Iterable[int], init: str = "svd", evaluate: bool = False,
+                  seed: int = 0, **options: Any) -> dict[str, Any]:
+    """Convert at every rank of ``ranks``: params, MACs, fit error and (with ``evaluate``) training-free accuracy.
+    ``options``: :func:`convert_model`'s (``include_stem``, ``include``, ``exclude``, gd settings)."""
+    baseline = accuracy(loaded.model, loaded.eval_data) if evaluate and loaded.eval_data is not None else None
+    rows = []
+    head: dict[str, Any] = {}
+    for rank in ranks:
+        converted = convert_model(loaded, conv, rank, init, seed=seed, **options)
+        r = report(converted, evaluate, baseline, loaded.eval_data)
+        head = head or {k: r[k] for k in ("model", "weights", "conv", "init", "convention", "input_size",
+                                          "standard_params", "standard_macs", "full_rank")}
+        row = {k: r[k] for k in ("rank", "params", "macs", "compression_rate", "computation_reduction_rate",
+                                 "mean_relative_error", "max_relative_error")}
+        if evaluate:
+            row["accuracy"] = r["accuracy"]
+        rows.append(row)
+    out = {**head, "rows": rows}
+    if evaluate:
+        out["baseline_accuracy"] = baseline
+    return out
