@@ -195,7 +195,9 @@ def build_sized(model: str | ModelEntry | nn.Module, num_classes: int | None, in
     """Build ``model`` with ``conv`` in place of its replaceable convs (paper layout): those of the model's
     policy, then the ``include``/``exclude`` name patterns (:func:`falcon.surgery.plan`).
 
-    Returns (module, entry, resolved hparams, replaced site names, unused-param map, input size).
+    Returns (module, entry, resolved hparams, replaced site names, unused-param map, input size, kept layers).
+    A layer the conv type cannot take (ShuffleUnit's groups must divide its channels, …) stays standard and is
+    named in ``kept`` with the reason, unless no layer fits: then the first reason is the error.
     On the ``meta`` device (the default) nothing is allocated: shapes only.
     """
     entry = model_entry(model, input_size)
@@ -208,7 +210,7 @@ def build_sized(model: str | ModelEntry | nn.Module, num_classes: int | None, in
     if dropped:
         drop_shortcuts(net)
     if conv == "standard":  # nothing to replace: no need for the forward pass that finds the convs
-        return net, entry, resolved, [], {}, chw
+        return net, entry, resolved, [], {}, chw, {}
     key = (entry, num_classes, size, dropped)
     if key not in _SITES:  # the convs and their input sizes depend only on these, not on the conv type
         if len(_SITES) >= 256:
@@ -222,8 +224,15 @@ def build_sized(model: str | ModelEntry | nn.Module, num_classes: int | None, in
 
 def _finish_build(net, entry, ct, resolved, all_sites, conv, include_stem, include, exclude, chw, device):
     sites = plan(entry, all_sites, conv, include_stem, include, exclude)
-    for site in sites:
-        ct.resolve(site.spec, **resolved)  # validate every layer before building any
+    kept: dict[str, str] = {}  # layers the type cannot take (ShuffleUnit's groups, ...), kept standard
+    for site in sites:  # validate every layer before building any
+        try:
+            ct.resolve(site.spec, **resolved)
+        except FalconError as e:
+            kept[site.name] = str(e)
+    if kept and len(kept) == len(sites):
+        raise FalconError(next(iter(kept.values())))
+    sites = [s for s in sites if s.name not in kept]
     make = None
     widened = ct.widens(**resolved)
     if widened:
@@ -238,7 +247,7 @@ def _finish_build(net, entry, ct, resolved, all_sites, conv, include_stem, inclu
     if widened:
         adapt_widths(net, chw)
     unused = {s.name: ct.reference_unused_params(s.spec, resolved) for s in sites}
-    return net, entry, resolved, [s.name for s in sites], unused, chw
+    return net, entry, resolved, [s.name for s in sites], unused, chw, kept
 
 
 #: (model entry, classes, input size, shortcuts dropped) -> the model's convs with their input sizes
@@ -258,7 +267,7 @@ def _cached_standard_count(entry: ModelEntry, num_classes: int | None, input_siz
 
 
 def _count_standard(entry: ModelEntry, num_classes: int | None, input_size: int, convention: str) -> ModelCount:
-    base, _, _, _, _, chw = build_sized(entry, num_classes, input_size, "standard")
+    base, _, _, _, _, chw, _ = build_sized(entry, num_classes, input_size, "standard")
     if convention == "thop":  # thop profiles a deep copy (hooks and all): find the convs later, on their own
         return _counted(base, chw, convention, None, entry)
     with recording_conv_inputs(base) as seen:  # the same pass finds the convs for the other conv types
@@ -296,12 +305,17 @@ def size_model(model: str | ModelEntry | nn.Module, conv: str = "standard", num_
     if conv == "standard":
         if include or exclude:
             raise FalconError("include/exclude patterns choose the convs a compressed type replaces; pick a conv type")
-        count, chw, replaced, unused = standard, (entry.in_channels, size, size), [], {}
+        count, chw, replaced, unused, kept = standard, (entry.in_channels, size, size), [], {}, {}
     else:
-        net, entry, resolved, replaced, unused, chw = build_sized(entry, num_classes, size, conv, include_stem,
+        net, entry, resolved, replaced, unused, chw, kept = build_sized(entry, num_classes, size, conv, include_stem,
                                                                   include=include, exclude=exclude, **hp)
         count = _counted(net, chw, convention, unused, entry)
     notes = []
+    if kept:
+        first = next(iter(kept))
+        notes.append(f"{len(kept)} conv{'s' if len(kept) > 1 else ''} kept standard because {conv} cannot take "
+                     f"{'them' if len(kept) > 1 else 'it'} ({', '.join(list(kept)[:3])}{', …' if len(kept) > 3 else ''}; "
+                     f"{first}: {kept[first]})")
     if conv in entry.drop_shortcuts_for:
         notes.append("residual shortcuts removed, as the thesis did for this model with this conv type")
     if convention == "paper" and any(unused.values()):
