@@ -60,6 +60,79 @@ PAGE_BY_FILE: dict[str, PageDef] = {p.file: p for p in PAGES}
 
 
 # ----------------------------------------------------------------------------------------------
+# session state: the keys that more than one place reads, in one place
+@dataclass(frozen=True)
+class JobKeys:
+    """The session-state keys of one page's background job (:class:`falcon.jobs.Job`; :func:`job_panel`)."""
+
+    job: str  # where the page keeps its job
+    stop: str  # the Stop button's widget key
+    shown: str  # the finished job the page last redrew itself for
+    args: str | None = None  # what the job was started for: the page shows it only for the same settings
+
+
+class Keys:
+    """Session-state keys of the pages and of this module."""
+
+    BENCH = JobKeys("bench_job", stop="bench_stop", shown="bench_shown")  # the calculator's measurement
+    BENCH_SPEC = "bench_spec"  # the layer (its describe()) the measurement is for
+    CALC_LAYER = "calc_layer"  # (spec, hparams) that the calculator's inputs leave for the measurement below them
+    CALC_FULL_RUN = "calc_full_run"  # True while the calculator runs in full, not only its inputs' fragment
+    FIT = JobKeys("fit_job", stop="gd_stop", shown="fit_shown", args="fit_job_args")  # the EHP fit's gradient descent
+    FIT_LOAD_FAILURES = "_fit_load_failures"  # (source, name, checkpoint hash) -> (time, message)
+    EXPERIMENT = JobKeys("exp_runner", stop="exp_stop", shown="exp_shown")  # the experiments page's sweep runner
+    EXPERIMENT_BUSY = "exp_busy"  # Start was pressed while another session's experiment ran
+
+
+# ----------------------------------------------------------------------------------------------
+# background jobs: started from a button, drawn by a fragment that polls them
+def start_job(keys: JobKeys, job, args: Any = None):
+    """Start ``job`` (a :class:`falcon.jobs.Job`) as the page's job, for the settings ``args``; returns it."""
+    st.session_state[keys.job] = job.start()
+    if keys.args is not None:
+        st.session_state[keys.args] = args
+    return job
+
+
+def current_job(keys: JobKeys, args: Any = None):
+    """The page's job (None when there is none, or when it was started for settings other than ``args``)."""
+    job = st.session_state.get(keys.job)
+    if job is None or (keys.args is not None and st.session_state.get(keys.args) != args):
+        return None
+    return job
+
+
+def job_panel(keys: JobKeys, job, was_running: bool, idle: str, *, failed: str = "", seconds: bool = True,
+              columns: tuple[float, float] | None = (5, 1)):
+    """A background job as a page shows it, inside the fragment that polls it (``st.fragment(run_every=...)``
+    while ``was_running``: the job ran when the page last ran in full).
+
+    * no job: ``idle`` as an info box; returns None.
+    * running: a progress bar (the job's label, with the seconds so far when ``seconds``) and a Stop button
+      beside it (under it when ``columns`` is None).
+    * ended since the page last ran in full: the whole page runs again, once (its buttons, and whatever
+      reads the result outside the fragment, redraw); a failed job's message shows as an error (after ``failed``).
+
+    Returns the job (running or ended) for the page to draw what it has.
+    """
+    if job is None:
+        st.info(idle, icon=":material/info:")
+        return None
+    if job.running:
+        bar, stop = st.columns(list(columns)) if columns else (st.container(), st.container())
+        bar.progress(job.progress, text=(job.label or "starting…") + (f"  ({job.seconds:.0f} s)" if seconds else ""))
+        stop.button("Stop", key=keys.stop, on_click=job.stop, icon=":material/stop_circle:", disabled=job.should_stop())
+        return job
+    if st.session_state.get(keys.shown) is not job:
+        st.session_state[keys.shown] = job
+        if was_running:
+            st.rerun(scope="app")
+    if job.error:
+        st.error(failed + job.error, icon=":material/error:")
+    return job
+
+
+# ----------------------------------------------------------------------------------------------
 # errors
 @contextlib.contextmanager
 def guard(stop: bool = True, falcon_errors: bool = True) -> Iterator[None]:
@@ -144,11 +217,12 @@ def spec_from(d: dict):
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def layer_rows(spec: dict, hparams_json: str) -> list[dict]:
-    from falcon.costs import layer_rows as rows
+def cached_layer_rows(spec: dict, hparams_json: str) -> list[dict]:
+    """:func:`falcon.costs.layer_rows` with the formulas (:func:`falcon.views.tables.with_formulas`), cached."""
+    from falcon.costs import layer_rows
     from falcon.views.tables import with_formulas
 
-    return with_formulas(rows(spec_from(spec), json.loads(hparams_json), keep_going=True))
+    return with_formulas(layer_rows(spec_from(spec), json.loads(hparams_json), keep_going=True))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -317,7 +391,7 @@ def load_fit_model(source: str, name: str, checkpoint: bytes | None):
     import time
 
     key = (source, name, hashlib.sha1(checkpoint).hexdigest() if checkpoint else "")
-    failures = st.session_state.setdefault("_fit_load_failures", {})
+    failures = st.session_state.setdefault(Keys.FIT_LOAD_FAILURES, {})
     if key in failures and time.monotonic() - failures[key][0] < RETRY_AFTER_S:
         raise FalconError(failures[key][1])
     try:
@@ -328,7 +402,7 @@ def load_fit_model(source: str, name: str, checkpoint: bytes | None):
 
 
 def forget_load_failures() -> None:
-    st.session_state.pop("_fit_load_failures", None)
+    st.session_state.pop(Keys.FIT_LOAD_FAILURES, None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

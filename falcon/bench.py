@@ -53,8 +53,8 @@ CLOCKS = ("wall", "cpu")
 
 #: pseudo conv types the harness knows besides the registry: name -> (registry type, extra options)
 BENCH_CONVS = variant_names()
-#: standard, then the first type that has an inference form, bare and fused
-DEFAULT_CONVS = ("standard", *next(((c.name, c.fused_name) for c in CONV_TYPES.values() if c.fused_name), ()))
+#: what a benchmark times by default: standard, then the first type that has an inference form, bare and fused
+DEFAULT_BENCH_CONVS = ("standard", *next(((c.name, c.fused_name) for c in CONV_TYPES.values() if c.fused_name), ()))
 
 #: share of the available RAM (CPU) / free GPU memory (CUDA) a benchmark may plan to use
 CPU_MEMORY_FRACTION = 0.5
@@ -375,6 +375,20 @@ class BenchReport:
             r["fraction_of_theoretical"] = obj.fraction_of_theoretical
         return d
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The report as a table, one row per timing (conv type and layout): what ``python -m falcon bench`` and
+        the calculator print. ``conv`` (the label), ``layout``, ``median_ms``, ``iqr_ms``, ``GMAC/s``, ``speedup``
+        (the standard conv's median in the same layout / this one; None without one),
+        ``theory`` (the MAC ratio), ``best vs best`` (the standard conv's fastest layout / this median),
+        ``of theoretical`` (best vs best / theory), ``best`` (the fastest layout of its type), ``memory`` (peak,
+        formatted; " (est.)" when estimated from tensor sizes)."""
+        return [{
+            "conv": r.label, "layout": r.memory_format, "median_ms": r.median_ms, "iqr_ms": r.iqr_ms,
+            "GMAC/s": r.gmacs_per_s, "speedup": r.speedup, "theory": r.theoretical_speedup,
+            "best vs best": r.speedup_vs_best_standard, "of theoretical": r.fraction_of_theoretical, "best": r.best,
+            "memory": fmt_bytes(r.peak_memory_bytes) + ("" if r.peak_memory_source == "measured" else " (est.)"),
+        } for r in self.results]
+
     def find(self, conv: str, memory_format: str | None = None, **hparams: Any) -> list[BenchResult]:
         return [r for r in self.results if r.conv == conv
                 and (memory_format is None or r.memory_format == memory_format)
@@ -441,7 +455,7 @@ def _loadavg() -> float | None:
 
 def measure(
     spec: LayerSpec,
-    convs: Sequence[str | tuple[str, dict]] = DEFAULT_CONVS,
+    convs: Sequence[str | tuple[str, dict]] = DEFAULT_BENCH_CONVS,
     batch_size: int = 1,
     device: str = "auto",
     memory_format: str = "auto",

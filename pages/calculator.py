@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import common
+from common import Keys
 from falcon.convtypes import CONV_TYPES
 from falcon.views.figures import speedup_figure
 from falcon.views.svgcharts import rank_sweep_svg, reductions_svg
@@ -97,7 +98,7 @@ def layer_view() -> None:
     st.caption(f"Layer: {spec.describe()}.  Symbols: M={spec.M}, N={spec.N}, D={spec.D}, H×W={spec.height}×{spec.width}, "
                f"H'×W'={spec.out_height}×{spec.out_width}, s={spec.stride}, p={spec.padding}.")
 
-    rows = common.layer_rows(spec_dict, hp_json)
+    rows = common.cached_layer_rows(spec_dict, hp_json)
     for r in rows:
         if "error" in r:
             st.error(f"{r['label']}: {r['error']}", icon=":material/error:")
@@ -142,16 +143,16 @@ def layer_view() -> None:
     if t[1].toggle("show thop's counts", key="show_thop"):
         st.dataframe(check, key="thop_table", column_config={
             c: st.column_config.NumberColumn(c, format="localized") for c in check.columns if c not in ("conv type", "agree")})
-    st.session_state["calc_layer"] = (spec, hparams)
-    if not st.session_state.get("calc_full_run") and st.session_state.get("bench_job") is not None \
-            and st.session_state.get("bench_spec") != spec.describe():
+    st.session_state[Keys.CALC_LAYER] = (spec, hparams)
+    if not st.session_state.get(Keys.CALC_FULL_RUN) and st.session_state.get(Keys.BENCH.job) is not None \
+            and st.session_state.get(Keys.BENCH_SPEC) != spec.describe():
         st.rerun(scope="app")  # a measurement of another layer is shown below: let it say so
 
 
-st.session_state["calc_full_run"] = True  # the fragment's own reruns start below this line
+st.session_state[Keys.CALC_FULL_RUN] = True  # the fragment's own reruns start below this line
 layer_view()
-st.session_state["calc_full_run"] = False
-spec, hparams = st.session_state["calc_layer"]
+st.session_state[Keys.CALC_FULL_RUN] = False
+spec, hparams = st.session_state[Keys.CALC_LAYER]
 
 # ---------------------------------------------------------------------------------------------- measure
 dev = common.device_info()
@@ -166,14 +167,14 @@ def measurement_lock() -> threading.Lock:
     return threading.Lock()
 
 
-from falcon.bench import BENCH_CONVS, DEFAULT_CONVS  # noqa: E402
+from falcon.bench import BENCH_CONVS, DEFAULT_BENCH_CONVS  # noqa: E402
 from falcon.convtypes import RANKED, parse_variant, variant_label  # noqa: E402
 
-#: the bench's defaults, then the other ranked types
-DEFAULT_BENCH = (*DEFAULT_CONVS, *(c for c in RANKED if c not in DEFAULT_CONVS))
+#: chosen at first: the bench's defaults, then the other ranked types
+PRESELECTED = (*DEFAULT_BENCH_CONVS, *(c for c in RANKED if c not in DEFAULT_BENCH_CONVS))
 
 mc = st.columns([3, 1, 1.4, 1, 1])
-chosen = mc[0].multiselect("conv types", list(BENCH_CONVS), default=list(DEFAULT_BENCH),
+chosen = mc[0].multiselect("conv types", list(BENCH_CONVS), default=list(PRESELECTED),
                            key="bench_convs", format_func=lambda c: variant_label(c) + (" (inference)" if parse_variant(c)[1] else ""))
 batch = mc[1].number_input("batch size", 1, 1024, 8, key="bench_batch")
 layout = mc[2].selectbox("memory layout", ["auto", "contiguous", "channels_last"], key="bench_layout",
@@ -211,47 +212,36 @@ def start_measurement() -> None:
         finally:
             lock.release()
 
-    st.session_state["bench_job"] = Job(target, name="bench").start()
-    st.session_state["bench_spec"] = spec.describe()
+    common.start_job(Keys.BENCH, Job(target, name="bench"))
+    st.session_state[Keys.BENCH_SPEC] = spec.describe()
 
 
-job: Job | None = st.session_state.get("bench_job")
+job: Job | None = common.current_job(Keys.BENCH)
 running = job is not None and job.running
 bc = st.columns([2, 5])
 if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", disabled=running or not chosen,
                 icon=":material/timer:"):
     start_measurement()
-    job, running = st.session_state["bench_job"], True
+    job, running = common.current_job(Keys.BENCH), True
 
 
 @st.fragment(run_every=0.5 if running else None)
 def bench_panel() -> None:
-    job: Job | None = st.session_state.get("bench_job")
-    if job is None:
-        st.info("Press the button to measure. The default (256→256, 3×3, 32×32 at batch 8, four blocks in two "
-                "layouts, 3 rounds) takes about 10 s on a 2-core CPU; the Stop button ends it early.",
-                icon=":material/info:")
-        return
-    if job.running:
-        st.progress(job.progress, text=f"{job.label or 'starting…'}  ({job.seconds:.0f} s)")
-        if st.button("Stop", key="bench_stop", icon=":material/stop_circle:", disabled=job.should_stop()):
-            job.stop()
-        return
-    if st.session_state.get("bench_shown") is not job:  # finished since the last full run: redraw the page
-        st.session_state["bench_shown"] = job
-        if running:
-            st.rerun(scope="app")
-    if job.error:
-        st.error(job.error, icon=":material/error:")
-        return
-    report = job.result
-    show_report(report)
+    job = common.job_panel(Keys.BENCH, common.current_job(Keys.BENCH), running, columns=None, idle=(
+        "Press the button to measure. The default (256→256, 3×3, 32×32 at batch 8, four blocks in two layouts, "
+        "3 rounds) takes about 10 s on a 2-core CPU; the Stop button ends it early."))
+    if job is not None and job.done and not job.error:
+        show_report(job.result)
+
+
+#: BenchReport.rows() as the page shows them: column -> heading
+COLUMNS = {"conv": "conv type", "layout": "layout", "median_ms": "median (ms)", "iqr_ms": "IQR (ms)",
+           "GMAC/s": "GMAC/s", "speedup": "measured speedup", "theory": "theoretical (MACs)",
+           "best vs best": "best vs best", "of theoretical": "of theoretical", "memory": "peak memory"}
 
 
 def show_report(report) -> None:
-    from falcon.bench import fmt_bytes
-
-    measured_for = st.session_state.get("bench_spec", "")
+    measured_for = st.session_state.get(Keys.BENCH_SPEC, "")
     if measured_for != spec.describe():
         st.warning(f"These measurements are for the layer {measured_for}, not the one above; measure again.",
                    icon=":material/history:")
@@ -262,14 +252,9 @@ def show_report(report) -> None:
         return
     st.caption(f"{report.device_name} · {report.device} · {report.threads} threads · torch {report.torch_version} · "
                f"{report.dtype} · batch {report.batch_size} · {report.rounds} rounds")
-    res = pd.DataFrame([{
-        "conv type": r.label, "layout": r.memory_format + (" ★" if r.best else ""),
-        "median (ms)": r.median_ms, "IQR (ms)": r.iqr_ms, "GMAC/s": r.gmacs_per_s,
-        "measured speedup": r.speedup, "theoretical (MACs)": r.theoretical_speedup,
-        "best vs best": r.speedup_vs_best_standard,
-        "of theoretical": r.fraction_of_theoretical,
-        "peak memory": fmt_bytes(r.peak_memory_bytes) + (" (est.)" if r.peak_memory_source == "estimate" else ""),
-    } for r in report.results])
+    rows = pd.DataFrame(report.rows())
+    res = rows.assign(layout=[f"{layout} ★" if best else layout for layout, best in zip(rows["layout"], rows["best"])])
+    res = res.rename(columns=COLUMNS)[list(COLUMNS.values())]
     st.dataframe(res, key="bench_table", hide_index=True, column_config={
         "median (ms)": st.column_config.NumberColumn(format="%.3f"),
         "IQR (ms)": st.column_config.NumberColumn(format="%.3f"),
@@ -280,9 +265,7 @@ def show_report(report) -> None:
                                                       help="standard's fastest layout / this median"),
         "of theoretical": st.column_config.NumberColumn(format="percent"),
     })
-    common.plot(speedup_figure([{"conv": r.conv, "label": r.label, "memory_format": r.memory_format,
-                                 "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup}
-                                for r in report.results]), key="speedup", filename="falcon-speedup")
+    common.plot(speedup_figure(report.as_dict()["results"]), key="speedup", filename="falcon-speedup")
     for note in report.notes:
         st.caption(f"Note: {note}")
     st.markdown(

@@ -2,6 +2,7 @@
 import streamlit as st
 
 import common
+from common import Keys
 from falcon.errors import FalconError
 from falcon.convtypes import CONV_TYPES, FITTABLE
 from falcon.views.figures import energy_figure, error_by_rank_figure, kernel_figure, loss_figure
@@ -70,12 +71,12 @@ conv, method, rank = conv or FITTABLE[0], method or "svd", int(rank)
 
 gd = {}
 if method in ("gd", "random"):
-    from falcon.ehp import GD_DEFAULTS, GD_STEPS, LOSSES, OPTIMIZERS
+    from falcon.ehp import FIT_OPTIMIZERS, GD_DEFAULTS, GD_STEPS, LOSSES
 
     g = st.columns(5)
     gd["seed"] = int(g[0].number_input("seed", 0, 10**6, 0, key="gd_seed"))
     if method == "gd":
-        gd["optimizer"] = g[1].selectbox("optimizer", OPTIMIZERS, key="gd_optimizer",
+        gd["optimizer"] = g[1].selectbox("optimizer", FIT_OPTIMIZERS, key="gd_optimizer",
                                          help="adam (default) reaches the optimum; sgd with the thesis's settings "
                                               "(lr 0.01 on the mean squared error) barely leaves the random start")
         gd["loss"] = g[2].selectbox("loss", LOSSES, index=LOSSES.index(GD_DEFAULTS[gd["optimizer"]]["loss"]),
@@ -89,23 +90,24 @@ fit_key = (loaded.key, layer, conv, rank)
 with common.guard():
     svd = common.svd_fit(loaded, layer, conv, rank)
     info = common.kernel_info(loaded, layer, conv)
+axis = CONV_TYPES[conv].fit_axis  # the common axis of the EHP
 if svd.clamped:
+    from falcon.ehp import FULL_RANK_FORMULA
+
     st.info(f"Rank {rank} is above this layer's full rank {svd.rank_used} "
-            f"({'min(M, D²)' if conv == 'falcon' else 'min(N, D²)'}); fitting rank {svd.rank_used}, which is exact.",
+            f"({FULL_RANK_FORMULA[axis]}); fitting rank {svd.rank_used}, which is exact.",
             icon=":material/info:")
 
 # ---------------------------------------------------------------------------------------------- gradient descent
 job_args = {"fit": fit_key, **gd}
-job: Job | None = st.session_state.get("fit_job")
-job_matches = job is not None and st.session_state.get("fit_job_args") == job_args
-running = job is not None and job.running
+job: Job | None = st.session_state.get(Keys.FIT.job)
+running = job is not None and job.running  # a gradient descent of this session, for these settings or not
 
 
 def start_gd() -> None:
-    from falcon.ehp import conv_type_axis, run_gd
+    from falcon.ehp import run_gd
 
     kernel = loaded.kernel(layer)
-    axis = conv_type_axis(conv)
     steps = gd["steps"]
 
     def target(j: Job):
@@ -117,38 +119,24 @@ def start_gd() -> None:
         return run_gd(kernel, rank, axis, steps=steps, lr=gd["lr"], optimizer=gd["optimizer"], seed=gd["seed"],
                       loss=gd["loss"], callback=callback)
 
-    st.session_state["fit_job"] = Job(target, name="gd").start()
-    st.session_state["fit_job_args"] = dict(job_args)
+    common.start_job(Keys.FIT, Job(target, name="gd"), args=dict(job_args))
 
 
 if method == "gd":
     b = st.columns([2, 5])
     if b[0].button("Start gradient descent", key="gd_start", type="primary", disabled=running, icon=":material/play_arrow:"):
         start_gd()
-        job, job_matches, running = st.session_state["fit_job"], True, True
+        running = True
 
 
 @st.fragment(run_every=0.4 if running else None)
 def gd_panel() -> None:
-    job: Job | None = st.session_state.get("fit_job")
-    matches = job is not None and st.session_state.get("fit_job_args") == job_args
-    if job is None or not matches:
-        st.info("Press **Start gradient descent**: the loss curve is drawn live, with the SVD optimum as the "
-                "dashed line. **Stop** ends it where it is.", icon=":material/info:")
+    job = common.job_panel(Keys.FIT, common.current_job(Keys.FIT, job_args), running, seconds=False, idle=(
+        "Press **Start gradient descent**: the loss curve is drawn live, with the SVD optimum as the dashed line. "
+        "**Stop** ends it where it is."))
+    if job is None or job.error:
         return
     records = list(job.records)
-    if job.running:
-        cols = st.columns([5, 1])
-        cols[0].progress(job.progress, text=job.label or "starting…")
-        if cols[1].button("Stop", key="gd_stop", icon=":material/stop_circle:", disabled=job.should_stop()):
-            job.stop()
-    elif st.session_state.get("fit_shown") is not job:
-        st.session_state["fit_shown"] = job
-        if running:
-            st.rerun(scope="app")
-    if job.error:
-        st.error(job.error, icon=":material/error:")
-        return
     if records:
         step = max(1, len(records) // 600)  # at most ~600 points on the curve
         pts = records[::step] + ([records[-1]] if (len(records) - 1) % step else [])
@@ -173,7 +161,8 @@ if method == "random":
         fit = common.random_fit(loaded, layer, conv, rank, gd["seed"])
     fit_note = "random initialization (no fit)"
 elif method == "gd":
-    if job_matches and job.done and job.result is not None:
+    job = common.current_job(Keys.FIT, job_args)
+    if job is not None and job.done and job.result is not None:
         fit = job.result.fit
         fit_note = "gradient descent"
     else:
@@ -208,7 +197,7 @@ with st.container(border=True):
 c = st.columns(2)
 with c[0]:
     st.markdown("**Singular-value energy per channel**")
-    st.caption(f"Per {'output' if conv == 'falcon' else 'input'} channel, the share of ‖K_c‖² that the best rank-k "
+    st.caption(f"Per {axis} channel, the share of ‖K_c‖² that the best rank-k "
                f"fit keeps. Median channel at k={fit.rank_used}: {info['median_energy'][fit.rank_used - 1]:.3f}; "
                f"rank for 90% energy in every channel: {info['rank_90']}.")
     common.plot(energy_figure(info["energy"], rank=fit.rank_used, conv=conv), key="energy", filename="ehp-energy")

@@ -6,11 +6,12 @@ import pandas as pd
 import streamlit as st
 
 import common
-from falcon.convtypes import CONV_TYPES
+from common import Keys
+from falcon.convtypes import CONV_TYPES, RANKED, label_of
 from falcon.experiments.pipeline import INITS, OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, runs_frame, sweep_plan
-from falcon.convtypes import RANKED, label_of
-from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, SweepRunner
+from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS, SweepRunner
+from falcon.paper import PAPER_RANKED
 from falcon.views.figures import accuracy_figure, training_figure
 
 st.title("Experiments")
@@ -57,12 +58,12 @@ with c[1]:
             hparams = common.hparam_inputs(conv, key_prefix="exp.", bind=True)
     else:
         r = st.columns([2.2, 1.3])
-        convs = common.widget(r[0].multiselect, "conv types", CHOICES, default=list(DEFAULT_CONVS), key="convs",
+        convs = common.widget(r[0].multiselect, "conv types", CHOICES, default=list(DEFAULT_SWEEP_CONVS), key="convs",
                               bind=False, format_func=lambda t: CONV_TYPES[t].label,
                               help="one shared baseline; FALCON at each rank, the others with the registry's "
                                    "defaults (DSConv rank 1, MobileConvV2 t=0.5, ShuffleUnit g=2, α=1)")
         ranks = common.widget(r[1].multiselect, "FALCON ranks", list(range(1, 9)), default=list(DEFAULT_RANKS),
-                              key="ranks", bind=False, disabled="falcon" not in convs)
+                              key="ranks", bind=False, disabled=not any(c in PAPER_RANKED for c in convs))
 
 o = st.columns(5)
 epochs = int(o[0].number_input("epochs", 1, 100, 3, key="epochs", help="fine-tuning epochs per run"))
@@ -120,15 +121,15 @@ st.code(cli_command(plan, sweep=mode == "sweep"), language="bash")
 def start() -> None:
     with slot["lock"]:  # two sessions may press Start at once
         if slot["runner"] is not None and not slot["runner"].done:
-            st.session_state["exp_busy"] = True
+            st.session_state[Keys.EXPERIMENT_BUSY] = True
             return
-        slot["runner"] = st.session_state["exp_runner"] = SweepRunner(plan).start()
+        slot["runner"] = common.start_job(Keys.EXPERIMENT, SweepRunner(plan))
 
 
 b = st.columns([1.6, 5])
 b[0].button("Start the sweep" if mode == "sweep" else "Start the run", key="exp_start", type="primary",
             disabled=running, on_click=start, icon=":material/play_arrow:")
-if st.session_state.pop("exp_busy", False):
+if st.session_state.pop(Keys.EXPERIMENT_BUSY, False):
     st.error("Another experiment is running on this machine; stop it or wait for it to finish.",
              icon=":material/error:")
 runner = slot["runner"]
@@ -139,23 +140,14 @@ running = runner is not None and not runner.done
 
 @st.fragment(run_every=1.0 if running else None)
 def live() -> None:
-    runner: SweepRunner | None = slot["runner"]
+    runner: SweepRunner | None = common.job_panel(  # ended: the whole page redraws (buttons, stored runs)
+        Keys.EXPERIMENT, slot["runner"], running, failed="The experiment failed: ", columns=(6, 1), idle=(
+            "Press **Start**: the training curves are drawn live, each finished run lands in the table, and "
+            "**Stop** ends the current run at its next step (it is stored as stopped)."))
     if runner is None:
-        st.info("Press **Start**: the training curves are drawn live, each finished run lands in the table, and "
-                "**Stop** ends the current run at its next step (it is stored as stopped).", icon=":material/info:")
         return
     snap = runner.snapshot()
-    if snap["status"] == "running":
-        cols = st.columns([6, 1])
-        cols[0].progress(snap["fraction"], text=f"{snap['message'] or 'starting…'}  ({snap['elapsed']:.0f} s)")
-        cols[1].button("Stop", key="exp_stop", on_click=runner.stop, icon=":material/stop_circle:")
-    elif st.session_state.get("exp_shown") is not runner:
-        st.session_state["exp_shown"] = runner
-        if running:  # it ended since the page last ran in full: redraw the page (buttons, stored runs)
-            st.rerun(scope="app")
-    if snap["status"] == "failed":
-        st.error(f"The experiment failed: {snap['error']}", icon=":material/error:")
-    elif snap["status"] == "stopped":
+    if snap["status"] == "stopped":
         st.warning(f"Stopped after {snap['elapsed']:.0f} s; {len(snap['results'])} of {snap['runs']} runs ended "
                    "(a stopped run is stored as stopped, without a fine-tuned accuracy).", icon=":material/stop_circle:")
     elif snap["status"] == "completed":

@@ -116,6 +116,88 @@ def test_sidebar_explains_the_device():
     assert describe_device().sentence in [c.value for c in at.sidebar.caption]
 
 
+# ---------------------------------------------------------------------------------------------- the job panel
+def _job_panel_page():
+    """A page with one background job drawn by common.job_panel, as the calculator, EHP fit and experiments
+    pages draw theirs (AppTest runs this function's body as the script)."""
+    import threading
+    import time
+
+    import streamlit as st
+
+    import common
+    from falcon.errors import FalconError
+    from falcon.jobs import Job
+
+    keys = common.JobKeys("t_job", stop="t_stop", shown="t_shown", args="t_args")
+    setting = st.session_state.get("setting", 1)  # the job is shown only for the settings it was started for
+    gate = st.session_state.setdefault("gate", threading.Event())
+    st.session_state["full_runs"] = st.session_state.get("full_runs", 0) + 1
+    job = common.current_job(keys, setting)
+    running = st.session_state.get("pretend_running", job is not None and job.running)
+    if st.button("Start", key="t_start"):
+        fail = st.session_state.get("fail", False)
+
+        def target(j: Job):
+            j.report(0.5, "half way")
+            while not (j.should_stop() or gate.is_set()):
+                time.sleep(0.01)
+            if fail:
+                raise FalconError("it broke")
+            return "stopped" if j.should_stop() else "finished"
+
+        common.start_job(keys, Job(target, name="test"), args=setting)
+        running = True
+
+    @st.fragment(run_every=0.1 if running else None)
+    def panel() -> None:
+        job = common.job_panel(keys, common.current_job(keys, setting), running, idle="nothing has run",
+                               failed="failed: ")
+        if job is not None and job.done and not job.error:
+            st.success(f"result: {job.result}")
+
+    panel()
+
+
+def test_job_panel_shows_a_job_from_start_to_stop_and_redraws_the_page_once():
+    at = AppTest.from_function(_job_panel_page, default_timeout=TIMEOUT).run()
+    assert_clean(at)
+    assert [i.value for i in at.info] == ["nothing has run"] and not at.get("progress")
+    at.button(key="t_start").click().run()
+    job = at.session_state["t_job"]
+    assert job.running and at.get("progress") and at.button(key="t_stop")
+    deadline = time.monotonic() + 10
+    while job.label != "half way" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    at.run()
+    bar = at.get("progress")[0]
+    assert bar.proto.value == 50 and bar.proto.text.startswith("half way  (")  # the label and the seconds so far
+    at.button(key="t_stop").click().run()  # Stop asks the job to stop
+    assert job.wait(10) and job.result == "stopped"
+    # the page last ran in full while the job ran: the panel redraws the whole page once it sees the end
+    at.session_state["pretend_running"] = True
+    runs = at.session_state["full_runs"]
+    at.run()
+    assert at.session_state["full_runs"] == runs + 2 and at.session_state["t_shown"] is job
+    assert [s.value for s in at.success] == ["result: stopped"] and not at.get("progress")
+    at.run()
+    assert at.session_state["full_runs"] == runs + 3  # once only
+    at.session_state["pretend_running"] = False
+    at.session_state["setting"] = 2  # other settings: the job is not theirs
+    at.run()
+    assert [i.value for i in at.info] == ["nothing has run"] and not at.success
+    at.session_state["setting"] = 1
+    at.run()
+    assert [s.value for s in at.success] == ["result: stopped"]
+    # a job that fails shows its message
+    at.session_state["fail"] = True
+    at.session_state["gate"].set()
+    at.button(key="t_start").click().run()
+    assert at.session_state["t_job"].wait(10)
+    at.run()
+    assert [e.value for e in at.error] == ["failed: it broke"] and not at.success
+
+
 # ---------------------------------------------------------------------------------------------- overview
 def test_overview_figure_follows_its_inputs():
     at = open_page("overview")

@@ -263,6 +263,31 @@ def test_cli_table(capsys):
     assert "median_ms" in text and "FALCON fused (k=1)" in text and "of theoretical" in text
 
 
+def test_report_rows_are_the_table_the_cli_and_the_calculator_print(capsys, monkeypatch):
+    """BenchReport.rows(): one row per timing, from the results; the CLI prints them (its text columns)."""
+    import falcon.cli.bench as cli_bench
+
+    report = measure(SPEC, ["falcon"], **FAST)
+    rows = report.rows()
+    assert len(rows) == len(report.results) == 4
+    for row, r in zip(rows, report.results):
+        assert (row["conv"], row["layout"], row["median_ms"], row["iqr_ms"], row["GMAC/s"]) == (
+            r.label, r.memory_format, r.median_ms, r.iqr_ms, r.gmacs_per_s)
+        assert (row["speedup"], row["theory"], row["best vs best"], row["of theoretical"], row["best"]) == (
+            r.speedup, r.theoretical_speedup, r.speedup_vs_best_standard, r.fraction_of_theoretical, r.best)
+        assert row["memory"] == bench.fmt_bytes(r.peak_memory_bytes) + " (est.)"  # CPU: estimated
+    assert [row["speedup"] for row in rows[:2]] == [1.0, 1.0]  # the standard conv against itself
+    monkeypatch.setattr(cli_bench, "measure", lambda *a, **k: report)
+    assert main(["bench", *CLI_SIZES, "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("conv "))
+    assert lines[head].split() == ["conv", "layout", "median_ms", "iqr_ms", "GMAC/s", "speedup", "theory", "best",
+                                   "memory"]
+    for line, row in zip(lines[head + 2:], rows):
+        assert line.startswith(row["conv"]) and row["layout"] in line and line.endswith(row["memory"])
+        assert ("*" in line.split(row["layout"])[1]) == row["best"]
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--conv", "falcon,bogus"], "unknown conv type"),
     (["--dtype", "float16", "--device", "cpu"], "CUDA only"),

@@ -6,11 +6,15 @@ import signal
 import sys
 import threading
 
-from falcon.bench import BENCH_CONVS, DEFAULT_CONVS, DEVICES, DTYPES, MEMORY_FORMATS, BenchReport, fmt_bytes, measure
+from falcon.bench import BENCH_CONVS, DEFAULT_BENCH_CONVS, DEVICES, DTYPES, MEMORY_FORMATS, BenchReport, measure
 from falcon.cli.common import print_json, print_table
 from falcon.convtypes import CONV_TYPES, all_hparams, parse_variant
 from falcon.errors import FalconError
 from falcon.spec import LayerSpec
+
+
+#: the columns of BenchReport.rows() the text table shows
+TEXT_COLUMNS = ["conv", "layout", "median_ms", "iqr_ms", "GMAC/s", "speedup", "theory", "best", "memory"]
 
 
 def add_parser(sub) -> None:
@@ -26,8 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stride", type=int, default=1, help="stride s (default 1)")
     p.add_argument("--padding", type=int, default=None, help="padding p (default D//2)")
     p.add_argument("--batch-size", "-B", type=int, required=True, help="batch size")
-    p.add_argument("--conv", default=",".join(DEFAULT_CONVS), metavar="TYPES",
-                   help=f"comma-separated conv types: {', '.join(BENCH_CONVS)} (default: {','.join(DEFAULT_CONVS)}; "
+    p.add_argument("--conv", default=",".join(DEFAULT_BENCH_CONVS), metavar="TYPES",
+                   help=f"comma-separated conv types: {', '.join(BENCH_CONVS)} (default: {','.join(DEFAULT_BENCH_CONVS)}; "
                         "standard is always measured)")
     for h in all_hparams().values():
         users = [c.name for c in CONV_TYPES.values() if h in c.hparams]
@@ -114,13 +118,8 @@ def run(args: argparse.Namespace) -> int:
     extra = "" if report.clock == "wall" else ", clock: process CPU time"
     extra += ", freed memory retained" if report.allocator == "retain" else ""
     print(f"device {report.device} ({report.device_name}), {threads}, torch {report.torch_version}{extra}")
-    rows = [{
-        "conv": r.label, "layout": r.memory_format, "median_ms": r.median_ms, "iqr_ms": r.iqr_ms,
-        "GMAC/s": r.gmacs_per_s, "speedup": r.speedup if r.speedup is not None else "-",
-        "theory": r.theoretical_speedup, "best": "*" if r.best else "",
-        "memory": fmt_bytes(r.peak_memory_bytes) + ("" if r.peak_memory_source == "measured" else " (est.)"),
-    } for r in report.results]
-    print_table(rows)
+    print_table([{**r, "speedup": "-" if r["speedup"] is None else r["speedup"], "best": "*" if r["best"] else ""}
+                 for r in report.rows()], TEXT_COLUMNS)
     for line in summary_lines(report):
         print(line)
     for note in report.notes:

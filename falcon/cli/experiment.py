@@ -141,13 +141,14 @@ def _is_main() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from falcon.experiments.pipeline import run_experiment
-    from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS, run_sweep, sweep_configs
+    from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS, run_sweep, sweep_configs
+    from falcon.paper import PAPER_RANKED
 
     main = _is_main()
     progress = _progress(args.quiet or not main)
     if args.sweep:
-        base = _config(args, "falcon")
-        configs = sweep_configs(base, args.convs or ([args.conv] if args.conv else DEFAULT_CONVS),
+        base = _config(args, PAPER_RANKED[0])  # the conv and its rank are the sweep's, per config
+        configs = sweep_configs(base, args.convs or ([args.conv] if args.conv else DEFAULT_SWEEP_CONVS),
                                 args.ranks or DEFAULT_RANKS,
                                 competitor_ranks=[args.rank] if args.rank else (1,))
         t0 = time.perf_counter()

@@ -11,7 +11,8 @@ import pandas as pd
 
 from falcon.experiments.pipeline import ExperimentConfig
 from falcon.convtypes import RANKED, label_of
-from falcon.experiments.sweep import DEFAULT_CONVS, DEFAULT_RANKS
+from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS
+from falcon.paper import PAPER_RANKED
 
 #: The columns of :func:`runs_frame`, in order.
 RUN_COLUMNS = ["run_id", "conv", "label", "rank", "init", "epochs", "status", "params", "macs",
@@ -50,7 +51,7 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
     return df
 
 
-def sweep_plan(convs: Sequence[str] = DEFAULT_CONVS, ranks: Sequence[int] = DEFAULT_RANKS,
+def sweep_plan(convs: Sequence[str] = DEFAULT_SWEEP_CONVS, ranks: Sequence[int] = DEFAULT_RANKS,
                base: ExperimentConfig | None = None) -> list[ExperimentConfig]:
     """The configs of a sweep, each checked (:meth:`ExperimentConfig.resolved`): a bad value raises a
     FalconError before anything runs."""
@@ -59,7 +60,7 @@ def sweep_plan(convs: Sequence[str] = DEFAULT_CONVS, ranks: Sequence[int] = DEFA
 
     if not convs:
         raise FalconError("choose at least one conv type for the sweep")
-    if "falcon" in convs and not ranks:
+    if any(c in PAPER_RANKED for c in convs) and not ranks:
         raise FalconError("choose at least one FALCON rank for the sweep")
     configs = sweep_configs(base, convs, ranks)
     return [c.resolved() for c in configs]
@@ -101,7 +102,7 @@ def cli_command(configs: Sequence[ExperimentConfig], sweep: bool) -> str:
     if sweep:
         convs = list(dict.fromkeys(c.conv for c in configs))
         args += ["--sweep", "--convs", ",".join(convs)]
-        ranks = [str(c.hparams["rank"]) for c in configs if c.conv == "falcon"]
+        ranks = [str(c.hparams["rank"]) for c in configs if c.conv in PAPER_RANKED]
         if ranks:
             args += ["--ranks", ",".join(ranks)]
     else:

@@ -13,24 +13,25 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-from falcon.convtypes import RANKED, label_of
+from falcon.convtypes import CONV_TYPES, RANKED, label_of
 from falcon.errors import FalconError
 from falcon.jobs import Job
 from falcon.experiments.pipeline import ExperimentConfig, ProgressFn, StopFn
+from falcon.paper import PAPER_RANKED
 
-#: The done-when sweep of issue 6: FALCON ranks 1–3 and the three competitors.
-DEFAULT_CONVS = ("falcon", "dsconv", "mobilev2", "shuffle")
+#: The done-when sweep of issue 6: FALCON ranks 1–3 and the three competitors (every type of the thesis but the
+#: standard conv, which is the baseline every sweep has).
+DEFAULT_SWEEP_CONVS = tuple(n for n, c in CONV_TYPES.items() if c.paper_hparams is not None and n != "standard")
+#: The ranks of the types the thesis reports at several ranks (:data:`falcon.paper.PAPER_RANKED`: FALCON).
 DEFAULT_RANKS = (1, 2, 3)
 
 
-def sweep_configs(base: ExperimentConfig | None = None, convs: Iterable[str] = DEFAULT_CONVS,
+def sweep_configs(base: ExperimentConfig | None = None, convs: Iterable[str] = DEFAULT_SWEEP_CONVS,
                   ranks: Iterable[int] = DEFAULT_RANKS, competitor_ranks: Iterable[int] = (1,)) -> list[ExperimentConfig]:
-    """One config per (conv type, rank): ``ranks`` for falcon, ``competitor_ranks`` for dsconv, the
-    registry defaults for the others. Everything else comes from ``base``; the init is left to the
+    """One config per (conv type, rank): ``ranks`` for falcon (:data:`falcon.paper.PAPER_RANKED`),
+    ``competitor_ranks`` for the other ranked types (dsconv), the registry defaults for the others. Everything else comes from ``base``; the init is left to the
     default (svd for falcon/dsconv, random for mobilev2/shuffle) unless ``base.init`` is ``gd``/``random``
     (applied to falcon/dsconv only)."""
-    from falcon.convtypes import CONV_TYPES
-
     base = base or ExperimentConfig()
     configs = []
     for conv in convs:
@@ -38,7 +39,7 @@ def sweep_configs(base: ExperimentConfig | None = None, convs: Iterable[str] = D
             raise FalconError(f"unknown conv type {conv!r}; choose from {', '.join(CONV_TYPES)}")
         init = base.init if conv in RANKED else None
         if conv in RANKED:
-            for k in (ranks if conv == "falcon" else competitor_ranks):
+            for k in (ranks if conv in PAPER_RANKED else competitor_ranks):
                 configs.append(dataclasses.replace(base, conv=conv, hparams={**base.hparams, "rank": int(k)}, init=init))
         else:
             configs.append(dataclasses.replace(base, conv=conv, hparams={}, init=init))
@@ -188,6 +189,7 @@ class SweepRunner(Job):
             }
 
     def _on_progress(self, event: dict) -> None:
+        self.report(event.get("sweep_fraction", 0.0), event.get("message", ""))  # the Job's progress and label
         with self._lock:
             self._latest = event
             self._events.append(event)
