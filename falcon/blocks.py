@@ -1,7 +1,13 @@
 """The convolution blocks of every conv type, as real ``nn.Module`` s.
 
 Each block keeps the layer it replaces in ``self.spec`` (a :class:`~falcon.spec.LayerSpec`) and its
-hyper-parameters in ``self.hparams`` so that counters, fitters and tables can describe it.
+hyper-parameters in ``self.hparams`` so that counters, fitters and tables can describe it; ``conv_type`` names
+its entry in the registry (:data:`falcon.convtypes.CONV_TYPES`, which builds it: the registry imports no torch,
+so the link is written on this side).
+
+Kernels are indexed in PyTorch's weight order ``(N, M, D, D)``: ``K[n, m, i, j]`` for output channel n, input
+channel m and kernel position (i, j); a pointwise kernel is ``P[n, m]``, a depthwise one ``D[c, i, j]`` on
+channel c (as in :mod:`falcon.ehp`).
 
 Two layouts:
 
@@ -71,7 +77,7 @@ class FalconBranch(nn.Module):
 class FalconConv(ConvBlock):
     """Rank-k FALCON: k FALCON branches whose outputs are summed.
 
-    Its kernel is the EHP ``K[i,j,m,n] = Σ_r P⁽ʳ⁾[n,m]·D⁽ʳ⁾[i,j,n]`` (common axis: output channel).
+    Its kernel is the EHP ``K[n,m,i,j] = Σ_r P⁽ʳ⁾[n,m]·D⁽ʳ⁾[n,i,j]`` (common axis: output channel).
     The same module serves both layouts: FALCON adds nothing inside; the model's own BN/ReLU follow it.
     """
 
@@ -108,7 +114,7 @@ class DSConvBranch(nn.Module):
 class DSConv(ConvBlock):
     """Rank-k depthwise separable conv (MobileNet): k branches summed.
 
-    Bare, its kernel is the EHP ``K[i,j,m,n] = Σ_r D⁽ʳ⁾[i,j,m]·P⁽ʳ⁾[m,n]`` (common axis: input channel).
+    Bare, its kernel is the EHP ``K[n,m,i,j] = Σ_r P⁽ʳ⁾[n,m]·D⁽ʳ⁾[m,i,j]`` (common axis: input channel).
     """
 
     conv_type = "dsconv"

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from falcon.blocks import ConvBlock
+from falcon.blocks import ConvBlock, FalconConv
+from falcon.convtypes import FUSED_SUFFIX
 from falcon.errors import FalconError
 from falcon.spec import LayerSpec
 
@@ -47,7 +48,7 @@ class FusedFalconConv(ConvBlock):
     constructor makes an uninitialized one of the right shape.
     """
 
-    conv_type = "falcon-fused"
+    conv_type = FalconConv.conv_type + FUSED_SUFFIX  # the registry's name of FALCON's inference form
 
     def __init__(self, spec: LayerSpec, rank: int = 1, pointwise_bias: bool = False, bias: bool = False,
                  strategy: str = "auto"):
