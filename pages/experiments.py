@@ -8,7 +8,7 @@ import streamlit as st
 import common
 from common import Keys
 from falcon.convtypes import CONV_TYPES, RANKED, label_of
-from falcon.experiments.pipeline import INITS, OPTIMIZERS, ExperimentConfig
+from falcon.experiments.pipeline import INITS, TRAIN_OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, runs_frame, sweep_plan
 from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS, SweepRunner
 from falcon.paper import PAPER_RANKED
@@ -67,7 +67,7 @@ with c[1]:
 
 o = st.columns(5)
 epochs = int(o[0].number_input("epochs", 1, 100, 3, key="epochs", help="fine-tuning epochs per run"))
-optimizer = o[1].selectbox("optimizer", OPTIMIZERS, index=OPTIMIZERS.index(ExperimentConfig.optimizer), key="optimizer",
+optimizer = o[1].selectbox("optimizer", TRAIN_OPTIMIZERS, index=TRAIN_OPTIMIZERS.index(ExperimentConfig.optimizer), key="optimizer",
                            help="adamw (lr 5e-3 by default) or SGD with Nesterov momentum 0.9 (lr 0.05)")
 lr = o[2].number_input("learning rate", 1e-6, 10.0, None, key="lr", format="%g", placeholder="default",
                        help="empty: the optimizer's default")

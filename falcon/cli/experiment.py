@@ -30,7 +30,7 @@ def _str_list(text: str) -> list[str]:
 
 def add_parser(sub) -> None:
     from falcon.experiments.data import DATASETS
-    from falcon.experiments.pipeline import DEFAULT_LR, INITS, OPTIMIZERS
+    from falcon.experiments.pipeline import DEFAULT_LR, INITS, TRAIN_OPTIMIZERS
 
     p = sub.add_parser("experiment", help="compress, fine-tune and evaluate; store the run",
                        description="Baseline → convert (conv type, rank, init) → training-free accuracy → fine-tune "
@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate, cosine-annealed (default " +
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw", help="adamw (default) or sgd (momentum 0.9, Nesterov)")
+    p.add_argument("--optimizer", choices=list(TRAIN_OPTIMIZERS), default="adamw", help="adamw (default) or sgd (momentum 0.9, Nesterov)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on weights (default 5e-4)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="batch size per process (default 32 on digits, 128 otherwise)")

@@ -68,7 +68,7 @@ def sweep_plan(convs: Sequence[str] = DEFAULT_SWEEP_CONVS, ranks: Sequence[int] 
 
 def planned_cost(config: ExperimentConfig) -> dict[str, Any]:
     """Parameters and MACs of the model a run of ``config`` will fine-tune, before it runs: the run's own
-    conversion (:func:`falcon.experiments.pipeline.convert`) applied to the untrained architecture, counted
+    conversion (:func:`falcon.experiments.pipeline.convert_for_run`) applied to the untrained architecture, counted
     under the ``clean`` convention as the run counts it. FALCON/DSConv are the bare EHP blocks the fit
     fills (no BN inside, unlike the thesis's layout that ``falcon size`` reproduces) and a rank above a
     layer's full rank is lowered to it, so these can differ from the Model sizing page's numbers.
@@ -85,8 +85,8 @@ def planned_cost(config: ExperimentConfig) -> dict[str, Any]:
     chw = (entry.in_channels, entry.input_size, entry.input_size)
     with torch.random.fork_rng(devices=[]):  # the random init below must not move the caller's RNG
         model = entry.build(None).eval()
-        converted, layers = pipeline.convert(model, dataclasses.replace(cfg, init="random" if cfg.init != "none"
-                                                                         else "none"), chw)
+        untrained = dataclasses.replace(cfg, init="random" if cfg.init != "none" else "none")
+        converted, layers = pipeline.convert_for_run(model, untrained, chw)
     params, macs = pipeline._count(converted, chw)
     base_params, base_macs = pipeline._count(model, chw)
     clamped = [layer.get("name", layer.get("layer")) for layer in layers if layer.get("clamped")]

@@ -104,7 +104,7 @@ def _run_sweep(configs, progress, should_stop, db, store, sweep_id) -> dict[str,
                cfg.limit_test, cfg.device, cfg.seed if cfg.baseline_epochs else None)
         if key not in shared:
             d = pipeline.setup_distributed(cfg.device)
-            device = pipeline.resolve_device(cfg.device, d)
+            device = pipeline.training_device(cfg.device, d)
             if cfg.channels_last is None:
                 cfg = dataclasses.replace(cfg, channels_last=device.type == "cpu")
             relay({"phase": "data", "fraction": 0.0, "message": f"loading {cfg.dataset}"})
