@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from falcon.blocks import ConvBlock, FalconConv
-from falcon.convtypes import FUSED_SUFFIX
 from falcon.errors import FalconError
 from falcon.spec import LayerSpec
 
@@ -48,7 +47,9 @@ class FusedFalconConv(ConvBlock):
     constructor makes an uninitialized one of the right shape.
     """
 
-    conv_type = FalconConv.conv_type + FUSED_SUFFIX  # the registry's name of FALCON's inference form
+    #: the registry's name of FALCON's inference form (its type's name + convtypes.FUSED_SUFFIX; the registry
+    #: imports this module, so this one does not import it back; tests/test_fused.py checks they agree)
+    conv_type = FalconConv.conv_type + "-fused"
 
     def __init__(self, spec: LayerSpec, rank: int = 1, pointwise_bias: bool = False, bias: bool = False,
                  strategy: str = "auto"):

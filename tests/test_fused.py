@@ -89,6 +89,7 @@ def test_structure_two_convs_and_counts():
     fused = fuse_falcon(_falcon(spec, rank, torch.float32))
     assert isinstance(fused, FusedFalconConv) and not fused.training
     assert fused.conv_type == "falcon-fused" and fused.hparams == {"rank": rank}
+    assert fused.conv_type == get_conv_type("falcon").fused_name  # the block's name is the registry's
     pw, g = fused.pointwise, fused.grouped
     assert (pw.in_channels, pw.out_channels, pw.kernel_size, pw.groups) == (16, rank * 8, (1, 1), 1)
     assert (g.in_channels, g.out_channels, g.kernel_size, g.groups) == (rank * 8, 8, (3, 3), 8)
