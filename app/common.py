@@ -245,22 +245,32 @@ def thop_check(spec: dict, hparams_json: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def size_model(model: str, conv: str, num_classes: int, input_size: int, convention: str,
-               include_stem: bool | None, hparams_json: str) -> dict:
+def size_result(model: str, conv: str, num_classes: int | None, input_size: int | None, convention: str,
+                include_stem: bool | None, hparams_json: str):
+    """:func:`falcon.sizing.size_model` (a :class:`~falcon.sizing.SizeResult`), cached per choice."""
     from falcon.sizing import size_model as size
 
-    r = size(model, conv, num_classes, input_size, convention, include_stem, **json.loads(hparams_json))
-    d = r.as_dict()
-    d["standard_layers"] = r.standard.table()
-    d["seconds"] = r.seconds
-    return d
+    return size(model, conv, num_classes, input_size, convention, include_stem, **json.loads(hparams_json))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def size_budget(model: str, conv: str, metric: str, target: float, num_classes: int | None, input_size: int | None,
+                convention: str, include_stem: bool | None, hparams_json: str) -> dict:
+    """:func:`falcon.sizing.size_for_target` with the whole rank curve, as plain data."""
+    from falcon.sizing import size_for_target
+
+    rates = {"crr": target} if metric == "crr" else {"cr": target}
+    return size_for_target(model, conv, whole_curve=True, num_classes=num_classes, input_size=input_size,
+                           convention=convention, include_stem=include_stem, **rates,
+                           **json.loads(hparams_json)).as_dict()
 
 
 @st.cache_data(show_spinner=False)
 def model_names() -> list[str]:
-    from falcon.models import list_models
+    """The thesis's models, digits-vgg, torchvision's zoo, then timm's architectures (``timm:NAME``) when installed."""
+    from falcon.models import list_models, timm_available, timm_models
 
-    return list_models()
+    return list_models() + ([f"timm:{n}" for n in timm_models()] if timm_available() else [])
 
 
 @st.cache_data(show_spinner=False)
@@ -269,7 +279,7 @@ def model_defaults(model: str) -> dict:
 
     e = get_model_entry(model)
     return {"input_size": e.input_size, "classes": e.default_classes, "description": e.description,
-            "in_channels": e.in_channels}
+            "in_channels": e.in_channels, "input_size_from": e.input_size_from}
 
 
 @st.cache_data(show_spinner=False)

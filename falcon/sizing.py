@@ -342,6 +342,7 @@ class Budget:
     max_rank: int  # the largest rank searched: the largest full rank of the replaced layers
     ceiling: float  # the rate if every replaced conv cost nothing (what no rank can beat)
     notes: list[str] = field(default_factory=list)
+    curve: list[SizeResult] = field(default_factory=list)  # every rank sized, from 1
 
     @property
     def what(self) -> str:
@@ -367,16 +368,18 @@ class Budget:
         return {"model": self.model, "conv": self.conv, "metric": self.metric, "target": self.target,
                 "rank": self.rank, "max_rank": self.max_rank, "ceiling": self.ceiling, "summary": self.summary(),
                 "result": self.result.as_dict() if self.result else None,
-                "neighbours": [row(r) for r in self.neighbours], "notes": self.notes}
+                "neighbours": [row(r) for r in self.neighbours], "notes": self.notes,
+                "curve": [row(r) for r in self.curve]}
 
 
 def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", crr: float | None = None,
-                    cr: float | None = None, **kwargs: Any) -> Budget:
+                    cr: float | None = None, whole_curve: bool = False, **kwargs: Any) -> Budget:
     """The highest uniform rank of ``conv`` whose computation reduction rate is at least ``crr`` (or whose
     compression rate is at least ``cr``), sized with :func:`size_model` (``kwargs``: its arguments).
 
     Rates fall as the rank grows, so the search walks up from rank 1 and stops at the first rank that misses
-    the target, or at the largest full rank of the replaced layers (above it a fit gains nothing).
+    the target, or at the largest full rank of the replaced layers (above it a fit gains nothing);
+    ``whole_curve`` sizes every rank up to that one (``Budget.curve``, for a chart).
     """
     from falcon.ehp import full_rank
 
@@ -404,7 +407,7 @@ def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", c
     free = std_total - sum(std_rows.get(n, 0) for n in first.replaced)
     ceiling = std_total / free if free > 0 else float("inf")
     results = [first]
-    while getattr(results[-1], metric) >= target and len(results) < max_rank:
+    while (whole_curve or getattr(results[-1], metric) >= target) and len(results) < max_rank:
         results.append(size_model(model, conv, rank=len(results) + 1, **kwargs))
     meets = [r for r in results if getattr(r, metric) >= target]
     notes = []
@@ -412,9 +415,10 @@ def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", c
         notes.append(f"rank {max_rank} is the full rank of every replaced layer: the fit is exact there, so no "
                      "higher rank is searched")
     if not meets:
-        return Budget(first.model, conv, metric, target, None, None, [first], max_rank, ceiling, notes)
+        return Budget(first.model, conv, metric, target, None, None, [first], max_rank, ceiling, notes, results)
     best = meets[-1]
     rank = best.hparams["rank"]
     below = results[rank - 2: rank - 1] if rank > 1 else []
     above = results[rank: rank + 1]
-    return Budget(first.model, conv, metric, target, rank, best, [*below, best, *above], max_rank, ceiling, notes)
+    return Budget(first.model, conv, metric, target, rank, best, [*below, best, *above], max_rank, ceiling, notes,
+                  results)

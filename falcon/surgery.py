@@ -63,8 +63,8 @@ def does_not_run(input_size: tuple[int, int, int], error: Exception, name: str =
     if "expected" in text.lower() and isinstance(error, AssertionError):
         return FalconError(f"{name} does not run at {size} (it checks its input size): {text}; "
                            "give the size it expects with --input-size")
-    return FalconError(f"{name} does not run on a {input_size[0]}×{size} input ({type(error).__name__}: {text}); "
-                       "check --input-size and the input channels")
+    return FalconError(f"{name} does not run on a {size} input of {input_size[0]} channels ({type(error).__name__}: "
+                       f"{text}); check the input size and channels")
 
 
 @contextlib.contextmanager

@@ -1,12 +1,12 @@
 """Model sizing: a whole model with a conv type in place of its replaceable convs."""
 import json
 
-import pandas as pd
 import streamlit as st
 
 import common
 from falcon.convtypes import CONV_TYPES
 from falcon.counting import CONVENTIONS
+from falcon.views.budget import budget_figure
 from falcon.views.figures import per_layer_figure
 from falcon.models import PAPER_MODELS
 from falcon.paper import paper_comparison, paper_rows
@@ -19,12 +19,15 @@ names = common.model_names()
 c = st.columns([2.2, 1.2, 1.2, 1.4])
 model = common.widget(c[0].selectbox, "model", names, index=names.index("resnet18"), key="model",
                       format_func=lambda m: f"{m}  (thesis)" if m in PAPER_MODELS else m,
-                      help="the thesis's four models, the bundled digits-vgg, or any torchvision classification model")
+                      help="the thesis's four models, the bundled digits-vgg, any torchvision classification model, "
+                           "and timm's architectures (timm:NAME) when timm is installed; type to search. Models of "
+                           "your own: the Python API (falcon.size) or --model file.py:factory in the CLI")
 defaults = common.model_defaults(model)
 classes = common.widget(c[1].number_input, "classes", 1, 100000, None, step=1, key="classes",
                         placeholder=f"{defaults['classes']} (default)", help="empty: the model's own")
 size = common.widget(c[2].number_input, "input size H=W", 8, 2048, None, step=1, key="size",
-                     placeholder=f"{defaults['input_size']} (default)", help="empty: the model's own")
+                     placeholder=f"{defaults['input_size']} (default)",
+                     help="empty: the model's own" + (f" ({defaults['input_size_from']})" if defaults["input_size_from"] else ""))
 conv = common.widget(c[3].selectbox, "conv type", list(CONV_TYPES), index=list(CONV_TYPES).index("falcon"), key="conv",
                      format_func=lambda t: CONV_TYPES[t].label)
 st.caption(defaults["description"])
@@ -42,9 +45,11 @@ stem = common.widget(c[2].checkbox, "replace the first conv too", value=False, k
 
 num_classes = int(classes) if classes is not None else defaults["classes"]
 input_size = int(size) if size is not None else defaults["input_size"]
+hparams_json = json.dumps(hparams, sort_keys=True)
 with st.spinner("sizing…"), common.guard():
-    r = common.size_model(model, conv, num_classes, input_size, convention or "paper", True if stem else None,
-                          json.dumps(hparams, sort_keys=True))
+    result = common.size_result(model, conv, num_classes, input_size, convention or "paper", True if stem else None,
+                                hparams_json)
+r = result.as_dict()
 
 # ---------------------------------------------------------------------------------------------- totals
 label = CONV_TYPES[conv].display_name(**r["hparams"])
@@ -60,11 +65,33 @@ m[2].metric("compression rate CR", common.fmt_rate(r["compression_rate"]),
             help=f"standard {r['standard_params']:,} params / {r['params']:,}")
 m[3].metric("computation reduction CRR", common.fmt_rate(r["computation_reduction_rate"]),
             help=f"standard {r['standard_macs']:,} MACs / {r['macs']:,}")
+origin = f" ({defaults['input_size_from']})" if size is None and defaults["input_size_from"] else ""
 st.caption(f"{r['replaced_layers']} conv layers replaced · {r['num_classes']} classes · "
-           f"{r['input_size']}×{r['input_size']} input · convention '{r['convention']}' · "
-           f"standard model: {r['standard_params']:,} params, {r['standard_macs']:,} MACs · sized in {r['seconds']:.2f} s")
+           f"{r['input_size']}×{r['input_size']} input{origin} · convention '{r['convention']}' · "
+           f"standard model: {r['standard_params']:,} params, {r['standard_macs']:,} MACs · sized in {result.seconds:.2f} s")
 for note in r["notes"]:
     st.info(note, icon=":material/info:")
+not_counted = getattr(result.count, "not_counted", None)
+if not_counted:
+    st.warning("Not counted under this convention: " + "; ".join(map(str, not_counted)), icon=":material/warning:")
+
+# ---------------------------------------------------------------------------------------------- budget
+if CONV_TYPES[conv].ranked:
+    st.subheader("Budget: which rank meets a target?")
+    b = st.columns([1.3, 1.6, 4])
+    target = common.widget(b[0].number_input, "target (× fewer)", 1.01, 1000.0, 4.0, step=0.5, key="target",
+                           help="the reduction you need: 4 = four times fewer MACs (or parameters) than the standard model")
+    metric = common.widget(b[1].segmented_control, "of", ["crr", "cr"], default="crr", key="target_metric",
+                           required=True, format_func=lambda m: "MACs (CRR)" if m == "crr" else "params (CR)")
+    budget_hp = json.dumps({k: v for k, v in hparams.items() if k != "rank"}, sort_keys=True)
+    with st.spinner("sizing every rank…"), common.guard():
+        budget = common.size_budget(model, conv, metric or "crr", float(target), num_classes, input_size,
+                                    convention or "paper", True if stem else None, budget_hp)
+    with b[2]:
+        (st.success if budget["rank"] is not None else st.warning)(budget["summary"])
+        for note in budget["notes"]:
+            st.caption(note)
+    common.plot(budget_figure(budget), key="budget", filename=f"{model}-{conv}-budget")
 
 # ---------------------------------------------------------------------------------------------- the paper
 if model in PAPER_MODELS:
@@ -108,13 +135,13 @@ if model in PAPER_MODELS:
 
 # ---------------------------------------------------------------------------------------------- per layer
 st.subheader("Per layer")
-layers = pd.DataFrame(r["layers"])
+layers = result.frame()
 what = common.widget(st.segmented_control, "chart", ["macs", "params"], default="macs", key="chart", required=True,
                      format_func=lambda w: "MACs" if w == "macs" else "parameters", bind=False)
-common.plot(per_layer_figure(layers, r["standard_layers"], what=what or "macs"), key="per_layer",
+common.plot(per_layer_figure(layers, result.standard.table(), what=what or "macs"), key="per_layer",
             filename=f"{model}-{conv}-per-layer")
 show_all = st.toggle("show every module (BN, activations, pooling)", value=False, key="all_layers")
-shown = layers if show_all else layers[(layers["params"] > 0) | (layers["macs"] > 0)]
+shown = result.frame(every_module=show_all)
 st.dataframe(shown, key="layer_table", hide_index=True, column_config={
     "params": st.column_config.NumberColumn(format="localized"),
     "macs": st.column_config.NumberColumn("MACs", format="localized"),
@@ -122,13 +149,5 @@ st.dataframe(shown, key="layer_table", hide_index=True, column_config={
 })
 
 
-def csv_bytes() -> bytes:
-    head = pd.DataFrame([{"name": "TOTAL", "kind": f"{conv} {json.dumps(r['hparams'])}", "shape": r["convention"],
-                          "input": "", "output": "", "params": r["params"], "macs": r["macs"]},
-                         {"name": "TOTAL standard", "kind": "standard", "shape": r["convention"], "input": "",
-                          "output": "", "params": r["standard_params"], "macs": r["standard_macs"]}])
-    return pd.concat([layers, head], ignore_index=True).to_csv(index=False).encode()
-
-
-st.download_button("Download per-layer CSV", csv_bytes(), file_name=f"{model}-{conv}-{r['convention']}-layers.csv",
+st.download_button("Download per-layer CSV", result.csv(), file_name=f"{model}-{conv}-{r['convention']}-layers.csv",
                    mime="text/csv", icon=":material/download:", key="csv")
