@@ -21,6 +21,21 @@ from falcon.surgery import (FORWARD_ERRORS, adapt_widths, conv_sites, does_not_r
                             replace_convs, sites_from, widen_for_shuffle)
 
 
+#: Why a convention's counts differ from (or match) the thesis's columns, for the comparison with the paper.
+VERSUS_PAPER = {
+    "paper": "Under the 'paper' convention the counts follow the thesis's rules (conv and linear MACs with their bias, "
+             "every parameter plus the BN that the reference FALCON module creates and never uses); the thesis prints "
+             "two decimals of millions, so differences under ~0.005 M are rounding.",
+    "clean": "The 'clean' convention leaves out the BN that the reference FALCON module creates and never uses "
+             "(2·N parameters per replaced layer) and counts functional convs, linears and attention; switch to "
+             "'paper' to reproduce the published column.",
+    "torchvision": "The 'torchvision' convention is the rule behind torchvision's published GFLOPS (no bias adds, "
+                   "attention matmuls counted); switch to 'paper' to reproduce the thesis's column.",
+    "thop": "thop also counts BN and pooling operations and only the parameters of modules it knows, so it differs "
+            "from the thesis's column; switch to 'paper' to reproduce it.",
+}
+
+
 @dataclass
 class SizeResult:
     model: str

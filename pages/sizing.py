@@ -4,8 +4,9 @@ import json
 import streamlit as st
 
 import common
-from falcon.convtypes import CONV_TYPES
+from falcon.convtypes import CONV_TYPES, FITTABLE
 from falcon.counting import CONVENTIONS
+from falcon.sizing import VERSUS_PAPER
 from falcon.views.budget import budget_figure
 from falcon.views.figures import per_layer_figure
 from falcon.models import PAPER_MODELS
@@ -28,7 +29,7 @@ classes = common.widget(c[1].number_input, "classes", 1, 100000, None, step=1, k
 size = common.widget(c[2].number_input, "input size H=W", 8, 2048, None, step=1, key="size",
                      placeholder=f"{defaults['input_size']} (default)",
                      help="empty: the model's own" + (f" ({defaults['input_size_from']})" if defaults["input_size_from"] else ""))
-conv = common.widget(c[3].selectbox, "conv type", list(CONV_TYPES), index=list(CONV_TYPES).index("falcon"), key="conv",
+conv = common.widget(c[3].selectbox, "conv type", list(CONV_TYPES), index=list(CONV_TYPES).index(FITTABLE[0]), key="conv",
                      format_func=lambda t: CONV_TYPES[t].label)
 st.caption(defaults["description"])
 
@@ -116,21 +117,8 @@ if model in PAPER_MODELS:
             "difference (%)": st.column_config.NumberColumn(format="%+.2f%%"),
         })
         worst = cmp["difference (%)"].abs().max()
-        why = {
-            "paper": "Under the 'paper' convention the counts follow the thesis's rules (conv and linear MACs with "
-                     "their bias, every parameter plus the BN that the reference FALCON module creates and never "
-                     "uses); the thesis prints two decimals of millions, so differences under ~0.005 M are rounding.",
-            "clean": "The 'clean' convention leaves out the BN that the reference FALCON module creates and never "
-                     "uses (2·N parameters per replaced layer); switch to 'paper' to reproduce the published column.",
-            "thop": "thop also counts BN and pooling operations and only the parameters of modules it knows, so it "
-                    "differs from the thesis's column; switch to 'paper' to reproduce it.",
-        }[r["convention"]]
-        extra = ""
-        if conv == "shuffle":
-            extra = (" ShuffleUnit's reference code was never published: the layout used here is the closest found "
-                     "to the published counts, which no layout tried reproduces better than ~6–8%.")
-        elif conv == "mobilev2":
-            extra = " MobileConvV2's published parameter counts are reproduced within 0.7% (MACs exactly)."
+        why = VERSUS_PAPER.get(r["convention"], "")
+        extra = f" {CONV_TYPES[conv].paper_agreement}" if CONV_TYPES[conv].paper_agreement else ""
         st.caption(f"Largest difference {worst:.2f}%. {why}{extra}")
 
 # ---------------------------------------------------------------------------------------------- per layer

@@ -44,3 +44,15 @@ def test_timm_models_are_offered_and_sized():
     assert_clean(at)
     r = size_model("timm:convnext_atto", "falcon")
     assert metrics(at)["parameters"] == f"{r.params:,}"
+
+
+def test_every_convention_explains_itself_beside_the_paper():
+    from falcon.counting import CONVENTIONS
+    from falcon.sizing import VERSUS_PAPER
+
+    assert set(VERSUS_PAPER) == set(CONVENTIONS)
+    at = open_page("sizing", model="resnet18", conv="falcon")
+    for convention in CONVENTIONS:
+        at.segmented_control(key="convention").set_value(convention).run()
+        assert_clean(at)
+        assert any(VERSUS_PAPER[convention] in c.value for c in at.caption), convention
