@@ -12,7 +12,7 @@ from falcon.errors import FalconError
 
 def add_parser(sub) -> None:
     from falcon.conversion import INITS
-    from falcon.ehp import GD_STEPS, OPTIMIZERS
+    from falcon.ehp import FIT_OPTIMIZERS, GD_STEPS
 
     p = sub.add_parser("convert", help="convert a model's convs to rank-k falcon/dsconv from the EHP fit",
                        description="Replace the convs of a model (its replacement policy) by bare rank-k falcon or "
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
                    help="svd (closed-form optimum; default), gd (gradient descent) or random")
     p.add_argument("--steps", type=int, default=None, help=f"gd: steps per layer (default {GD_STEPS})")
     p.add_argument("--lr", type=float, default=None, help="gd: learning rate (default: the optimizer's)")
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None, help="gd: adam (default) or sgd")
+    p.add_argument("--optimizer", choices=list(FIT_OPTIMIZERS), default=None, help="gd: adam (default) or sgd")
     p.add_argument("--seed", type=int, default=0, help="seed for gd and random init (default 0)")
     add_policy_flags(p)
     p.add_argument("--evaluate", action="store_true",

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from falcon.conversion import INITS  # one list of inits: the conversion's
 from falcon.convtypes import get_conv_type
 from falcon.errors import FalconError
 
@@ -42,7 +43,6 @@ ProgressFn = Callable[[dict[str, Any]], None]
 StopFn = Callable[[], bool]
 
 TRAIN_OPTIMIZERS = ("sgd", "adamw")  # fine-tuning; the EHP fit has its own (falcon.ehp)
-INITS = ("svd", "gd", "random")
 #: Learning rates that fine-tune a converted digits-vgg well in 3 epochs (docs/experiments.md).
 DEFAULT_LR = {"sgd": 0.05, "adamw": 5e-3}
 #: Batch size per process when none is given: small data sets need more steps per epoch.
@@ -586,9 +586,3 @@ def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data
             import torch.distributed as dist
 
             dist.destroy_process_group()
-
-
-# aliases until report.py, sweep.py, cli/experiment.py and pages/experiments.py are updated
-OPTIMIZERS = TRAIN_OPTIMIZERS
-resolve_device = training_device
-convert = convert_for_run
