@@ -9,12 +9,14 @@ from falcon.convtypes import FITTABLE, get_conv_type
 from falcon.errors import FalconError
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="digits-vgg, vgg19-cifar, resnet34-cifar, vgg16_bn, resnet18 or any "
-                                                  "torchvision classification model (python -m falcon models)")
+    from falcon.models import MODEL_HELP
+
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--weights", default=None, metavar="PATH|pretrained|random",
                    help="a checkpoint file (a state_dict, loaded with weights_only=True), 'pretrained' (torchvision's "
-                        "weights via its cache $TORCH_HOME/hub/checkpoints), or 'random'. Default: the bundled weights "
-                        "for digits-vgg, random init otherwise")
+                        "weights via its cache $TORCH_HOME/hub/checkpoints; timm's via the Hugging Face cache), or "
+                        "'random'. Default: the bundled weights for digits-vgg, random init otherwise (a factory of "
+                        "your own: whatever it initializes)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classes (default: the model's own, or the checkpoint's classifier size)")
 
