@@ -34,7 +34,6 @@ Axis = Literal["output", "input"]
 AXES = ("output", "input")
 #: The optimizers of the gradient-descent fit (not the fine-tuning's: falcon.experiments.pipeline).
 FIT_OPTIMIZERS = ("adam", "sgd")
-OPTIMIZERS = FIT_OPTIMIZERS  # alias until falcon/cli/convert.py is updated
 LOSSES = ("relative", "mse")
 
 #: Defaults of the gradient-descent fit, per optimizer. ``scale``: the RMS the kernel is rescaled to
