@@ -244,7 +244,8 @@ class Interactions:
 
     @staticmethod
     def sizing(page, timings):
-        assert charts(page) == 1 and tables(page) >= 2
+        assert charts(page) == 2 and tables(page) >= 2  # the budget by rank, per layer
+        assert "highest uniform rank with ≥ 4× fewer MACs on resnet18" in page.inner_text("body")
         box = page.get_by_test_id("stSelectbox").filter(has_text="model").first
 
         def choose():
