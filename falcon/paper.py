@@ -23,7 +23,6 @@ MODEL_BY_PAPER_NAME = {
     "vgg16_bn": "vgg16_bn",
     "resnet18": "resnet18",
 }
-PAPER_MODELS = MODEL_BY_PAPER_NAME  # alias until pages/sizing.py and tests/test_sizing.py are updated
 
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet": 1000}
 DATASET_INPUT_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32, "imagenet": 224}

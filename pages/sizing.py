@@ -100,7 +100,7 @@ if model in PAPER_MODELS:
     paper = paper_rows(model, conv, r["hparams"], r["num_classes"], r["input_size"])
     if paper.empty:
         from falcon.paper import DATASET_CLASSES, DATASET_INPUT_SIZE
-        from falcon.paper import PAPER_MODELS as PAPER_NAMES
+        from falcon.paper import MODEL_BY_PAPER_NAME as PAPER_NAMES
 
         have = common.paper_results()
         have = have[have["model"].isin([p for p, ours in PAPER_NAMES.items() if ours == model])]

@@ -8,7 +8,7 @@ from torch import nn
 from falcon.counting import count_model
 from falcon.errors import FalconError
 from falcon.models import get_model_entry
-from falcon.paper import DATASET_CLASSES, PAPER_MODELS, load_paper_results
+from falcon.paper import DATASET_CLASSES, MODEL_BY_PAPER_NAME, load_paper_results
 from falcon.sizing import size_model
 
 # tolerance per method: (relative, absolute in millions); docs/method.md §4 and issue #2
@@ -29,7 +29,7 @@ def test_paper_row_is_reproduced(row):
     hp = dict(HPARAMS.get(row["method"], {}))
     if row["method"] == "falcon":
         hp["rank"] = int(row["rank"])
-    r = size_model(PAPER_MODELS[row["model"]], row["method"], num_classes=DATASET_CLASSES[row["dataset"]],
+    r = size_model(MODEL_BY_PAPER_NAME[row["model"]], row["method"], num_classes=DATASET_CLASSES[row["dataset"]],
                    convention="paper", **hp)
     rel, absolute = TOLERANCE[row["method"]]
     for ours, theirs in ((r.params / 1e6, row["params_m"]), (r.macs / 1e6, row["macs_m"])):
