@@ -1,0 +1,473 @@
+"""The deployable form of a model, and writing it out (ONNX, TorchScript) with a parity check.
+
+:func:`deploy_form` is what a user would run in production, and what :mod:`falcon.modelbench` times:
+
+* every BatchNorm2d that directly follows a conv (the conv's output is the BN's input, each called once)
+  is folded into that conv: a plain ``nn.Conv2d`` through ``torch.nn.utils.fusion.fuse_conv_bn_eval``, a
+  FALCON block through :func:`falcon.fused.fuse_falcon` (its k branches become two convolutions, the BN
+  goes into the grouped conv), a DSConv block into the last (pointwise) conv of each of its branches;
+  the BN becomes ``nn.Identity``. The same happens in the original model, so both sides are compared in
+  the form a deployment runs (ONNX Runtime folds BN into convs on its own anyway);
+* every FALCON block without a BN after it is fused too;
+* ``portable=True`` replaces each fused FALCON block by :class:`PortableFalconConv`, the same two
+  convolutions as plain ``F.conv2d`` calls (no oneDNN-only op, no cached derived weights): what
+  ``torch.onnx.export``, ``torch.jit.trace`` and ``torch.compile`` take.
+
+The result is checked against the model it came from on a sample input (relative error = max |Δ| /
+max |reference|); a fold that changes the output by more than :data:`PARITY_RTOL` is undone.
+
+:func:`export_model` (``python -m falcon export``) converts a model, takes its portable deployable form and
+writes ONNX (``torch.onnx.export``, the TorchScript-based exporter: ``dynamo=False``, which needs no
+onnxscript) or TorchScript (``torch.jit.trace``), then loads the file back (ONNX Runtime; ``torch.jit.load``)
+and prints the errors against eager fp32 PyTorch on the same input.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from falcon.blocks import ConvBlock, DSConv, FalconConv
+from falcon.errors import FalconError
+from falcon.fused import FusedFalconConv, fuse_falcon
+from falcon.surgery import set_module
+
+#: a runtime (or a deployable form) whose output differs from eager fp32 by more than this, relative to the
+#: largest magnitude of the reference output, is reported as failed
+PARITY_RTOL = 1e-3
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+# ----------------------------------------------------------------------------------------------
+# errors between two outputs
+@dataclass(frozen=True)
+class Parity:
+    """How far an output is from the eager fp32 reference on the same input."""
+
+    max_abs_error: float
+    relative_error: float  # max |Δ| / max |reference|
+    tolerance: float = PARITY_RTOL
+
+    @property
+    def ok(self) -> bool:
+        return math.isfinite(self.relative_error) and self.relative_error <= self.tolerance
+
+    def as_dict(self) -> dict:
+        return {"max_abs_error": self.max_abs_error, "relative_error": self.relative_error,
+                "tolerance": self.tolerance, "ok": self.ok}
+
+    def describe(self) -> str:
+        return f"max abs error {self.max_abs_error:.3g}, relative {self.relative_error:.3g} " \
+               f"({'within' if self.ok else 'beyond'} {self.tolerance:g})"
+
+
+def parity(reference, output, tolerance: float = PARITY_RTOL) -> Parity:
+    """Errors of ``output`` (a tensor or numpy array, or a list/tuple whose first item is one) against ``reference``."""
+    ref = _as_tensor(reference)
+    out = _as_tensor(output)
+    if out.shape != ref.shape:
+        return Parity(math.inf, math.inf, tolerance)
+    diff = (out - ref).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    if not math.isfinite(max_abs):
+        return Parity(math.inf, math.inf, tolerance)
+    return Parity(max_abs, max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf), tolerance)
+
+
+def _as_tensor(value) -> torch.Tensor:
+    if isinstance(value, (list, tuple)):
+        value = value[0]
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64)
+    return torch.as_tensor(value).to(torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# the deployable form
+class PortableFalconConv(ConvBlock):
+    """A fused FALCON block as two plain convolutions (1×1 M→kN, grouped D×D kN→N with groups=N): the form
+    exporters and compilers take. Same parameters and function as :class:`~falcon.fused.FusedFalconConv`."""
+
+    conv_type = FusedFalconConv.conv_type
+
+    def __init__(self, fused: FusedFalconConv):
+        super().__init__(fused.spec, {"rank": fused.rank})
+        self.pointwise = fused.pointwise
+        self.grouped = fused.grouped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.grouped
+        return F.conv2d(self.pointwise(x), g.weight, g.bias, g.stride, g.padding, g.dilation, g.groups)
+
+
+@dataclass
+class DeployInfo:
+    """What :func:`deploy_form` did."""
+
+    folded_bn: int = 0  # BatchNorms folded into the conv before them
+    fused_falcon: int = 0  # FALCON blocks fused into two convolutions
+    kept_bn: int = 0  # BatchNorms left as they are (no conv right before them)
+    portable: bool = False
+    parity: Parity | None = None  # the deployable form against the model it came from
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"folded_bn": self.folded_bn, "fused_falcon": self.fused_falcon, "kept_bn": self.kept_bn,
+                "portable": self.portable, "parity": None if self.parity is None else self.parity.as_dict(),
+                "notes": list(self.notes)}
+
+    def describe(self) -> str:
+        parts = []
+        if self.fused_falcon:
+            parts.append(f"{self.fused_falcon} FALCON block{'s' if self.fused_falcon != 1 else ''} fused")
+        parts.append(f"{self.folded_bn} BN folded" + (f", {self.kept_bn} kept" if self.kept_bn else ""))
+        return ", ".join(parts)
+
+
+def _stops(module: nn.Module) -> bool:
+    """Modules the fold treats as one unit (their inside is not searched for conv→BN pairs)."""
+    return isinstance(module, (FalconConv, DSConv, FusedFalconConv, PortableFalconConv)) or not any(module.children())
+
+
+def _fold_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    units = []
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}.{name}" if prefix else name
+            if _stops(child):
+                units.append((full, child))
+            else:
+                walk(full, child)
+
+    walk("", model)
+    return units
+
+
+def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> tuple[list[tuple[str, str]], int]:
+    """(conv name, BN name) pairs where the BN's input is the conv's output and both run once; and the number
+    of BatchNorm2d modules that ran."""
+    units = _fold_units(model)
+    calls: dict[str, int] = {}
+    last: list[Any] = [None]  # (name, output) of the unit that ran last
+    pairs: list[tuple[str, str]] = []
+    bns: set[str] = set()
+
+    def pre(name):
+        def hook(module, inputs):
+            if isinstance(module, nn.BatchNorm2d):
+                bns.add(name)
+                if last[0] is not None and inputs and inputs[0] is last[0][1]:
+                    pairs.append((last[0][0], name))
+        return hook
+
+    def post(name):
+        def hook(module, inputs, output):
+            calls[name] = calls.get(name, 0) + 1
+            last[0] = (name, output)
+        return hook
+
+    handles = []
+    for name, module in units:
+        handles.append(module.register_forward_pre_hook(pre(name)))
+        handles.append(module.register_forward_hook(post(name)))
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    last[0] = None
+    once = [(c, b) for c, b in pairs if calls.get(c) == 1 and calls.get(b) == 1]
+    return once, len(bns)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
+        return False
+    if isinstance(conv, nn.Conv2d):
+        return conv.out_channels == bn.num_features and conv.padding_mode == "zeros"
+    if isinstance(conv, (FalconConv, DSConv)):
+        return conv.spec.N == bn.num_features
+    return False
+
+
+@torch.no_grad()
+def _fold_dsconv(block: DSConv, bn: nn.BatchNorm2d) -> DSConv:
+    """BN(Σ_r P_r(y_r) + b_r) = Σ_r (s·P_r)(y_r) + s·Σ_r b_r + (β − s·μ): scale each branch's pointwise conv."""
+    block = copy.deepcopy(block)
+    ref = block.branches[0].pointwise.weight
+    scale = torch.rsqrt(bn.running_var.to(ref) + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(ref)
+    shift = (bn.bias.to(ref) if bn.bias is not None else torch.zeros_like(scale)) - bn.running_mean.to(ref) * scale
+    for i, branch in enumerate(block.branches):
+        pw = branch.pointwise
+        pw.weight.mul_(scale.view(-1, 1, 1, 1))
+        bias = pw.bias * scale if pw.bias is not None else torch.zeros_like(scale)
+        if i == 0:
+            bias = bias + shift
+        pw.bias = nn.Parameter(bias) if (pw.bias is not None or i == 0) else None
+    return block.eval()
+
+
+def _apply(model: nn.Module, sample: torch.Tensor, fold_bn: bool, info: DeployInfo) -> nn.Module:
+    pairs, bn_count = _conv_bn_pairs(model, sample) if fold_bn else ([], 0)
+    done_bn = set()
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        if not _foldable(conv, bn):
+            continue
+        if isinstance(conv, FalconConv):
+            new = fuse_falcon(conv, bn)
+            info.fused_falcon += 1
+        elif isinstance(conv, DSConv):
+            new = _fold_dsconv(conv, bn)
+        else:
+            new = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+        set_module(model, conv_name, new)
+        set_module(model, bn_name, nn.Identity())
+        done_bn.add(bn_name)
+    info.folded_bn = len(done_bn)
+    info.kept_bn = max(bn_count - len(done_bn), 0) if fold_bn else sum(
+        isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FalconConv):
+            set_module(model, name, fuse_falcon(module))
+            info.fused_falcon += 1
+    return model
+
+
+def make_portable(model: nn.Module) -> nn.Module:
+    """Every :class:`~falcon.fused.FusedFalconConv` of ``model`` (in place) as a :class:`PortableFalconConv`."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FusedFalconConv):
+            set_module(model, name, PortableFalconConv(module))
+    return model
+
+
+def deploy_form(model: nn.Module, sample: torch.Tensor, *, portable: bool = False, fold_bn: bool = True,
+                tolerance: float = PARITY_RTOL) -> tuple[nn.Module, DeployInfo]:
+    """A copy of ``model`` in its deployable form (see the module docstring), in eval mode, and what was done.
+
+    ``sample``: an input batch (on the model's device) used to find which BN follows which conv and to
+    check the result against ``model``. A fold that changes the output beyond ``tolerance`` (relative) is
+    undone (BN kept, noted); if even the fusion alone does, a :class:`FalconError`.
+    """
+    if not isinstance(model, nn.Module):
+        raise FalconError(f"deploy_form takes a torch.nn.Module, got {type(model).__name__}")
+    model = model.eval()
+    with torch.no_grad():
+        reference = model(sample)
+    attempts = (True, False) if fold_bn else (False,)
+    for fold in attempts:
+        info = DeployInfo(portable=portable)
+        deployed = _apply(copy.deepcopy(model).eval(), sample, fold, info)
+        if portable:
+            make_portable(deployed)
+        with torch.no_grad():
+            info.parity = parity(reference, deployed(sample), tolerance)
+        if info.parity.ok:
+            if fold_bn and not fold:
+                info.notes.append("folding BN into the convs changed the output; BN kept as it is")
+            return deployed.eval(), info
+    raise FalconError(f"the deployable form does not compute what the model does ({info.parity.describe()})")
+
+
+# ----------------------------------------------------------------------------------------------
+# writing it out
+def export_onnx(model: nn.Module, sample: torch.Tensor, destination: str | os.PathLike | io.BytesIO | None = None,
+                dynamic_batch: bool = True, opset: int = ONNX_OPSET) -> bytes | Path:
+    """``model`` (a portable deployable form, on CPU) as ONNX: to ``destination`` (a path: returned) or as bytes.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it needs nothing beyond torch and onnx.
+    """
+    _need("onnx", "ONNX export")
+    model = model.eval()
+    target = io.BytesIO() if destination is None else destination
+    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+                                  do_constant_folding=True)
+    if dynamic_batch:
+        kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (sample,), target, dynamo=False, **kwargs)
+        except TypeError:  # a torch without the dynamo switch: the legacy exporter is its only one
+            torch.onnx.export(model, (sample,), target, **kwargs)
+        except Exception as e:  # noqa: BLE001 - an op the exporter cannot write: one line for the user
+            raise FalconError(f"torch.onnx.export failed ({type(e).__name__}: {_line(e)})") from None
+    if destination is None:
+        return target.getvalue()
+    return Path(destination) if not isinstance(destination, io.BytesIO) else destination
+
+
+def export_torchscript(model: nn.Module, sample: torch.Tensor) -> torch.jit.ScriptModule:
+    """``model`` (a portable deployable form) traced with ``torch.jit.trace`` and frozen for inference."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            traced = torch.jit.trace(model.eval(), (sample,), check_trace=False)
+        except Exception as e:  # noqa: BLE001
+            raise FalconError(f"torch.jit.trace failed ({type(e).__name__}: {_line(e)})") from None
+    return traced
+
+
+def _line(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _need(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise FalconError(f"{what} needs the {module} package, which is not installed "
+                          f"(pip install 'falcon-explorer[onnx]' or pip install onnx onnxruntime)") from None
+
+
+def onnx_providers(device: torch.device | str = "cpu") -> list[str]:
+    """ONNX Runtime's execution providers for ``device``: CUDA first when the device is CUDA and ORT has it."""
+    ort = _need("onnxruntime", "ONNX Runtime")
+    available = ort.get_available_providers()
+    if torch.device(device).type == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise FalconError("onnxruntime has no CUDAExecutionProvider here (the CPU-only onnxruntime package is "
+                              "installed; onnxruntime-gpu has it)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def onnx_session(model_bytes_or_path, threads: int = 1, device: torch.device | str = "cpu"):
+    """An ``onnxruntime.InferenceSession`` with ``threads`` intra-op threads, one inter-op thread, all graph
+    optimizations, and (more than one thread) no spin-waiting, so that its idle threads leave the cores to
+    whatever runs next."""
+    ort = _need("onnxruntime", "ONNX Runtime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads > 1:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = str(model_bytes_or_path) if isinstance(model_bytes_or_path, (str, os.PathLike)) else model_bytes_or_path
+    try:
+        return ort.InferenceSession(source, options, providers=onnx_providers(device))
+    except FalconError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise FalconError(f"ONNX Runtime could not load the model ({type(e).__name__}: {_line(e)})") from None
+
+
+def onnx_predict(session, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits of ``images`` (N, C, H, W) from an ONNX Runtime session, in batches."""
+    import numpy as np
+
+    name = session.get_inputs()[0].name
+    outs = []
+    for start in range(0, images.shape[0], batch_size):
+        chunk = images[start:start + batch_size].detach().to("cpu", torch.float32).contiguous().numpy()
+        outs.append(torch.from_numpy(np.asarray(session.run(None, {name: chunk})[0])))
+    return torch.cat(outs)
+
+
+@dataclass
+class ExportResult:
+    """What ``python -m falcon export`` wrote and how close its output is to eager PyTorch."""
+
+    path: str
+    format: str
+    model: str
+    conv: str
+    hparams: dict
+    input_size: tuple[int, int, int]
+    deploy: DeployInfo
+    parity: Parity  # the file, loaded back, against eager fp32 PyTorch (the converted model) on the same input
+    runtime: str  # what ran the file for the check
+    bytes: int
+    replaced_layers: int
+    accuracy: dict | None = None  # {"eager": ..., "exported": ...} on the model's held-out data, when it has some
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "format": self.format, "model": self.model, "conv": self.conv,
+                "hparams": dict(self.hparams), "input_size": list(self.input_size), "deploy": self.deploy.as_dict(),
+                "parity": self.parity.as_dict(), "runtime": self.runtime, "bytes": self.bytes,
+                "replaced_layers": self.replaced_layers, "accuracy": self.accuracy, "notes": list(self.notes)}
+
+
+def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.onnx", format: str = "onnx",
+                 conv: str = "falcon", weights: str | None = None, input_size: Any = None, batch_size: int = 1,
+                 num_classes: int | None = None, evaluate: bool = True, seed: int = 0, **hp: Any) -> ExportResult:
+    """Convert ``model`` (:func:`falcon.modelbench.prepare_models`: FALCON/DSConv fitted with SVD, other types
+    built with random weights; ``standard`` = the original), take its portable deployable form and write it to
+    ``output`` as ``format`` (``onnx`` or ``torchscript``). The file is loaded back and run on the same input as
+    eager fp32 PyTorch; an error beyond :data:`PARITY_RTOL` (relative) is a :class:`FalconError` (the file is
+    kept, for inspection). With ``evaluate`` and a model that has held-out data (digits-vgg), the accuracy of
+    both is compared too."""
+    from falcon.modelbench import prepare_models
+
+    if format not in FORMATS:
+        raise FalconError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "onnx":
+        _need("onnx", "ONNX export")
+    path = Path(output)
+    if path.is_dir():
+        raise FalconError(f"{path} is a directory; give a file name such as {path / ('model.' + ('onnx' if format == 'onnx' else 'pt'))}")
+    prepared = prepare_models(model, weights=weights, conv=conv, input_size=input_size, num_classes=num_classes,
+                              seed=seed, **hp)
+    target = prepared.converted[0] if prepared.converted else prepared.original
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn((batch_size, *prepared.input_size), generator=gen)
+    deployed, info = deploy_form(target.module, sample, portable=True)
+    with torch.no_grad():
+        reference = target.module(sample)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    notes = list(prepared.notes)
+    if format == "onnx":
+        export_onnx(deployed, sample, path)
+        session = onnx_session(path, threads=torch.get_num_threads())
+        out = onnx_predict(session, sample)
+        runtime = f"onnxruntime {_need('onnxruntime', 'ONNX Runtime').__version__} (CPUExecutionProvider)"
+        predict = lambda images: onnx_predict(session, images)  # noqa: E731
+    else:
+        traced = export_torchscript(deployed, sample)
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+        with torch.no_grad():
+            out = loaded(sample)
+        runtime = f"torch.jit.load (torch {torch.__version__})"
+
+        def predict(images):
+            with torch.no_grad():
+                return torch.cat([loaded(images[i:i + 256]) for i in range(0, images.shape[0], 256)])
+    check = parity(reference, out)
+    accuracy = None
+    if evaluate and prepared.eval_data is not None:
+        from falcon.conversion import accuracy as eager_accuracy
+
+        images, labels = prepared.eval_data.tensors[:2]
+        exported = float((predict(images).argmax(1) == labels).float().mean())
+        accuracy = {"eager": float(eager_accuracy(target.module, prepared.eval_data)), "exported": exported,
+                    "samples": int(labels.shape[0])}
+    result = ExportResult(str(path), format, prepared.name, target.conv, dict(target.hparams), prepared.input_size,
+                          info, check, runtime, path.stat().st_size, target.replaced, accuracy, notes)
+    if not check.ok:
+        raise FalconError(f"the exported {format} file does not compute what the model does ({check.describe()}); "
+                          f"written anyway to {path}")
+    return result
