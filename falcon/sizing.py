@@ -84,6 +84,8 @@ class SizeResult:
             "computation_reduction_rate": self.computation_reduction_rate,
             "replaced_layers": len(self.replaced),
             "notes": self.notes,
+            "macs_by_kind": dict(self.count.macs_by_kind),
+            "not_counted": [str(n) for n in self.count.not_counted],
             "layers": self.count.table(),
         }
 
