@@ -447,8 +447,10 @@ def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.o
         predict = lambda images: onnx_predict(session, images)  # noqa: E731
     else:
         traced = export_torchscript(deployed, sample)
-        torch.jit.save(traced, str(path))
-        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+            torch.jit.save(traced, str(path))
+            loaded = torch.jit.load(str(path), map_location="cpu").eval()
         with torch.no_grad():
             out = loaded(sample)
         runtime = f"torch.jit.load (torch {torch.__version__})"
@@ -466,7 +468,7 @@ def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.o
         accuracy = {"eager": float(eager_accuracy(target.module, prepared.eval_data)), "exported": exported,
                     "samples": int(labels.shape[0])}
     result = ExportResult(str(path), format, prepared.name, target.conv, dict(target.hparams), prepared.input_size,
-                          info, check, runtime, path.stat().st_size, target.replaced, accuracy, notes)
+                          info, check, runtime, path.stat().st_size, len(target.replaced), accuracy, notes)
     if not check.ok:
         raise FalconError(f"the exported {format} file does not compute what the model does ({check.describe()}); "
                           f"written anyway to {path}")

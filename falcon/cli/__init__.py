@@ -21,6 +21,7 @@ COMMANDS = {
     "fit": ("fit", "fit FALCON/DSConv sub-kernels to a trained conv (SVD or gradient descent)"),
     "convert": ("convert", "convert a model's convs to FALCON/DSConv, initialised from the fit"),
     "bench": ("bench", "measure latency: measured vs theoretical speedup"),
+    "export": ("export", "write the deployable (fused) converted model as ONNX or TorchScript, parity-checked"),
     "experiment": ("experiment", "compress, fine-tune and evaluate; store the run"),
     "results": ("experiment", "list or export stored runs"),
 }
