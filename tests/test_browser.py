@@ -198,7 +198,11 @@ def test_every_page_in_the_browser(server, browser):
         open_from_sidebar(page, p.title)
         no_exception(page)
         assert charts(page) + tables(page) > 0, f"{p.title}: no chart or table"
-        getattr(Interactions, p.url_path.replace("-", "_"))(page, timings)
+        try:
+            getattr(Interactions, p.url_path.replace("-", "_"))(page, timings)
+        except Exception:
+            shot(page, f"failed-{p.url_path}")  # what the page showed when the check gave up
+            raise
         no_exception(page)
         shot(page, f"{common.PAGES.index(p) + 1:02d}-{p.url_path}")
 
