@@ -464,7 +464,7 @@ def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.o
         from falcon.conversion import accuracy as eager_accuracy
 
         images, labels = prepared.eval_data.tensors[:2]
-        exported = float((predict(images).argmax(1) == labels).float().mean())
+        exported = int((predict(images).argmax(1) == labels).sum()) / int(labels.numel())
         accuracy = {"eager": float(eager_accuracy(target.module, prepared.eval_data)), "exported": exported,
                     "samples": int(labels.shape[0])}
     result = ExportResult(str(path), format, prepared.name, target.conv, dict(target.hparams), prepared.input_size,

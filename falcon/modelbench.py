@@ -967,7 +967,10 @@ def measure_model(
             f"{fmt_bytes(plan.weight_bytes)} × {plan.copies} copies); the budget is {fmt_bytes(budget)} ({source}); "
             "use a smaller batch or input size")
 
-    total_steps = [2 + len(conversions)]  # load + deploy per model; grows as tasks are known
+    per_model = sum(len(layouts) if r in ("eager", "compile") else 1 for r in available)
+    n_models = 1 + len(conversions)
+    # load, a deployable form per model, per task: prepare + warm-up + rounds; the breakdowns
+    total_steps = [1 + n_models + n_models * per_model * (rounds + 2) + (2 * len(conversions) if breakdown else 0)]
 
     done = [0]
 
@@ -1028,8 +1031,6 @@ def measure_model(
         reference_input = inputs["contiguous"]
 
         # 2. the deployable forms and the tasks
-        per_model = sum(len(layouts) if r in ("eager", "compile") else 1 for r in available)
-        total_steps[0] += len(models) * per_model * (rounds + 2) + (2 * len(prepared.converted) if breakdown else 0)
         tasks: list[_Task] = []
         for pm in models:
             if stopped():
