@@ -5,7 +5,7 @@ import streamlit as st
 
 import common
 from falcon.convtypes import CONV_TYPES, FITTABLE
-from falcon.counting import CONVENTIONS
+from falcon.counting import CONVENTIONS, KIND_LABELS, MAC_KINDS
 from falcon.sizing import VERSUS_PAPER
 from falcon.views.budget import budget_figure
 from falcon.views.figures import per_layer_figure
@@ -134,6 +134,9 @@ st.dataframe(shown, key="layer_table", hide_index=True, column_config={
     "params": st.column_config.NumberColumn(format="localized"),
     "macs": st.column_config.NumberColumn("MACs", format="localized"),
     "kind": st.column_config.TextColumn("kind", help="conv type of a replaced or kept conv; module class otherwise"),
+    **{f"{k}_macs": st.column_config.NumberColumn(f"{KIND_LABELS.get(k, k)} MACs", format="localized",
+                                                  help=f"MACs of {KIND_LABELS.get(k, k)} operators counted in this row")
+       for k in MAC_KINDS},
 })
 
 
