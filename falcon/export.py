@@ -9,9 +9,9 @@
   the BN becomes ``nn.Identity``. The same happens in the original model, so both sides are compared in
   the form a deployment runs (ONNX Runtime folds BN into convs on its own anyway);
 * every FALCON block without a BN after it is fused too;
-* ``portable=True`` replaces each fused FALCON block by :class:`PortableFalconConv`, the same two
-  convolutions as plain ``F.conv2d`` calls (no oneDNN-only op, no cached derived weights): what
-  ``torch.onnx.export``, ``torch.jit.trace`` and ``torch.compile`` take.
+* ``portable=True`` replaces each fused FALCON block by :class:`PortableFalconConv`, the same computation as
+  plain ``F.conv2d`` calls (no oneDNN-only op, no cached derived weights): what ``torch.onnx.export``,
+  ``torch.jit.trace`` and ``torch.compile`` take.
 
 The result is checked against the model it came from on a sample input (relative error = max |Δ| /
 max |reference|); a fold that changes the output by more than :data:`PARITY_RTOL` is undone.
@@ -97,19 +97,49 @@ def _as_tensor(value) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # the deployable form
 class PortableFalconConv(ConvBlock):
-    """A fused FALCON block as two plain convolutions (1×1 M→kN, grouped D×D kN→N with groups=N): the form
-    exporters and compilers take. Same parameters and function as :class:`~falcon.fused.FusedFalconConv`."""
+    """A fused FALCON block as plain ``F.conv2d`` calls (no oneDNN-only op, no cached derived weights): the form
+    exporters and compilers take. Same function as :class:`~falcon.fused.FusedFalconConv`.
+
+    ``strategy="depthwise"`` (default): at rank k ≥ 2 the 1×1 conv's rows in rank-major order, its output
+    viewed as (B, N, H, W·k) (a reshape and one transpose of the intermediate) and one depthwise conv with a
+    D×(D·k) kernel, stride (s, s·k), padding (p, p·k) (the trick of :mod:`falcon.fused`); measured faster than
+    the grouped conv with k inputs per group in ONNX Runtime and torch.compile on CPU (vgg19-cifar, rank 3:
+    5.1 vs 8.6 ms and 5.8 vs 14.4 ms). ``"grouped"``: the literal two convolutions. Rank 1: the two convs.
+    """
 
     conv_type = FusedFalconConv.conv_type
 
-    def __init__(self, fused: FusedFalconConv):
+    def __init__(self, fused: FusedFalconConv, strategy: str = "depthwise"):
         super().__init__(fused.spec, {"rank": fused.rank})
-        self.pointwise = fused.pointwise
-        self.grouped = fused.grouped
+        if strategy not in ("depthwise", "grouped"):
+            raise FalconError(f"strategy must be depthwise or grouped, got {strategy!r}")
+        self.rank = fused.rank
+        self.view = strategy == "depthwise" and fused.rank > 1
+        g = fused.grouped
+        self.stride, self.padding = g.stride, g.padding
+        with torch.no_grad():
+            weight, bias = fused.pointwise.weight, fused.pointwise.bias
+            kernel = g.weight
+            if self.view:
+                n, k = fused.spec.N, fused.rank
+                order = torch.arange(k * n, device=weight.device).view(n, k).t().reshape(-1)  # r-major r·N + n
+                weight = weight.index_select(0, order)
+                bias = bias.index_select(0, order) if bias is not None else None
+                kernel = g.weight.permute(0, 2, 3, 1).reshape(n, 1, g.weight.shape[2], -1)  # [n, 0, i, j·k + r]
+        self.pointwise_weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.pointwise_bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.kernel = nn.Parameter(kernel.detach().clone().contiguous(), requires_grad=False)
+        self.bias = None if g.bias is None else nn.Parameter(g.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.grouped
-        return F.conv2d(self.pointwise(x), g.weight, g.bias, g.stride, g.padding, g.dilation, g.groups)
+        n, k = self.spec.N, self.rank
+        y = F.conv2d(x, self.pointwise_weight, self.pointwise_bias)
+        (s, _), (p, _) = self.stride, self.padding
+        if not self.view:
+            return F.conv2d(y, self.kernel, self.bias, self.stride, self.padding, 1, n)
+        b, _, h, w = y.shape
+        wide = y.reshape(b, k, n, h, w).permute(0, 2, 3, 4, 1).reshape(b, n, h, w * k)
+        return F.conv2d(wide, self.kernel, self.bias, (s, s * k), (p, p * k), 1, n)
 
 
 @dataclass

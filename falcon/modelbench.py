@@ -714,7 +714,8 @@ def profile_model(module: nn.Module, x: torch.Tensor, replaced: Iterable[str], i
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     cuda = device.type == "cuda"
-    per_chunk = max(iterations // max(chunks, 1), 1)
+    chunks = max(min(chunks, iterations // 2), 1)
+    per_chunk = max(iterations // chunks, 1)
     passes: list[dict[str, Any]] = []  # per profiled pass: total µs and µs per unit
     plain: list[float] = []
     handles: list = []
@@ -866,15 +867,31 @@ def _explain(conv_label: str, measured: float | None, mac_ratio: float, b: Break
     return "; ".join(parts)
 
 
+def _recategorize(profile: Profile, module: nn.Module, replaced: Iterable[str]) -> dict[str, float]:
+    """The categories of a profile for another set of replaced convs (the units' times do not change)."""
+    replaced = set(replaced)
+    kinds = {name: _category(name, m, replaced) for name, m in _profile_units(module)}
+    cats = {c: 0.0 for c in CATEGORIES}
+    for name, ms in profile.units.items():
+        cats[kinds.get(name) or "other"] += ms
+    cats["other"] = max(profile.total_ms - sum(v for c, v in cats.items() if c != "other"), 0.0)
+    return cats
+
+
 def _breakdown(orig_task: _Task, conv_task: _Task, conversion: PreparedModel, original: PreparedModel,
-               device: torch.device, budget_s: float) -> Breakdown:
+               device: torch.device, budget_s: float, cache: dict | None = None) -> Breakdown:
     def iterations(task: _Task) -> int:
         per = (task.timing.median_ms or 10.0) / 1e3
-        return int(min(max(budget_s / 2 / max(per, 1e-6), 20), 400))
+        return int(min(max(budget_s / 2 / max(per, 1e-6), 10), 400))
 
-    po = profile_model(orig_task.module, orig_task.x, conversion.replaced, iterations(orig_task), device)
+    cache = {} if cache is None else cache
+    if orig_task.layout not in cache:  # the original's profile serves every conversion in that layout
+        cache[orig_task.layout] = profile_model(orig_task.module, orig_task.x, conversion.replaced,
+                                                iterations(orig_task), device)
+    po = cache[orig_task.layout]
     pc = profile_model(conv_task.module, conv_task.x, conversion.replaced, iterations(conv_task), device)
-    o_cat, o_unit, o_total = po.categories, po.units, po.total_ms
+    o_unit, o_total = po.units, po.total_ms
+    o_cat = _recategorize(po, orig_task.module, conversion.replaced)
     c_cat, c_unit, c_total = pc.categories, pc.units, pc.total_ms
     layers = []
     for name in conversion.replaced:
@@ -927,6 +944,7 @@ def measure_model(
     seed: int = 0,
     memory_budget_bytes: int | None = None,
     retain_memory: bool = True,
+    compile_memory_format: str | None = None,
     **hp: Any,
 ) -> ModelBenchResult:
     """Time ``model`` and its conversion(s) to ``conv`` (rank ``rank``; other hyper-parameters in ``hp``)
@@ -935,7 +953,9 @@ def measure_model(
 
     ``threads``: CPU threads (default ``torch.get_num_threads()``), set for the run and restored after.
     ``memory_format``: ``auto``/``both`` (contiguous and channels_last for eager and compile), or one of them.
-    ``breakdown``: profile where the time goes (eager). ``memory_budget_bytes`` overrides the memory budget.
+    ``compile_memory_format``: the layouts for ``compile`` if not those of ``memory_format`` (compiling is the
+    slow part of a run). ``breakdown``: profile where the time goes (eager). ``memory_budget_bytes`` overrides
+    the memory budget.
     """
     t_start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -950,13 +970,15 @@ def measure_model(
         raise FalconError(f"threads must be a positive integer, got {threads!r}")
     dev = resolve_device(device)
     layouts = _layouts(memory_format)
+    runtime_layouts = {"eager": layouts, "onnxruntime": ["contiguous"],
+                       "compile": _layouts(compile_memory_format) if compile_memory_format else layouts}
     wanted = parse_runtimes(runtimes)
     conversions = parse_conversions(conv, rank, **hp)
     infos = [runtime_info(r, dev) for r in wanted]
     available = [i.name for i in infos if i.available]
 
     # 1. memory guard, before anything is allocated
-    instances = 1 + sum(len(layouts) if r in ("eager", "compile") else 2 for r in available)
+    instances = 1 + sum(len(runtime_layouts[r]) + (r == "onnxruntime") for r in available)
     copies = (1 + len(conversions)) * (1 + instances)
     plan = plan_memory(model, batch_size, input_size, num_classes, copies)
     budget, source = (memory_budget_bytes, "given budget") if memory_budget_bytes is not None else memory_budget(dev)
@@ -967,7 +989,7 @@ def measure_model(
             f"{fmt_bytes(plan.weight_bytes)} × {plan.copies} copies); the budget is {fmt_bytes(budget)} ({source}); "
             "use a smaller batch or input size")
 
-    per_model = sum(len(layouts) if r in ("eager", "compile") else 1 for r in available)
+    per_model = sum(len(runtime_layouts[r]) for r in available)
     n_models = 1 + len(conversions)
     # load, a deployable form per model, per task: prepare + warm-up + rounds; the breakdowns
     total_steps = [1 + n_models + n_models * per_model * (rounds + 2) + (2 * len(conversions) if breakdown else 0)]
@@ -994,7 +1016,7 @@ def measure_model(
             from torch._inductor import config as inductor_config
 
             stack.enter_context(inductor_config.patch(freezing=True))
-            limit = 8 * (1 + len(conversions)) * len(layouts) + 8
+            limit = 8 * (1 + len(conversions)) * len(runtime_layouts["compile"]) + 8
             key = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
             stack.enter_context(dynamo.config.patch(**{key: max(limit, 8)},
                                                            accumulated_cache_size_limit=max(256, 4 * limit)))
@@ -1053,7 +1075,7 @@ def measure_model(
                 next(c for c in result.conversions if c.label == pm.label).deploy = dinfo.as_dict()
             tick(f"{pm.label}: deployable form ({dinfo.describe()})")
             for runtime in available:
-                for layout in (layouts if runtime in ("eager", "compile") else ["contiguous"]):
+                for layout in runtime_layouts[runtime]:
                     if stopped():
                         result.stopped = True
                         break
@@ -1138,6 +1160,7 @@ def measure_model(
 
         # 4. where the time goes
         if breakdown and not result.stopped:
+            profiles: dict[str, Profile] = {}
             for pm, c in zip(prepared.converted, result.conversions):
                 eager = [t for t in tasks if t.runtime == "eager" and t.model is pm and t.timing.median_ms]
                 if not eager or stopped():
@@ -1149,7 +1172,8 @@ def measure_model(
                 if orig is None:
                     continue
                 tick(f"profiling {pm.label} ({best.layout})", 0)
-                c.breakdown = _breakdown(orig, best, pm, prepared.original, dev, min(max(rounds * min_run_time, 0.2), 2.0))
+                c.breakdown = _breakdown(orig, best, pm, prepared.original, dev,
+                                         min(max(rounds * min_run_time, 0.2), 2.0), profiles)
                 eager_speedup = orig.timing.median_ms / best.timing.median_ms
                 c.breakdown.explanation = _explain(get_conv_type(pm.conv).label, eager_speedup, c.mac_ratio,
                                                    c.breakdown)

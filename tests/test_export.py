@@ -155,3 +155,20 @@ def test_cli_export_prints_the_errors(tmp_path):
     assert done.returncode == 0, done.stderr
     assert out.is_file() and "max abs error" in done.stdout and "relative" in done.stdout
     assert "held-out accuracy" in done.stdout
+
+
+@pytest.mark.parametrize("strategy", ["depthwise", "grouped"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_portable_falcon_computes_the_block_and_its_bn(strategy, rank):
+    from falcon.fused import fuse_falcon
+    from falcon.spec import LayerSpec
+
+    torch.manual_seed(rank)
+    for stride, d, h, w in ((1, 3, 9, 7), (2, 3, 8, 8), (1, 5, 10, 11), (3, 3, 13, 9), (1, 1, 5, 5)):
+        spec = LayerSpec(6, 5, d, h, w, stride)
+        block = FalconConv(spec, rank).double().eval()
+        bn = _randomize_bn(nn.BatchNorm2d(5)).double()
+        x = torch.randn(2, 6, h, w, dtype=torch.double)
+        portable = PortableFalconConv(fuse_falcon(block, bn), strategy)
+        with torch.no_grad():
+            assert (portable(x) - bn(block(x))).abs().max() < 1e-12
