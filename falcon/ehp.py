@@ -1,4 +1,4 @@
-"""The elementwise Hadamard product (EHP) and fitting a trained kernel with it.
+"""The extended Hadamard product (EHP) and fitting a trained kernel with it.
 
 Kernels are in PyTorch's layout ``K[n, m, i, j]`` (N output channels, M input channels, D×D).
 A rank-k factorization is a pair of stacked factors

@@ -1,4 +1,4 @@
-"""Models by name: the thesis's CIFAR models, the bundled digits model, and torchvision's zoo.
+"""Models by name or spec: the thesis's CIFAR models, the bundled digits model, torchvision's zoo, timm, and your own.
 
 Every model has a *replacement policy*: which convs a compressed conv type replaces.
 
