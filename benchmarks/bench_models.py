@@ -41,6 +41,7 @@ def fmt(x, spec=".2f", suffix="×"):
 
 
 def measure(models, threads, runtimes, progress=True):
+    from falcon.errors import FalconError
     from falcon.modelbench import RUNTIMES, measure_model
     from falcon.models import get_model_entry
 
@@ -55,10 +56,26 @@ def measure(models, threads, runtimes, progress=True):
                 sys.stderr.write(f"\r{_name}: [{fraction:4.0%}] {time.perf_counter() - _t0:5.0f} s {message:<60.60}")
                 sys.stderr.flush()
 
-        r = measure_model(name, conv=CONVS, runtimes=runtimes or RUNTIMES, batch_size=1, threads=threads,
-                          rounds=rounds, min_run_time=min_run_time, progress=show)
+        def run(convs):
+            try:
+                return [measure_model(name, conv=convs, runtimes=runtimes or RUNTIMES, batch_size=1, threads=threads,
+                                      rounds=rounds, min_run_time=min_run_time, progress=show)]
+            except FalconError as e:
+                if not str(e).startswith("not enough memory") or len(convs) == 1:
+                    raise
+                half = (len(convs) + 1) // 2  # the original plus fewer conversions per call
+                return run(convs[:half]) + run(convs[half:])
+
+        parts = run(CONVS)
         if progress:
             sys.stderr.write("\n")
+        r = parts[0]
+        for extra in parts[1:]:
+            r.conversions += extra.conversions
+            r.timings += [t for t in extra.timings if t.role == "converted"]
+        if len(parts) > 1:
+            r.notes.append(f"measured in {len(parts)} calls (memory), each with the original")
+        r.calls = len(parts)
         results.append(r)
     return results
 
@@ -114,12 +131,15 @@ def block(results, command: str, seconds: float) -> str:
     runtimes = "; ".join(f"{i.name}: {i.version}" + (f" ({', '.join(f'{k} {v}' for k, v in i.options.items())})"
                                                      if i.options else "") if i.available else f"{i.name}: {i.reason}"
                          for i in r0.runtimes)
+    split = [f"{r.model} in {r.calls} calls" for r in results if getattr(r, "calls", 1) > 1]
     loads = [r.load_average for r in results if r.load_average]
     load = ", ".join(f"{a[0]:g}→{a[1]:g}" for a in loads) if loads else "unknown"
     text = [START, "",
             f"`{command}`, {datetime.date.today().isoformat()}, {seconds / 60:.1f} minutes. Device: {r0.device} "
             f"({r0.device_name}), {r0.threads} thread{'s' if r0.threads != 1 else ''}, torch {r0.torch_version}; "
-            f"{runtimes}. Batch 1, random weights, float32. 1-minute load average before→after each model: {load}.",
+            f"{runtimes}. Batch 1, random weights, float32. 1-minute load average before→after each model: {load}."
+            + (f" For memory, {', '.join(split)} (each with its own original; the speedups are within each call)."
+               if split else ""),
             "",
             "Speedup = the original's median / the converted model's median in the same runtime, each in its "
             "fastest layout (the converted model's in brackets; ONNX Runtime takes NCHW). \"Best runtime\" = the "

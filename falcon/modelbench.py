@@ -60,7 +60,7 @@ from falcon.bench import (MEMORY_FORMATS, _quartiles, device_name, fmt_bytes, me
 from falcon.blocks import ConvBlock
 from falcon.convtypes import CONV_TYPES, get_conv_type, label_of
 from falcon.errors import FalconError
-from falcon.export import PARITY_RTOL, Parity, deploy_form, parity
+from falcon.export import PARITY_RTOL, Parity, deploy_form, make_portable, parity
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
 CATEGORIES = ("replaced_convs", "unreplaced_convs", "bn_act_pool", "classifier", "other")
@@ -623,6 +623,13 @@ def _ort_call(session, x: torch.Tensor, device: torch.device):
     return lambda: session.run(None, feed)[0]
 
 
+def _shared_copy(module: nn.Module, keep_4d: bool = True) -> nn.Module:
+    """A copy of ``module``'s structure sharing its tensors (``keep_4d=False``: all but the 4-D ones, which a
+    change of memory layout re-lays out), so that several runtimes and layouts do not each hold the weights."""
+    memo = {id(t): t for t in (*module.parameters(), *module.buffers()) if keep_4d or t.dim() != 4}
+    return copy.deepcopy(module, memo)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -978,8 +985,11 @@ def measure_model(
     available = [i.name for i in infos if i.available]
 
     # 1. memory guard, before anything is allocated
-    instances = 1 + sum(len(runtime_layouts[r]) + (r == "onnxruntime") for r in available)
-    copies = (1 + len(conversions)) * (1 + instances)
+    # per model: its training form and deployable form, one more for the other eager layout's 4-D weights, one per
+    # compiled layout (frozen weights), one in ONNX Runtime (an upper bound: converted models are smaller)
+    per_instance = 2 + (len(layouts) - 1 if "eager" in available else 0) + \
+        (len(runtime_layouts["compile"]) if "compile" in available else 0) + ("onnxruntime" in available)
+    copies = (1 + len(conversions)) * per_instance
     plan = plan_memory(model, batch_size, input_size, num_classes, copies)
     budget, source = (memory_budget_bytes, "given budget") if memory_budget_bytes is not None else memory_budget(dev)
     if budget is not None and plan.total_bytes > budget:
@@ -1058,17 +1068,19 @@ def measure_model(
             if stopped():
                 result.stopped = True
                 break
-            module = pm.module.to(dev).eval()
+            module = (pm.module if dev.type == "cpu" else copy.deepcopy(pm.module).to(dev)).eval()  # the caller's stays
             with torch.inference_mode():
                 reference = module(reference_input).detach().float().cpu()
             try:
                 deployed, dinfo = deploy_form(module, reference_input)
                 portable = None
                 if any(r in available for r in ("compile", "onnxruntime")):
-                    portable, _ = deploy_form(module, reference_input, portable=True)
+                    portable = make_portable(_shared_copy(deployed))
             except FalconError as e:
                 result.notes.append(f"{pm.label}: {e}")
                 continue
+            finally:
+                pm.module = module = None  # the training form is not needed any more (memory: big models)
             if pm.role == "original":
                 result.original_deploy = dinfo.as_dict()
             else:
@@ -1085,7 +1097,9 @@ def measure_model(
                     task_module = None
                     try:
                         if runtime == "eager":
-                            task_module = copy.deepcopy(deployed).to(memory_format=MEMORY_FORMATS[layout])
+                            task_module = (deployed if layout == runtime_layouts["eager"][-1] else
+                                           _shared_copy(deployed, keep_4d=False))
+                            task_module = task_module.to(memory_format=MEMORY_FORMATS[layout])
                             call = (lambda m, x: (lambda: m(x)))(task_module, x)
                         elif runtime == "compile":
                             tick(f"compiling {pm.label} ({layout})", 0)
@@ -1096,9 +1110,10 @@ def measure_model(
                             from falcon.export import export_onnx, onnx_session
 
                             tick(f"exporting {pm.label} to ONNX", 0)
-                            data = export_onnx(copy.deepcopy(portable).cpu(), reference_input.cpu(),
+                            data = export_onnx(_shared_copy(portable).cpu(), reference_input.cpu(),
                                                dynamic_batch=False)
                             session = onnx_session(data, threads, dev)
+                            del data
                             call = _ort_call(session, x, dev)
                         with torch.inference_mode():
                             out = call()  # compile: the compilation happens here
