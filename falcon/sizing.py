@@ -328,6 +328,9 @@ def size_model(model: str | ModelEntry | nn.Module, conv: str = "standard", num_
                                                                   include=include, exclude=exclude, **hp)
         count = _counted(net, chw, convention, unused, entry)
     notes = []
+    if conv != "standard" and not replaced:
+        notes.append(f"no conv of {entry.name} is one {conv} replaces (groups=1, square kernel > 1, dilation 1, "
+                     "PyTorch's own forward; the first conv stays): the counts are the standard model's")
     if kept:
         first = next(iter(kept))
         notes.append(f"{len(kept)} conv{'s' if len(kept) > 1 else ''} kept standard because {conv} cannot take "

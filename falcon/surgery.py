@@ -29,6 +29,11 @@ class ConvSite:
 
 
 def _replaceable(conv: nn.Conv2d) -> bool:
+    """groups=1, square kernel > 1, dilation 1, symmetric stride/padding, and PyTorch's own forward: a subclass
+    that pads or standardizes its weight in ``forward`` (timm's Conv2dSame, StdConv2d) computes something
+    else than its attributes say, so it is kept."""
+    if type(conv).forward is not nn.Conv2d.forward:
+        return False
     k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
     return (conv.groups == 1 and k[0] == k[1] and k[0] > 1 and s[0] == s[1] and isinstance(p, tuple)
             and p[0] == p[1] and d == (1, 1) and conv.padding_mode == "zeros")

@@ -36,3 +36,14 @@ def test_no_library_module_imports_streamlit():
     count, _, culprit = out.stdout.strip().partition(" ")
     assert int(count) > 30  # the walk found the package's modules (subpackages included)
     assert culprit == "", f"importing {culprit} loads streamlit"
+
+
+def test_falcon_has_no_import_cycle():
+    """Every import of falcon/ (top-level and inside functions) forms no cycle (scripts/import_cycles.py)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "import_cycles.py")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -19,7 +19,7 @@ WEIGHTS = [(name, w) for name in torchvision_classification_models()
 def _built(name: str, crop: int) -> nn.Module:
     """``name`` on ``meta`` as sizing builds it; a ViT whose weights were trained at another size is built at
     it (its position embedding, hence its parameter count, depends on the image size)."""
-    if name.startswith("vit_") and crop != 224:
+    if name.startswith("vit_"):  # built for this crop (the default entry is built for the DEFAULT weights' crop)
         with on_meta_without_init():
             return torchvision.models.get_model(name, weights=None, image_size=crop)
     return build_sized(name, None, crop, "standard")[0]

@@ -63,11 +63,13 @@ def _digits_builder(num_classes: int) -> nn.Module:
     return DigitsVGG(num_classes=num_classes)
 
 
-def _torchvision_builder(name: str) -> Callable[[int], nn.Module]:
+def _torchvision_builder(name: str, image_size: int | None = None) -> Callable[[int], nn.Module]:
     def build(num_classes: int) -> nn.Module:
         import torchvision
 
         kwargs: dict = {"weights": None, "num_classes": num_classes}
+        if image_size is not None:  # a ViT's position embedding is sized for its weights' crop (SWAG: 384-518)
+            kwargs["image_size"] = image_size
         if name in ("googlenet", "inception_v3"):
             kwargs.update(aux_logits=False, init_weights=False)
         return torchvision.models.get_model(name, **kwargs)
@@ -153,7 +155,9 @@ def get_model_entry(name: str) -> ModelEntry:
 def _torchvision_entry(name: str) -> ModelEntry:
     """One entry per name (the sizing caches key on entries)."""
     size, source = torchvision_crop_size(name)
-    return ModelEntry(name, _torchvision_builder(name), size, description=f"torchvision {name}", input_size_from=source)
+    fixed = name.startswith("vit_") and size != 224  # a ViT runs only at the size it was built for
+    return ModelEntry(name, _torchvision_builder(name, size if fixed else None), size, description=f"torchvision {name}",
+                      input_size_from=source + (f" (built for {size}×{size})" if fixed else ""))
 
 
 # ----------------------------------------------------------------------------------------------
