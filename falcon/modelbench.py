@@ -270,15 +270,18 @@ class MemoryPlan:
     weight_bytes: int
     activation_bytes: int  # the largest (input + output) of one unit
     copies: int  # model instances held at once (per model, runtime and layout, plus the references)
+    conv_weight_bytes: int = 0  # the 4-D (conv) weights among weight_bytes
+    conv_copies: int = 0  # extra copies of the conv weights only (a second eager layout)
 
     @property
     def total_bytes(self) -> int:
         # the input per layout, every weight copy, the working set of a forward pass (an upper bound: 3×)
-        return 3 * self.input_bytes + self.copies * self.weight_bytes + 3 * self.activation_bytes
+        return (3 * self.input_bytes + self.copies * self.weight_bytes + self.conv_copies * self.conv_weight_bytes
+                + 3 * self.activation_bytes)
 
 
 def plan_memory(model: Any, batch_size: int, input_size: Any = None, num_classes: int | None = None,
-                copies: int = 1) -> MemoryPlan:
+                copies: int = 1, conv_copies: int = 0) -> MemoryPlan:
     """What measuring ``model`` at ``batch_size`` holds at its peak, from a forward pass on ``meta``."""
     from falcon.checkpoints import LoadedModel
     from falcon.counting import shape_only
@@ -315,7 +318,8 @@ def plan_memory(model: Any, batch_size: int, input_size: Any = None, num_classes
     finally:
         for h in handles:
             h.remove()
-    return MemoryPlan(x.numel() * 4, weights, peak[0], copies)
+    conv_weights = sum(p.numel() * p.element_size() for p in meta.parameters() if p.dim() == 4)
+    return MemoryPlan(x.numel() * 4, weights, peak[0], copies, conv_weights, conv_copies)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -985,12 +989,13 @@ def measure_model(
     available = [i.name for i in infos if i.available]
 
     # 1. memory guard, before anything is allocated
-    # per model: its training form and deployable form, one more for the other eager layout's 4-D weights, one per
-    # compiled layout (frozen weights), one in ONNX Runtime (an upper bound: converted models are smaller)
-    per_instance = 2 + (len(layouts) - 1 if "eager" in available else 0) + \
-        (len(runtime_layouts["compile"]) if "compile" in available else 0) + ("onnxruntime" in available)
-    copies = (1 + len(conversions)) * per_instance
-    plan = plan_memory(model, batch_size, input_size, num_classes, copies)
+    # per model: its training form and deployable form, one per compiled layout (frozen weights), one in ONNX
+    # Runtime, and the conv weights once more per further eager layout (the other tensors are shared); an upper
+    # bound: converted models are smaller
+    per_instance = 2 + (len(runtime_layouts["compile"]) if "compile" in available else 0) + ("onnxruntime" in available)
+    n_all = 1 + len(conversions)
+    plan = plan_memory(model, batch_size, input_size, num_classes, n_all * per_instance,
+                       n_all * (len(layouts) - 1 if "eager" in available else 0))
     budget, source = (memory_budget_bytes, "given budget") if memory_budget_bytes is not None else memory_budget(dev)
     if budget is not None and plan.total_bytes > budget:
         raise FalconError(
@@ -1199,6 +1204,11 @@ def measure_model(
                         f"{BREAKDOWN_TOLERANCE:.0%} (profiler overhead, or the machine changed speed)")
                 tick(f"profiled {pm.label}", 2)
         result.load_average = None if load_before is None else [load_before, _loadavg()]
+        tasks = []
+        if "compile" in available:  # the compiled graphs hold frozen copies of every model's weights: let them go
+            from torch import _dynamo as dynamo
+
+            dynamo.reset()
     if result is None:  # pragma: no cover - prepare_models raised
         raise FalconError("nothing was measured")
     result.seconds = time.perf_counter() - t_start
