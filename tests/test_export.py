@@ -12,7 +12,8 @@ from torch import nn
 from falcon.blocks import FalconConv
 from falcon.conversion import accuracy, convert_model
 from falcon.errors import FalconError
-from falcon.export import (PARITY_RTOL, PortableFalconConv, deploy_form, export_model, export_onnx,
+from falcon.deploy import export_model
+from falcon.export import (PARITY_RTOL, PortableFalconConv, deploy_form, export_onnx,
                            export_torchscript, parity)
 from falcon.fused import FusedFalconConv
 from falcon.sources import load_model

@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon.export import export_model
+    from falcon.deploy import export_model
 
     hp = {h.name: getattr(args, h.name) for h in CONV_TYPES[args.conv].hparams if getattr(args, h.name) is not None}
     result = export_model(args.model, args.output, args.format, conv=args.conv, weights=args.weights,
