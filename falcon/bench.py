@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import logging
 import platform
 import statistics
 import sys
@@ -38,7 +39,11 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils import benchmark
+
+# torch.utils.benchmark imports cpp_extension, which warns "No CUDA runtime is found" on every CPU-only machine
+# with a CUDA build of torch: not news to someone timing on the CPU (describe_device says which device runs)
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
 
 from falcon.convtypes import CONV_TYPES, compare, get_conv_type, parse_variant, variant_names
 from falcon.errors import FalconError

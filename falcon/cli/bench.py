@@ -18,19 +18,24 @@ TEXT_COLUMNS = ["conv", "layout", "median_ms", "iqr_ms", "GMAC/s", "speedup", "t
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measured latency of conv types vs the standard conv",
+    from falcon.modelbench import add_model_args
+
+    p = sub.add_parser("bench", help="measured latency of conv types vs the standard conv (a layer, or --model)",
                        description="Time the forward pass (inference mode) of one layer's conv types with "
                                    "torch.utils.benchmark: warm-up, interleaved rounds, median and IQR; measured "
-                                   "speedup over the standard conv next to the theoretical MAC ratio.")
-    p.add_argument("--in-channels", "-M", type=int, required=True, help="input channels M")
-    p.add_argument("--out-channels", "-N", type=int, required=True, help="output channels N")
-    p.add_argument("--kernel-size", "-D", type=int, required=True, help="kernel size D (D×D)")
-    p.add_argument("--input-size", "-H", type=int, required=True, help="input height H")
+                                   "speedup over the standard conv next to the theoretical MAC ratio. With --model, "
+                                   "a whole model beside its converted form, per runtime, with where the time goes "
+                                   "(the layer flags -M/-N/-D are then not used; -H is the input size).")
+    p.add_argument("--in-channels", "-M", type=int, default=None, help="input channels M (a layer)")
+    p.add_argument("--out-channels", "-N", type=int, default=None, help="output channels N (a layer)")
+    p.add_argument("--kernel-size", "-D", type=int, default=None, help="kernel size D (D×D) (a layer)")
+    p.add_argument("--input-size", "-H", type=int, default=None, help="input height H (a layer; with --model: "
+                                                                       "H = W, default the model's own)")
     p.add_argument("--input-width", type=int, default=None, help="input width W (default: H)")
     p.add_argument("--stride", type=int, default=1, help="stride s (default 1)")
     p.add_argument("--padding", type=int, default=None, help="padding p (default D//2)")
-    p.add_argument("--batch-size", "-B", type=int, required=True, help="batch size")
-    p.add_argument("--conv", default=",".join(DEFAULT_BENCH_CONVS), metavar="TYPES",
+    p.add_argument("--batch-size", "-B", type=int, default=None, help="batch size (a layer: required; --model: 1)")
+    p.add_argument("--conv", default=None, metavar="TYPES",
                    help=f"comma-separated conv types: {', '.join(BENCH_CONVS)} (default: {','.join(DEFAULT_BENCH_CONVS)}; "
                         "standard is always measured)")
     for h in all_hparams().values():
@@ -54,6 +59,7 @@ def add_parser(sub) -> None:
                    help="seconds of timing per conv type and round (default 0.2)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -89,6 +95,18 @@ def summary_lines(report: BenchReport) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model is not None:  # a whole model: falcon.modelbench
+        from falcon import modelbench
+
+        args.conv = args.conv or "falcon"
+        args.batch_size = args.batch_size or 1
+        return modelbench.run(args)
+    missing = [flag for flag, value in (("--in-channels", args.in_channels), ("--out-channels", args.out_channels),
+                                        ("--kernel-size", args.kernel_size), ("--input-size", args.input_size),
+                                        ("--batch-size", args.batch_size)) if value is None]
+    if missing:
+        raise FalconError(f"a layer benchmark needs {', '.join(missing)} (or --model NAME for a whole model)")
+    args.conv = args.conv or ",".join(DEFAULT_BENCH_CONVS)
     spec = LayerSpec(args.in_channels, args.out_channels, args.kernel_size, args.input_size,
                      args.input_width, args.stride, args.padding)
     convs = parse_convs(args.conv, args)
