@@ -42,44 +42,55 @@ def fmt(x, spec=".2f", suffix="×"):
     return "–" if x is None else f"{x:{spec}}{suffix}"
 
 
-def measure(models, threads, runtimes, progress=True):
+def measure_one(name, threads, runtimes, progress=True):
+    """One model, all conversions (split over several calls when the memory guard says so), merged."""
     from falcon.errors import FalconError
     from falcon.modelbench import RUNTIMES, measure_model
     from falcon.models import get_model_entry
 
+    size = get_model_entry(name).input_size
+    rounds, min_run_time = SETTINGS.get(size, SETTINGS[224])
+    t0 = time.perf_counter()
+
+    def show(fraction, message):
+        if progress:
+            sys.stderr.write(f"\r{name}: [{fraction:4.0%}] {time.perf_counter() - t0:5.0f} s {message:<60.60}")
+            sys.stderr.flush()
+
+    def run(convs):
+        try:
+            return [measure_model(name, conv=convs, runtimes=runtimes or RUNTIMES, batch_size=1, threads=threads,
+                                  rounds=rounds, min_run_time=min_run_time, progress=show,
+                                  compile_memory_format=COMPILE_LAYOUT.get(size))]
+        except FalconError as e:
+            if not str(e).startswith("not enough memory") or len(convs) == 1:
+                raise
+            half = (len(convs) + 1) // 2  # the original plus fewer conversions per call
+            return run(convs[:half]) + run(convs[half:])
+
+    parts = run(CONVS)
+    if progress:
+        sys.stderr.write("\n")
+    r = parts[0]
+    for extra in parts[1:]:
+        r.conversions += extra.conversions
+        r.timings += [t for t in extra.timings if t.role == "converted"]
+    if len(parts) > 1:
+        r.notes.append(f"measured in {len(parts)} calls (memory), each with the original")
+    r.calls = len(parts)
+    return r
+
+
+def measure(models, threads, runtimes, progress=True):
+    """Each model in a fresh process: torch.compile with freezing keeps the prepacked weights of what it compiled
+    after torch._dynamo.reset() (gigabytes for vgg16_bn), so one process for all four would carry them along."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     results = []
     for name in models:
-        size = get_model_entry(name).input_size
-        rounds, min_run_time = SETTINGS.get(size, SETTINGS[224])
-        t0 = time.perf_counter()
-
-        def show(fraction, message, _t0=t0, _name=name):
-            if progress:
-                sys.stderr.write(f"\r{_name}: [{fraction:4.0%}] {time.perf_counter() - _t0:5.0f} s {message:<60.60}")
-                sys.stderr.flush()
-
-        def run(convs):
-            try:
-                return [measure_model(name, conv=convs, runtimes=runtimes or RUNTIMES, batch_size=1, threads=threads,
-                                      rounds=rounds, min_run_time=min_run_time, progress=show,
-                                      compile_memory_format=COMPILE_LAYOUT.get(size))]
-            except FalconError as e:
-                if not str(e).startswith("not enough memory") or len(convs) == 1:
-                    raise
-                half = (len(convs) + 1) // 2  # the original plus fewer conversions per call
-                return run(convs[:half]) + run(convs[half:])
-
-        parts = run(CONVS)
-        if progress:
-            sys.stderr.write("\n")
-        r = parts[0]
-        for extra in parts[1:]:
-            r.conversions += extra.conversions
-            r.timings += [t for t in extra.timings if t.role == "converted"]
-        if len(parts) > 1:
-            r.notes.append(f"measured in {len(parts)} calls (memory), each with the original")
-        r.calls = len(parts)
-        results.append(r)
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results.append(pool.submit(measure_one, name, threads, runtimes, progress).result())
     return results
 
 

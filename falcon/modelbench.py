@@ -867,7 +867,8 @@ def _explain(conv_label: str, measured: float | None, mac_ratio: float, b: Break
     conv_total = b.converted_total_ms or 1.0
     rest = {c: b.converted_ms[c] / conv_total for c in CATEGORIES if c != "replaced_convs"}
     top = max(rest, key=rest.get)
-    parts = [f"{measured:.2f}x measured (eager) vs {mac_ratio:.2f}x MAC ratio"]
+    short = {"contiguous": "NCHW", "channels_last": "NHWC"}.get(b.layout, b.layout)
+    parts = [f"{measured:.2f}x measured (eager, both in {short}) vs {mac_ratio:.2f}x MAC ratio"]
     parts.append(f"Amdahl ceiling {b.amdahl_ceiling:.2f}x: {outside:.0%} of the original's time is outside the "
                  "replaced convs")
     if b.replaced_speedup and b.replaced_mac_ratio:
@@ -1206,9 +1207,18 @@ def measure_model(
         result.load_average = None if load_before is None else [load_before, _loadavg()]
         tasks = []
         if "compile" in available:  # the compiled graphs hold frozen copies of every model's weights: let them go
+            import gc
+
             from torch import _dynamo as dynamo
 
             dynamo.reset()
+            try:  # inductor keeps the compiled modules (and their frozen constants) in its code cache
+                from torch._inductor.utils import clear_inductor_caches
+
+                clear_inductor_caches()
+            except ImportError:  # pragma: no cover - older torch
+                pass
+            gc.collect()
     if result is None:  # pragma: no cover - prepare_models raised
         raise FalconError("nothing was measured")
     result.seconds = time.perf_counter() - t_start
