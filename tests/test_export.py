@@ -117,6 +117,7 @@ def test_onnx_round_trip_gives_the_held_out_accuracy_of_eager(converted, digits,
     assert ort.__version__
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_model_onnx_and_torchscript(tmp_path):
     pytest.importorskip("onnxruntime")
     r = export_model("digits-vgg", tmp_path / "m.onnx", "onnx", conv="falcon", rank=RANK)
