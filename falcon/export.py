@@ -16,7 +16,7 @@
 The result is checked against the model it came from on a sample input (relative error = max |Δ| /
 max |reference|); a fold that changes the output by more than :data:`PARITY_RTOL` is undone.
 
-:func:`export_model` (``python -m falcon export``) converts a model, takes its portable deployable form and
+:func:`falcon.deploy.export_model` (``python -m falcon export``) converts a model, takes its portable deployable form and
 writes ONNX (``torch.onnx.export``, the TorchScript-based exporter: ``dynamo=False``, which needs no
 onnxscript) or TorchScript (``torch.jit.trace``), then loads the file back (ONNX Runtime; ``torch.jit.load``)
 and prints the errors against eager fp32 PyTorch on the same input.
