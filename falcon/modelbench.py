@@ -55,7 +55,7 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-from falcon.bench import (MEMORY_FORMATS, _quartiles, device_name, fmt_bytes, memory_budget, resolve_device,
+from falcon.bench import (MEMORY_FORMATS, _loadavg, _quartiles, device_name, fmt_bytes, memory_budget, resolve_device,
                           retained_memory)
 from falcon.blocks import ConvBlock
 from falcon.convtypes import CONV_TYPES, get_conv_type, label_of
@@ -929,13 +929,6 @@ def _breakdown(orig_task: _Task, conv_task: _Task, conversion: PreparedModel, or
 
 # ----------------------------------------------------------------------------------------------
 # the measurement
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def measure_model(
     model: Any = "vgg19-cifar",
     weights: str | None = None,
