@@ -110,8 +110,11 @@ class FusedFalconConv(ConvBlock):
         Without autograd they are cached until a parameter changes (new tensor or in-place update)."""
         pw, g = self.pointwise, self.grouped
         params = [t for t in (pw.weight, pw.bias, g.weight) if t is not None]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
-        if not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
+        # inference tensors (made under torch.inference_mode) have no version counter: without one an
+        # in-place update could not be seen, so their derived weights are computed each call, not cached
+        key = None if any(t.is_inference() for t in params) else \
+            tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
+        if key is not None and not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         n, k = self.spec.N, self.rank
         weight, bias = pw.weight, pw.bias
@@ -121,7 +124,7 @@ class FusedFalconConv(ConvBlock):
         kernel = g.weight.permute(0, 2, 3, 1).reshape(n, 1, g.weight.shape[2], -1)  # [n, 0, i, j·k + r]
         kernel = kernel.contiguous(memory_format=torch.channels_last)
         derived = (weight, bias, kernel)
-        if not torch.is_grad_enabled():
+        if key is not None and not torch.is_grad_enabled():
             self._cache = (key, derived)
         return derived
 

@@ -68,6 +68,9 @@ CATEGORY_LABELS = {"replaced_convs": "replaced convs", "unreplaced_convs": "unre
                    "bn_act_pool": "BN/activation/pooling", "classifier": "classifier", "other": "other"}
 #: the breakdown's parts must add up to the timed median within this fraction
 BREAKDOWN_TOLERANCE = 0.10
+#: interleaved rounds of the whole-model benchmark: 10 keep five separate runs within ±10% on a shared 2-core
+#: machine (5 rounds gave ±12–19%; docs/latency.md)
+DEFAULT_ROUNDS = 10
 WARMUP_CALLS = 3
 
 ProgressFn = Callable[[float, str], None]
@@ -260,6 +263,27 @@ def prepare_models(model: Any = "vgg19-cifar", weights: str | None = None, conv:
         converted.append(PreparedModel("converted", label, name, dict(resolved), module, replaced, init, macs, units,
                                        fit_error))
     return PreparedModels(entry.name, tuple(chw), source, original, converted, eval_data, notes)
+
+
+def prepared_from_modules(name: str, original: nn.Module, converted: Sequence[tuple[str, dict, nn.Module, list[str]]],
+                          input_size: Sequence[int], weights: str = "module", init: str = "weights") -> PreparedModels:
+    """Models built elsewhere (a fine-tuned conversion, say) as :func:`measure_model`'s ``prepared``.
+
+    ``converted``: ``(conv, hparams, module, replaced layer names)`` per conversion; ``input_size``: (C, H, W).
+    The modules are put in eval mode on the CPU (as :func:`prepare_models` gives them)."""
+    chw = tuple(int(v) for v in input_size)
+    if len(chw) != 3:
+        raise FalconError(f"input size is (C, H, W), got {input_size!r}")
+    original = original.cpu().eval()
+    macs, units = _count(original, chw)
+    orig = PreparedModel("original", "original", "standard", {}, original, [], "weights", macs, units)
+    out = []
+    for conv, hparams, module, replaced in converted:
+        module = module.cpu().eval()
+        macs, units = _count(module, chw)
+        out.append(PreparedModel("converted", label_of(conv, hparams), conv, dict(hparams), module, list(replaced),
+                                 init, macs, units))
+    return PreparedModels(name, chw, weights, orig, out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -940,7 +964,7 @@ def measure_model(
     memory_format: str = "auto",
     threads: int | None = None,
     device: str = "auto",
-    rounds: int = 5,
+    rounds: int = DEFAULT_ROUNDS,
     min_run_time: float = 0.2,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
@@ -950,6 +974,7 @@ def measure_model(
     memory_budget_bytes: int | None = None,
     retain_memory: bool = True,
     compile_memory_format: str | None = None,
+    prepared: PreparedModels | None = None,
     **hp: Any,
 ) -> ModelBenchResult:
     """Time ``model`` and its conversion(s) to ``conv`` (rank ``rank``; other hyper-parameters in ``hp``)
@@ -960,7 +985,8 @@ def measure_model(
     ``memory_format``: ``auto``/``both`` (contiguous and channels_last for eager and compile), or one of them.
     ``compile_memory_format``: the layouts for ``compile`` if not those of ``memory_format`` (compiling is the
     slow part of a run). ``breakdown``: profile where the time goes (eager). ``memory_budget_bytes`` overrides
-    the memory budget.
+    the memory budget. ``prepared``: models already built (:func:`prepared_from_modules`, e.g. a fine-tuned
+    conversion) instead of converting ``model`` here; ``conv``/``rank``/``hp`` are then ignored.
     """
     t_start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -978,7 +1004,11 @@ def measure_model(
     runtime_layouts = {"eager": layouts, "onnxruntime": ["contiguous"],
                        "compile": _layouts(compile_memory_format) if compile_memory_format else layouts}
     wanted = parse_runtimes(runtimes)
-    conversions = parse_conversions(conv, rank, **hp)
+    if prepared is not None:
+        model, input_size = prepared.original.module, prepared.input_size
+        conversions = [(c.conv, dict(c.hparams)) for c in prepared.converted]
+    else:
+        conversions = parse_conversions(conv, rank, **hp)
     infos = [runtime_info(r, dev) for r in wanted]
     available = [i.name for i in infos if i.available]
 
@@ -1033,8 +1063,9 @@ def measure_model(
         def stopped() -> bool:
             return should_stop is not None and bool(should_stop())
 
-        prepared = prepare_models(model, weights, conversions, None, input_size, num_classes, seed,
-                                  progress=lambda m: tick(m, 0))
+        if prepared is None:
+            prepared = prepare_models(model, weights, conversions, None, input_size, num_classes, seed,
+                                      progress=lambda m: tick(m, 0))
         tick(f"{prepared.name} loaded and converted")
         cpu_count = os.cpu_count()
         result = ModelBenchResult(
@@ -1285,7 +1316,7 @@ def main_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="eager/compile layouts: auto = both (default)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch.get_num_threads())")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = CUDA if available")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"interleaved rounds (default {DEFAULT_ROUNDS})")
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per entry and round (default 0.2)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -1380,7 +1411,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.model, weights=getattr(args, "weights", None), conv=_conv_from_args(args),
             batch_size=getattr(args, "batch_size", 1) or 1, input_size=getattr(args, "input_size", None),
             runtimes=runtimes, memory_format=memory_format, threads=getattr(args, "threads", None),
-            device=getattr(args, "device", "auto"), rounds=getattr(args, "rounds", 5),
+            device=getattr(args, "device", "auto"), rounds=getattr(args, "rounds", None) or DEFAULT_ROUNDS,
             min_run_time=getattr(args, "min_run_time", 0.2), breakdown=getattr(args, "breakdown", True),
             num_classes=getattr(args, "num_classes", None), progress=_progress_line if show else None,
             should_stop=lambda: bool(interrupted))

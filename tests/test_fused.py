@@ -180,3 +180,23 @@ def test_derived_weights_follow_parameter_updates():
         torch.testing.assert_close(fused(x), other(x), rtol=0, atol=1e-12)
         fused.grouped.weight.zero_()
         assert fused(x).abs().max() == 0
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_built_and_fused_under_inference_mode(rank):
+    """Parameters made under torch.inference_mode have no version counter: the block still runs (its
+    derived weights are not cached then), inside and outside inference mode, and matches the branches."""
+    spec = LayerSpec(16, 8, 3, 10)
+    block = _falcon(spec, rank, torch.float32)
+    bn = _bn(spec.N, torch.float32)
+    x = torch.randn(2, spec.M, 10, 10).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fused = fuse_falcon(block, bn)
+        assert fused.pointwise.weight.is_inference()
+        out = fused(x)
+        ref = bn(block(x))
+        again = fused(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out, again)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref, rtol=1e-4, atol=1e-4)

@@ -54,7 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-retain-memory", dest="retain_memory", action="store_false",
                    help="CPU: leave glibc's malloc as it is (by default freed memory is kept in the process while "
                         "measuring, as a caching allocator would; see docs/latency.md)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the conv types (default 5)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds over the conv types (default 5; 10 with --model)")
     p.add_argument("--min-run-time", type=float, default=0.2,
                    help="seconds of timing per conv type and round (default 0.2)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
         args.conv = args.conv or "falcon"
         args.batch_size = args.batch_size or 1
+        args.rounds = args.rounds or modelbench.DEFAULT_ROUNDS
         return modelbench.run(args)
     missing = [flag for flag, value in (("--in-channels", args.in_channels), ("--out-channels", args.out_channels),
                                         ("--kernel-size", args.kernel_size), ("--input-size", args.input_size),
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = measure(spec, convs, batch_size=args.batch_size, device=args.device,
                          memory_format=args.memory_format, dtype=args.dtype, threads=args.threads,
-                         rounds=args.rounds, min_run_time=args.min_run_time, clock=args.clock,
+                         rounds=args.rounds or 5, min_run_time=args.min_run_time, clock=args.clock,
                          retain_memory=args.retain_memory, progress=_progress if show_progress else None,
                          should_stop=lambda: bool(interrupted))
     finally:
