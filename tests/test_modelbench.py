@@ -162,6 +162,27 @@ def test_onnxruntime_runtime_is_measured_and_checked():
     assert r.runtimes[0].version.startswith("onnxruntime ")
 
 
+def test_models_built_elsewhere_are_measured_as_given():
+    """prepared_from_modules: a conversion made (and e.g. fine-tuned) elsewhere is timed as it is, not rebuilt."""
+    from falcon.conversion import convert_model
+    from falcon.sources import load_model
+
+    loaded = load_model("digits-vgg", None)
+    done = convert_model(loaded, "falcon", 2, "svd")
+    prepared = modelbench.prepared_from_modules("digits-vgg", loaded.model, [
+        ("falcon", {"rank": 2}, done.model, [layer.name for layer in done.layers])], loaded.input_size,
+        weights="trained", init="trained")
+    assert prepared.converted[0].module is done.model
+    r = measure_model(prepared=prepared, runtimes=("eager",), breakdown=False, **FAST)
+    assert r.model == "digits-vgg" and r.weights == "trained"
+    assert [c.label for c in r.conversions] == ["FALCON k=2"]
+    assert r.conversion.replaced_layers == len(done.layers) and r.conversion.init == "trained"
+    assert r.conversion.mac_ratio > 1
+    assert all(t.status == "ok" for t in r.timings)
+    with pytest.raises(FalconError, match="C, H, W"):
+        modelbench.prepared_from_modules("x", loaded.model, [], (28, 28))
+
+
 def test_cli_json_and_text():
     cmd = [sys.executable, "-m", "falcon.modelbench", "--model", "digits-vgg", "--conv", "falcon", "--rank", "1",
            "--threads", "1", "--rounds", "1", "--min-run-time", "0.01", "--memory-format", "contiguous"]
