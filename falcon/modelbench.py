@@ -44,7 +44,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import sys
 import time
 from contextlib import ExitStack
@@ -60,7 +59,7 @@ from falcon.bench import (MEMORY_FORMATS, _loadavg, _quartiles, device_name, fmt
 from falcon.blocks import ConvBlock
 from falcon.convtypes import CONV_TYPES, get_conv_type, label_of
 from falcon.errors import FalconError
-from falcon.export import PARITY_RTOL, Parity, deploy_form, make_portable, parity
+from falcon.export import deploy_form, make_portable, parity
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
 CATEGORIES = ("replaced_convs", "unreplaced_convs", "bn_act_pool", "classifier", "other")
@@ -554,6 +553,7 @@ class ModelBenchResult:
     memory_budget: str = ""
     allocator: str = "default"
     load_average: list[float | None] | None = None
+    cache_bytes: int | None = None  # the device's last-level cache (CPU: sysfs; CUDA: L2)
     stopped: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -601,6 +601,9 @@ class ModelBenchResult:
             lines.append(f"{c.label}: {c.best['speedup']:.2f}x measured in {c.best['runtime']} ({c.best['layout']}, "
                          f"its fastest runtime) vs {c.mac_ratio:.2f}x MAC ratio{ceiling} = "
                          f"{c.best['speedup'] / c.mac_ratio:.0%} of the MAC ratio")
+            above = _why_above(self, c)
+            if above:
+                lines.append(f"  {above}")
         return lines
 
 
@@ -610,6 +613,68 @@ def _jsonable(obj):
     if isinstance(obj, (torch.device, torch.dtype)):
         return str(obj)
     return str(obj)
+
+
+def last_level_cache_bytes(device: torch.device | None = None) -> int | None:
+    """The largest cache of this CPU (sysfs, Linux), or the GPU's L2 on CUDA; None where it cannot be read."""
+    if device is not None and device.type == "cuda":
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None) or None
+    best = None
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return None
+    for name in entries:
+        try:
+            with open(os.path.join(base, name, "size")) as f:
+                text = f.read().strip().upper()
+            with open(os.path.join(base, name, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        n = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text) if text.isdigit() else None
+        if n and (best is None or n > best):
+            best = n
+    return best
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    """Bytes of the parameters and buffers a forward pass reads (the deployable form's weights)."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.data_ptr() in seen or t.is_meta:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _why_above(result: "ModelBenchResult", c: "Conversion") -> str:
+    """Why a measured speedup beats the MAC ratio: the converted model runs at a higher MAC rate, and when
+    the original's weights do not fit the last-level cache, why."""
+    best = c.best or {}
+    o_ms, c_ms = best.get("original_ms"), best.get("converted_ms")
+    if not (o_ms and c_ms) or best.get("speedup", 0) <= c.mac_ratio * 1.02:
+        return ""
+    b = result.batch_size
+    o_rate = result.original_macs * b / (o_ms * 1e6)  # GMAC/s
+    c_rate = c.macs * b / (c_ms * 1e6)
+    line = (f"above the MAC ratio because the converted model runs at {c_rate:.1f} GMAC/s and the original at "
+            f"{o_rate:.1f} GMAC/s in {best.get('runtime')}")
+    ow, cw, cache = result.original_deploy.get("weight_bytes"), c.deploy.get("weight_bytes"), result.cache_bytes
+    if ow and cw and cache:
+        if ow > cache >= cw:
+            line += (f": at batch {b} the original's weights ({fmt_bytes(ow)}) do not fit this "
+                     f"{'GPU' if result.device.startswith('cuda') else 'CPU'}'s {fmt_bytes(cache)} last-level "
+                     f"cache and are read from memory on every pass; the converted model's ({fmt_bytes(cw)}) stay "
+                     "in it. A larger batch spreads those reads over more images (try --batch-size 16)")
+        else:
+            line += f" (weights: original {fmt_bytes(ow)}, converted {fmt_bytes(cw)}; last-level cache {fmt_bytes(cache)})"
+    return line
 
 
 # ----------------------------------------------------------------------------------------------
@@ -896,8 +961,9 @@ def _explain(conv_label: str, measured: float | None, mac_ratio: float, b: Break
     parts.append(f"Amdahl ceiling {b.amdahl_ceiling:.2f}x: {outside:.0%} of the original's time is outside the "
                  "replaced convs")
     if b.replaced_speedup and b.replaced_mac_ratio:
-        parts.append(f"the replaced convs run {b.replaced_speedup:.2f}x faster for {b.replaced_mac_ratio:.2f}x "
-                     "fewer MACs")
+        pace = (f"{b.replaced_speedup:.2f}x faster" if b.replaced_speedup >= 1
+                else f"{1 / b.replaced_speedup:.2f}x slower")
+        parts.append(f"the replaced convs run {pace} for {b.replaced_mac_ratio:.2f}x fewer MACs")
     parts.append(f"{sum(rest.values()):.0%} of the converted model's time is outside them, "
                  f"{rest[top]:.0%} in {CATEGORY_LABELS[top]}, which {conv_label} does not shrink")
     return "; ".join(parts)
@@ -1074,7 +1140,8 @@ def measure_model(
             torch_version=torch.__version__, cpu_count=cpu_count, rounds=rounds, min_run_time=min_run_time,
             memory_formats=layouts, runtimes=infos, original_macs=prepared.original.macs,
             memory_estimate_bytes=plan.total_bytes, memory_budget=f"{fmt_bytes(budget)} ({source})" if budget else source,
-            allocator="retain" if retained else "default", notes=list(prepared.notes))
+            allocator="retain" if retained else "default", notes=list(prepared.notes),
+            cache_bytes=last_level_cache_bytes(dev))
         for info in infos:
             if not info.available:
                 result.notes.append(info.reason)
@@ -1111,10 +1178,11 @@ def measure_model(
                 continue
             finally:
                 pm.module = module = None  # the training form is not needed any more (memory: big models)
+            dinfo_dict = {**dinfo.as_dict(), "weight_bytes": _weight_bytes(deployed)}
             if pm.role == "original":
-                result.original_deploy = dinfo.as_dict()
+                result.original_deploy = dinfo_dict
             else:
-                next(c for c in result.conversions if c.label == pm.label).deploy = dinfo.as_dict()
+                next(c for c in result.conversions if c.label == pm.label).deploy = dinfo_dict
             tick(f"{pm.label}: deployable form ({dinfo.describe()})")
             for runtime in available:
                 for layout in runtime_layouts[runtime]:

@@ -183,6 +183,33 @@ def test_models_built_elsewhere_are_measured_as_given():
         modelbench.prepared_from_modules("x", loaded.model, [], (28, 28))
 
 
+def test_a_speedup_above_the_mac_ratio_is_explained_by_mac_rates_and_the_cache(digits_result):
+    import copy as _copy
+
+    r = _copy.deepcopy(digits_result)
+    c = r.conversion
+    assert c.deploy["weight_bytes"] > 0 and r.original_deploy["weight_bytes"] > c.deploy["weight_bytes"]
+    assert modelbench._why_above(r, c) == "" or c.best["speedup"] > c.mac_ratio
+    o_ms = 10.0
+    c.best = {"runtime": "onnxruntime", "layout": "contiguous", "original_ms": o_ms,
+              "converted_ms": o_ms / (c.mac_ratio * 1.2), "speedup": c.mac_ratio * 1.2}
+    r.original_deploy["weight_bytes"], c.deploy["weight_bytes"], r.cache_bytes = 80 << 20, 10 << 20, 32 << 20
+    why = modelbench._why_above(r, c)
+    rate_o, rate_c = r.original_macs / (o_ms * 1e6), c.macs / (c.best["converted_ms"] * 1e6)
+    assert f"{rate_c:.1f} GMAC/s" in why and f"{rate_o:.1f} GMAC/s" in why
+    assert "do not fit" in why and "32.0 MiB" in why
+    assert any(line.strip() == why for line in r.summary_lines())
+    r.cache_bytes = 1 << 30  # everything fits: no cache story, the sizes only
+    assert "do not fit" not in modelbench._why_above(r, c)
+    c.best["speedup"] = c.mac_ratio * 0.9
+    assert modelbench._why_above(r, c) == ""
+
+
+def test_last_level_cache_is_read_or_none():
+    n = modelbench.last_level_cache_bytes(torch.device("cpu"))
+    assert n is None or n >= 1 << 16
+
+
 def test_cli_json_and_text():
     cmd = [sys.executable, "-m", "falcon.modelbench", "--model", "digits-vgg", "--conv", "falcon", "--rank", "1",
            "--threads", "1", "--rounds", "1", "--min-run-time", "0.01", "--memory-format", "contiguous"]
