@@ -1,11 +1,12 @@
-"""Accuracy vs cost: the thesis's results (and the project's own runs) against parameters or FLOPs."""
+"""Accuracy vs cost: the thesis's results (and the project's own runs) against parameters or FLOPs; our runs
+against their measured latency."""
 import pandas as pd
 import streamlit as st
 
 import common
 from falcon.experiments.store import own_runs
 from falcon.views.figures import points_figure
-from falcon.views.tables import accuracy_table
+from falcon.views.tables import accuracy_table, latency_summary
 
 st.title("Accuracy vs cost")
 st.caption("Top-1 accuracy against parameters or FLOPs (multiply-accumulates), from the thesis's Tables 3–8 "
@@ -17,23 +18,45 @@ paper = common.paper_results()
 with common.guard(stop=False):
     ours = own_runs()
 
-c = st.columns([1.7, 1.1, 3.2, 1])
-x = common.widget(c[0].segmented_control, "x axis", ["params_m", "macs_m"], default="params_m", key="x", required=True,
-                  format_func=lambda v: "parameters" if v == "params_m" else "FLOPs (MACs)")
+LATENCY = "latency_ms"
+has_latency = bool(len(ours)) and ours[LATENCY].notna().any()
+AXIS_NAMES = {"params_m": "parameters", "macs_m": "FLOPs (MACs)", LATENCY: "latency (ms, measured)"}
+c = st.columns([2.6, 1.1, 2.6, 1])
+x = common.widget(c[0].segmented_control, "x axis", ["params_m", "macs_m"] + ([LATENCY] if has_latency else []),
+                  default="params_m", key="x", required=True, format_func=AXIS_NAMES.get,
+                  help="latency (ms, measured): the measured latency of our runs, per batch. " + (
+                      "It is stored with each run of `python -m falcon experiment`." if has_latency else
+                      "No stored run has one yet: `python -m falcon experiment measure` times the stored runs "
+                      "(new runs measure it themselves)."))
+x = x or "params_m"
+latency_axis = x == LATENCY
 scale = common.widget(c[1].segmented_control, "scale", ["log", "linear"], default="log", key="scale", required=True,
                       help="cost spans 10× within a panel: log spreads the cheap models apart")
-all_panels = list(dict.fromkeys(zip(paper["model"], paper["dataset"])))
-if len(ours):
-    all_panels += [p for p in dict.fromkeys(zip(ours["model"], ours["dataset"])) if p not in all_panels]
+if latency_axis:  # the thesis reports no latency: the panels of our runs that have one
+    all_panels = list(dict.fromkeys(zip(*(ours.loc[ours[LATENCY].notna(), k] for k in ("model", "dataset")))))
+else:
+    all_panels = list(dict.fromkeys(zip(paper["model"], paper["dataset"])))
+    if len(ours):
+        all_panels += [p for p in dict.fromkeys(zip(ours["model"], ours["dataset"])) if p not in all_panels]
 labels = {f"{m} · {d}": (m, d) for m, d in all_panels}
-picked = common.widget(c[2].multiselect, "panels (model · data set)", list(labels), default=list(labels), key="panels",
-                       bind=False)
-show_ours = c[3].toggle("our runs", value=True, key="show_ours", disabled=not len(ours),
-                        help="runs stored by `python -m falcon experiment` (the results store)")
+picked = common.widget(c[2].multiselect, "panels (model · data set)", list(labels), default=list(labels),
+                       key="panels_latency" if latency_axis else "panels", bind=False)
+show_ours = c[3].toggle("our runs", value=True, key="show_ours", disabled=not len(ours) or latency_axis,
+                        help="runs stored by `python -m falcon experiment` (the results store)" +
+                             ("; the latency axis shows only them" if latency_axis else ""))
 
 panels = [labels[p] for p in picked] or all_panels
-data = accuracy_table(paper, ours if show_ours else None, x=x or "params_m", panels=panels)  # what the figure draws
-fig = points_figure(data, x=x or "params_m", log_x=scale == "log", panels=panels)
+data = accuracy_table(paper, ours if show_ours or latency_axis else None, x=x, panels=panels)  # what the figure draws
+if latency_axis:
+    where = latency_summary(data)
+    st.caption(f"Measured latency per batch of our runs (the converted model; the star is its baseline): "
+               f"{where['caption']}, each model in its fastest memory layout (median of interleaved rounds, "
+               "`falcon.modelbench`). The thesis reports no latency, so its points are not shown.")
+    if where["mixed"]:
+        st.warning(f"Mixed measurements: these points were measured on different {' and '.join(where['mixed'])} "
+                   f"({where['caption']}); their latencies are not comparable with each other. "
+                   "`python -m falcon experiment measure --force` measures them all again here.")
+fig = points_figure(data, x=x, log_x=scale == "log", panels=panels)
 common.plot(fig, key="accuracy", filename="falcon-accuracy-vs-cost")
 if not len(ours):
     st.caption("No runs of your own yet: `python -m falcon experiment …` stores fine-tuning runs, which then appear "
@@ -42,6 +65,10 @@ if not len(ours):
 # ---------------------------------------------------------------------------------------------- data
 st.subheader("The points")
 cols = ["source", "model", "dataset", "method_label", "rank", "top1", "top5", "params_m", "macs_m", "pareto", "table"]
+if latency_axis:
+    cols[cols.index("pareto"):cols.index("pareto")] = ["latency_ms", "latency_iqr_ms", "latency_speedup",
+                                                      "latency_device", "latency_runtime", "latency_batch",
+                                                      "latency_weights"]
 shown = data[[c for c in cols if c in data]].assign(  # blank cells, not "None", where a column does not apply
     rank=lambda d: pd.array(d["rank"], dtype="Int64").astype("string").fillna(""),
     top5=lambda d: [f"{v:.2f}" if pd.notna(v) else "" for v in d["top5"]])
@@ -52,6 +79,15 @@ st.dataframe(shown, key="points", hide_index=True, column_config={
     "params_m": st.column_config.NumberColumn("params (M)", format="%.2f"),
     "macs_m": st.column_config.NumberColumn("FLOPs (M)", format="%.2f"),
     "pareto": st.column_config.CheckboxColumn("on the frontier"),
+    "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.3f"),
+    "latency_iqr_ms": st.column_config.NumberColumn("IQR (ms)", format="%.3f"),
+    "latency_speedup": st.column_config.NumberColumn("speedup", format="%.2f×",
+                                                     help="baseline latency / this latency, same run"),
+    "latency_device": st.column_config.TextColumn("measured on"),
+    "latency_runtime": st.column_config.TextColumn("runtime"),
+    "latency_batch": st.column_config.NumberColumn("batch"),
+    "latency_weights": st.column_config.TextColumn("weights", help="trained: the run's own models; rebuilt: "
+                                                   "rebuilt from its config by `experiment measure`"),
 })
 
 d = st.columns([1, 1, 1, 3])

@@ -532,6 +532,45 @@ def test_accuracy_page_shows_our_runs(tmp_path):
     assert "FALCON (ours)" in names
 
 
+def test_accuracy_page_latency_axis(tmp_path):
+    """The third x axis: our runs against their measured latency (stored by a real digits-vgg run)."""
+    from falcon.experiments import store
+    from falcon.experiments.pipeline import ExperimentConfig, run_experiment
+
+    at = open_page("accuracy")  # no run with a latency yet: the axis is not offered, its help says how to get one
+    assert "latency_ms" not in at.segmented_control(key="x").options and \
+        "latency (ms, measured)" not in at.segmented_control(key="x").options
+    assert "python -m falcon experiment measure" in at.segmented_control(key="x").help
+
+    rec = run_experiment(ExperimentConfig(conv="falcon", epochs=0, limit_train=64, limit_test=32, latency_rounds=1,
+                                          latency_min_run_time=0.05))  # into $FALCON_RESULTS_DB
+    lat = rec["metrics"]["latency"]
+    at = open_page("accuracy")
+    at.segmented_control(key="x").set_value("latency_ms").run()
+    assert_clean(at)
+    points = shown_table(at, "pareto")
+    assert set(points["source"]) == {"ours"} and set(points["method_label"]) == {"FALCON", "StConv"}
+    assert sorted(points["latency_ms"]) == sorted([lat["converted_ms"], lat["original_ms"]])
+    assert set(points["latency_runtime"]) == {"eager"} and set(points["latency_batch"]) == {1}
+    fig = plotly_specs(at)[0]
+    assert fig["layout"]["xaxis"]["title"]["text"].startswith("latency per batch (ms")
+    xs = sorted(v for t in fig["data"] if t.get("name") != "Pareto frontier" for v in array(t["x"]))
+    assert xs == pytest.approx(sorted([lat["converted_ms"], lat["original_ms"]]))
+    captions = " ".join(c.value for c in at.caption)
+    assert "The thesis reports no latency" in captions and "eager" in captions and "batch 1" in captions
+    assert f"{lat['device']} ({lat['device_name']})" in captions and not at.warning
+    # measured elsewhere too: mixed, said so
+    store.save_run({"model": "digits-vgg", "dataset": "digits", "conv": "dsconv", "rank": 1, "hparams": {"rank": 1},
+                    "finetuned_accuracy": 0.9, "baseline_accuracy": rec["baseline_accuracy"],
+                    "params": 18474, "macs": 3175690, "baseline_params": rec["baseline_params"],
+                    "metrics": {"latency": {**lat, "runtime": "onnxruntime", "batch_size": 8}}})
+    at = open_page("accuracy")
+    at.segmented_control(key="x").set_value("latency_ms").run()
+    assert_clean(at)
+    assert "Mixed measurements" in at.warning[0].value and "runtimes and batch sizes" in at.warning[0].value
+    assert len(shown_table(at, "pareto")) == 3
+
+
 # ---------------------------------------------------------------------------------------------- experiments
 def wait_runner(at: AppTest, timeout: float = 240):
     runner = at.session_state["exp_runner"]

@@ -23,7 +23,9 @@ from falcon.experiments import pipeline, store
 from falcon.experiments.pipeline import ExperimentConfig, convert_for_run, run_experiment
 from falcon.experiments.sweep import SweepRunner, run_sweep, sweep_configs
 
-TINY = dict(limit_train=96, limit_test=48, epochs=1, batch_size=32)
+TINY = dict(limit_train=96, limit_test=48, epochs=1, batch_size=32, latency=False)  # latency: its own tests
+#: latency settings that keep a measurement to about a second here
+QUICK_LATENCY = dict(latency=True, latency_rounds=1, latency_min_run_time=0.05)
 
 
 def tiny(**kw) -> ExperimentConfig:
@@ -159,6 +161,127 @@ def test_baseline_checkpoint(tmp_path):
     junk.write_text("not a checkpoint")
     with pytest.raises(FalconError, match="checkpoint"):
         run_experiment(tiny(conv="falcon", baseline=str(junk)), store=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# measured latency (falcon.experiments.latency)
+def test_run_stores_its_measured_latency(tmp_path, baseline, digits):
+    db = tmp_path / "r.sqlite"
+    events = []
+    rec = run_experiment(tiny(conv="falcon", epochs=0, **QUICK_LATENCY), progress=events.append, db=db,
+                         baseline=baseline, data=digits)
+    assert rec["status"] == "completed"
+    (row,) = store.list_runs(db)
+    lat = row["metrics"]["latency"]
+    assert lat["status"] == "ok" and lat["note"] == "" and lat["weights"] == "trained"
+    assert lat["device"] == "cpu" and lat["device_name"] and lat["threads"] == torch.get_num_threads()
+    assert lat["torch_version"] == torch.__version__ and lat["runtime"] == "eager"
+    assert lat["runtime_version"] == f"torch {torch.__version__}"
+    assert lat["batch_size"] == 1 and lat["input_size"] == [1, 32, 32] and lat["rounds"] == 1
+    assert lat["layout"] in ("contiguous", "channels_last") and lat["layouts"] == "auto"
+    for key in ("original_ms", "converted_ms", "original_iqr_ms", "converted_iqr_ms", "speedup"):
+        assert lat[key] > 0 or (key.endswith("iqr_ms") and lat[key] >= 0), key
+    assert lat["speedup"] == pytest.approx(lat["original_ms"] / lat["converted_ms"])
+    # each model in its fastest layout: the minimum over the timed layouts
+    conv_times = [t["median_ms"] for t in lat["timings"] if t["model"] == "converted"]
+    assert len(conv_times) == 2 and lat["converted_ms"] == min(conv_times)
+    assert rec["timings"]["latency"] > 0
+    phases = [e for e in events if e["phase"] == "latency"]
+    assert phases and phases[0]["message"].startswith("measuring latency") and "ms" in phases[-1]["message"]
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    (point,) = [p for p in store.accuracy_points(db) if p["method"] == "falcon"]
+    assert point["latency_ms"] == lat["converted_ms"] and point["latency_runtime"] == "eager"
+    assert point["latency_batch"] == 1 and point["latency_device"].startswith("cpu (")
+
+
+def test_measuring_leaves_the_models_as_they_were(baseline, digits):
+    from falcon.experiments.latency import measure_latency
+
+    cfg = tiny(conv="falcon").resolved()
+    model, layers = convert_for_run(baseline.model, cfg, digits.input_size)
+    model = model.to(memory_format=torch.channels_last).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    base_before = {k: v.clone() for k, v in baseline.model.state_dict().items()}
+    lat = measure_latency(baseline.model, model, "falcon", cfg.hparams, [r["layer"] for r in layers],
+                          digits.input_size, rounds=1, min_run_time=0.05, layout="channels_last")
+    assert lat["status"] == "ok" and lat["layout"] == "channels_last" and lat["layouts"] == "channels_last"
+    kernels = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert model.training and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    for k, v in baseline.model.state_dict().items():
+        torch.testing.assert_close(v, base_before[k], rtol=0, atol=0)
+    assert not baseline.model.training and type(baseline.model.features[3]).__name__ == "Conv2d"
+
+
+def test_no_latency_stores_none(tmp_path, baseline, digits):
+    db = tmp_path / "r.sqlite"
+    rec = run_experiment(tiny(conv="falcon", epochs=0), db=db, baseline=baseline, data=digits)  # TINY: latency off
+    assert "latency" not in rec["metrics"] and "latency" not in rec["timings"]
+    assert "latency" not in store.list_runs(db)[0]["metrics"]
+    assert all(p["latency_ms"] is None for p in store.accuracy_points(db))
+    with pytest.raises(FalconError, match="latency runtime"):
+        tiny(latency=True, latency_runtime="tensorrt").resolved()
+    with pytest.raises(FalconError, match="latency batch size"):
+        tiny(latency=True, latency_batch_size=0).resolved()
+
+
+def test_unavailable_runtime_or_failed_parity_is_a_note_and_the_run_completes(tmp_path, baseline, digits, monkeypatch):
+    from falcon import modelbench
+
+    db = tmp_path / "r.sqlite"
+    monkeypatch.setattr(modelbench, "runtime_info", lambda name, device: modelbench.RuntimeInfo(
+        name, False, None, "onnxruntime unavailable: the onnxruntime package is not installed"))
+    rec = run_experiment(tiny(conv="falcon", epochs=0, latency_runtime="onnxruntime", **QUICK_LATENCY), db=db,
+                         baseline=baseline, data=digits)
+    assert rec["status"] == "completed" and rec["finetuned_accuracy"] is not None
+    lat = store.list_runs(db)[0]["metrics"]["latency"]
+    assert lat["status"] == "unavailable" and "not installed" in lat["note"] and "\n" not in lat["note"]
+    assert lat.get("converted_ms") is None and lat.get("original_ms") is None  # missing, not made up
+    assert all(p["latency_ms"] is None for p in store.accuracy_points(db))
+    monkeypatch.undo()
+
+    from falcon.export import Parity
+
+    monkeypatch.setattr(modelbench, "parity", lambda ref, out, *a, **k: Parity(1.0, 0.5))
+    rec = run_experiment(tiny(conv="falcon", epochs=0, **QUICK_LATENCY), store=False, baseline=baseline, data=digits)
+    lat = rec["metrics"]["latency"]
+    assert rec["status"] == "completed" and lat["status"] == "failed" and "differs from eager" in lat["note"]
+    assert lat.get("converted_ms") is None
+
+
+def test_backfill_measures_a_stored_run_without_latency(tmp_path, capsys):
+    from falcon.cli import main
+
+    db = tmp_path / "r.sqlite"
+    old = run_experiment(tiny(conv="dsconv", epochs=0), db=db)  # stored without latency (an older run)
+    store.save_run({"model": "nope", "dataset": "digits", "conv": "falcon", "rank": 1, "finetuned_accuracy": 0.5,
+                    "params": 10, "config": {"model": "nope", "conv": "falcon"}}, db)
+    assert main(["experiment", "measure", "--db", str(db), "--latency-rounds", "1", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 runs measured" in out and "cannot rebuild" in out  # the other run: one line
+    runs = {r["run_id"]: r for r in store.list_runs(db)}
+    lat = runs[old["run_id"]]["metrics"]["latency"]
+    assert lat["status"] == "ok" and lat["weights"] == "rebuilt" and lat["baseline_weights"] == "bundled"
+    assert lat["converted_ms"] > 0 and lat["original_ms"] > 0 and lat["rounds"] == 1
+    assert runs[old["run_id"]]["finetuned_accuracy"] == old["finetuned_accuracy"]  # the rest of the row is kept
+    # measured runs are skipped (exit 0: nothing to do); a run that cannot be rebuilt alone: exit 1
+    assert main(["experiment", "measure", "--db", str(db), "--run-id", old["run_id"]]) == 0
+    assert "has a latency already" in capsys.readouterr().out
+    bad = next(r for r in runs if r != old["run_id"])
+    assert main(["experiment", "measure", "--db", str(db), "--run-id", bad, "-q"]) == 1
+    assert "0 of 1 runs measured" in capsys.readouterr().out
+
+
+def test_rebuild_checks_the_stored_parameter_counts(tmp_path):
+    from falcon.experiments.latency import rebuild_models
+
+    rec = run_experiment(tiny(conv="falcon", hparams={"rank": 2}, epochs=0), store=False)
+    built = rebuild_models(rec)
+    assert built["cfg"].hparams == {"rank": 2} and built["input_size"] == (1, 32, 32) and len(built["replaced"]) == 5
+    with pytest.raises(FalconError, match="cannot be rebuilt"):
+        rebuild_models({**rec, "params": rec["params"] + 1})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,12 +475,14 @@ def test_cli_experiment_and_results(tmp_path, capsys):
     db = str(tmp_path / "r.sqlite")
     out = cli("experiment", "--model", "digits-vgg", "--dataset", "digits", "--conv", "falcon", "--rank", "1",
               "--init", "svd", "--epochs", "1", "--lr", "0.005", "--seed", "1", "--limit-train", "64",
-              "--limit-test", "32", "--db", db, "--json")
+              "--limit-test", "32", "--latency-rounds", "1", "--db", db, "--json")
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout)
     for key in ("run_id", "baseline_accuracy", "training_free_accuracy", "finetuned_accuracy", "params", "macs"):
         assert rec[key] is not None, key
     assert rec["lr"] == 0.005 and rec["seed"] == 1 and rec["init"] == "svd"
+    lat = rec["metrics"]["latency"]  # measured at the end by default
+    assert lat["status"] == "ok" and lat["runtime"] == "eager" and lat["rounds"] == 1 and lat["converted_ms"] > 0
 
     listed = cli("results", "--db", db, "--json")
     assert listed.returncode == 0, listed.stderr
@@ -393,7 +518,7 @@ def test_cli_sweep_in_process(tmp_path, capsys):
 
     db = str(tmp_path / "r.sqlite")
     assert main(["experiment", "--sweep", "--convs", "falcon,shuffle", "--ranks", "1", "--epochs", "1",
-                 "--limit-train", "64", "--limit-test", "32", "--db", db, "-q"]) == 0
+                 "--limit-train", "64", "--limit-test", "32", "--no-latency", "--db", db, "-q"]) == 0
     out = capsys.readouterr().out
     assert "shuffle" in out and "2 runs in" in out
     assert [r["conv"] for r in store.list_runs(db)] == ["falcon", "shuffle"]

@@ -145,3 +145,66 @@ def test_accuracy_points_match_the_paper_columns(tmp_path):
 
     fig = accuracy_figure(load_paper_results(), pd.DataFrame(pts))
     assert any("(ours)" in (t.name or "") for t in fig.data)
+
+
+LATENCY = {"status": "ok", "note": "", "weights": "trained", "device": "cpu", "device_name": "AMD EPYC", "threads": 2,
+           "torch_version": "2.x", "runtime": "eager", "runtime_version": "torch 2.x", "batch_size": 1,
+           "input_size": [1, 32, 32], "layout": "channels_last", "original_ms": 0.8, "original_iqr_ms": 0.05,
+           "converted_ms": 0.4, "converted_iqr_ms": 0.02, "speedup": 2.0}
+
+
+def test_latency_columns_and_old_rows_without_latency(tmp_path):
+    """Runs stored before latency was measured (no metrics["latency"], even no metrics at all) still list and
+    plot; a run with one carries it in its point, the baseline point the baseline's."""
+    import pandas as pd
+
+    from falcon.paper import load_paper_results
+    from falcon.views.figures import points_figure
+    from falcon.views.tables import accuracy_table, latency_summary
+
+    db = tmp_path / "r.sqlite"
+    old = store.save_run(_record(0, conv="falcon", rank=1), db)  # as an older version stored it
+    with sqlite3.connect(db) as conn:  # an even older row: metrics NULL
+        conn.execute("INSERT INTO runs (run_id, created_at, status, model, dataset, conv, rank, finetuned_accuracy, "
+                     "params, macs, baseline_accuracy, baseline_params) VALUES ('old-1', '2020', 'completed', "
+                     "'digits-vgg', 'digits', 'dsconv', 1, 0.9, 18000, 3000000, 0.99, 135674)")
+    assert len(store.list_runs(db)) == 2
+    ours = store.own_runs(db)
+    assert set(store.LATENCY_COLUMNS) <= set(ours.columns) and ours["latency_ms"].isna().all()
+    paper = load_paper_results()
+    assert len(accuracy_table(paper, ours, x="params_m").query("source == 'ours'")) == 3
+    empty = accuracy_table(paper, ours, x="latency_ms")  # nobody has a latency: no point, no error
+    assert len(empty) == 0 and latency_summary(empty)["points"] == 0
+    points_figure(empty, x="latency_ms", log_x=True, panels=[])
+    assert len(accuracy_table(paper, None, x="latency_ms")) == 0  # the thesis reports no latency
+
+    store.update_metrics(old, {"latency": LATENCY}, db)
+    run = store.get_run(old, db)
+    assert run["metrics"]["latency"]["converted_ms"] == 0.4 and run["metrics"]["history"]  # merged, not replaced
+    with pytest.raises(FalconError, match="no run"):
+        store.update_metrics("nope", {"latency": LATENCY}, db)
+    ours = store.own_runs(db)
+    falcon = ours[ours["method"] == "falcon"].iloc[0]
+    base = ours[ours["method"] == "standard"].iloc[0]
+    assert falcon["latency_ms"] == 0.4 and falcon["latency_speedup"] == 2.0 and falcon["latency_batch"] == 1
+    assert falcon["latency_device"] == "cpu (AMD EPYC), 2 threads" and falcon["latency_runtime"] == "eager"
+    assert base["latency_ms"] == 0.8 and base["latency_speedup"] == 1.0
+    assert pd.isna(ours.loc[ours["method"] == "dsconv", "latency_ms"].item())
+
+    data = accuracy_table(paper, ours, x="latency_ms")
+    assert set(data["source"]) == {"ours"} and sorted(data["latency_ms"]) == [0.4, 0.8]
+    assert data["pareto"].all()  # faster and less accurate than its baseline: both on the frontier
+    summary = latency_summary(data)
+    assert summary["devices"] == ["cpu (AMD EPYC), 2 threads"] and summary["runtimes"] == ["eager"]
+    assert summary["batches"] == [1] and summary["mixed"] == [] and "batch 1" in summary["caption"]
+    fig = points_figure(data, x="latency_ms", log_x=True)
+    assert fig.layout.xaxis.title.text.startswith("latency per batch (ms")
+    assert sorted(x for t in fig.data if t.name != "Pareto frontier" for x in t.x) == [0.4, 0.8]
+    # another run measured elsewhere: the points are mixed
+    store.save_run(_record(5, conv="dsconv", rank=2, metrics={"latency": {**LATENCY, "batch_size": 8,
+                                                                             "runtime": "onnxruntime"}}), db)
+    mixed = latency_summary(accuracy_table(paper, store.own_runs(db), x="latency_ms"))
+    assert mixed["mixed"] == ["runtimes", "batch sizes"] and mixed["batches"] == [1, 8]
+    # a latency that failed counts as none
+    store.update_metrics(old, {"latency": {**LATENCY, "status": "failed", "note": "x"}}, db)
+    assert store.own_runs(db).query("method == 'falcon'")["latency_ms"].isna().all()

@@ -32,10 +32,18 @@ def add_parser(sub) -> None:
     from falcon.experiments.data import DATASETS
     from falcon.experiments.pipeline import DEFAULT_LR, INITS, TRAIN_OPTIMIZERS
 
+    from falcon.experiments.latency import LATENCY_LAYOUTS
+    from falcon.modelbench import RUNTIMES
+
     p = sub.add_parser("experiment", help="compress, fine-tune and evaluate; store the run",
                        description="Baseline → convert (conv type, rank, init) → training-free accuracy → fine-tune "
-                                   "→ fine-tuned accuracy; the run is stored in the results database. "
-                                   "Runs unchanged under `torchrun --nproc_per_node N -m falcon experiment ...`.")
+                                   "→ fine-tuned accuracy → measured latency of the baseline and the converted "
+                                   "model; the run is stored in the results database. "
+                                   "Runs unchanged under `torchrun --nproc_per_node N -m falcon experiment ...`. "
+                                   "`experiment measure` times stored runs that have no latency yet.")
+    p.add_argument("action", nargs="?", choices=("run", "measure"), default="run",
+                   help="run (default): one run or a sweep; measure: time the stored runs that have no latency "
+                        "(their models rebuilt from the stored config; --run-id, --force, --db, --latency-*)")
     p.add_argument("--model", default="digits-vgg", help="digits-vgg (default), vgg19-cifar, resnet34-cifar, or a "
                                                          "torchvision model; needs --baseline PATH or --baseline-epochs "
                                                          "N unless it is digits-vgg on digits")
@@ -70,6 +78,19 @@ def add_parser(sub) -> None:
     p.add_argument("--convs", type=_str_list, default=None, metavar="LIST",
                    help="with --sweep: conv types (default falcon,dsconv,mobilev2,shuffle)")
     p.add_argument("--ranks", type=_int_list, default=None, metavar="LIST", help="with --sweep: falcon ranks (default 1,2,3)")
+    lat = p.add_argument_group("measured latency (at the end of each run, and for `experiment measure`)")
+    lat.add_argument("--no-latency", action="store_true", help="do not measure latency at the end of the run")
+    lat.add_argument("--latency-runtime", choices=list(RUNTIMES), default="eager",
+                     help="eager (default), compile (torch.compile, inductor) or onnxruntime")
+    lat.add_argument("--latency-batch-size", type=int, default=1, metavar="N", help="batch size timed (default 1)")
+    lat.add_argument("--latency-rounds", type=int, default=5, metavar="N",
+                     help="interleaved timing rounds (default 5; falcon.modelbench)")
+    lat.add_argument("--latency-layout", choices=list(LATENCY_LAYOUTS), default="auto",
+                     help="memory layout: auto (default) times both, each model in its fastest")
+    m = p.add_argument_group("experiment measure")
+    m.add_argument("--run-id", action="append", default=None, metavar="ID",
+                   help="measure this stored run (repeat, or commas; default: every completed run without latency)")
+    m.add_argument("--force", action="store_true", help="measure runs that have a latency again")
     p.add_argument("--db", default=None, help=DB_HELP)
     p.add_argument("--no-store", action="store_true", help="do not store the run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
@@ -98,7 +119,9 @@ def _config(args: argparse.Namespace, conv: str):
         batch_size=args.batch_size, seed=args.seed, device=args.device, data_dir=args.data_dir,
         download=not args.no_download, baseline=args.baseline, baseline_epochs=args.baseline_epochs,
         include_stem=args.include_stem, limit_train=args.limit_train, limit_test=args.limit_test,
-        threads=args.threads,
+        threads=args.threads, latency=not args.no_latency, latency_runtime=args.latency_runtime,
+        latency_batch_size=args.latency_batch_size, latency_rounds=args.latency_rounds,
+        latency_layout=args.latency_layout,
     )
 
 
@@ -109,7 +132,9 @@ def _progress(quiet: bool):
 
     def show(event: dict) -> None:
         msg = event.get("message", "")
-        # epoch summaries and phase changes; not every training step
+        # epoch summaries and phase changes; not every training step, nor every timing round
+        if event.get("detail"):
+            return
         if msg and msg != last[0] and (event.get("phase") != "finetune" and event.get("phase") != "baseline"
                                        or "done" in msg or "evaluating" in msg):
             print(msg, file=sys.stderr, flush=True)
@@ -131,8 +156,18 @@ def _row(r: dict) -> dict:
         "fine-tuned %": _pct(r.get("finetuned_accuracy")),
         "params": r.get("params") if r.get("params") is not None else "",
         "macs": r.get("macs") if r.get("macs") is not None else "",
+        "latency ms": _latency_ms(r),
         "seconds": round(r["seconds"], 1) if r.get("seconds") is not None else "",
     }
+
+
+def _latency_ms(r: dict) -> str:
+    """The converted model's measured latency (``baseline → converted``), blank when it has none."""
+    lat = (r.get("metrics") or {}).get("latency") if isinstance(r.get("metrics"), dict) else None
+    if not isinstance(lat, dict) or lat.get("status") != "ok":
+        return ""
+    conv = f"{lat['converted_ms']:.3g}"
+    return f"{lat['original_ms']:.3g} → {conv}" if lat.get("original_ms") else conv
 
 
 def _is_main() -> bool:
@@ -144,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS, run_sweep, sweep_configs
     from falcon.paper import PAPER_RANKED
 
+    if args.action == "measure":
+        return run_measure(args)
     main = _is_main()
     progress = _progress(args.quiet or not main)
     if args.sweep:
@@ -176,7 +213,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"fine-tuned − baseline: {100 * (record['finetuned_accuracy'] - record['baseline_accuracy']):+.2f} points; "
               f"params {record['params']:,} vs {record['baseline_params']:,} "
               f"({record['baseline_params'] / max(record['params'], 1):.2f}× fewer)")
+    if "latency" in record.get("metrics", {}) and progress is None:  # the progress lines said it already
+        from falcon.experiments.latency import describe
+
+        print(describe(record["metrics"]["latency"]))
     return 0
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    """``experiment measure``: the latency of stored runs, their models rebuilt from the stored config."""
+    from falcon.experiments import store
+    from falcon.experiments.latency import measure_stored_runs
+
+    if args.no_latency:
+        raise FalconError("experiment measure measures latency: leave out --no-latency")
+    ids = [i for given in (args.run_id or []) for i in _str_list(given)]
+    say = None if args.quiet or args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    results = measure_stored_runs(args.db, ids or None, force=args.force, runtime=args.latency_runtime,
+                                  batch_size=args.latency_batch_size, rounds=args.latency_rounds,
+                                  layout=args.latency_layout, device=args.device, say=say)
+    measured = [r for r in results if r["status"] == "measured"]
+    if args.json:
+        print_json(results)
+    else:
+        for r in results:
+            if r["status"] == "skipped" or say is None:
+                print(r["line"])
+        if not results:
+            print(f"no completed runs in {store.db_path(args.db)}")
+        print(f"{len(measured)} of {len(results)} runs measured, "
+              f"{sum(r['status'] == 'skipped' for r in results)} already had a latency, "
+              f"{sum(r['status'] == 'failed' for r in results)} could not be measured")
+    if measured or all(r["status"] == "skipped" for r in results):  # nothing to do is not a failure
+        return 0
+    return 1
 
 
 def run_results(args: argparse.Namespace) -> int:

@@ -81,6 +81,13 @@ class ExperimentConfig:
     limit_test: int | None = None
     num_workers: int = 0
     threads: int | None = None  # CPU intra-op threads while the run lasts (None: PyTorch's default)
+    # measured latency of the baseline and the converted model at the end (falcon.experiments.latency)
+    latency: bool = True
+    latency_runtime: str = "eager"  # eager | compile | onnxruntime (falcon.modelbench.RUNTIMES)
+    latency_batch_size: int = 1
+    latency_rounds: int = 5
+    latency_layout: str = "auto"  # auto (both, each model in its fastest) | contiguous | channels_last
+    latency_min_run_time: float = 0.2  # seconds of timing per model, layout and round
 
     @property
     def rank(self) -> int | None:
@@ -121,6 +128,21 @@ class ExperimentConfig:
             raise FalconError(f"threads must be a positive integer, got {c.threads!r}")
         if not (c.lr > 0 and math.isfinite(c.lr)):
             raise FalconError(f"learning rate must be a positive number, got {c.lr}")
+        if c.latency:
+            from falcon.experiments.latency import LATENCY_LAYOUTS
+            from falcon.modelbench import RUNTIMES
+
+            if c.latency_runtime not in RUNTIMES:
+                raise FalconError(f"latency runtime must be one of {', '.join(RUNTIMES)}, got {c.latency_runtime!r}")
+            if c.latency_layout not in LATENCY_LAYOUTS:
+                raise FalconError(f"latency layout must be one of {', '.join(LATENCY_LAYOUTS)}, "
+                                  f"got {c.latency_layout!r}")
+            for name, value in (("latency batch size", c.latency_batch_size), ("latency rounds", c.latency_rounds)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise FalconError(f"{name} must be a positive integer, got {value!r}")
+            if not (isinstance(c.latency_min_run_time, (int, float)) and c.latency_min_run_time > 0
+                    and math.isfinite(c.latency_min_run_time)):
+                raise FalconError(f"latency min run time must be a positive number, got {c.latency_min_run_time!r}")
         return c
 
     def as_dict(self) -> dict[str, Any]:
@@ -477,6 +499,29 @@ def convert_for_run(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[i
     return model.eval(), report
 
 
+def _measure_latency(cfg: ExperimentConfig, original: nn.Module, converted: nn.Module, layers: list[dict],
+                     input_size: tuple[int, int, int], device: torch.device, d: Dist, progress: ProgressFn | None,
+                     should_stop: StopFn | None, span: tuple[float, float]) -> dict[str, Any]:
+    """The run's latency record (:func:`falcon.experiments.latency.measure_latency`): its baseline and its
+    fine-tuned converted model, timed on copies (the models of the run are not touched)."""
+    from falcon.experiments.latency import describe, measure_latency
+
+    where = f"{cfg.latency_runtime}, batch {cfg.latency_batch_size}, {cfg.latency_rounds} rounds"
+    _emit(progress, d, phase="latency", fraction=span[0], message=f"measuring latency ({where})")
+
+    def relay(fraction: float, message: str) -> None:
+        _emit(progress, d, phase="latency", fraction=span[0] + fraction * (span[1] - span[0]), detail=True,
+              message=f"latency: {message}")
+
+    record = measure_latency(original, converted, cfg.conv, cfg.hparams, [r["layer"] for r in layers if "layer" in r],
+                             input_size, runtime=cfg.latency_runtime, batch_size=cfg.latency_batch_size,
+                             rounds=cfg.latency_rounds, layout=cfg.latency_layout,
+                             min_run_time=cfg.latency_min_run_time, device=device, weights="trained", name=cfg.model,
+                             progress=relay, should_stop=should_stop)
+    _emit(progress, d, phase="latency", fraction=span[1], message=describe(record))
+    return record
+
+
 # ----------------------------------------------------------------------------------------------
 def _emit(progress: ProgressFn | None, d: Dist, **event: Any) -> None:
     if progress is not None and d.is_main:
@@ -559,7 +604,8 @@ def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data
                   message=f"training-free accuracy {record['training_free_accuracy']:.4f}")
 
             t = time.perf_counter()
-            history = train(model, data, cfg, cfg.epochs, device, d, progress, should_stop, span=(0.15, 0.97))
+            end = 0.92 if cfg.latency else 0.97  # the latency phase takes the rest
+            history = train(model, data, cfg, cfg.epochs, device, d, progress, should_stop, span=(0.15, end))
             timings["finetune"] = time.perf_counter() - t
             record["metrics"]["history"] = history
 
@@ -570,6 +616,11 @@ def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data
             if history:
                 history[-1]["test_accuracy"] = record["finetuned_accuracy"]
             record["status"] = "completed"
+            if cfg.latency and d.is_main:
+                t = time.perf_counter()
+                record["metrics"]["latency"] = _measure_latency(cfg, baseline.model, model, layers, data.input_size,
+                                                                device, d, progress, should_stop, span=(end, 0.99))
+                timings["latency"] = time.perf_counter() - t
         except Stopped:
             record["status"] = "stopped"
         record["seconds"] = time.perf_counter() - t_start

@@ -138,6 +138,29 @@ def save_run(record: dict[str, Any], db: str | os.PathLike | None = None) -> str
     return rec["run_id"]
 
 
+def update_metrics(run_id: str, patch: dict[str, Any], db: str | os.PathLike | None = None) -> None:
+    """Merge ``patch`` into the stored run's ``metrics`` (one transaction: a concurrent writer's row is not lost).
+
+    What :func:`falcon.experiments.latency.measure_stored_runs` uses to add a run's ``latency``."""
+    path = db_path(db)
+    if not path.exists():
+        raise FalconError(f"no run {run_id!r} in {path}")
+    with closing(_connect(path)) as conn:
+        def write():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT metrics FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                if row is None:
+                    raise FalconError(f"no run {run_id!r} in {path}")
+                metrics = {**(json.loads(row["metrics"]) if row["metrics"] else {}), **patch}
+                conn.execute("UPDATE runs SET metrics = ? WHERE run_id = ?", (_jsonable(metrics), run_id))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        _retry(write)
+
+
 def _row_to_dict(row: sqlite3.Row, parse_json: bool) -> dict[str, Any]:
     d = dict(row)
     if parse_json:
@@ -220,7 +243,10 @@ def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None
 
     One point per completed run: ``model``, ``dataset``, ``method`` (conv type), ``rank`` (falcon/dsconv,
     else None), ``top1`` (percent, ``which`` accuracy), ``params_m``, ``macs_m`` (millions), plus
-    ``run_id``, ``init``, ``epochs``, ``training_free_top1`` and ``source="ours"``. With
+    ``run_id``, ``init``, ``epochs``, ``training_free_top1`` and ``source="ours"``, and the measured latency
+    (:data:`LATENCY_COLUMNS`: ``latency_ms``, the converted model's median per batch, the baseline point's the
+    baseline's; ``latency_iqr_ms``, ``latency_speedup``, ``latency_device``, ``latency_runtime``,
+    ``latency_batch``, ``latency_weights``; None where the run has no measured latency). With
     ``include_baseline``, one ``standard`` point per distinct (model, dataset, baseline) as well.
     With ``latest``, only the most recent run of each (model, dataset, conv, hparams, init, epochs).
     ``pd.DataFrame(accuracy_points())`` is ready for :func:`falcon.figures.accuracy_figure` (``own=``).
@@ -248,6 +274,7 @@ def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None
             "table": "ours", "source": "ours", "run_id": r["run_id"], "init": r.get("init"),
             "epochs": r.get("epochs"),
             "training_free_top1": None if r.get("training_free_accuracy") is None else 100.0 * r["training_free_accuracy"],
+            **_latency_columns(r, "converted"),
         })
         if include_baseline and r.get("baseline_accuracy") is not None and r.get("baseline_params"):
             key = (r["model"], r["dataset"], round(r["baseline_accuracy"], 6), r["baseline_params"])
@@ -256,11 +283,48 @@ def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None
                 "top1": 100.0 * r["baseline_accuracy"], "top5": None, "params_m": r["baseline_params"] / 1e6,
                 "macs_m": (r.get("baseline_macs") or 0) / 1e6, "table": "ours", "source": "ours",
                 "run_id": r["run_id"], "init": None, "epochs": 0, "training_free_top1": None,
+                **_latency_columns(None, "original"),
             })
+            if baselines[key]["latency_ms"] is None:  # the first of its runs that timed the baseline
+                baselines[key].update(_latency_columns(r, "original"))
     return list(baselines.values()) + points
 
 
-OWN_RUN_COLUMNS = ["model", "dataset", "method", "rank", "top1", "top5", "params_m", "macs_m", "table", "run_id"]
+#: The latency columns of :func:`accuracy_points` (and :func:`own_runs`).
+LATENCY_COLUMNS = ["latency_ms", "latency_iqr_ms", "latency_speedup", "latency_device", "latency_runtime",
+                   "latency_batch", "latency_weights"]
+
+
+def device_label(latency: dict[str, Any]) -> str:
+    """``cpu (AMD EPYC 7B13), 2 threads`` / ``cuda:0 (NVIDIA H200)``: where a latency record was measured."""
+    name = latency.get("device_name")
+    dev = latency.get("device") or "?"
+    text = f"{dev} ({name})" if name else str(dev)
+    if str(dev).startswith("cpu") and latency.get("threads"):
+        text += f", {latency['threads']} thread{'s' if latency['threads'] != 1 else ''}"
+    return text
+
+
+def _latency_columns(run: dict | None, role: str) -> dict[str, Any]:
+    """A run's measured latency (``metrics["latency"]``, status ok) as the point's columns; all None without one."""
+    metrics = (run or {}).get("metrics") or {}
+    if isinstance(metrics, str):
+        try:
+            metrics = json.loads(metrics)
+        except ValueError:
+            metrics = {}
+    lat = metrics.get("latency") if isinstance(metrics, dict) else None
+    ms = lat.get(f"{role}_ms") if isinstance(lat, dict) and lat.get("status") == "ok" else None
+    if ms is None:
+        return dict.fromkeys(LATENCY_COLUMNS)
+    return {"latency_ms": float(ms), "latency_iqr_ms": lat.get(f"{role}_iqr_ms"),
+            "latency_speedup": 1.0 if role == "original" else lat.get("speedup"),
+            "latency_device": device_label(lat), "latency_runtime": lat.get("runtime"),
+            "latency_batch": lat.get("batch_size"), "latency_weights": lat.get("weights")}
+
+
+OWN_RUN_COLUMNS = ["model", "dataset", "method", "rank", "top1", "top5", "params_m", "macs_m", "table", "run_id",
+                   *LATENCY_COLUMNS]
 
 
 def own_runs(db: str | os.PathLike | None = None):
@@ -273,4 +337,6 @@ def own_runs(db: str | os.PathLike | None = None):
         return pd.DataFrame(columns=OWN_RUN_COLUMNS)
     df = pd.DataFrame(points)
     df["rank"] = pd.array(df["rank"], dtype="Int64")
+    df["latency_ms"] = pd.to_numeric(df["latency_ms"], errors="coerce")  # NaN where a run has none
+    df["latency_batch"] = pd.array(df["latency_batch"], dtype="Int64")
     return df

@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 
 from falcon.convtypes import CONV_TYPES, FITTABLE
 from falcon.paper import PAPER_RANKED
-from falcon.views.tables import accuracy_table, pareto_front  # noqa: F401 (pareto_front: re-exported)
+from falcon.views.tables import COST_AXES, accuracy_table, pareto_front  # noqa: F401 (pareto_front: re-exported)
 
 
 #: One diverging scale for every kernel heatmap (zero is white).
@@ -417,7 +417,8 @@ def points_figure(data: pd.DataFrame, x: str = "params_m", log_x: bool = False, 
     shown: set[str] = set()
     axes: dict[str, dict] = {}
     traces: list[dict] = []  # built as dicts and validated once (add_trace per panel is slow)
-    xlabel = "parameters (M)" if x == "params_m" else "FLOPs = MACs (M)"
+    xlabel = COST_AXES.get(x, x)
+    xfmt = ".3g" if x == "latency_ms" else ",.2f"  # a millisecond or two: significant digits
     for i, (model, dataset) in enumerate(panels):
         c = i % cols + 1  # the column (1-based): only the first column titles its y axis
         xr, yr = ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
@@ -452,7 +453,7 @@ def points_figure(data: pd.DataFrame, x: str = "params_m", log_x: bool = False, 
                             line=dict(width=1.5, color=conv_color(method) if source == "ours" else "white")),
                 name=name, legendgroup=key, showlegend=key not in shown,
                 customdata=[[str(a), b] for a, b in zip(m["method"], ranks)],
-                hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:,.2f}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
+                hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:{xfmt}}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
             ))
             shown.add(key)
         axes[xr.replace("x", "xaxis")] = dict(type="log", title_text=xlabel, tickvals=LOG_TICKS_WIDE,

@@ -75,13 +75,17 @@ def accuracy_table(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str 
     """The points of :func:`falcon.views.figures.accuracy_figure`, one row each: the thesis's (``source`` "paper")
     and the project's runs (``own``, "ours"), those with a finite cost ``x`` and accuracy ``y`` in the
     ``panels`` (model, dataset) given (all when None), with ``pareto`` (on its panel's Pareto frontier of
-    ``x`` against ``y``) and ``method_label`` (the registry's label of the conv type)."""
+    ``x`` against ``y``) and ``method_label`` (the registry's label of the conv type). ``x="latency_ms"``
+    (measured, :func:`falcon.experiments.store.accuracy_points`) keeps only our runs that have one: the
+    thesis reports no latency."""
     from falcon.convtypes import CONV_TYPES
 
     frames = [paper.assign(source="paper")]
     if own is not None and len(own):
         frames.append(own.assign(source="ours"))
     data = pd.concat(frames, ignore_index=True)
+    if x not in data:  # latency_ms: the thesis reports none, so without our runs there is no point
+        data = data.assign(**{x: np.nan})
     data = data[np.isfinite(pd.to_numeric(data[x], errors="coerce")) & np.isfinite(pd.to_numeric(data[y], errors="coerce"))]
     if panels is not None:
         wanted = set(map(tuple, panels))
@@ -91,3 +95,32 @@ def accuracy_table(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str 
         front.loc[g.index] = pareto_front(g[x], g[y])
     return data.assign(pareto=front.astype(bool),
                        method_label=[CONV_TYPES[m].label if m in CONV_TYPES else m for m in data["method"]])
+
+
+#: The x axes of the accuracy-vs-cost figure: column -> axis title.
+COST_AXES = {"params_m": "parameters (M)", "macs_m": "FLOPs = MACs (M)", "latency_ms": "latency per batch (ms, measured)"}
+
+
+def latency_summary(data: pd.DataFrame) -> dict[str, Any]:
+    """Where the latencies of ``data``'s points (:func:`accuracy_table`, ``x="latency_ms"``) were measured:
+    ``devices``, ``runtimes``, ``batches``, ``weights`` (distinct values, in order), ``mixed`` (the names of
+    those that differ between points: such points are not comparable with each other), ``points`` (how many
+    have a latency) and ``caption`` (one line naming them)."""
+    has = data[pd.to_numeric(data["latency_ms"], errors="coerce").notna()] if "latency_ms" in data else data.iloc[0:0]
+
+    def distinct(col: str) -> list:
+        return [v for v in dict.fromkeys(has[col]) if v is not None and not (isinstance(v, float) and np.isnan(v))] \
+            if col in has else []
+
+    out = {"devices": distinct("latency_device"), "runtimes": distinct("latency_runtime"),
+           "batches": [int(b) for b in distinct("latency_batch")], "weights": distinct("latency_weights"),
+           "points": len(has)}
+    out["mixed"] = [name for name, key in (("devices", "devices"), ("runtimes", "runtimes"), ("batch sizes", "batches"))
+                    if len(out[key]) > 1]
+
+    def one(values: list, fmt=str) -> str:
+        return " / ".join(fmt(v) for v in values) or "?"
+
+    out["caption"] = (f"{out['points']} point{'s' if out['points'] != 1 else ''} measured on {one(out['devices'])}, "
+                      f"runtime {one(out['runtimes'])}, batch {one(out['batches'])}")
+    return out

@@ -1,0 +1,264 @@
+"""Measured latency of a run's models: the baseline beside the converted model, stored with the run.
+
+At the end of a run (:func:`falcon.experiments.pipeline.run_experiment`) the fine-tuned converted model and
+its baseline are timed on this machine by the whole-model harness (:func:`falcon.modelbench.measure_model`:
+deployable forms, BN folded, FALCON's branches fused; warm-up, interleaved rounds, median and IQR; parity
+with eager fp32). :func:`measure_latency` returns the record that goes into the run's ``metrics["latency"]``:
+always a dict, with ``status`` ``"ok"`` and the numbers, or another status and a one-line ``note`` (the
+runtime is unavailable, its output failed the parity check, the run was stopped): a missing latency is
+never made up.
+
+:func:`measure_stored_runs` backfills stored runs that have none (``python -m falcon experiment measure``):
+the run's models are rebuilt from its stored config (:func:`rebuild_models`) and timed; the weights are not
+the trained ones (``"weights": "rebuilt"``), which does not change what a forward pass costs.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from falcon.errors import FalconError
+from falcon.experiments.store import device_label
+
+#: The layouts a latency can be measured in; ``auto``: both, each model in its fastest (best against best).
+LATENCY_LAYOUTS = ("auto", "contiguous", "channels_last")
+#: The record's format (``metrics["latency"]["format"]``).
+LATENCY_FORMAT = 1
+
+ProgressFn = Callable[[float, str], None]
+
+
+def _line(text: Any, limit: int = 200) -> str:
+    s = " ".join(str(text).split()) or "unknown error"
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def measure_latency(original: nn.Module, converted: nn.Module, conv: str, hparams: dict, replaced: Iterable[str],
+                    input_size: Iterable[int], *, runtime: str = "eager", batch_size: int = 1, rounds: int = 5,
+                    layout: str = "auto", min_run_time: float = 0.2, device: str | torch.device = "cpu",
+                    weights: str = "trained", name: str = "model", progress: ProgressFn | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Time ``original`` and ``converted`` (training forms; neither is changed: copies are timed) at
+    ``batch_size`` in ``runtime`` on ``device``, with torch's current thread count; the record for the run.
+
+    ``layout``: ``auto`` times both memory layouts and keeps each model's fastest; or one layout.
+    ``weights``: ``"trained"`` (the run's own models) or ``"rebuilt"`` (a backfill). Never raises for a
+    runtime that cannot run or fails: the record then has ``status`` other than ``"ok"`` and a ``note``.
+    """
+    from falcon.modelbench import measure_model, prepared_from_modules
+
+    settings = {"format": LATENCY_FORMAT, "weights": weights, "runtime": runtime, "batch_size": int(batch_size),
+                "layouts": layout, "rounds": int(rounds), "min_run_time": float(min_run_time),
+                "input_size": [int(v) for v in input_size], "threads": torch.get_num_threads(),
+                "torch_version": torch.__version__,
+                "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    settings["device"] = dev.type if dev.type == "cpu" else str(dev)
+    t0 = time.perf_counter()
+
+    def failed(status: str, note: str, **more: Any) -> dict[str, Any]:
+        return {**settings, **more, "status": status, "note": _line(note), "seconds": time.perf_counter() - t0}
+
+    if layout not in LATENCY_LAYOUTS:
+        return failed("failed", f"layout must be one of {', '.join(LATENCY_LAYOUTS)}, got {layout!r}")
+    try:
+        # copies on the CPU in the default layout: the caller's models stay where and as they are
+        def cpu_copy(m: nn.Module) -> nn.Module:
+            return copy.deepcopy(m).to("cpu").to(memory_format=torch.contiguous_format).eval()
+
+        prepared = prepared_from_modules(name, cpu_copy(original), [(conv, dict(hparams), cpu_copy(converted),
+                                                                     list(replaced))],
+                                         settings["input_size"], weights=weights,
+                                         init="trained" if weights == "trained" else "rebuilt")
+        result = measure_model(prepared=prepared, batch_size=int(batch_size), runtimes=(runtime,),
+                               memory_format="auto" if layout == "auto" else layout, device=str(dev),
+                               rounds=int(rounds), min_run_time=float(min_run_time), breakdown=False,
+                               progress=progress, should_stop=should_stop)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - the memory guard, a model the harness cannot time: one line
+        return failed("failed", f"{runtime}: {type(e).__name__ + ': ' if not isinstance(e, FalconError) else ''}{e}")
+    info = next((r for r in result.runtimes if r.name == runtime), None)
+    settings.update(device=result.device, device_name=result.device_name, threads=result.threads,
+                    torch_version=result.torch_version, cpu_count=result.cpu_count,
+                    runtime_version=info.version if info is not None else None,
+                    runtime_options=dict(info.options) if info is not None else {},
+                    allocator=result.allocator, load_average=result.load_average,
+                    timings=[{"model": t.role, "layout": t.layout, "median_ms": t.median_ms, "iqr_ms": t.iqr_ms,
+                              "samples": t.samples, "status": t.status, "message": t.message,
+                              "relative_error": t.relative_error} for t in result.timings],
+                    notes=list(result.notes))
+    conversion = result.conversion
+    if conversion is not None:
+        settings["mac_ratio"] = conversion.mac_ratio
+    if info is not None and not info.available:
+        return failed("unavailable", info.reason or f"{runtime} is not available here")
+    if result.stopped:
+        return failed("stopped", "stopped before the latency was measured")
+
+    def fastest(role: str):
+        ok = [t for t in result.timings if t.role == role and t.runtime == runtime and t.median_ms]
+        return min(ok, key=lambda t: t.median_ms) if ok else None
+
+    def why_not(role: str) -> str:
+        bad = [t for t in result.timings if t.role == role and t.message]
+        what = "the baseline" if role == "original" else "the converted model"
+        if bad:
+            return f"{runtime}, {what} ({bad[0].layout}): {bad[0].message}"
+        return f"{runtime}: {what} was not timed" + (f" ({result.notes[0]})" if result.notes else "")
+
+    orig, conv_t = fastest("original"), fastest("converted")
+    if conv_t is None:
+        return failed("failed", why_not("converted"))
+    record = {**settings, "status": "ok", "note": "" if orig is not None else why_not("original"),
+              "layout": conv_t.layout, "converted_layout": conv_t.layout,
+              "original_layout": orig.layout if orig is not None else None,
+              "converted_ms": conv_t.median_ms, "converted_iqr_ms": conv_t.iqr_ms,
+              "original_ms": orig.median_ms if orig is not None else None,
+              "original_iqr_ms": orig.iqr_ms if orig is not None else None,
+              "speedup": (orig.median_ms / conv_t.median_ms) if orig is not None else None,
+              "seconds": time.perf_counter() - t0}
+    return record
+
+
+def describe(record: dict[str, Any] | None) -> str:
+    """One line: ``latency (eager, batch 1, cpu (…), 2 threads): 0.74 ms → 1.55 ms (0.48×)`` or the note."""
+    if not record:
+        return "latency: not measured"
+    where = f"{record.get('runtime')}, batch {record.get('batch_size')}, {device_label(record)}"
+    if record.get("status") != "ok":
+        return f"latency ({where}): not measured ({record.get('status')}): {record.get('note', '')}"
+    orig = record.get("original_ms")
+    speed = f" ({record['speedup']:.2f}× speedup)" if record.get("speedup") else ""
+    lay = record.get("converted_layout")
+    if record.get("original_layout") and record["original_layout"] != lay:
+        lay = f"{record['original_layout']} → {lay}"
+    return (f"latency ({where}, {lay}): baseline {orig:.3g} ms → converted {record['converted_ms']:.3g} ms{speed}"
+            if orig else f"latency ({where}, {lay}): converted {record['converted_ms']:.3g} ms")
+
+
+def has_latency(run: dict[str, Any]) -> bool:
+    """Whether a stored run has a measured latency (``metrics["latency"]["status"] == "ok"``)."""
+    lat = (run.get("metrics") or {}).get("latency")
+    return isinstance(lat, dict) and lat.get("status") == "ok" and lat.get("converted_ms") is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# backfill: the stored runs' models rebuilt from their configs
+def config_of(run: dict[str, Any]):
+    """The :class:`~falcon.experiments.pipeline.ExperimentConfig` a stored run was made with (fields this
+    version does not know are left out; those it added since take their defaults), resolved."""
+    from falcon.experiments.pipeline import ExperimentConfig
+
+    stored = run.get("config") or {}
+    if not stored:
+        raise FalconError("the run has no stored config")
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    cfg = ExperimentConfig(**{k: v for k, v in stored.items() if k in names})
+    return cfg.resolved()
+
+
+def dataset_shape(name: str) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) and the number of classes of a data set, without loading it (digits: the bundled file)."""
+    from falcon.experiments.data import TORCHVISION_SETS, load_dataset
+
+    if name in TORCHVISION_SETS:
+        spec = TORCHVISION_SETS[name]
+        return (3, 32, 32), spec.num_classes  # as load_dataset gives them
+    data = load_dataset(name, limit_train=1, limit_test=1)  # digits: bundled, offline
+    return tuple(data.input_size), data.num_classes  # type: ignore[return-value]
+
+
+def rebuild_models(run: dict[str, Any]) -> dict[str, Any]:
+    """The baseline and converted models of a stored run, rebuilt from its config: the same layers (checked
+    against the run's stored parameter counts), not its trained weights. Returns ``cfg``, ``original``,
+    ``converted``, ``replaced`` (layer names), ``input_size``, ``baseline_weights`` (what the baseline holds)."""
+    from falcon.experiments.pipeline import _count, _load_checkpoint, convert_for_run
+    from falcon.models import get_model_entry
+
+    cfg = config_of(run)
+    if cfg.conv == "standard":
+        raise FalconError("a standard-conv run has no converted model to time")
+    input_size, num_classes = dataset_shape(cfg.dataset)
+    if cfg.baseline and os.path.exists(cfg.baseline):
+        original, weights = _load_checkpoint(cfg.model, cfg.baseline, num_classes), "checkpoint"
+    elif cfg.model == "digits-vgg" and cfg.dataset == "digits" and not cfg.baseline and cfg.baseline_epochs == 0:
+        from falcon.models.digits import digits_vgg
+
+        original, weights = digits_vgg(pretrained=True), "bundled"
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            original, weights = get_model_entry(cfg.model).build(num_classes), "random"
+    original = original.to(memory_format=torch.contiguous_format).eval()
+    # the same structure whatever the init: gradient descent would only take longer
+    build_cfg = dataclasses.replace(cfg, init="svd") if cfg.init == "gd" else cfg
+    with torch.random.fork_rng(devices=[]):
+        converted, layers = convert_for_run(original, build_cfg, input_size)
+    params, _ = _count(converted, input_size)
+    base_params, _ = _count(original, input_size)
+    for what, rebuilt, stored in (("converted", params, run.get("params")),
+                                  ("baseline", base_params, run.get("baseline_params"))):
+        if stored is not None and int(stored) != rebuilt:
+            raise FalconError(f"the rebuilt {what} model has {rebuilt:,} parameters, the run has {int(stored):,}: "
+                              "its layers cannot be rebuilt from the stored config")
+    return {"cfg": cfg, "original": original, "converted": converted, "replaced": [r["layer"] for r in layers],
+            "input_size": tuple(input_size), "baseline_weights": weights}
+
+
+def measure_stored_runs(db=None, run_ids: Iterable[str] | None = None, *, force: bool = False,
+                        runtime: str = "eager", batch_size: int = 1, rounds: int = 5, layout: str = "auto",
+                        min_run_time: float = 0.2, device: str = "auto",
+                        say: Callable[[str], None] | None = None,
+                        progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """Measure and store the latency of stored runs: ``run_ids``, or every completed run without one (with
+    ``force``, those that have one too). One result per run considered: ``run_id``, ``status``
+    (``measured``, ``skipped``, ``failed``), ``line`` (what happened, one line) and ``latency`` (the record)."""
+    from falcon.bench import resolve_device
+    from falcon.experiments import store
+
+    say = say or (lambda line: None)
+    if run_ids:
+        runs = [store.get_run(r, db) for r in dict.fromkeys(run_ids)]
+    else:
+        runs = store.list_runs(db, status="completed")
+    dev = resolve_device(device)
+    out: list[dict[str, Any]] = []
+    for run in runs:
+        rid = run["run_id"]
+        if has_latency(run) and not force:
+            out.append({"run_id": rid, "status": "skipped", "line": f"{rid}: has a latency already (--force to measure "
+                        "again)", "latency": run["metrics"]["latency"]})
+            continue
+        try:
+            built = rebuild_models(run)
+        except FalconError as e:
+            out.append({"run_id": rid, "status": "failed", "line": f"{rid}: cannot rebuild its models: {e}"})
+            say(out[-1]["line"])
+            continue
+        except Exception as e:  # noqa: BLE001 - an old or odd record: one line, on to the next run
+            out.append({"run_id": rid, "status": "failed",
+                        "line": f"{rid}: cannot rebuild its models: {type(e).__name__}: {_line(e)}"})
+            say(out[-1]["line"])
+            continue
+        cfg = built["cfg"]
+        say(f"{rid}: timing {cfg.model} and its {cfg.conv} conversion ({runtime}, batch {batch_size}, "
+            f"{rounds} rounds, rebuilt weights)")
+        record = measure_latency(built["original"], built["converted"], cfg.conv, cfg.hparams, built["replaced"],
+                                 built["input_size"], runtime=runtime, batch_size=batch_size, rounds=rounds,
+                                 layout=layout, min_run_time=min_run_time, device=dev, weights="rebuilt",
+                                 name=cfg.model, progress=progress)
+        record["baseline_weights"] = built["baseline_weights"]
+        store.update_metrics(rid, {"latency": record}, db)
+        ok = record["status"] == "ok"
+        out.append({"run_id": rid, "status": "measured" if ok else "failed", "line": f"{rid}: {describe(record)}",
+                    "latency": record})
+        say(out[-1]["line"])
+    return out
