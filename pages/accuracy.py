@@ -21,7 +21,7 @@ with common.guard(stop=False):
 LATENCY = "latency_ms"
 has_latency = bool(len(ours)) and ours[LATENCY].notna().any()
 AXIS_NAMES = {"params_m": "parameters", "macs_m": "FLOPs (MACs)", LATENCY: "latency (ms, measured)"}
-c = st.columns([2.6, 1.1, 2.6, 1])
+c = st.columns([3.1, 1.1, 2.1, 1.1])
 x = common.widget(c[0].segmented_control, "x axis", ["params_m", "macs_m"] + ([LATENCY] if has_latency else []),
                   default="params_m", key="x", required=True, format_func=AXIS_NAMES.get,
                   help="latency (ms, measured): the measured latency of our runs, per batch. " + (
@@ -65,13 +65,15 @@ if not len(ours):
 # ---------------------------------------------------------------------------------------------- data
 st.subheader("The points")
 cols = ["source", "model", "dataset", "method_label", "rank", "top1", "top5", "params_m", "macs_m", "pareto", "table"]
-if latency_axis:
+if latency_axis:  # our runs only: no top-5; where and how each latency was measured
+    cols.remove("top5")
     cols[cols.index("pareto"):cols.index("pareto")] = ["latency_ms", "latency_iqr_ms", "latency_speedup",
                                                       "latency_device", "latency_runtime", "latency_batch",
                                                       "latency_weights"]
 shown = data[[c for c in cols if c in data]].assign(  # blank cells, not "None", where a column does not apply
-    rank=lambda d: pd.array(d["rank"], dtype="Int64").astype("string").fillna(""),
-    top5=lambda d: [f"{v:.2f}" if pd.notna(v) else "" for v in d["top5"]])
+    rank=lambda d: pd.array(d["rank"], dtype="Int64").astype("string").fillna(""))
+if "top5" in shown:
+    shown["top5"] = [f"{v:.2f}" if pd.notna(v) else "" for v in shown["top5"]]
 st.dataframe(shown, key="points", hide_index=True, column_config={
     "method_label": st.column_config.TextColumn("method"),
     "top1": st.column_config.NumberColumn("top-1 (%)", format="%.2f"),

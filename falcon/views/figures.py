@@ -456,9 +456,10 @@ def points_figure(data: pd.DataFrame, x: str = "params_m", log_x: bool = False, 
                 hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:{xfmt}}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
             ))
             shown.add(key)
-        axes[xr.replace("x", "xaxis")] = dict(type="log", title_text=xlabel, tickvals=LOG_TICKS_WIDE,
-                                              ticktext=[_tick_text(v) for v in LOG_TICKS_WIDE]) if log_x else \
-            dict(type="linear", title_text=xlabel)
+        axes[xr.replace("x", "xaxis")] = (
+            dict(type="log", title_text=xlabel) if log_x and x == "latency_ms" else  # often < 2× apart: plotly's ticks
+            dict(type="log", title_text=xlabel, tickvals=LOG_TICKS_WIDE,
+                 ticktext=[_tick_text(v) for v in LOG_TICKS_WIDE]) if log_x else dict(type="linear", title_text=xlabel))
         axes[yr.replace("y", "yaxis")] = dict(title_text="top-1 accuracy (%)" if c == 1 else None)
     for name, ax in axes.items():
         layout[name] = {**layout.get(name, {}), **ax}
