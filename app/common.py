@@ -80,6 +80,7 @@ class Keys:
     CALC_FULL_RUN = "calc_full_run"  # True while the calculator runs in full, not only its inputs' fragment
     FIT = JobKeys("fit_job", stop="gd_stop", shown="fit_shown", args="fit_job_args")  # the EHP fit's gradient descent
     FIT_LOAD_FAILURES = "_fit_load_failures"  # (source, name, checkpoint hash) -> (time, message)
+    MEASURE = JobKeys("measure_job", stop="measure_stop", shown="measure_shown", args="measure_args")  # sizing's model bench
     EXPERIMENT = JobKeys("exp_runner", stop="exp_stop", shown="exp_shown")  # the experiments page's sweep runner
     EXPERIMENT_BUSY = "exp_busy"  # Start was pressed while another session's experiment ran
 

@@ -94,6 +94,146 @@ if CONV_TYPES[conv].ranked:
             st.caption(note)
     common.plot(budget_figure(budget), key="budget", filename=f"{model}-{conv}-budget")
 
+# ---------------------------------------------------------------------------------------------- measure
+dev = common.device_info()
+st.subheader(f"Measure this model on {dev.short}")
+st.caption("Times the whole model and its conversion (FALCON fused and BN folded: the form you would deploy) on a "
+           "random batch: warm-up, interleaved rounds, median and IQR, each runtime's output checked against eager "
+           "PyTorch; then profiles where the eager time goes. Same harness as `python -m falcon bench --model`.")
+
+
+@st.cache_resource(show_spinner=False)
+def model_measurement_lock():
+    """One whole-model measurement at a time on this machine, across sessions (they would compete for cores)."""
+    import threading
+
+    return threading.Lock()
+
+
+@st.cache_resource(show_spinner=False)
+def runtime_choices() -> dict[str, str]:
+    """Runtime -> '' when available here, else the one-line reason."""
+    import torch
+
+    from falcon.modelbench import RUNTIMES, runtime_info
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {rt: ("" if (i := runtime_info(rt, device)).available else i.reason) for rt in RUNTIMES}
+
+
+if conv == "standard":
+    st.caption("The standard conv is the original model: pick another conv type to compare against.")
+else:
+    from falcon.jobs import Job
+    from falcon.modelbench import DEFAULT_ROUNDS
+
+    available = runtime_choices()
+    mc = st.columns([2.4, 1.4, 0.9, 0.9, 0.9])
+    runtimes = mc[0].multiselect("runtimes", [rt for rt, why in available.items() if not why], default=["eager"],
+                                 key="measure_runtimes", help="eager PyTorch, torch.compile (inductor), ONNX Runtime")
+    layout = mc[1].selectbox("layout (eager, compile)", ["auto", "contiguous", "channels_last"], key="measure_layout",
+                             help="auto measures NCHW and NHWC and compares the fastest of each")
+    batch = mc[2].number_input("batch size", 1, 4096, 1, key="measure_batch")
+    import torch as _torch
+
+    threads = mc[3].number_input("threads", 1, 512, _torch.get_num_threads(), key="measure_threads")
+    rounds = mc[4].number_input("rounds", 1, 50, DEFAULT_ROUNDS, key="measure_rounds",
+                                help=f"interleaved rounds; {DEFAULT_ROUNDS} keep repeated runs within ±10% here")
+    for rt, why in available.items():
+        if why:
+            st.caption(f"{rt}: {why}")
+    args = dict(model=model, conv=conv, hparams=hparams_json, input_size=input_size, num_classes=num_classes,
+                runtimes=tuple(runtimes), layout=layout, batch=int(batch), threads=int(threads), rounds=int(rounds))
+
+    def start_model_measurement() -> None:
+        from falcon.errors import FalconError
+        from falcon.modelbench import measure_model
+
+        lock = model_measurement_lock()
+
+        def target(job: Job):
+            if not lock.acquire(blocking=False):
+                raise FalconError("another model measurement is running on this machine; wait for it to finish")
+            try:
+                return measure_model(model, conv=[(conv, json.loads(hparams_json))], input_size=input_size,
+                                     num_classes=num_classes, runtimes=tuple(runtimes), memory_format=layout,
+                                     batch_size=int(batch), threads=int(threads), rounds=int(rounds),
+                                     progress=job.report, should_stop=job.should_stop).as_dict()
+            finally:
+                lock.release()
+
+        common.start_job(common.Keys.MEASURE, Job(target, name="measure"), args)
+
+    mjob = common.current_job(common.Keys.MEASURE, args)
+    measuring = mjob is not None and mjob.running
+    if st.button("Measure", key="measure_start", type="primary", icon=":material/timer:",
+                 disabled=measuring or not runtimes):
+        start_model_measurement()
+        measuring = True
+
+    @st.fragment(run_every=0.5 if measuring else None)
+    def measure_panel() -> None:
+        other = st.session_state.get(common.Keys.MEASURE.job) is not None
+        job = common.job_panel(common.Keys.MEASURE, common.current_job(common.Keys.MEASURE, args), measuring,
+                               idle=("A measurement for other settings is kept: set them back to see it, or measure "
+                                     "again." if other else
+                                     "Press Measure. vgg19-cifar with FALCON k=1, eager, 10 rounds takes about a "
+                                     "minute on a 2-core CPU; Stop ends it early with what was measured."),
+                               failed="The measurement failed: ")
+        if job is not None and job.done and not job.error and job.result:
+            show_measurement(job.result)
+
+    def show_measurement(res: dict) -> None:
+        from falcon.views.latency import breakdown_figure, layer_speedup_figure, result_frame
+
+        if res.get("stopped"):
+            st.warning("Stopped before the end: what was measured so far.", icon=":material/stop_circle:")
+        rts = "; ".join(f"{i['name']}: {i['version']}" for i in res["runtimes"] if i["available"])
+        st.caption(f"{res['model']} ({res['weights']}), input {'×'.join(map(str, res['input_size']))}, batch "
+                   f"{res['batch_size']} · {res['device']} ({res['device_name']}), {res['threads']} thread(s), torch "
+                   f"{res['torch_version']}; {rts} · {res['rounds']} rounds, {res['seconds']:.0f} s")
+        for c in res["conversions"]:
+            b = c.get("breakdown") or {}
+            m = st.columns(4)
+            best = c.get("best")
+            m[0].metric(f"{c['label']}: measured speedup", f"{best['speedup']:.2f}×" if best else "–",
+                        help=f"in {best['runtime']} ({best['layout']}), its fastest runtime: original "
+                             f"{best['original_ms']:.3f} ms / converted {best['converted_ms']:.3f} ms" if best else None)
+            m[1].metric("MAC ratio", f"{c['mac_ratio']:.2f}×",
+                        help=f"{res['original_macs']:,} / {c['macs']:,} MACs per image (clean convention)")
+            m[2].metric("Amdahl ceiling (eager)", f"{b['amdahl_ceiling']:.2f}×" if b.get("amdahl_ceiling") else "–",
+                        help="the original's eager time with only the replaced convs shrunk by their MAC ratio")
+            m[3].metric("of the MAC ratio", f"{best['speedup'] / c['mac_ratio']:.0%}" if best else "–")
+            if b.get("explanation"):
+                st.info(b["explanation"], icon=":material/lightbulb:")
+            if b:
+                f = st.columns(2)
+                with f[0]:
+                    common.plot(breakdown_figure(c), key=f"measure_breakdown_{c['label']}",
+                                filename=f"{res['model']}-{c['conv']}-where-the-time-goes")
+                    st.caption(f"Sum of parts / unprofiled passes: {b['original_ratio']:.2f} (original), "
+                               f"{b['converted_ratio']:.2f} (converted); "
+                               + ("within" if b["adds_up"] else "NOT within") + f" ±{b['tolerance']:.0%}.")
+                with f[1]:
+                    common.plot(layer_speedup_figure(c), key=f"measure_layers_{c['label']}",
+                                filename=f"{res['model']}-{c['conv']}-layer-speedups")
+        frame = result_frame(res)
+        st.dataframe(frame, key="measure_table", hide_index=True, column_config={
+            "median_ms": st.column_config.NumberColumn("median (ms)", format="%.3f"),
+            "iqr_ms": st.column_config.NumberColumn("IQR (ms)", format="%.3f"),
+            "speedup": st.column_config.NumberColumn("speedup (same runtime, layout)", format="%.2f×"),
+            "rel_error": st.column_config.NumberColumn("rel. error vs eager", format="%.1e"),
+        })
+        for note in res.get("notes", []):
+            st.caption(f"Note: {note}")
+        d = st.columns([1, 1, 4])
+        d[0].download_button("JSON", json.dumps(res, indent=2).encode(), file_name=f"{res['model']}-{conv}-latency.json",
+                             mime="application/json", icon=":material/download:", key="measure_json", on_click="ignore")
+        d[1].download_button("CSV", frame.to_csv(index=False).encode(), file_name=f"{res['model']}-{conv}-latency.csv",
+                             mime="text/csv", icon=":material/download:", key="measure_csv", on_click="ignore")
+
+    measure_panel()
+
 # ---------------------------------------------------------------------------------------------- the paper
 if model in PAPER_MODELS:
     st.subheader("The thesis's numbers beside ours")
