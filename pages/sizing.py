@@ -96,10 +96,11 @@ if CONV_TYPES[conv].ranked:
 
 # ---------------------------------------------------------------------------------------------- measure
 dev = common.device_info()
-st.subheader(f"Measure this model on {dev.short}")
-st.caption("Times the whole model and its conversion (FALCON fused and BN folded: the form you would deploy) on a "
-           "random batch: warm-up, interleaved rounds, median and IQR, each runtime's output checked against eager "
-           "PyTorch; then profiles where the eager time goes. Same harness as `python -m falcon bench --model`.")
+st.subheader("Measure this model on this machine")
+st.caption(f"Times the whole model and its conversion on {dev.short}, each in the form you would deploy (BN folded, "
+           "FALCON's branches fused), on a random batch: warm-up, interleaved rounds, median and IQR, every runtime's "
+           "output checked against eager PyTorch; then profiles where the eager time goes. The same harness as "
+           "`python -m falcon bench --model`.")
 
 
 @st.cache_resource(show_spinner=False)
@@ -112,127 +113,165 @@ def model_measurement_lock():
 
 @st.cache_resource(show_spinner=False)
 def runtime_choices() -> dict[str, str]:
-    """Runtime -> '' when available here, else the one-line reason."""
-    import torch
-
+    """Runtime -> '' when it runs here, else the one-line reason it cannot (falcon.modelbench.runtime_info)."""
+    from falcon.bench import resolve_device
     from falcon.modelbench import RUNTIMES, runtime_info
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     return {rt: ("" if (i := runtime_info(rt, device)).available else i.reason) for rt in RUNTIMES}
 
 
+def measure_choice(args: dict) -> str:
+    """The model choice a measurement is for, in words."""
+    hp = json.loads(args["hparams"])
+    return (f"{args['model']} with {CONV_TYPES[args['conv']].display_name(**hp)}, {args['input_size']}×"
+            f"{args['input_size']} input, {args['num_classes']} classes")
+
+
+MEASURE = common.Keys.MEASURE
+# what the measurement is for (a change of it hides the result); the settings below it only say how to measure
+choice = dict(model=model, conv=conv, hparams=hparams_json, input_size=input_size, num_classes=num_classes)
+session_job = st.session_state.get(MEASURE.job)
+measuring = session_job is not None and session_job.running
 if conv == "standard":
-    st.caption("The standard conv is the original model: pick another conv type to compare against.")
+    st.button("Measure", key="measure_start", type="primary", icon=":material/timer:", disabled=True)
+    st.caption("The standard conv is the unmodified model: there is nothing to compare it with. Pick another conv "
+               "type above to measure the model against its conversion.")
 else:
-    from falcon.jobs import Job
-    from falcon.modelbench import DEFAULT_ROUNDS
+    from falcon.modelbench import DEFAULT_ROUNDS, parse_conversions
 
     available = runtime_choices()
-    mc = st.columns([2.4, 1.4, 0.9, 0.9, 0.9])
-    runtimes = mc[0].multiselect("runtimes", [rt for rt, why in available.items() if not why], default=["eager"],
-                                 key="measure_runtimes", help="eager PyTorch, torch.compile (inductor), ONNX Runtime")
-    layout = mc[1].selectbox("layout (eager, compile)", ["auto", "contiguous", "channels_last"], key="measure_layout",
-                             help="auto measures NCHW and NHWC and compares the fastest of each")
-    batch = mc[2].number_input("batch size", 1, 4096, 1, key="measure_batch")
+    mc = st.columns([2.4, 1.5, 0.9, 0.9, 0.9, 0.9])
+    runtimes = common.widget(mc[0].multiselect, "runtimes", [rt for rt, why in available.items() if not why],
+                             default=["eager"], key="measure_runtimes", bind=False,
+                             help="eager: PyTorch as is; compile: torch.compile (inductor, frozen weights; compiling "
+                                  "takes a while); onnxruntime: exported to ONNX, run by ONNX Runtime")
+    layout = common.widget(mc[1].selectbox, "layout", ["auto", "contiguous", "channels_last"], key="measure_layout",
+                           bind=False, help="memory layout for eager and compile (ONNX Runtime: contiguous). auto "
+                                            "measures NCHW and NHWC and compares the fastest of each")
+    batch = common.widget(mc[2].number_input, "batch size", 1, 4096, 1, key="measure_batch", bind=False)
     import torch as _torch
 
-    threads = mc[3].number_input("threads", 1, 512, _torch.get_num_threads(), key="measure_threads")
-    rounds = mc[4].number_input("rounds", 1, 50, DEFAULT_ROUNDS, key="measure_rounds",
-                                help=f"interleaved rounds; {DEFAULT_ROUNDS} keep repeated runs within ±10% here")
+    threads = common.widget(mc[3].number_input, "threads", 1, 512, _torch.get_num_threads(), key="measure_threads",
+                            bind=False, help="CPU threads for the run (default: torch's)")
+    rounds = common.widget(mc[4].number_input, "rounds", 1, 50, DEFAULT_ROUNDS, key="measure_rounds", bind=False,
+                           help=f"interleaved rounds; {DEFAULT_ROUNDS} keep repeated runs within ±10% on a shared "
+                                "2-core machine, fewer are quicker and noisier")
+    min_time = common.widget(mc[5].number_input, "s per visit", 0.01, 2.0, 0.2, step=0.05, format="%g",
+                             key="measure_min_time", bind=False,
+                             help="seconds of timing per model, runtime and layout in each round")
     for rt, why in available.items():
         if why:
-            st.caption(f"{rt}: {why}")
-    args = dict(model=model, conv=conv, hparams=hparams_json, input_size=input_size, num_classes=num_classes,
-                runtimes=tuple(runtimes), layout=layout, batch=int(batch), threads=int(threads), rounds=int(rounds))
+            st.caption(f":material/block: **{rt}** is not offered: {why}")
+    if stem:
+        st.caption("The measurement keeps or replaces the first conv as the thesis does; the checkbox above changes "
+                   "the sizing only.")
+    measurable = False
+    with common.guard(stop=False):
+        parse_conversions([(conv, json.loads(hparams_json))])  # one line now (a width multiplier), not after a start
+        measurable = True
 
     def start_model_measurement() -> None:
         from falcon.errors import FalconError
+        from falcon.jobs import Job
         from falcon.modelbench import measure_model
 
         lock = model_measurement_lock()
+        kwargs = dict(conv=[(conv, json.loads(hparams_json))], input_size=input_size, num_classes=num_classes,
+                      runtimes=tuple(runtimes), memory_format=layout, batch_size=int(batch), threads=int(threads),
+                      rounds=int(rounds), min_run_time=float(min_time))
 
         def target(job: Job):
             if not lock.acquire(blocking=False):
                 raise FalconError("another model measurement is running on this machine; wait for it to finish")
             try:
-                return measure_model(model, conv=[(conv, json.loads(hparams_json))], input_size=input_size,
-                                     num_classes=num_classes, runtimes=tuple(runtimes), memory_format=layout,
-                                     batch_size=int(batch), threads=int(threads), rounds=int(rounds),
-                                     progress=job.report, should_stop=job.should_stop).as_dict()
+                return measure_model(model, progress=job.report, should_stop=job.should_stop, **kwargs)
             finally:
                 lock.release()
 
-        common.start_job(common.Keys.MEASURE, Job(target, name="measure"), args)
+        common.start_job(MEASURE, Job(target, name="measure"), choice)
 
-    mjob = common.current_job(common.Keys.MEASURE, args)
-    measuring = mjob is not None and mjob.running
     if st.button("Measure", key="measure_start", type="primary", icon=":material/timer:",
-                 disabled=measuring or not runtimes):
+                 disabled=measuring or not runtimes or not measurable):
         start_model_measurement()
-        measuring = True
+        session_job, measuring = st.session_state[MEASURE.job], True
 
-    @st.fragment(run_every=0.5 if measuring else None)
-    def measure_panel() -> None:
-        other = st.session_state.get(common.Keys.MEASURE.job) is not None
-        job = common.job_panel(common.Keys.MEASURE, common.current_job(common.Keys.MEASURE, args), measuring,
-                               idle=("A measurement for other settings is kept: set them back to see it, or measure "
-                                     "again." if other else
-                                     "Press Measure. vgg19-cifar with FALCON k=1, eager, 10 rounds takes about a "
-                                     "minute on a 2-core CPU; Stop ends it early with what was measured."),
-                               failed="The measurement failed: ")
-        if job is not None and job.done and not job.error and job.result:
-            show_measurement(job.result)
 
-    def show_measurement(res: dict) -> None:
-        from falcon.views.latency import breakdown_figure, layer_speedup_figure, result_frame
+def show_measurement(result) -> None:
+    """A finished (or stopped) measurement: headline, why, where the time goes, the table, notes, downloads."""
+    from falcon.views.latency import (breakdown_figure, headline, layer_speedup_figure, run_caption, sorted_notes,
+                                      timings_frame)
 
-        if res.get("stopped"):
-            st.warning("Stopped before the end: what was measured so far.", icon=":material/stop_circle:")
-        rts = "; ".join(f"{i['name']}: {i['version']}" for i in res["runtimes"] if i["available"])
-        st.caption(f"{res['model']} ({res['weights']}), input {'×'.join(map(str, res['input_size']))}, batch "
-                   f"{res['batch_size']} · {res['device']} ({res['device_name']}), {res['threads']} thread(s), torch "
-                   f"{res['torch_version']}; {rts} · {res['rounds']} rounds, {res['seconds']:.0f} s")
-        for c in res["conversions"]:
-            b = c.get("breakdown") or {}
-            m = st.columns(4)
-            best = c.get("best")
-            m[0].metric(f"{c['label']}: measured speedup", f"{best['speedup']:.2f}×" if best else "–",
-                        help=f"in {best['runtime']} ({best['layout']}), its fastest runtime: original "
-                             f"{best['original_ms']:.3f} ms / converted {best['converted_ms']:.3f} ms" if best else None)
-            m[1].metric("MAC ratio", f"{c['mac_ratio']:.2f}×",
-                        help=f"{res['original_macs']:,} / {c['macs']:,} MACs per image (clean convention)")
-            m[2].metric("Amdahl ceiling (eager)", f"{b['amdahl_ceiling']:.2f}×" if b.get("amdahl_ceiling") else "–",
-                        help="the original's eager time with only the replaced convs shrunk by their MAC ratio")
-            m[3].metric("of the MAC ratio", f"{best['speedup'] / c['mac_ratio']:.0%}" if best else "–")
-            if b.get("explanation"):
-                st.info(b["explanation"], icon=":material/lightbulb:")
-            if b:
-                f = st.columns(2)
-                with f[0]:
-                    common.plot(breakdown_figure(c), key=f"measure_breakdown_{c['label']}",
-                                filename=f"{res['model']}-{c['conv']}-where-the-time-goes")
-                    st.caption(f"Sum of parts / unprofiled passes: {b['original_ratio']:.2f} (original), "
-                               f"{b['converted_ratio']:.2f} (converted); "
-                               + ("within" if b["adds_up"] else "NOT within") + f" ±{b['tolerance']:.0%}.")
-                with f[1]:
-                    common.plot(layer_speedup_figure(c), key=f"measure_layers_{c['label']}",
-                                filename=f"{res['model']}-{c['conv']}-layer-speedups")
-        frame = result_frame(res)
-        st.dataframe(frame, key="measure_table", hide_index=True, column_config={
-            "median_ms": st.column_config.NumberColumn("median (ms)", format="%.3f"),
-            "iqr_ms": st.column_config.NumberColumn("IQR (ms)", format="%.3f"),
-            "speedup": st.column_config.NumberColumn("speedup (same runtime, layout)", format="%.2f×"),
-            "rel_error": st.column_config.NumberColumn("rel. error vs eager", format="%.1e"),
-        })
-        for note in res.get("notes", []):
-            st.caption(f"Note: {note}")
-        d = st.columns([1, 1, 4])
-        d[0].download_button("JSON", json.dumps(res, indent=2).encode(), file_name=f"{res['model']}-{conv}-latency.json",
-                             mime="application/json", icon=":material/download:", key="measure_json", on_click="ignore")
-        d[1].download_button("CSV", frame.to_csv(index=False).encode(), file_name=f"{res['model']}-{conv}-latency.csv",
-                             mime="text/csv", icon=":material/download:", key="measure_csv", on_click="ignore")
+    res = result.as_dict()
+    if res["stopped"]:
+        st.warning("Stopped before the end: what was measured so far.", icon=":material/stop_circle:")
+    st.caption(run_caption(res))
+    for c in res["conversions"]:
+        items = headline(res, c)
+        for col, item in zip(st.columns(len(items)), items):
+            col.metric(item["label"], item["text"], help=item["help"] or None)
+        st.caption("A runtime's speedup sets the converted model's fastest layout against the original's fastest; "
+                   "the line below compares both in one layout, the one the breakdown profiles.")
+        b = c.get("breakdown")
+        if b and b.get("explanation"):
+            st.info(b["explanation"], icon=":material/lightbulb:")
+        if b:
+            f = st.columns([2, 3])
+            with f[0]:
+                common.plot(breakdown_figure(c), key=f"measure_breakdown_{c['label']}",
+                            filename=f"{res['model']}-{c['conv']}-where-the-time-goes")
+                st.caption(f"torch.profiler, {b['iterations']} passes; sum of the parts / unprofiled passes: "
+                           f"{b['original_ratio']:.2f} (original), {b['converted_ratio']:.2f} (converted), "
+                           + ("within" if b["adds_up"] else "**not** within") + f" ±{b['tolerance']:.0%}.")
+            with f[1]:
+                common.plot(layer_speedup_figure(c), key=f"measure_layers_{c['label']}",
+                            filename=f"{res['model']}-{c['conv']}-layer-speedups")
+        elif not res["stopped"]:
+            st.caption("No breakdown: it needs eager among the runtimes.")
+    frame = timings_frame(result.rows())
+    st.dataframe(frame, key="measure_table", hide_index=True, placeholder="–", column_config={
+        "median_ms": st.column_config.NumberColumn("median (ms)", format="%.3f", help="per batch"),
+        "iqr_ms": st.column_config.NumberColumn("IQR (ms)", format="%.3f"),
+        "speedup": st.column_config.NumberColumn("speedup", format="%.2f×",
+                                                 help="the original's median / this one, same runtime and layout"),
+        "rel_error": st.column_config.NumberColumn("rel. error", format="%.1e",
+                                                   help="output vs eager fp32 of the same model"),
+    })
+    for level, note in sorted_notes(res["notes"]):
+        (st.warning if level == "warning" else st.info)(note, icon=":material/warning:" if level == "warning"
+                                                        else ":material/info:")
+    name = f"{res['model']}-{res['conversions'][0]['conv'] if res['conversions'] else 'model'}-latency"
+    d = st.columns([1, 1, 5])
+    d[0].download_button("JSON", json.dumps(res, indent=2).encode(), file_name=f"{name}.json",
+                         mime="application/json", icon=":material/download:", key="measure_json", on_click="ignore")
+    d[1].download_button("CSV", frame.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
+                         icon=":material/download:", key="measure_csv", on_click="ignore")
 
-    measure_panel()
+
+@st.fragment(run_every=0.5 if measuring else None)
+def measure_panel() -> None:
+    job = st.session_state.get(MEASURE.job)
+    if job is not None and job.running:  # shown while it runs, whatever is chosen above (its Stop with it)
+        earlier = st.session_state.get(MEASURE.args)
+        if earlier and earlier != choice:
+            st.caption(f"Measuring {measure_choice(earlier)}.")
+    else:
+        job = common.current_job(MEASURE, choice)
+    kept = st.session_state.get(MEASURE.job) is not None and job is None
+    if kept and measuring:  # it ended while another choice was shown: redraw the page (its Measure button) once
+        st.rerun(scope="app")
+    idle = (f"The last measurement was for {measure_choice(st.session_state[MEASURE.args])}: choose that again "
+            "to see it, or measure this one." if kept else
+            "Press Measure. vgg19-cifar with FALCON k=1 (eager, both layouts, 10 rounds) takes about 30 s on a "
+            "2-core CPU, digits-vgg a little less; Stop ends it early with what was measured.")
+    if conv == "standard" and job is None and not kept:
+        return
+    job = common.job_panel(MEASURE, job, measuring, idle=idle, failed="The measurement failed: ")
+    if job is not None and job.done and not job.error and job.result is not None:
+        show_measurement(job.result)
+
+
+measure_panel()
 
 # ---------------------------------------------------------------------------------------------- the paper
 if model in PAPER_MODELS:

@@ -7,88 +7,139 @@ import time
 
 import pytest
 
-from falcon.modelbench import CATEGORIES, measure_model
-from falcon.views.latency import breakdown_figure, breakdown_parts, layer_speedup_figure, result_frame
-from test_app import assert_clean, metrics, open_page, shown_table, wait_for
+from falcon.modelbench import CATEGORIES, CATEGORY_LABELS, measure_model
+from falcon.views.latency import (breakdown_figure, breakdown_parts, headline, layer_speedup_figure, run_caption,
+                                  sorted_notes, timings_frame)
+from test_app import assert_clean, metrics, open_page, plotly_specs, shown_table, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def digits_measured() -> dict:
+def digits_measured():
     return measure_model("digits-vgg", conv="falcon", rank=1, runtimes=("eager",), rounds=1, min_run_time=0.01,
-                         threads=1, device="cpu").as_dict()
+                         threads=1, device="cpu")
 
 
-def test_figures_are_the_breakdowns_numbers(digits_measured):
-    c = digits_measured["conversions"][0]
+# ---------------------------------------------------------------------------------------------- the library side
+def test_stacked_bars_are_the_breakdowns_parts(digits_measured):
+    c = digits_measured.as_dict()["conversions"][0]
     b = c["breakdown"]
     fig = breakdown_figure(c)
     bars = [t for t in fig.data if t.type == "bar"]
-    assert [t.name for t in bars] == [breakdown_parts(c)["part"][i] for i in range(len(CATEGORIES))]
+    assert [t.name for t in bars] == [CATEGORY_LABELS[k] for k in CATEGORIES] == list(breakdown_parts(c)["part"])
+    assert list(bars[0].x) == ["original", c["label"]] and fig.layout.barmode == "stack"
     for i, side in enumerate(("original", "converted")):
-        stacked = sum(t.x[i] for t in bars)
-        assert stacked == pytest.approx(b[f"{side}_total_ms"], rel=1e-6)
+        assert [t.y[i] for t in bars] == [b[f"{side}_ms"][k] for k in CATEGORIES]
+        assert sum(t.y[i] for t in bars) == pytest.approx(b[f"{side}_total_ms"], rel=1e-9)
     timed = next(t for t in fig.data if t.type == "scatter")
-    assert list(timed.x) == [b["original_timed_ms"], b["converted_timed_ms"]]
+    assert list(timed.y) == [b["original_timed_ms"], b["converted_timed_ms"]]
+    assert [a.text for a in fig.layout.annotations] == [
+        f"sum of parts {b[f'{side}_total_ms']:.2f} ms<br>timed median {b[f'{side}_timed_ms']:.2f} ms"
+        for side in ("original", "converted")]
+
+
+def test_layer_chart_and_table_are_the_results(digits_measured):
+    res = digits_measured.as_dict()
+    c = res["conversions"][0]
     layers = layer_speedup_figure(c)
-    assert list(layers.data[0].x) == [lt["name"] for lt in b["layers"]]
-    assert list(layers.data[1].y) == [lt["mac_ratio"] for lt in b["layers"]]
-    frame = result_frame(digits_measured)
-    assert len(frame) == len(digits_measured["timings"]) == 4
-    conv_rows = frame[frame["model"] == c["label"]]
-    for _, row in conv_rows.iterrows():
-        s = next(s for s in c["speedups"] if s["runtime"] == row["runtime"] and s["layout"] == row["layout"])
-        assert row["speedup"] == pytest.approx(s["speedup"])
+    macs, measured = layers.data
+    assert list(measured.x) == [lt["name"] for lt in c["breakdown"]["layers"]] and len(measured.x) == 5
+    assert [measured.base + y for y in measured.y] == pytest.approx([lt["speedup"] for lt in c["breakdown"]["layers"]])
+    assert [macs.base + y for y in macs.y] == pytest.approx([lt["mac_ratio"] for lt in c["breakdown"]["layers"]])
+    assert [row[2] for row in measured.customdata] == [lt["speedup"] for lt in c["breakdown"]["layers"]]
+    frame = timings_frame(digits_measured.rows())
+    assert len(frame) == len(res["timings"]) == 4
+    assert list(frame["median_ms"]) == [t["median_ms"] for t in res["timings"]]
+    assert frame["speedup"].isna().sum() == 2  # the original's rows: "-" in rows()
+    for _, row in frame[frame["model"] == c["label"]].iterrows():
+        assert row["speedup"] == pytest.approx(c["speedups"][[(s["runtime"], s["layout"]) for s in c["speedups"]]
+                                                             .index((row["runtime"], row["layout"]))]["speedup"])
+    items = {i["label"]: i for i in headline(res, c)}
+    assert items["speedup, eager"]["value"] == digits_measured.conversion.speedup("eager")
+    assert items["MAC ratio"]["value"] == c["mac_ratio"]
+    assert items["Amdahl ceiling"]["value"] == c["breakdown"]["amdahl_ceiling"]
+    assert "1 thread" in run_caption(res) and res["torch_version"] in run_caption(res)
+    assert sorted_notes(["x has random weights", "the machine was busy"]) == [
+        ("warning", "the machine was busy"), ("info", "x has random weights")]
 
 
-def _measure_page(**settings):
-    at = open_page("sizing", model="digits-vgg", conv="falcon")
-    at.number_input(key="measure_rounds").set_value(settings.get("rounds", 1)).run()
+# ---------------------------------------------------------------------------------------------- the page
+def _measure_page(rounds: int = 1, min_time: float = 0.01, **query):
+    at = open_page("sizing", **{"model": "digits-vgg", "conv": "falcon", **query})
+    at.number_input(key="measure_rounds").set_value(rounds).run()
     at.number_input(key="measure_threads").set_value(1).run()
+    at.number_input(key="measure_min_time").set_value(min_time).run()
     assert_clean(at)
     return at
 
 
 def test_measure_this_model_shows_the_librarys_numbers():
     at = _measure_page()
+    charts_before = len(at.get("plotly_chart"))
+    assert at.multiselect(key="measure_runtimes").value == ["eager"]
+    assert not at.get("progress") and not [m for m in at.metric if m.label == "MAC ratio"]
     at.button(key="measure_start").click().run()
     job = wait_for(at, "measure_job", timeout=120)
-    at.run()
     assert_clean(at)
-    res = job.result
+    res = job.result.as_dict()
     c = res["conversions"][0]
+    assert res["model"] == "digits-vgg" and res["rounds"] == 1 and res["threads"] == 1 and res["min_run_time"] == 0.01
     m = metrics(at)
-    assert m[f"{c['label']}: measured speedup"] == f"{c['best']['speedup']:.2f}×"
+    assert m["speedup, eager"] == f"{c['best']['speedup']:.2f}×" == f"{job.result.conversion.speedup('eager'):.2f}×"
     assert m["MAC ratio"] == f"{c['mac_ratio']:.2f}×"
-    assert m["Amdahl ceiling (eager)"] == f"{c['breakdown']['amdahl_ceiling']:.2f}×"
+    assert m["Amdahl ceiling"] == f"{c['breakdown']['amdahl_ceiling']:.2f}×"
     table = shown_table(at, "median_ms")
-    assert list(table["median_ms"]) == pytest.approx([t["median_ms"] for t in res["timings"]])
-    assert res["model"] == "digits-vgg" and res["rounds"] == 1 and res["threads"] == 1
+    assert list(table["median_ms"]) == pytest.approx([r["median_ms"] for r in job.result.rows()])
     assert any(c["breakdown"]["explanation"] == i.value for i in at.info)
+    assert any(run_caption(res) == x.value for x in at.caption)
+    specs = plotly_specs(at)
+    assert len(specs) == charts_before + 2  # where the time goes; per replaced layer
+    stacked = next(s for s in specs if s["layout"].get("barmode") == "stack")
+    assert [t["name"] for t in stacked["data"] if t["type"] == "bar"] == [CATEGORY_LABELS[k] for k in CATEGORIES]
+    assert {b.label for b in at.get("download_button")} >= {"JSON", "CSV"}
     assert json.loads(json.dumps(res))["conversions"][0]["label"] == "FALCON k=1"
-    # other settings: the result is not shown as theirs
+    # the result survives a rerun, and is not shown as another choice's
+    at.run()
+    assert metrics(at)["MAC ratio"] == f"{c['mac_ratio']:.2f}×"
     at.selectbox(key="conv").set_value("dsconv").run()
     assert_clean(at)
-    assert not [x for x in at.metric if x.label.endswith("measured speedup")]
+    assert not [x for x in at.metric if x.label == "MAC ratio"]
+    assert any("The last measurement was for digits-vgg with FALCON" in i.value for i in at.info)
+    at.selectbox(key="conv").set_value("falcon").run()
+    assert metrics(at)["MAC ratio"] == f"{c['mac_ratio']:.2f}×"
 
 
 def test_stop_ends_the_measurement_with_what_there_is():
-    at = _measure_page(rounds=50)
+    at = _measure_page(rounds=50, min_time=0.2)
     at.button(key="measure_start").click().run()
     job = at.session_state["measure_job"]
     deadline = time.monotonic() + 60
-    while job.progress < 0.05 and job.running and time.monotonic() < deadline:
-        time.sleep(0.2)
-    job.stop()
-    job = wait_for(at, "measure_job", timeout=120)
+    while "round" not in job.label and job.running and time.monotonic() < deadline:
+        time.sleep(0.1)
     at.run()
+    assert at.get("progress") and at.button(key="measure_stop")
+    at.button(key="measure_stop").click().run()
+    job = wait_for(at, "measure_job", timeout=60)
     assert_clean(at)
-    assert job.result["stopped"]
+    assert job.result.stopped and job.seconds < 30
     assert any("Stopped before the end" in w.value for w in at.warning)
+    assert shown_table(at, "median_ms") is not None  # the rounds that finished
+
+
+def test_errors_are_one_line_on_the_page():
+    at = _measure_page(size=2048)
+    at.number_input(key="measure_batch").set_value(4096).run()
+    at.button(key="measure_start").click().run()
+    wait_for(at, "measure_job", timeout=60)
+    assert not at.exception
+    assert [e.value for e in at.error][0].startswith("The measurement failed: not enough memory")
+    at = open_page("sizing", model="digits-vgg", conv="shuffle", width_mult=2.0, clean=False)
+    assert not at.exception and any("changes the model's layer widths" in e.value for e in at.error)
+    assert at.button(key="measure_start").disabled
 
 
 def test_standard_has_nothing_to_measure():
     at = open_page("sizing", model="digits-vgg", conv="standard")
-    assert not [b for b in at.button if b.key == "measure_start"]
-    assert any("pick another conv type" in c.value for c in at.caption)
+    assert at.button(key="measure_start").disabled
+    assert any("nothing to compare" in c.value for c in at.caption)
