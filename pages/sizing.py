@@ -199,8 +199,8 @@ else:
 
 def show_measurement(result) -> None:
     """A finished (or stopped) measurement: headline, why, where the time goes, the table, notes, downloads."""
-    from falcon.views.latency import (breakdown_figure, headline, layer_speedup_figure, run_caption, sorted_notes,
-                                      timings_frame)
+    from falcon.views.latency import (breakdown_check, breakdown_figure, headline, layer_speedup_figure, run_caption,
+                                      sorted_notes, timings_frame)
 
     res = result.as_dict()
     if res["stopped"]:
@@ -210,19 +210,18 @@ def show_measurement(result) -> None:
         items = headline(res, c)
         for col, item in zip(st.columns(len(items)), items):
             col.metric(item["label"], item["text"], help=item["help"] or None)
-        st.caption("A runtime's speedup sets the converted model's fastest layout against the original's fastest; "
-                   "the line below compares both in one layout, the one the breakdown profiles.")
         b = c.get("breakdown")
         if b and b.get("explanation"):
+            st.caption("A runtime's speedup sets the converted model's fastest layout against the original's "
+                       "fastest; the line below compares both in one layout, the one the breakdown profiles.")
             st.info(b["explanation"], icon=":material/lightbulb:")
         if b:
             f = st.columns([2, 3])
             with f[0]:
                 common.plot(breakdown_figure(c), key=f"measure_breakdown_{c['label']}",
                             filename=f"{res['model']}-{c['conv']}-where-the-time-goes")
-                st.caption(f"torch.profiler, {b['iterations']} passes; sum of the parts / unprofiled passes: "
-                           f"{b['original_ratio']:.2f} (original), {b['converted_ratio']:.2f} (converted), "
-                           + ("within" if b["adds_up"] else "**not** within") + f" ±{b['tolerance']:.0%}.")
+                level, check = breakdown_check(b)
+                (st.warning if level == "warning" else st.caption)(check)
             with f[1]:
                 common.plot(layer_speedup_figure(c), key=f"measure_layers_{c['label']}",
                             filename=f"{res['model']}-{c['conv']}-layer-speedups")

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from falcon.modelbench import CATEGORIES, CATEGORY_LABELS, measure_model
-from falcon.views.latency import (breakdown_figure, breakdown_parts, headline, layer_speedup_figure, run_caption,
+from falcon.views.latency import (breakdown_check, breakdown_figure, breakdown_parts, headline, layer_speedup_figure, run_caption,
                                   sorted_notes, timings_frame)
 from test_app import assert_clean, metrics, open_page, plotly_specs, shown_table, wait_for
 
@@ -60,6 +60,10 @@ def test_layer_chart_and_table_are_the_results(digits_measured):
     assert items["MAC ratio"]["value"] == c["mac_ratio"]
     assert items["Amdahl ceiling"]["value"] == c["breakdown"]["amdahl_ceiling"]
     assert "1 thread" in run_caption(res) and res["torch_version"] in run_caption(res)
+    b = dict(c["breakdown"], original_timed_ms=c["breakdown"]["original_total_ms"],
+             converted_timed_ms=c["breakdown"]["converted_total_ms"])
+    assert breakdown_check(b)[0] == "caption" and "÷ timed median: 1.00 and 1.00" in breakdown_check(b)[1]
+    assert breakdown_check(dict(b, original_timed_ms=b["original_total_ms"] / 5))[0] == "warning"
     assert sorted_notes(["x has random weights", "the machine was busy"]) == [
         ("warning", "the machine was busy"), ("info", "x has random weights")]
 

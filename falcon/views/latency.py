@@ -97,6 +97,28 @@ def sorted_notes(notes: Sequence[str]) -> list[tuple[str, str]]:
     return sorted(levels, key=lambda ln: ln[0] != "warning")
 
 
+def breakdown_check(breakdown: dict) -> tuple[str, str]:
+    """``(level, text)``: how the profile's sums of parts compare with the unprofiled passes run between the
+    profiled ones (what ``Breakdown.adds_up`` checks) and with the timed median of the rounds. ``warning`` when a
+    sum is off the timed median by more than the tolerance (the machine's speed changed between the rounds and
+    the profile), ``caption`` otherwise."""
+    b, tol = breakdown, breakdown.get("tolerance", 0.1)
+    timed = [(b[f"{side}_total_ms"] / b[f"{side}_timed_ms"]) if b.get(f"{side}_timed_ms") else None
+             for side in ("original", "converted")]
+    profiled = [b.get("original_ratio"), b.get("converted_ratio")]
+
+    def pair(ratios) -> str:
+        return " and ".join("–" if r is None else f"{r:.2f}" for r in ratios)
+
+    text = (f"{b.get('profiler', 'torch.profiler')}, {b['iterations']} passes. Sum of the parts ÷ unprofiled passes "
+            f"between them: {pair(profiled)}; ÷ timed median: {pair(timed)} (original and converted; 1 ± {tol:g} "
+            "expected).")
+    if any(r is not None and abs(r - 1) > tol for r in timed):
+        return "warning", text + (" The machine's speed changed between the timed rounds and the profile (other "
+                                  "load?): the parts' shares hold, their sums do not.")
+    return "caption", text
+
+
 # ----------------------------------------------------------------------------------------------
 # figures
 def breakdown_parts(conversion: dict) -> pd.DataFrame:
