@@ -275,7 +275,7 @@ def test_backfill_measures_a_stored_run_without_latency(tmp_path, capsys):
 
 
 def test_rebuild_checks_the_stored_parameter_counts(tmp_path):
-    from falcon.experiments.latency import rebuild_models
+    from falcon.experiments.backfill import rebuild_models
 
     rec = run_experiment(tiny(conv="falcon", hparams={"rank": 2}, epochs=0), store=False)
     built = rebuild_models(rec)

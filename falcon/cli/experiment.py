@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
 def run_measure(args: argparse.Namespace) -> int:
     """``experiment measure``: the latency of stored runs, their models rebuilt from the stored config."""
     from falcon.experiments import store
-    from falcon.experiments.latency import measure_stored_runs
+    from falcon.experiments.backfill import measure_stored_runs
 
     if args.no_latency:
         raise FalconError("experiment measure measures latency: leave out --no-latency")
