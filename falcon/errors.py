@@ -8,3 +8,9 @@ and exits non-zero; the app shows it with ``st.error``. Every other exception is
 
 class FalconError(ValueError):
     """A user-facing error whose message says what to change."""
+
+
+def one_line(text: object, limit: int = 180, empty: str = "unknown error") -> str:
+    """``text`` (an exception, say) on one line, whitespace collapsed, cut to ``limit`` characters with "…"."""
+    s = " ".join(str(text).split()) or empty
+    return s if len(s) <= limit else s[: limit - 1] + "…"

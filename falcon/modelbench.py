@@ -58,7 +58,7 @@ from falcon.bench import (MEMORY_FORMATS, _loadavg, _quartiles, device_name, fmt
                           retained_memory)
 from falcon.blocks import ConvBlock
 from falcon.convtypes import CONV_TYPES, get_conv_type, label_of
-from falcon.errors import FalconError
+from falcon.errors import FalconError, one_line
 from falcon.export import deploy_form, make_portable, parity
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
@@ -357,8 +357,7 @@ class RuntimeInfo:
 
 
 def _line(error: BaseException | str, limit: int = 180) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return one_line(error, limit, empty=type(error).__name__)
 
 
 def runtime_info(name: str, device: torch.device) -> RuntimeInfo:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from falcon.errors import FalconError
-from falcon.experiments.latency import ProgressFn, _line, describe, has_latency, measure_latency  # noqa: F401
+from falcon.experiments.latency import ProgressFn, _line, describe, has_latency, measure_latency
 
 
 def config_of(run: dict[str, Any]):

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from falcon.errors import FalconError
+from falcon.errors import FalconError, one_line
 from falcon.experiments.store import device_label
 
 #: The layouts a latency can be measured in; ``auto``: both, each model in its fastest (best against best).
@@ -34,8 +34,7 @@ ProgressFn = Callable[[float, str], None]
 
 
 def _line(text: Any, limit: int = 200) -> str:
-    s = " ".join(str(text).split()) or "unknown error"
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    return one_line(text, limit)
 
 
 def measure_latency(original: nn.Module, converted: nn.Module, conv: str, hparams: dict, replaced: Iterable[str],
