@@ -1,24 +1,23 @@
 """Small bundled data sets that work offline.
 
-``data/digits.npz`` holds scikit-learn's copy of the UCI "Optical Recognition of
+``falcon/data/digits.npz`` holds scikit-learn's copy of the UCI "Optical Recognition of
 Handwritten Digits" test set (1,797 8x8 images, values 0..16, CC BY 4.0) with a
-fixed stratified train/test split; see ``data/DIGITS.md``.  It is rebuilt by
+fixed stratified train/test split; see ``falcon/data/DIGITS.md``.  It is rebuilt by
 ``python scripts/train_digits.py --make-data``.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from falcon.data import DATA_DIR
 from falcon.errors import FalconError
 
-DIGITS_FILE = Path(__file__).resolve().parent.parent / "data" / "digits.npz"
+DIGITS_FILE = DATA_DIR / "digits.npz"
 
 SPLITS = ("train", "test", "all")
 DIGITS_RAW_MAX = 16  # pixel values in the file are integers 0..16
@@ -35,7 +34,7 @@ DIGITS_STD = 0.3239
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> dict[str, np.ndarray]:
-    """The raw arrays of ``data/digits.npz``, read once (treat as read-only)."""
+    """The raw arrays of ``falcon/data/digits.npz``, read once (treat as read-only)."""
     if not DIGITS_FILE.is_file():
         raise FalconError(
             f"{DIGITS_FILE} is missing; run `python scripts/train_digits.py --make-data`")

@@ -1,7 +1,7 @@
 """Published results of the FALCON thesis (Tables 3-8), as a DataFrame.
 
-The numbers live in ``data/paper_results.csv`` at the repository root; see
-``data/paper_results.md`` for provenance and the meaning of each column.
+The numbers live in ``falcon/data/paper_results.csv`` (package data); see
+``falcon/data/paper_results.md`` for provenance and the meaning of each column.
 This module must stay light: no torch, no streamlit.
 """
 
@@ -13,8 +13,9 @@ from typing import Any
 import pandas as pd
 
 from falcon.convtypes import CONV_TYPES
+from falcon.data import DATA_DIR
 
-PAPER_RESULTS_CSV = Path(__file__).resolve().parent.parent / "data" / "paper_results.csv"
+PAPER_RESULTS_CSV = DATA_DIR / "paper_results.csv"
 
 #: paper model name -> this project's model name (the names alone: falcon.models.PAPER_MODELS)
 MODEL_BY_PAPER_NAME = {

@@ -10,7 +10,7 @@ from falcon.views.tables import accuracy_table, latency_summary
 
 st.title("Accuracy vs cost")
 st.caption("Top-1 accuracy against parameters or FLOPs (multiply-accumulates), from the thesis's Tables 3–8 "
-           "(`data/paper_results.csv`). FALCON's ranks 1–3 are joined by a line; each competitor has its colour "
+           "(`falcon/data/paper_results.csv`). FALCON's ranks 1–3 are joined by a line; each competitor has its colour "
            "and symbol, the standard conv a star. The dashed line is the Pareto frontier: no other point is both "
            "cheaper and more accurate.")
 

@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    python scripts/train_digits.py              # train, write data/digits_vgg.pt
-    python scripts/train_digits.py --make-data  # first rebuild data/digits.npz
+    python scripts/train_digits.py              # train, write falcon/data/digits_vgg.pt
+    python scripts/train_digits.py --make-data  # first rebuild falcon/data/digits.npz
 
 The training itself lives in :func:`falcon.models.digits.train_digits_model`;
 this script is a thin command-line wrapper around it.  ``--make-data`` needs
@@ -23,7 +23,9 @@ if str(REPO_ROOT) not in sys.path:  # works without ``pip install -e .`` too
 
 import numpy as np  # noqa: E402
 
-DATA_FILE = REPO_ROOT / "data" / "digits.npz"
+from falcon.data import DATA_DIR  # noqa: E402  (the package data folder of this checkout)
+
+DATA_FILE = DATA_DIR / "digits.npz"
 SPLIT_SEED = 0
 TEST_FRACTION = 0.25
 
@@ -68,7 +70,7 @@ def make_data(path: Path = DATA_FILE) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--make-data", action="store_true",
-                        help="rebuild data/digits.npz from scikit-learn first")
+                        help="rebuild falcon/data/digits.npz from scikit-learn first")
     parser.add_argument("--data-only", action="store_true",
                         help="with --make-data: stop after writing the data file")
     parser.add_argument("--epochs", type=int, default=None,
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None,
-                        help="where to save the state_dict (default data/digits_vgg.pt)")
+                        help="where to save the state_dict (default falcon/data/digits_vgg.pt)")
     args = parser.parse_args(argv)
 
     if args.make_data:

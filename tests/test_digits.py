@@ -22,7 +22,7 @@ from falcon.models.digits import (
     train_digits_model,
 )
 
-NPZ = REPO / "data" / "digits.npz"
+NPZ = REPO / "falcon" / "data" / "digits.npz"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def npz():
 
 # --- the data file -----------------------------------------------------------
 
-def test_data_path_is_the_repo_data_dir():
+def test_data_path_is_the_package_data_dir():
     assert datasets.DIGITS_FILE == NPZ
     assert NPZ.is_file()
     assert NPZ.stat().st_size < 200_000
@@ -162,7 +162,7 @@ def test_architecture():
 
 
 def test_weights_file_is_small_and_plain():
-    assert DIGITS_WEIGHTS == REPO / "data" / "digits_vgg.pt"
+    assert DIGITS_WEIGHTS == REPO / "falcon" / "data" / "digits_vgg.pt"
     assert DIGITS_WEIGHTS.stat().st_size < 1_000_000
     state = torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True)
     assert isinstance(state, dict)

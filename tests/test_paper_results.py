@@ -1,4 +1,4 @@
-"""Checks on the transcribed thesis tables (data/paper_results.csv) and their loader."""
+"""Checks on the transcribed thesis tables (falcon/data/paper_results.csv) and their loader."""
 
 import csv
 import math

@@ -1,6 +1,6 @@
 """Data sets for experiments: the bundled digits, and CIFAR-10/100 and SVHN through torchvision.
 
-``digits`` works offline (``data/digits.npz``: train split 1,347 images, held-out split 450, the split
+``digits`` works offline (``falcon/data/digits.npz``: train split 1,347 images, held-out split 450, the split
 digits-vgg was trained and measured on). The torchvision sets are read from ``data_dir`` (``--data-dir``,
 else ``$FALCON_DATA_DIR``, else ``~/.cache/falcon-explorer/datasets``) and downloaded there when
 missing and ``download`` is allowed. Without a network the download fails within seconds with a
@@ -182,7 +182,7 @@ def _digits() -> DataSpec:
         return random_shift(x, DEFAULT_MAX_SHIFT, fill, gen)
 
     return DataSpec("digits", load_digits("train"), load_digits("test"), DIGITS_NUM_CLASSES, (1, 32, 32),
-                    shift, "bundled data/digits.npz (held-out split of digits-vgg)")
+                    shift, "bundled falcon/data/digits.npz (held-out split of digits-vgg)")
 
 
 def _limit(ds: Dataset, n: int | None) -> Dataset:

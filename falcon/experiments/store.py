@@ -239,7 +239,7 @@ def export_csv(path: str | os.PathLike, db: str | os.PathLike | None = None, run
 def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None = None,
                     which: str = "finetuned_accuracy", include_baseline: bool = True,
                     latest: bool = False) -> list[dict[str, Any]]:
-    """Stored runs in the columns of ``data/paper_results.csv``, to plot beside the paper's points.
+    """Stored runs in the columns of ``falcon/data/paper_results.csv``, to plot beside the paper's points.
 
     One point per completed run: ``model``, ``dataset``, ``method`` (conv type), ``rank`` (falcon/dsconv,
     else None), ``top1`` (percent, ``which`` accuracy), ``params_m``, ``macs_m`` (millions), plus

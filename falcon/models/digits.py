@@ -1,9 +1,9 @@
 """``digits-vgg``: a small VGG-style CNN trained on the bundled 8x8 digits.
 
-The pretrained weights (``data/digits_vgg.pt``) ship with the project so the
+The pretrained weights (``falcon/data/digits_vgg.pt``, package data) ship with the project so the
 FALCON fit / convert / fine-tune workflow can be tried on real trained weights
 offline.  They are produced by ``python scripts/train_digits.py``, which calls
-:func:`train_digits_model`; see ``data/DIGITS.md`` for the recipe and accuracy.
+:func:`train_digits_model`; see ``falcon/data/DIGITS.md`` for the recipe and accuracy.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from falcon.data import DATA_DIR
 from falcon.errors import FalconError
 
-DIGITS_WEIGHTS = Path(__file__).resolve().parent.parent.parent / "data" / "digits_vgg.pt"
+DIGITS_WEIGHTS = DATA_DIR / "digits_vgg.pt"
 
 # (out_channels, followed_by_maxpool) for each conv3x3 + BN + ReLU block.
 DIGITS_VGG_CFG: tuple[tuple[int, bool], ...] = (

@@ -1,0 +1,16 @@
+"""The files the library reads at run time, shipped inside the package (package data, see pyproject.toml).
+
+* ``paper_results.csv``: the thesis's published results (:mod:`falcon.paper`); ``paper_results.md``
+  says where each number comes from.
+* ``digits.npz``: the bundled 8x8 digits and their train/test split (:mod:`falcon.datasets`).
+* ``digits_vgg.pt``: the pretrained ``digits-vgg`` weights (:mod:`falcon.models.digits`); ``DIGITS.md``
+  gives both files' provenance, licence and recipe.
+
+They are found next to this file, so a plain (non-editable) ``pip install .`` finds them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent
