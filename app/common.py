@@ -251,7 +251,7 @@ def size_result(model: str, conv: str, num_classes: int | None, input_size: int 
     """:func:`falcon.sizing.size_model` (a :class:`~falcon.sizing.SizeResult`), cached per choice."""
     from falcon.sizing import size_model as size
 
-    return size(model, conv, num_classes, input_size, convention, include_stem, **json.loads(hparams_json))
+    return size(app_model(model), conv, num_classes, input_size, convention, include_stem, **json.loads(hparams_json))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -261,7 +261,7 @@ def size_budget(model: str, conv: str, metric: str, target: float, num_classes: 
     from falcon.sizing import size_for_target
 
     rates = {"crr": target} if metric == "crr" else {"cr": target}
-    return size_for_target(model, conv, whole_curve=True, num_classes=num_classes, input_size=input_size,
+    return size_for_target(app_model(model), conv, whole_curve=True, num_classes=num_classes, input_size=input_size,
                            convention=convention, include_stem=include_stem, **rates,
                            **json.loads(hparams_json)).as_dict()
 
@@ -274,11 +274,17 @@ def model_names() -> list[str]:
     return list_models() + ([f"timm:{n}" for n in timm_models()] if timm_available() else [])
 
 
+def app_model(name: str):
+    """The registry entry of a model chosen in the app (from a widget or the URL): the app never imports or runs
+    code a name points at (``package.module:factory``); models of your own go through the CLI or Python API."""
+    from falcon.models import registry_entry
+
+    return registry_entry(name, "the app's model choice")
+
+
 @st.cache_data(show_spinner=False)
 def model_defaults(model: str) -> dict:
-    from falcon.models import get_model_entry
-
-    e = get_model_entry(model)
+    e = app_model(model)
     return {"input_size": e.input_size, "classes": e.default_classes, "description": e.description,
             "in_channels": e.in_channels, "input_size_from": e.input_size_from}
 

@@ -27,7 +27,7 @@ from falcon.counting import count_model
 from falcon.ehp import attach_bias, fit_module, full_rank, rank_for_energy
 from falcon.checkpoints import finish, load_state_into, read_checkpoint, state_dict_of
 from falcon.errors import FalconError
-from falcon.models import ModelEntry, _chw, get_model_entry, module_entry
+from falcon.models import ModelEntry, _chw, get_model_entry, module_entry, registry_entry, same_model
 from falcon.spec import LayerSpec
 from falcon.surgery import conv_sites, plan, set_module
 
@@ -218,31 +218,47 @@ def save_converted(converted: Converted, path: str | os.PathLike) -> Path:
     return path
 
 
-def rebuild_converted(obj: dict, label: str = "the converted model"):
-    """A :class:`falcon.sources.LoadedModel` from the contents of a saved converted model."""
+def converted_entry(obj: dict, label: str, model: str | ModelEntry | None = None) -> ModelEntry:
+    """The architecture a converted file was made from. The file only *names* it: a registry model (paper, zoo,
+    timm) is built by name; a model made by code (``file.py:factory``) needs ``model``, the same spec given by
+    the user. A file never makes this project import or call anything."""
+    stored = obj.get("model")
+    if model is None:
+        return registry_entry(stored, label)
+    entry = model if isinstance(model, ModelEntry) else get_model_entry(model)  # the user's own name
+    if not isinstance(stored, str) or not same_model(entry, stored):
+        raise FalconError(f"{label} holds a converted {stored!r}, not {entry.name}: give the --model it was made "
+                          "from (model=... in Python)")
+    return entry
 
+
+def rebuild_converted(obj: dict, label: str = "the converted model", model: str | ModelEntry | None = None):
+    """A :class:`falcon.sources.LoadedModel` from the contents of a saved converted model. ``model``: the model
+    spec or entry the user named (needed when the file was made from code of the user's; see
+    :func:`converted_entry`)."""
+    entry = converted_entry(obj, label, model)
     try:
-        entry = get_model_entry(obj["model"])
         conv, sites = obj["conv"], list(obj["sites"])
         classes = None if obj.get("num_classes") is None else int(obj["num_classes"])
         _check(conv, obj.get("init", "svd"))
-        model = skeleton(entry, classes, conv, sites)
+        model_module = skeleton(entry, classes, conv, sites)
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, FalconError):
             raise
         raise FalconError(f"{label} is not a valid converted model ({type(e).__name__}: {e})") from None
-    load_state_into(model, state_dict_of(obj.get("state_dict"), label), label, f"converted {entry.name}")
+    load_state_into(model_module, state_dict_of(obj.get("state_dict"), label), label, f"converted {entry.name}")
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     rank = meta.get("rank")
-    return finish(model, entry, f"{entry.name} converted to rank-{rank} {conv} ({label})", label, meta)
+    return finish(model_module, entry, f"{entry.name} converted to rank-{rank} {conv} ({label})", label, meta)
 
 
-def load_converted(path: str | os.PathLike):
-    """Load a model saved by :func:`save_converted` (``weights_only=True``); a LoadedModel with ``.converted`` set."""
+def load_converted(path: str | os.PathLike, model: str | ModelEntry | None = None):
+    """Load a model saved by :func:`save_converted` (``weights_only=True``); a LoadedModel with ``.converted`` set.
+    A file made from a model of your own code needs ``model``, the same spec (the file never names code to run)."""
     obj = read_checkpoint(path)
     if not is_converted(obj):
         raise FalconError(f"{path} is not a converted model saved by `python -m falcon convert --output`")
-    return rebuild_converted(obj, str(path))
+    return rebuild_converted(obj, str(path), model)
 
 
 # ----------------------------------------------------------------------------------------------

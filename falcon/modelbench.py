@@ -171,6 +171,10 @@ def _entry_of(model, input_size=None):
     from falcon.checkpoints import LoadedModel
     from falcon.models import get_model_entry, module_entry
 
+    from falcon.models import ModelEntry
+
+    if isinstance(model, ModelEntry):
+        return model
     if isinstance(model, LoadedModel):
         return model.entry
     if isinstance(model, nn.Module):
@@ -216,7 +220,7 @@ def prepare_models(model: Any = "vgg19-cifar", weights: str | None = None, conv:
     else:
         from falcon.sources import load_model
 
-        say(f"loading {model}")
+        say(f"loading {getattr(model, 'name', model)}")
         loaded = load_model(model, weights, num_classes)
         entry = loaded.entry
     if loaded is not None:

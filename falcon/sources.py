@@ -25,7 +25,7 @@ from torch import nn
 from falcon.checkpoints import (LoadedModel, _checkpoint_classes, _short, build_model, finish,  # noqa: F401
                                 load_state_into, read_checkpoint, state_dict_of)
 from falcon.errors import FalconError
-from falcon.models import ModelEntry, get_model_entry
+from falcon.models import ModelEntry, get_model_entry, registry_entry
 
 #: ``weights=`` keywords of :func:`load_model` (anything else is a file path).
 PRETRAINED = "pretrained"
@@ -179,7 +179,7 @@ def load_timm_pretrained(entry: ModelEntry, num_classes: int | None, timeout: fl
 
 # ----------------------------------------------------------------------------------------------
 # one interface
-def load_model(name: str, weights: str | os.PathLike | None = None, num_classes: int | None = None,
+def load_model(name: str | ModelEntry, weights: str | os.PathLike | None = None, num_classes: int | None = None,
                timeout: float = DOWNLOAD_TIMEOUT) -> LoadedModel:
     """Build model ``name`` and load its weights.
 
@@ -189,7 +189,8 @@ def load_model(name: str, weights: str | os.PathLike | None = None, num_classes:
     the path of a checkpoint file (a state_dict, or a converted model saved by :mod:`falcon.conversion`).
     ``num_classes`` defaults to the model's own, or to the size of the checkpoint's classifier.
     """
-    entry = get_model_entry(name)
+    entry = name if isinstance(name, ModelEntry) else get_model_entry(name)  # the user's name: code runs if it says so
+    name = entry.name
     bundled = entry.name == "digits-vgg"
     if weights is None:
         weights = PRETRAINED if bundled else RANDOM
@@ -218,11 +219,8 @@ def load_model(name: str, weights: str | os.PathLike | None = None, num_classes:
     obj = read_checkpoint(weights)
     from falcon import conversion as convert
 
-    if convert.is_converted(obj):
-        loaded = convert.rebuild_converted(obj, str(weights))
-        if loaded.entry.name != entry.name:
-            raise FalconError(f"{weights} holds a converted {loaded.entry.name}, not {entry.name}")
-        return loaded
+    if convert.is_converted(obj):  # rebuilt as the model the user named, never as one the file names
+        return convert.rebuild_converted(obj, str(weights), entry)
     state = state_dict_of(obj, str(weights))
     return _from_state(entry, state, num_classes, f"checkpoint {weights}", str(weights), name)
 
@@ -240,8 +238,9 @@ def _from_state(entry: ModelEntry, state: dict, num_classes: int | None, what: s
 
 def load_for_app(source: str, name: str, checkpoint: bytes | None = None) -> tuple[nn.Module, tuple[int, int, int]]:
     """The app's entry point: (model in eval mode, (C, H, W)) from ``"torchvision"`` pretrained weights or an
-    uploaded ``"checkpoint"`` (bytes of a state_dict) for architecture ``name``."""
-    entry = get_model_entry(name)
+    uploaded ``"checkpoint"`` (bytes of a state_dict) for architecture ``name``, a registry model (the app never
+    runs code a name points at)."""
+    entry = registry_entry(name, "the app's model choice")
     if source == "torchvision":
         loaded = load_model(name, PRETRAINED)
     elif source == "checkpoint":

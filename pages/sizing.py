@@ -185,7 +185,7 @@ else:
             if not lock.acquire(blocking=False):
                 raise FalconError("another model measurement is running on this machine; wait for it to finish")
             try:
-                return measure_model(model, progress=job.report, should_stop=job.should_stop, **kwargs)
+                return measure_model(common.app_model(model), progress=job.report, should_stop=job.should_stop, **kwargs)
             finally:
                 lock.release()
 

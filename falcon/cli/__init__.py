@@ -34,12 +34,17 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI parser; with ``command``, that command's module is imported and its flags added."""
-    parser = _Parser(prog="python -m falcon", description="FALCON Explorer: size, fit and try FALCON compression.")
+    from falcon.models import TRUST_RULE
+
+    parser = _Parser(prog="python -m falcon", description="FALCON Explorer: size, fit and try FALCON compression.",
+                     epilog="Security: " + TRUST_RULE)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     if command in COMMANDS:
         module_name = COMMANDS[command][0]
         importlib.import_module(f"falcon.cli.{module_name}").add_parser(sub)
+        for command_parser in sub.choices.values():
+            command_parser.epilog = command_parser.epilog or parser.epilog
         return parser
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text)

@@ -224,6 +224,7 @@ def run_measure(args: argparse.Namespace) -> int:
     """``experiment measure``: the latency of stored runs, their models rebuilt from the stored config."""
     from falcon.experiments import store
     from falcon.experiments.backfill import measure_stored_runs
+    from falcon.models import names_code
 
     if args.no_latency:
         raise FalconError("experiment measure measures latency: leave out --no-latency")
@@ -231,7 +232,8 @@ def run_measure(args: argparse.Namespace) -> int:
     say = None if args.quiet or args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     results = measure_stored_runs(args.db, ids or None, force=args.force, runtime=args.latency_runtime,
                                   batch_size=args.latency_batch_size, rounds=args.latency_rounds,
-                                  layout=args.latency_layout, device=args.device, say=say)
+                                  layout=args.latency_layout, device=args.device, say=say,
+                                  model=args.model if names_code(args.model) else None)
     measured = [r for r in results if r["status"] == "measured"]
     if args.json:
         print_json(results)

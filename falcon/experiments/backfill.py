@@ -37,19 +37,34 @@ def dataset_shape(name: str) -> tuple[tuple[int, int, int], int]:
     return tuple(data.input_size), data.num_classes  # type: ignore[return-value]
 
 
-def rebuild_models(run: dict[str, Any]) -> dict[str, Any]:
+def run_entry(run: dict[str, Any], cfg, model=None):
+    """The architecture of a stored run: a registry model by its stored name, or, for a run made from code of the
+    user's, the ``model`` entry the user gave now (the same spec). A stored run never makes this project import or
+    call anything."""
+    from falcon.models import names_code, registry_entry, same_model
+
+    label = f"stored run {run.get('run_id', '?')}"
+    if model is not None and names_code(cfg.model):
+        if not same_model(model, cfg.model):
+            raise FalconError(f"{label} was made from {cfg.model!r}, not {model.name!r}")
+        return model
+    return registry_entry(cfg.model, label)
+
+
+def rebuild_models(run: dict[str, Any], model=None) -> dict[str, Any]:
     """The baseline and converted models of a stored run, rebuilt from its config: the same layers (checked
     against the run's stored parameter counts), not its trained weights. Returns ``cfg``, ``original``,
-    ``converted``, ``replaced`` (layer names), ``input_size``, ``baseline_weights`` (what the baseline holds)."""
+    ``converted``, ``replaced`` (layer names), ``input_size``, ``baseline_weights`` (what the baseline holds).
+    ``model``: the entry the user named, for runs made from code of theirs (:func:`run_entry`)."""
     from falcon.experiments.pipeline import _count, _load_checkpoint, convert_for_run
-    from falcon.models import get_model_entry
 
     cfg = config_of(run)
+    entry = run_entry(run, cfg, model)
     if cfg.conv == "standard":
         raise FalconError("a standard-conv run has no converted model to time")
     input_size, num_classes = dataset_shape(cfg.dataset)
     if cfg.baseline and os.path.exists(cfg.baseline):
-        original, weights = _load_checkpoint(cfg.model, cfg.baseline, num_classes), "checkpoint"
+        original, weights = _load_checkpoint(entry, cfg.baseline, num_classes), "checkpoint"
     elif cfg.model == "digits-vgg" and cfg.dataset == "digits" and not cfg.baseline and cfg.baseline_epochs == 0:
         from falcon.models.digits import digits_vgg
 
@@ -57,7 +72,7 @@ def rebuild_models(run: dict[str, Any]) -> dict[str, Any]:
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            original, weights = get_model_entry(cfg.model).build(num_classes), "random"
+            original, weights = entry.build(num_classes), "random"
     original = original.to(memory_format=torch.contiguous_format).eval()
     # the same structure whatever the init: gradient descent would only take longer
     build_cfg = dataclasses.replace(cfg, init="svd") if cfg.init == "gd" else cfg
@@ -78,14 +93,18 @@ def measure_stored_runs(db=None, run_ids: Iterable[str] | None = None, *, force:
                         runtime: str = "eager", batch_size: int = 1, rounds: int = 5, layout: str = "auto",
                         min_run_time: float = 0.2, device: str = "auto",
                         say: Callable[[str], None] | None = None,
-                        progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+                        progress: ProgressFn | None = None, model=None) -> list[dict[str, Any]]:
     """Measure and store the latency of stored runs: ``run_ids``, or every completed run without one (with
     ``force``, those that have one too). One result per run considered: ``run_id``, ``status``
-    (``measured``, ``skipped``, ``failed``), ``line`` (what happened, one line) and ``latency`` (the record)."""
+    (``measured``, ``skipped``, ``failed``), ``line`` (what happened, one line) and ``latency`` (the record).
+    ``model``: a model spec or entry the user names, for runs made from code of theirs (never read from the DB)."""
+    from falcon.models import ModelEntry, get_model_entry
     from falcon.bench import resolve_device
     from falcon.experiments import store
 
     say = say or (lambda line: None)
+    if model is not None and not isinstance(model, ModelEntry):
+        model = get_model_entry(model)  # the user's own spec: runs their code, as they asked
     if run_ids:
         runs = [store.get_run(r, db) for r in dict.fromkeys(run_ids)]
     else:
@@ -99,7 +118,7 @@ def measure_stored_runs(db=None, run_ids: Iterable[str] | None = None, *, force:
                         "again)", "latency": run["metrics"]["latency"]})
             continue
         try:
-            built = rebuild_models(run)
+            built = rebuild_models(run, model)
         except FalconError as e:
             out.append({"run_id": rid, "status": "failed", "line": f"{rid}: cannot rebuild its models: {e}"})
             say(out[-1]["line"])

@@ -405,7 +405,7 @@ def train(model: nn.Module, data, cfg: ExperimentConfig, epochs: int, device: to
 
 # ----------------------------------------------------------------------------------------------
 # baseline and conversion
-def _load_checkpoint(name: str, path: str, num_classes: int) -> nn.Module:
+def _load_checkpoint(name, path: str, num_classes: int) -> nn.Module:
     """The model ``name`` with the state_dict in ``path`` (:func:`falcon.sources.load_model` checks it)."""
     from falcon.sources import load_model
 

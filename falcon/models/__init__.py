@@ -116,7 +116,15 @@ def list_models() -> list[str]:
 #: What ``--model`` accepts, for help texts.
 MODEL_HELP = ("a name (python -m falcon models: the thesis's models, digits-vgg, torchvision's zoo), timm:NAME "
               "(needs timm), or your own code: package.module:factory or path/to/file.py:factory (imported and "
-              "run as Python, so only on your own machine; factory(num_classes=N) when --num-classes is given)")
+              "run as Python, so only on your own machine; factory(num_classes=N) when --num-classes is given). "
+              "Code runs only when you name it here: a file (--weights, --baseline, a results DB) never names code "
+              "to run, so a converted model made from your code needs the same --model SPEC again")
+
+#: The trust rule, for ``--help`` and the README.
+TRUST_RULE = ("Code runs only when you name it (--model file.py:factory or package.module:factory, a Python API "
+              "call). Nothing read from a file (checkpoints, converted models, uploads, stored runs) is ever "
+              "imported or called: files are read with torch.load(weights_only=True) and checked (shapes, sizes, "
+              "finite values) before use.")
 
 
 @lru_cache(maxsize=None)
@@ -133,8 +141,39 @@ def torchvision_crop_size(name: str) -> tuple[int, str]:
     return crop, f"the eval crop of torchvision's {weights}"
 
 
+def names_code(name: object) -> bool:
+    """Whether a model spec names Python code (``package.module:factory`` or ``file.py:factory``): resolving it
+    imports and runs that code. ``timm:NAME`` and plain names do not."""
+    return isinstance(name, str) and ":" in name and not name.strip().startswith("timm:")
+
+
+def registry_entry(name: object, source: str = "the file") -> ModelEntry:
+    """The entry of a model the registry knows (the thesis's models, digits-vgg, torchvision's zoo, timm), for a
+    name read from a file, an upload or a stored run. Never imports or runs anything: a name that points at code
+    is refused, since code runs only when the user names it (``--model SPEC``, an API argument)."""
+    if not isinstance(name, str) or not name.strip():
+        raise FalconError(f"{source} names no model (its model field is {type(name).__name__}, not a model name)")
+    if names_code(name):
+        raise FalconError(f"{source} was made from code ({name.strip()!r}), which a file never makes this tool run; "
+                          f"if that is your own code, name it yourself: --model {name.strip()} (model=... in Python)")
+    return get_model_entry(name)
+
+
+def same_model(given: ModelEntry, stored: str) -> bool:
+    """Whether the entry the user gave is the model a file or run records (file specs compared by resolved path)."""
+    stored = stored.strip()
+    if given.name == stored:
+        return True
+    if given.family != "factory" or not names_code(stored):
+        return False
+    (a, _, fa), (b, _, fb) = given.name.rpartition(":"), stored.rpartition(":")
+    return fa == fb and a.endswith(".py") and b.endswith(".py") and \
+        Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def get_model_entry(name: str) -> ModelEntry:
-    """The entry of a model name or spec (see :data:`MODEL_HELP`)."""
+    """The entry of a model name or spec (see :data:`MODEL_HELP`). A spec that names code imports and runs it:
+    call this only with what the user typed or passed; names read from files go through :func:`registry_entry`."""
     if not isinstance(name, str) or not name.strip():
         raise FalconError(f"a model is a name or a spec such as package.module:factory, got {name!r}")
     name = name.strip()
