@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,9 +34,18 @@ def canary(tmp_path, monkeypatch):
     sys.modules.pop("evil_module_x", None)
     import tempfile
 
-    def mkdtemp(*a, **k):  # a callable anywhere on the machine: the issue's example
-        flag.write_text("tempfile.mkdtemp called")
-        return str(tmp_path)
+    import falcon
+
+    real_mkdtemp, ours = tempfile.mkdtemp, str(Path(falcon.__file__).parent)
+
+    def mkdtemp(*a, **k):  # a callable anywhere on the machine (the issue's example), when falcon's code calls it
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_filename.startswith(ours):
+                flag.write_text("tempfile.mkdtemp called by falcon")
+                break
+            frame = frame.f_back
+        return real_mkdtemp(*a, **k)
 
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     specs = [f"{tmp_path / 'evil_factory.py'}:build", "evil_module_x:build", "tempfile:mkdtemp"]
@@ -157,3 +167,35 @@ def test_a_converted_model_of_your_own_code_loads_when_you_name_it(tmp_path):
     torch.testing.assert_close(loaded.model(x), converted.model.eval()(x))
     # the same file named through another relative path is the same model
     assert load_converted(path, model=f"{tmp_path}/./mine.py:build").entry.name.endswith(":build")
+
+
+def test_app_upload_never_runs_code_through_apptest(canary, tmp_path, monkeypatch):
+    """The EHP fit page's checkpoint upload, driven through AppTest: a code-naming converted file and a pickle
+    that would run code are refused with st.error, and nothing runs."""
+    import os
+    import pickle
+
+    from conftest import REPO
+    from streamlit.testing.v1 import AppTest
+
+    flag, specs = canary
+    monkeypatch.setenv("FALCON_RESULTS_DB", str(tmp_path / "results.sqlite"))
+
+    class Payload:  # unpickling this would call os.system: weights-only loading must refuse it
+        def __reduce__(self):
+            return (os.system, (f"touch {flag}",))
+
+    pickled = tmp_path / "payload.pt"
+    pickled.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    uploads = [converted_file(tmp_path / "evil0.pt", specs[0]), converted_file(tmp_path / "evil2.pt", specs[2]),
+               str(pickled)]
+    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=60)
+    at.query_params.update({"source": "checkpoint", "ckpt_model": "digits-vgg"})
+    at.run()
+    at.switch_page(str(REPO / "pages" / "ehp_fit.py")).run()
+    assert not at.exception
+    for path in uploads:
+        at.file_uploader(key="ckpt_file").set_value(("model.pt", open(path, "rb").read(), "application/octet-stream"))
+        at.run()
+        assert not at.exception and at.error, path
+        assert not flag.exists()
