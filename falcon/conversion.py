@@ -26,7 +26,8 @@ from falcon.convtypes import FITTABLE, get_conv_type
 from falcon.counting import count_model
 from falcon.ehp import attach_bias, fit_module, full_rank, rank_for_energy
 from falcon.checkpoints import finish, load_state_into, read_checkpoint, state_dict_of
-from falcon.errors import FalconError
+from falcon.errors import FalconError, one_line
+from falcon.limits import parse_int
 from falcon.models import ModelEntry, _chw, get_model_entry, module_entry, registry_entry, same_model
 from falcon.spec import LayerSpec
 from falcon.surgery import conv_sites, plan, set_module
@@ -199,6 +200,10 @@ def skeleton(entry: ModelEntry, num_classes: int, conv: str, sites: Iterable[dic
     return model.eval()
 
 
+#: the most replaced layers a converted file may list (the largest torchvision models have a few hundred convs)
+MAX_SITES = 10_000
+
+
 def is_converted(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
@@ -232,6 +237,19 @@ def converted_entry(obj: dict, label: str, model: str | ModelEntry | None = None
     return entry
 
 
+def _check_skeleton_size(entry: ModelEntry, classes: int | None, conv: str, sites: list, label: str) -> None:
+    """Refuse a file whose sites would build a model much larger than the one it was converted from (a small file
+    must not make the loader allocate gigabytes): counted on the meta device, nothing is allocated."""
+    if len(sites) > MAX_SITES:
+        raise FalconError(f"{label} lists {len(sites):,} replaced layers; a model here has at most {MAX_SITES:,}")
+    with torch.device("meta"):
+        own = sum(p.numel() for p in entry.build(classes).parameters())
+    built = sum(p.numel() for p in skeleton(entry, classes, conv, sites, device="meta").parameters())
+    if built > 2 * own + (1 << 20):
+        raise FalconError(f"{label} would build {built:,} parameters from a {entry.name} of {own:,}: its layer "
+                          "list does not describe a conversion of that model")
+
+
 def rebuild_converted(obj: dict, label: str = "the converted model", model: str | ModelEntry | None = None):
     """A :class:`falcon.sources.LoadedModel` from the contents of a saved converted model. ``model``: the model
     spec or entry the user named (needed when the file was made from code of the user's; see
@@ -239,13 +257,15 @@ def rebuild_converted(obj: dict, label: str = "the converted model", model: str 
     entry = converted_entry(obj, label, model)
     try:
         conv, sites = obj["conv"], list(obj["sites"])
-        classes = None if obj.get("num_classes") is None else int(obj["num_classes"])
+        classes = None if obj.get("num_classes") is None else parse_int(obj["num_classes"], "num_classes",
+                                                                        f"{label}: num_classes")
         _check(conv, obj.get("init", "svd"))
+        _check_skeleton_size(entry, classes, conv, sites, label)
         model_module = skeleton(entry, classes, conv, sites)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         if isinstance(e, FalconError):
             raise
-        raise FalconError(f"{label} is not a valid converted model ({type(e).__name__}: {e})") from None
+        raise FalconError(f"{label} is not a valid converted model ({type(e).__name__}: {one_line(e, 120)})") from None
     load_state_into(model_module, state_dict_of(obj.get("state_dict"), label), label, f"converted {entry.name}")
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     rank = meta.get("rank")

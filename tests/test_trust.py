@@ -199,3 +199,25 @@ def test_app_upload_never_runs_code_through_apptest(canary, tmp_path, monkeypatc
         at.run()
         assert not at.exception and at.error, path
         assert not flag.exists()
+
+
+@pytest.mark.parametrize("meta, why", [
+    ({"num_classes": 2**24}, "num_classes must be"),
+    ({"sites": [{"name": "features.0", "rank": 1, "bias": False,
+                 "spec": {"in_channels": 1, "out_channels": 2**20, "kernel_size": 3, "height": 32}}]}, "would build"),
+    ({"sites": [{"name": "x"}]}, "not a valid converted model"),
+    ({"sites": [{"name": f"s{i}"} for i in range(10_001)]}, "replaced layers"),
+])
+def test_converted_metadata_cannot_ask_for_gigabytes(tmp_path, meta, why):
+    """A converted file's metadata is checked on the meta device before anything is allocated."""
+    import resource
+
+    from falcon.conversion import load_converted
+
+    path = tmp_path / "big.pt"
+    torch.save({"format": FORMAT, "model": "digits-vgg", "conv": "falcon", "rank": 1, "sites": [], "state_dict": {},
+                **meta}, path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(FalconError, match=why):
+        load_converted(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: under 200 MB more
