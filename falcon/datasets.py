@@ -37,7 +37,7 @@ def _digits_arrays() -> dict[str, np.ndarray]:
     """The raw arrays of ``falcon/data/digits.npz``, read once (treat as read-only)."""
     if not DIGITS_FILE.is_file():
         raise FalconError(
-            f"{DIGITS_FILE} is missing; run `python scripts/train_digits.py --make-data`")
+            f"{DIGITS_FILE} is missing: reinstall falcon-explorer (in a checkout: python scripts/train_digits.py --make-data)")
     with np.load(DIGITS_FILE) as f:
         arrays = {k: f[k] for k in ("images", "labels", "train_idx", "test_idx")}
     for a in arrays.values():

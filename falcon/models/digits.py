@@ -92,7 +92,7 @@ def digits_vgg(pretrained: bool = True, num_classes: int = 10) -> DigitsVGG:
     if pretrained:
         if not DIGITS_WEIGHTS.is_file():
             raise FalconError(
-                f"{DIGITS_WEIGHTS} is missing; run `python scripts/train_digits.py`")
+                f"{DIGITS_WEIGHTS} is missing: reinstall falcon-explorer (in a checkout: python scripts/train_digits.py)")
         state = torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         model.eval()
