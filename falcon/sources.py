@@ -1,6 +1,6 @@
 """Where a model's weights come from, behind one interface: :func:`load_model`.
 
-* ``digits-vgg``: the bundled pretrained model (``data/digits_vgg.pt``), with its held-out digits;
+* ``digits-vgg``: the bundled pretrained model (``falcon/data/digits_vgg.pt``), with its held-out digits;
 * torchvision's pretrained weights, through torchvision's own API and cache (``$TORCH_HOME/hub/checkpoints``).
   Offline, the download fails within seconds and the message names the file to put in the cache;
 * a checkpoint file: a ``state_dict`` for a known architecture, read with ``weights_only=True``.
