@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,21 +345,19 @@ def report(converted: Converted, evaluate: bool = False, baseline: float | None 
 
 def parse_ranks(text: str, top: int) -> list[int]:
     """``"3"``, ``"1,2,4"``, ``"1-9"`` or ``"all"`` (1 … ``top``) → sorted ranks."""
-    text = str(text).strip().lower()
+    from falcon.limits import parse_int
+
+    text = re.sub(r"\s*([,-])\s*", r"\1", str(text).strip().lower())  # "1, 2" as "1,2"
+    if text in ("all", "full"):
+        return list(range(1, top + 1)) if text == "all" else [top]
+    if not re.fullmatch(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", text):
+        raise FalconError(f"rank must be an integer, a list (1,2,4), a range (1-9), 'all' or 'full'; got {text!r}")
     ranks: set[int] = set()
-    try:
-        if text in ("all", "full"):
-            return list(range(1, top + 1)) if text == "all" else [top]
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                ranks.update(range(lo, hi + 1))
-            else:
-                ranks.add(int(part))
-    except ValueError:
-        raise FalconError(f"rank must be an integer, a list (1,2,4), a range (1-9), 'all' or 'full'; got {text!r}") from None
-    if not ranks or min(ranks) < 1:
-        raise FalconError(f"ranks must be positive integers; got {text!r}")
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        ranks.update(range(parse_int(lo, "rank"), parse_int(hi or lo, "rank") + 1))
+    if not ranks:
+        raise FalconError(f"the rank range {text!r} is empty: give the lower rank first (1-9)")
     return sorted(ranks)
 
 

@@ -78,7 +78,7 @@ BOUNDS: dict[str, Bound] = {b.name: b for b in (
     _b("stride", int, 1, 4096, "at most the largest input size"),
     _b("padding", int, 0, 64, "at most the largest kernel; more only adds zeros"),
     _b("batch_size", int, 1, 4096, "activations grow linearly with the batch"),
-    _b("export_batch_size", int, 1, 256, "the sample only checks parity (the ONNX batch stays dynamic)"),
+    _b("export_batch_size", int, 1, 256, "the sample only checks parity; the ONNX batch stays dynamic"),
     _b("num_classes", int, 1, 100_000, "the classifier holds features × classes weights"),
     _b("steps", int, 0, 100_000, "gradient-descent steps per layer; 100,000 take minutes"),
     _b("rounds", int, 1, 1000, "each round times every entry for the min run time"),
@@ -189,8 +189,9 @@ def float_flag(name: str | Bound) -> Callable[[str], float]:
 
 
 def hparam_bound(h: Any) -> Bound:
-    """The bound of a conv type's hyper-parameter (:class:`falcon.convtypes.HParam`: its own range)."""
-    return Bound(h.name, h.kind, h.minimum, h.maximum, h.help)
+    """The bound of a conv type's hyper-parameter (:class:`falcon.convtypes.HParam`): its own range, and the
+    why of the bound of the same name where there is one."""
+    return Bound(h.name, h.kind, h.minimum, h.maximum, BOUNDS[h.name].why if h.name in BOUNDS else h.help)
 
 
 def hparam_flag(h: Any) -> Callable[[str], int | float]:

@@ -59,6 +59,7 @@ from falcon.bench import (MEMORY_FORMATS, _loadavg, _quartiles, device_name, fmt
 from falcon.blocks import ConvBlock
 from falcon.convtypes import CONV_TYPES, get_conv_type, label_of
 from falcon.errors import FalconError, one_line
+from falcon.limits import float_flag, hparam_flag, int_flag
 from falcon.export import deploy_form, make_portable, parity
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
@@ -190,10 +191,14 @@ def _chw_plain(input_size) -> tuple[int, int, int]:
     return tuple(int(v) for v in input_size)  # type: ignore[return-value]
 
 
-def _count(module: nn.Module, chw) -> tuple[int, dict[str, int]]:
+def _count(module: nn.Module, chw, name: str = "the model") -> tuple[int, dict[str, int]]:
     from falcon.counting import count_model
+    from falcon.surgery import FORWARD_ERRORS, does_not_run
 
-    count = count_model(module, chw, "clean")
+    try:
+        count = count_model(module, chw, "clean")
+    except FORWARD_ERRORS as e:  # an input size the model does not take (too small for its pooling, say)
+        raise does_not_run(chw, e, name) from None
     return int(count.macs), {u.name: int(u.macs) for u in count.units}
 
 
@@ -234,7 +239,7 @@ def prepare_models(model: Any = "vgg19-cifar", weights: str | None = None, conv:
         chw = _chw_plain(input_size)
     if source == "random":
         notes.append(f"{entry.name} has random weights (timing only; pass --weights for trained ones)")
-    macs, units = _count(original_module, chw)
+    macs, units = _count(original_module, chw, entry.name)
     original = PreparedModel("original", "original", "standard", {}, original_module, [], "weights", macs, units)
     converted = []
     for name, resolved in conversions:
@@ -1363,7 +1368,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None,
                         help="pretrained, random, or a checkpoint file (default: digits-vgg's bundled weights, "
                              "random init for the others: fine for timing)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: its own)")
+    parser.add_argument("--num-classes", type=int_flag("num_classes"), default=None, help="classes of the model (default: its own)")
     parser.add_argument("--runtime", default="eager", metavar="LIST",
                         help=f"comma-separated runtimes: {', '.join(RUNTIMES)} or all (default eager)")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
@@ -1379,16 +1384,16 @@ def main_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--conv", default="falcon", metavar="TYPES",
                         help=f"conv type(s) to convert to, comma-separated: {', '.join(CONV_TYPES)} (default falcon)")
     for h in all_hparams().values():
-        parser.add_argument(h.flag, dest=h.name, type=h.kind, default=None,
+        parser.add_argument(h.flag, dest=h.name, type=hparam_flag(h), default=None,
                             help=f"{h.help} (default {h.default})")
-    parser.add_argument("--batch-size", "-B", type=int, default=1, help="batch size (default 1)")
-    parser.add_argument("--input-size", "-H", type=int, default=None, help="input height = width (default: the model's)")
+    parser.add_argument("--batch-size", "-B", type=int_flag("batch_size"), default=1, help="batch size (default 1)")
+    parser.add_argument("--input-size", "-H", type=int_flag("input_size"), default=None, help="input height = width (default: the model's)")
     parser.add_argument("--memory-format", default="auto", choices=("auto", "both", *MEMORY_FORMATS),
                         help="eager/compile layouts: auto = both (default)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch.get_num_threads())")
+    parser.add_argument("--threads", type=int_flag("threads"), default=None, help="CPU threads (default: torch.get_num_threads())")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = CUDA if available")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"interleaved rounds (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per entry and round (default 0.2)")
+    parser.add_argument("--rounds", type=int_flag("rounds"), default=DEFAULT_ROUNDS, help=f"interleaved rounds (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--min-run-time", type=float_flag("min_run_time"), default=0.2, help="seconds per entry and round (default 0.2)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return parser

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from falcon.errors import FalconError
@@ -51,8 +52,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _no_cuda_runtime_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_torch() -> None:
+    """Drop the warning torch.utils.cpp_extension logs when it is imported (by torch.utils.benchmark,
+    torch.onnx, inductor, ...) on a machine without CUDA: it would come before every one-line error."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if _no_cuda_runtime_warning not in logger.filters:
+        logger.addFilter(_no_cuda_runtime_warning)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_torch()
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ from falcon.bench import BENCH_CONVS, DEFAULT_BENCH_CONVS, DEVICES, DTYPES, MEMO
 from falcon.cli.common import print_json, print_table
 from falcon.convtypes import CONV_TYPES, all_hparams, parse_variant
 from falcon.errors import FalconError
+from falcon.limits import float_flag, hparam_flag, int_flag
 from falcon.spec import LayerSpec
 
 
@@ -26,37 +27,37 @@ def add_parser(sub) -> None:
                                    "speedup over the standard conv next to the theoretical MAC ratio. With --model, "
                                    "a whole model beside its converted form, per runtime, with where the time goes "
                                    "(the layer flags -M/-N/-D are then not used; -H is the input size).")
-    p.add_argument("--in-channels", "-M", type=int, default=None, help="input channels M (a layer)")
-    p.add_argument("--out-channels", "-N", type=int, default=None, help="output channels N (a layer)")
-    p.add_argument("--kernel-size", "-D", type=int, default=None, help="kernel size D (D×D) (a layer)")
-    p.add_argument("--input-size", "-H", type=int, default=None, help="input height H (a layer; with --model: "
+    p.add_argument("--in-channels", "-M", type=int_flag("channels"), default=None, help="input channels M (a layer)")
+    p.add_argument("--out-channels", "-N", type=int_flag("channels"), default=None, help="output channels N (a layer)")
+    p.add_argument("--kernel-size", "-D", type=int_flag("kernel_size"), default=None, help="kernel size D (D×D) (a layer)")
+    p.add_argument("--input-size", "-H", type=int_flag("input_size"), default=None, help="input height H (a layer; with --model: "
                                                                        "H = W, default the model's own)")
-    p.add_argument("--input-width", type=int, default=None, help="input width W (default: H)")
-    p.add_argument("--stride", type=int, default=1, help="stride s (default 1)")
-    p.add_argument("--padding", type=int, default=None, help="padding p (default D//2)")
-    p.add_argument("--batch-size", "-B", type=int, default=None, help="batch size (a layer: required; --model: 1)")
+    p.add_argument("--input-width", type=int_flag("input_size"), default=None, help="input width W (default: H)")
+    p.add_argument("--stride", type=int_flag("stride"), default=1, help="stride s (default 1)")
+    p.add_argument("--padding", type=int_flag("padding"), default=None, help="padding p (default D//2)")
+    p.add_argument("--batch-size", "-B", type=int_flag("batch_size"), default=None, help="batch size (a layer: required; --model: 1)")
     p.add_argument("--conv", default=None, metavar="TYPES",
                    help=f"comma-separated conv types: {', '.join(BENCH_CONVS)} (default: {','.join(DEFAULT_BENCH_CONVS)}; "
                         "standard is always measured)")
     for h in all_hparams().values():
         users = [c.name for c in CONV_TYPES.values() if h in c.hparams]
         users += [CONV_TYPES[u].fused_name for u in users if CONV_TYPES[u].fused_name]
-        p.add_argument(h.flag, dest=h.name, type=h.kind, default=None,
+        p.add_argument(h.flag, dest=h.name, type=hparam_flag(h), default=None,
                        help=f"{h.help} ({'/'.join(users)}; default {h.default}, range {h.minimum}–{h.maximum})")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (CUDA if available), cpu or cuda")
     p.add_argument("--memory-format", default="auto", choices=("auto", *MEMORY_FORMATS),
                    help="auto measures both layouts and marks the best")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="float16/bfloat16 on CUDA only")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch.get_num_threads())")
+    p.add_argument("--threads", type=int_flag("threads"), default=None, help="CPU threads (default: torch.get_num_threads())")
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="wall: wall-clock time (default); cpu: process CPU time, 1 thread only "
                         "(leaves out time spent waiting for a core on a shared machine)")
     p.add_argument("--no-retain-memory", dest="retain_memory", action="store_false",
                    help="CPU: leave glibc's malloc as it is (by default freed memory is kept in the process while "
                         "measuring, as a caching allocator would; see docs/latency.md)")
-    p.add_argument("--rounds", type=int, default=None,
+    p.add_argument("--rounds", type=int_flag("rounds"), default=None,
                    help="interleaved rounds over the conv types (default 5; 10 with --model)")
-    p.add_argument("--min-run-time", type=float, default=0.2,
+    p.add_argument("--min-run-time", type=float_flag("min_run_time"), default=0.2,
                    help="seconds of timing per conv type and round (default 0.2)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -7,6 +7,7 @@ import sys
 from typing import Any, Iterable
 
 from falcon.convtypes import CONV_TYPES, all_hparams
+from falcon.limits import hparam_flag
 
 
 def add_conv_flags(parser: argparse.ArgumentParser, choices: Iterable[str] | None = None, required: bool = True) -> None:
@@ -17,7 +18,7 @@ def add_conv_flags(parser: argparse.ArgumentParser, choices: Iterable[str] | Non
     for h in all_hparams().values():
         users = [c.name for c in CONV_TYPES.values() if h in c.hparams and c.name in names]
         if users:
-            parser.add_argument(h.flag, dest=h.name, type=h.kind, default=None,
+            parser.add_argument(h.flag, dest=h.name, type=hparam_flag(h), default=None,
                                 help=f"{h.help} ({'/'.join(users)}; default {h.default}, range {h.minimum}–{h.maximum})")
 
 

@@ -8,6 +8,7 @@ from falcon.cli.size import add_policy_flags, policy
 from falcon.cli.fit import add_model_flags
 from falcon.convtypes import FITTABLE
 from falcon.errors import FalconError
+from falcon.limits import float_flag, int_flag, parse_int
 
 
 def add_parser(sub) -> None:
@@ -22,18 +23,18 @@ def add_parser(sub) -> None:
                                    "--output saves the converted model (loads with weights_only=True).")
     add_model_flags(p)
     p.add_argument("--conv", required=True, choices=FITTABLE, help=" or ".join(FITTABLE))
-    p.add_argument("--rank", default=None, metavar="K",
+    p.add_argument("--rank", default=None, metavar="K", type=_rank_text,
                    help="rank k (default 1), clamped per layer to its full rank; or several for a table: "
                         "1,2,4 | 1-9 | all (1 … the largest full rank) | full")
-    p.add_argument("--energy", type=float, default=None, metavar="E",
+    p.add_argument("--energy", type=float_flag("energy"), default=None, metavar="E",
                    help="instead of --rank: per layer, the smallest rank that keeps at least this fraction (0-1] of "
                         "every channel's singular-value energy (Network Decoupling's rule); each layer's rank is reported")
     p.add_argument("--init", choices=list(INITS), default="svd",
                    help="svd (closed-form optimum; default), gd (gradient descent) or random")
-    p.add_argument("--steps", type=int, default=None, help=f"gd: steps per layer (default {GD_STEPS})")
-    p.add_argument("--lr", type=float, default=None, help="gd: learning rate (default: the optimizer's)")
+    p.add_argument("--steps", type=int_flag("steps"), default=None, help=f"gd: steps per layer (default {GD_STEPS})")
+    p.add_argument("--lr", type=float_flag("lr"), default=None, help="gd: learning rate (default: the optimizer's)")
     p.add_argument("--optimizer", choices=list(FIT_OPTIMIZERS), default=None, help="gd: adam (default) or sgd")
-    p.add_argument("--seed", type=int, default=0, help="seed for gd and random init (default 0)")
+    p.add_argument("--seed", type=int_flag("seed"), default=0, help="seed for gd and random init (default 0)")
     add_policy_flags(p)
     p.add_argument("--evaluate", action="store_true",
                    help="accuracy on the held-out set before and after (digits-vgg has one)")
@@ -42,13 +43,22 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _rank_text(text: str) -> str:
+    """``--rank``: checked now (each rank in limits' bound), expanded once the model's full rank is known."""
+    from falcon.conversion import parse_ranks
+
+    try:
+        parse_ranks(text, 1)
+    except FalconError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip()
+
+
 def run(args: argparse.Namespace) -> int:
     from falcon.conversion import (accuracy, convert_model, model_full_rank, parse_ranks, convert_ranks, report,
                                 save_converted)
     from falcon.sources import load_model
 
-    if args.steps is not None and args.steps < 0:
-        raise FalconError(f"steps must be a non-negative integer, got {args.steps}")
     gd = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("optimizer", args.optimizer)) if v is not None}
     if gd and args.init != "gd":
         raise FalconError(f"--{next(iter(gd))} applies to --init gd only")
@@ -59,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise FalconError(f"{loaded.name} has no held-out set to evaluate on; digits-vgg has one")
     options = policy(args)
     text = "1" if args.rank is None else args.rank
-    single = text.strip().isdigit()
-    ranks = [int(text)] if single else parse_ranks(text, model_full_rank(loaded, args.conv, **options))
+    single = text.isascii() and text.isdigit()
+    ranks = [parse_int(text, "rank", "--rank")] if single else parse_ranks(text, model_full_rank(loaded, args.conv, **options))
     if args.energy is None and (len(ranks) > 1 or not single):
         if args.output:
             raise FalconError("--output saves one converted model; give a single --rank")
@@ -76,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"original: {table['standard_params']:,} params, {table['standard_macs']:,} MACs"
               + (f", accuracy {table['baseline_accuracy']:.2%}" if args.evaluate else ""))
         return 0
-    if ranks[0] < 1:
-        raise FalconError(f"rank must be a positive integer, got {ranks[0]}")
     baseline = accuracy(loaded.model, loaded.eval_data) if args.evaluate else None
     rank = None if args.energy is not None else ranks[0]
     converted = convert_model(loaded, args.conv, rank, args.init, energy=args.energy, seed=args.seed, **options, **gd)

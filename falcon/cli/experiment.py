@@ -13,15 +13,20 @@ import time
 
 from falcon.cli.common import add_conv_flags, conv_hparams, print_json, print_table
 from falcon.errors import FalconError
+from falcon.limits import float_flag, int_flag, parse_int
 
 DB_HELP = "results database (default: $FALCON_RESULTS_DB or ~/.local/share/falcon-explorer/results.sqlite)"
 
 
-def _int_list(text: str) -> list[int]:
+def _rank_list(text: str) -> list[int]:
+    """``--ranks 1,2,3``: ranks (limits' rank bound), comma-separated."""
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+        ranks = [parse_int(t.strip(), "rank", "each rank") for t in text.split(",") if t.strip()]
+    except FalconError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not ranks:
+        raise argparse.ArgumentTypeError(f"expected ranks separated by commas, got {text!r}")
+    return ranks
 
 
 def _str_list(text: str) -> list[str]:
@@ -52,38 +57,38 @@ def add_parser(sub) -> None:
     p.add_argument("--init", choices=list(INITS), default=None,
                    help="falcon/dsconv: svd (closed-form EHP fit, default), gd (gradient descent) or random; "
                         "mobilev2/shuffle: random only")
-    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (default 3)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--epochs", type=int_flag("epochs"), default=3, help="fine-tuning epochs (default 3)")
+    p.add_argument("--lr", type=float_flag("lr"), default=None,
                    help="peak learning rate, cosine-annealed (default " +
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--optimizer", choices=list(TRAIN_OPTIMIZERS), default="adamw", help="adamw (default) or sgd (momentum 0.9, Nesterov)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on weights (default 5e-4)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--weight-decay", type=float_flag("weight_decay"), default=5e-4, help="weight decay on weights (default 5e-4)")
+    p.add_argument("--batch-size", type=int_flag("batch_size"), default=None,
                    help="batch size per process (default 32 on digits, 128 otherwise)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=int_flag("seed"), default=0, help="seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=int_flag("threads"), default=None, metavar="N",
                    help="CPU threads (default: PyTorch's); 1 is much faster when other jobs share the cores")
     p.add_argument("--data-dir", default=None, help="where CIFAR/SVHN are (or are downloaded to); "
                                                     "default $FALCON_DATA_DIR or ~/.cache/falcon-explorer/datasets")
     p.add_argument("--no-download", action="store_true", help="never download a data set")
     p.add_argument("--baseline", default=None, metavar="PATH", help="state_dict of the model trained on the data set")
-    p.add_argument("--baseline-epochs", type=int, default=0, metavar="N",
+    p.add_argument("--baseline-epochs", type=int_flag("epochs"), default=0, metavar="N",
                    help="train the baseline from scratch for N epochs first (when there is no --baseline)")
     p.add_argument("--include-stem", action="store_true", default=None, help="also replace the first conv")
-    p.add_argument("--limit-train", type=int, default=None, metavar="N", help="use only the first N training images")
-    p.add_argument("--limit-test", type=int, default=None, metavar="N", help="use only the first N held-out images")
+    p.add_argument("--limit-train", type=int_flag("images"), default=None, metavar="N", help="use only the first N training images")
+    p.add_argument("--limit-test", type=int_flag("images"), default=None, metavar="N", help="use only the first N held-out images")
     p.add_argument("--sweep", action="store_true",
                    help="run a sweep instead of one run: --convs types (falcon at each of --ranks)")
     p.add_argument("--convs", type=_str_list, default=None, metavar="LIST",
                    help="with --sweep: conv types (default falcon,dsconv,mobilev2,shuffle)")
-    p.add_argument("--ranks", type=_int_list, default=None, metavar="LIST", help="with --sweep: falcon ranks (default 1,2,3)")
+    p.add_argument("--ranks", type=_rank_list, default=None, metavar="LIST", help="with --sweep: falcon ranks (default 1,2,3)")
     lat = p.add_argument_group("measured latency (at the end of each run, and for `experiment measure`)")
     lat.add_argument("--no-latency", action="store_true", help="do not measure latency at the end of the run")
     lat.add_argument("--latency-runtime", choices=list(RUNTIMES), default="eager",
                      help="eager (default), compile (torch.compile, inductor) or onnxruntime")
-    lat.add_argument("--latency-batch-size", type=int, default=1, metavar="N", help="batch size timed (default 1)")
-    lat.add_argument("--latency-rounds", type=int, default=5, metavar="N",
+    lat.add_argument("--latency-batch-size", type=int_flag("batch_size"), default=1, metavar="N", help="batch size timed (default 1)")
+    lat.add_argument("--latency-rounds", type=int_flag("rounds"), default=5, metavar="N",
                      help="interleaved timing rounds (default 5; falcon.modelbench)")
     lat.add_argument("--latency-layout", choices=list(LATENCY_LAYOUTS), default="auto",
                      help="memory layout: auto (default) times both, each model in its fastest")
@@ -103,7 +108,7 @@ def add_parser(sub) -> None:
     r.add_argument("--model", default=None, help="only this model")
     r.add_argument("--dataset", default=None, help="only this data set")
     r.add_argument("--sweep-id", default=None, help="only the runs of this sweep")
-    r.add_argument("--limit", type=int, default=None, metavar="N", help="only the N most recent runs")
+    r.add_argument("--limit", type=int_flag("runs"), default=None, metavar="N", help="only the N most recent runs")
     r.add_argument("--csv", default=None, metavar="PATH", help="write the runs to a CSV file")
     r.add_argument("--json", action="store_true", help="a JSON list of runs (each with run_id) on stdout")
     r.set_defaults(func=run_results)

@@ -6,6 +6,7 @@ import argparse
 
 from falcon.cli.common import print_json
 from falcon.convtypes import CONV_TYPES, all_hparams
+from falcon.limits import hparam_flag, int_flag
 
 
 def add_parser(sub) -> None:
@@ -21,15 +22,15 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--weights", default=None, help="pretrained, random, or a checkpoint file (default: digits-vgg's "
                                                     "bundled weights, random init for the others)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: its own)")
+    p.add_argument("--num-classes", type=int_flag("num_classes"), default=None, help="classes of the model (default: its own)")
     p.add_argument("--conv", default="falcon", choices=list(CONV_TYPES),
                    help="conv type to convert to (default falcon; standard = the original, BN folded)")
     for h in all_hparams().values():
-        p.add_argument(h.flag, dest=h.name, type=h.kind, default=None, help=f"{h.help} (default {h.default})")
+        p.add_argument(h.flag, dest=h.name, type=hparam_flag(h), default=None, help=f"{h.help} (default {h.default})")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torchscript")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="the file to write")
-    p.add_argument("--input-size", "-H", type=int, default=None, help="input height = width (default: the model's)")
-    p.add_argument("--batch-size", "-B", type=int, default=1, help="batch of the sample input used for export and "
+    p.add_argument("--input-size", "-H", type=int_flag("input_size"), default=None, help="input height = width (default: the model's)")
+    p.add_argument("--batch-size", "-B", type=int_flag("export_batch_size"), default=1, help="batch of the sample input used for export and "
                                                                    "the check (default 1; the ONNX batch is dynamic)")
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                    help="skip the held-out accuracy check (digits-vgg has held-out data)")

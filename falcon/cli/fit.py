@@ -6,7 +6,7 @@ import argparse
 
 from falcon.cli.common import print_json, print_table
 from falcon.convtypes import FITTABLE, get_conv_type
-from falcon.errors import FalconError
+from falcon.limits import float_flag, int_flag
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     from falcon.models import MODEL_HELP
@@ -17,7 +17,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "weights via its cache $TORCH_HOME/hub/checkpoints; timm's via the Hugging Face cache), or "
                         "'random'. Default: the bundled weights for digits-vgg, random init otherwise (a factory of "
                         "your own: whatever it initializes)")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=int_flag("num_classes"), default=None,
                    help="classes (default: the model's own, or the checkpoint's classifier size)")
 
 
@@ -40,16 +40,16 @@ def add_parser(sub) -> None:
     f.add_argument("--layer", required=True, help="the conv's module name (python -m falcon layers --model NAME)")
     f.add_argument("--conv", choices=FITTABLE, default=FITTABLE[0],
                    help="falcon (common axis: output channel; default) or dsconv (input channel)")
-    f.add_argument("--rank", type=int, default=1, help="rank k (default 1); above the layer's full rank it is clamped")
+    f.add_argument("--rank", type=int_flag("rank"), default=1, help="rank k (default 1); above the layer's full rank it is clamped")
     f.add_argument("--method", choices=["svd", "gd"], default="svd", help="svd (closed form, default) or gd")
-    f.add_argument("--steps", type=int, default=GD_STEPS, help=f"gd: optimizer steps (default {GD_STEPS})")
-    f.add_argument("--lr", type=float, default=None,
+    f.add_argument("--steps", type=int_flag("steps"), default=GD_STEPS, help=f"gd: optimizer steps (default {GD_STEPS})")
+    f.add_argument("--lr", type=float_flag("lr"), default=None,
                    help="gd: learning rate (default " + ", ".join(f"{k} {v['lr']:g}" for k, v in GD_DEFAULTS.items()) + ")")
     f.add_argument("--optimizer", choices=list(FIT_OPTIMIZERS), default="adam",
                    help="gd: adam (default) or sgd (the thesis's reference fit: lr 0.01 on the mean squared error)")
     f.add_argument("--loss", choices=list(LOSSES), default=None,
                    help="gd: relative (||K - K_hat||^2 / ||K||^2; adam's default) or mse (mean squared error; sgd's)")
-    f.add_argument("--seed", type=int, default=0, help="gd: seed of the random start (default 0)")
+    f.add_argument("--seed", type=int_flag("seed"), default=0, help="gd: seed of the random start (default 0)")
     f.add_argument("--json", action="store_true", help="one JSON object on stdout")
     f.set_defaults(func=run_fit)
 
@@ -62,7 +62,6 @@ def _load(args):
 
 
 def run_layers(args: argparse.Namespace) -> int:
-    from falcon.ehp import FULL_RANK_FORMULA
     from falcon.probe import conv_layers
 
     loaded = _load(args)
@@ -77,16 +76,12 @@ def run_layers(args: argparse.Namespace) -> int:
               **{f"{c} k*": r[f"{c}_full_rank"] or "" for c in FITTABLE}} for r in rows]
     print(loaded.description)
     print_table(table)
-    rules = ", ".join(f"{c} {FULL_RANK_FORMULA[get_conv_type(c).fit_axis]}" for c in FITTABLE)
+    rules = ", ".join(f"{c} {get_conv_type(c).fit.formula}" for c in FITTABLE)
     print(f"{len(rows)} convs; k* = full rank, where the fit is exact ({rules})")
     return 0
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    if args.rank < 1:
-        raise FalconError(f"rank must be a positive integer, got {args.rank}")
-    if args.steps < 0:
-        raise FalconError(f"steps must be a non-negative integer, got {args.steps}")
     loaded = _load(args)
     from falcon.probe import fit_layer
 

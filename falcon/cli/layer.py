@@ -5,6 +5,7 @@ import argparse
 
 from falcon.cli.common import add_conv_flags, conv_hparams, print_json, print_table
 from falcon.convtypes import CONV_TYPES, compare
+from falcon.limits import int_flag
 from falcon.spec import LayerSpec
 
 
@@ -12,13 +13,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("layer", help="closed-form params and MACs of one layer",
                        description="Closed-form weights and MACs of one D×D conv layer replaced by a conv type "
                                    "(weights only: no bias, no BN; docs/method.md §2), next to the standard conv.")
-    p.add_argument("--in-channels", "-M", type=int, required=True, help="input channels M")
-    p.add_argument("--out-channels", "-N", type=int, required=True, help="output channels N")
-    p.add_argument("--kernel-size", "-D", type=int, required=True, help="kernel size D (D×D)")
-    p.add_argument("--input-size", "-H", type=int, required=True, help="input height H")
-    p.add_argument("--input-width", type=int, default=None, help="input width W (default: H)")
-    p.add_argument("--stride", type=int, default=1, help="stride s (default 1)")
-    p.add_argument("--padding", type=int, default=None, help="padding p (default D//2)")
+    p.add_argument("--in-channels", "-M", type=int_flag("channels"), required=True, help="input channels M")
+    p.add_argument("--out-channels", "-N", type=int_flag("channels"), required=True, help="output channels N")
+    p.add_argument("--kernel-size", "-D", type=int_flag("kernel_size"), required=True, help="kernel size D (D×D)")
+    p.add_argument("--input-size", "-H", type=int_flag("input_size"), required=True, help="input height H")
+    p.add_argument("--input-width", type=int_flag("input_size"), default=None, help="input width W (default: H)")
+    p.add_argument("--stride", type=int_flag("stride"), default=1, help="stride s (default 1)")
+    p.add_argument("--padding", type=int_flag("padding"), default=None, help="padding p (default D//2)")
     add_conv_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=run)

@@ -6,6 +6,7 @@ import fnmatch
 
 from falcon.cli.common import add_conv_flags, conv_hparams, print_json, print_table
 from falcon.counting import CONVENTIONS, KIND_LABELS
+from falcon.limits import float_flag, int_flag
 from falcon.models import MODEL_HELP, PAPER_MODEL_ENTRIES, list_models, timm_models
 from falcon.sizing import size_for_target, size_model
 
@@ -17,18 +18,18 @@ def add_parser(sub) -> None:
                        description="Size a model with its replaceable convs swapped for a conv type. "
                                    "Conventions — " + CONVENTION_HELP)
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's own)")
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--num-classes", type=int_flag("num_classes"), default=None, help="classes (default: the model's own)")
+    p.add_argument("--input-size", type=int_flag("input_size"), default=None,
                    help="input H=W (default: the model's own: 32 for the CIFAR models, the eval crop of the weights "
                         "for torchvision's and timm's, 224 for your own)")
     add_conv_flags(p)
     p.add_argument("--convention", choices=list(CONVENTIONS), default="paper", help=CONVENTION_HELP)
     add_policy_flags(p)
     t = p.add_mutually_exclusive_group()
-    t.add_argument("--target-crr", type=float, default=None, metavar="X",
+    t.add_argument("--target-crr", type=float_flag("target_rate"), default=None, metavar="X",
                    help="a budget: the highest uniform rank of --conv (falcon, dsconv) whose MACs are at least X× fewer "
                         "than the standard model's, with the ranks just above and below")
-    t.add_argument("--target-cr", type=float, default=None, metavar="X",
+    t.add_argument("--target-cr", type=float_flag("target_rate"), default=None, metavar="X",
                    help="the same for parameters: at least X× fewer")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=run)
