@@ -7,10 +7,12 @@ build on this module; it imports neither.
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +20,9 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from falcon import limits
 from falcon.errors import FalconError
+from falcon.limits import parse_int
 from falcon.models import ModelEntry
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -54,40 +58,175 @@ def _short(text: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def read_checkpoint(source: str | os.PathLike | bytes | BinaryIO, label: str | None = None) -> Any:
-    """``torch.load(source, weights_only=True)`` on the CPU, with a clear error for what is not a checkpoint."""
-    if isinstance(source, (bytes, bytearray)):
-        label = label or "the uploaded file"
-        handle: Any = io.BytesIO(source)
-    elif isinstance(source, (str, os.PathLike)):
+#: Limits on what a file may make this process allocate. A checkpoint of a known model may need
+#: BUDGET_FACTOR × the model's own parameter and buffer bytes (float64 weights, an optimizer's state beside
+#: them) + BUDGET_SLACK; a file read for a model not known in advance, at most MAX_CHECKPOINT_BYTES.
+MAX_CHECKPOINT_BYTES = 4 << 30
+BUDGET_FACTOR = 4
+BUDGET_SLACK = 64 << 20
+#: A compressed zip entry that expands more than this is a zip bomb (torch.save writes its entries uncompressed).
+MAX_ZIP_RATIO = 100
+MAX_ZIP_ENTRIES = 100_000
+#: The most classes a classifier taken from a checkpoint (or asked for) may have.
+MAX_CLASSES = int(limits.hi("num_classes"))
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def tensor_bytes(tensors) -> int:
+    """The bytes of ``tensors`` (each storage counted once)."""
+    seen: dict[tuple, int] = {}
+    for t in tensors:
+        if t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        else:
+            seen[(id(t),)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def model_bytes(model: nn.Module) -> int:
+    """The bytes of ``model``'s parameters and buffers (on any device, ``meta`` included)."""
+    return tensor_bytes([*model.parameters(), *model.buffers()])
+
+
+def budget_of(nbytes: int) -> int:
+    """The most a checkpoint for a model of ``nbytes`` may make us allocate."""
+    return BUDGET_FACTOR * nbytes + BUDGET_SLACK
+
+
+def checkpoint_budget(entry: ModelEntry, num_classes: int | None = None) -> int:
+    """The byte limit for a checkpoint of ``entry`` (built on ``meta``: nothing is allocated), or
+    :data:`MAX_CHECKPOINT_BYTES` when the model cannot be built there."""
+    try:
+        with torch.device("meta"):
+            return budget_of(model_bytes(build_model(entry, num_classes)))
+    except FalconError:
+        raise
+    except Exception:  # noqa: BLE001 - a factory that does not build on meta: the global cap
+        return MAX_CHECKPOINT_BYTES
+
+
+def _opened(source: Any, label: str | None) -> tuple[Any, str, int, bytes]:
+    """(what torch.load takes, label, size in bytes, the first bytes) of a path, bytes or binary file."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        return io.BytesIO(data), label or "the uploaded file", len(data), data[:8]
+    if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label = label or str(path)
         if not path.exists():
             raise FalconError(f"checkpoint {label} does not exist")
         if not path.is_file():
             raise FalconError(f"checkpoint {label} is not a file")
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise FalconError(f"checkpoint {label} is empty")
-        handle = str(path)
-    else:
-        handle, label = source, label or "the checkpoint"
+        with open(path, "rb") as fh:
+            return str(path), label, size, fh.read(8)
+    start = source.tell()
+    head = source.read(8)
+    size = source.seek(0, os.SEEK_END) - start
+    source.seek(start)
+    return source, label or "the checkpoint", size, head
+
+
+def check_zip(handle: Any, label: str, limit: int) -> bool:
+    """Read the directory of a zip (torch's format) without decompressing anything: refuse entries and totals
+    above ``limit`` bytes and compressed entries that expand more than :data:`MAX_ZIP_RATIO` times.
+    Returns whether every entry is stored uncompressed (then the file can be memory-mapped)."""
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise FalconError(f"{label} is a truncated or damaged zip archive (PyTorch's format; "
+                          f"{_short(e, 60)}): download or save it again") from None
+    finally:
+        if hasattr(handle, "seek"):
+            handle.seek(0)
+    if len(entries) > MAX_ZIP_ENTRIES:
+        raise FalconError(f"{label} is a zip of {len(entries):,} entries, not a checkpoint (at most {MAX_ZIP_ENTRIES:,})")
+    total = 0
+    for info in entries:
+        total += info.file_size
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+            raise FalconError(f"{label} is a zip bomb: its entry {_short(info.filename, 60)} expands from "
+                              f"{_gib(info.compress_size)} to {_gib(info.file_size)} (torch.save does not compress)")
+        if info.file_size > limit or total > limit:
+            raise FalconError(f"{label} unpacks to more than {_gib(limit)} ({_short(info.filename, 60)}: "
+                              f"{_gib(info.file_size)}), more than a checkpoint of this model can need")
+    return all(info.compress_type == zipfile.ZIP_STORED for info in entries)
+
+
+def read_checkpoint(source: str | os.PathLike | bytes | BinaryIO, label: str | None = None,
+                    max_bytes: int | None = None) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU, with a clear error for what is not a checkpoint.
+
+    Before loading, the file is bounded: a zip (torch's format) by its directory (:func:`check_zip`: nothing is
+    decompressed), an older plain pickle by its size; ``max_bytes`` (:func:`checkpoint_budget` of the model it
+    is for) or :data:`MAX_CHECKPOINT_BYTES`. A zip file of uncompressed entries is memory-mapped. After
+    loading, its tensors are bounded the same way (:func:`check_tensors`)."""
+    limit = MAX_CHECKPOINT_BYTES if max_bytes is None else int(max_bytes)
+    handle, label, size, head = _opened(source, label)
+    mmap = False
+    if head.startswith(_ZIP_MAGIC):
+        mmap = check_zip(handle, label, limit) and isinstance(handle, str)
+    elif size > limit:
+        raise FalconError(f"{label} is {_gib(size)}, more than the {_gib(limit)} a checkpoint of this model can need")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(handle, map_location="cpu", weights_only=True)
+            obj = torch.load(handle, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch.load raises anything from KeyError to RuntimeError on foreign files
-        message = str(e)
-        if "Weights only load failed" in message:
-            found = re.search(r"GLOBAL ([\w.]+)", message)
-            names = [found.group(1)] if found else _pickle_globals(source)
-            what = f" ({', '.join(names[:3])})" if names else ""
-            raise FalconError(f"{label} holds Python objects{what}, not just tensors; weights-only loading refuses "
-                              "it: save model.state_dict() with torch.save instead of a pickled model or object") from None
-        first = message.strip().splitlines()[0] if message.strip() else ""
-        reason = _short(f"{type(e).__name__}: {first}" if first else type(e).__name__, 100)
-        if _looks_like_text(source):
-            reason = "it is a text file; " + reason
-        raise FalconError(f"{label} is not a PyTorch checkpoint ({reason})") from None
+        raise _not_loaded(e, source, label) from None
+    check_tensors(obj, label, limit)
+    return obj
+
+
+def _not_loaded(e: Exception, source: Any, label: str) -> FalconError:
+    message = str(e)
+    if "Weights only load failed" in message:
+        found = re.search(r"GLOBAL ([\w.]+)", message)
+        names = [found.group(1)] if found else _pickle_globals(source)
+        what = f" ({', '.join(names[:3])})" if names else ""
+        return FalconError(f"{label} holds Python objects{what}, not just tensors; weights-only loading refuses "
+                           "it: save model.state_dict() with torch.save instead of a pickled model or object")
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    reason = _short(f"{type(e).__name__}: {first}" if first else type(e).__name__, 100)
+    if _looks_like_text(source):
+        reason = "it is a text file; " + reason
+    return FalconError(f"{label} is not a PyTorch checkpoint ({reason})")
+
+
+def _tensors_in(obj: Any, prefix: str = "", depth: int = 0):
+    """(name, tensor) of every tensor in nested dicts, lists and tuples (8 levels at most)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix or "the tensor", obj
+    elif depth < 8 and isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors_in(v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
+    elif depth < 8 and isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors_in(v, f"{prefix}[{i}]", depth + 1)
+
+
+def check_tensors(obj: Any, label: str, limit: int) -> None:
+    """Refuse a loaded checkpoint whose tensors ask for more than ``limit`` bytes: their storages together, or one
+    tensor's shape (a stride-0 expanded view of a few bytes can claim gigabytes that a copy would allocate)."""
+    tensors = list(_tensors_in(obj))
+    stored = tensor_bytes([t for _, t in tensors])
+    if stored > limit:
+        raise FalconError(f"{label} holds {_gib(stored)} of tensors, more than the {_gib(limit)} a checkpoint of "
+                          "this model can need")
+    for name, t in tensors:
+        claimed = t.numel() * t.element_size()
+        if claimed > limit:
+            view = f" (a stride-0 view of {_gib(t.untyped_storage().nbytes())})" if 0 in t.stride() else ""
+            raise FalconError(f"{label}: {_short(name, 60)} has shape {tuple(t.shape)}{view}: {_gib(claimed)}, more "
+                              f"than the {_gib(limit)} a checkpoint of this model can need")
 
 
 def _looks_like_text(source: Any) -> bool:
@@ -181,22 +320,86 @@ def _classifier(model: nn.Module) -> tuple[str, nn.Linear] | None:
     return last
 
 
+def check_classes(classes: Any, label: str = "number of classes") -> int:
+    """``classes`` as an int in 1 … :data:`MAX_CLASSES` (:mod:`falcon.limits`' ``num_classes``), or a FalconError."""
+    return parse_int(classes, "num_classes", label)
+
+
 def _checkpoint_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
-    """The number of classes of the checkpoint's classifier, if it differs from the model's."""
+    """The number of classes of the checkpoint's classifier, if it differs from the model's (at most
+    :data:`MAX_CLASSES`, and a classifier no larger than the model's own budget)."""
     found = _classifier(model)
     if found is None:
         return None
-    weight = state.get(f"{found[0]}.weight")
+    key = f"{found[0]}.weight"
+    weight = state.get(key)
     if weight is None or weight.dim() != 2 or weight.shape[1] != found[1].in_features:
         return None
-    return int(weight.shape[0]) if weight.shape[0] != found[1].out_features else None
+    if weight.shape[0] == found[1].out_features:
+        return None
+    classes = check_classes(int(weight.shape[0]), f"the class count of the checkpoint's classifier {key} "
+                                                   f"{tuple(weight.shape)}")
+    need, limit = classes * (weight.shape[1] + 1) * 4, budget_of(model_bytes(model))
+    if need > limit:
+        raise FalconError(f"the checkpoint's classifier {key} {tuple(weight.shape)} would take {_gib(need)}, more "
+                          f"than the {_gib(limit)} a checkpoint of this model can need")
+    return classes
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], label: str, name: str) -> nn.Module:
+def nonfinite(tensor: torch.Tensor, name: str = "the tensor") -> str | None:
+    """``"NAME has 12 NaN and 3 inf values"`` when ``tensor`` holds any, else None (integers: always None)."""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return None
+    counts = [(int(torch.isnan(tensor).sum()), "NaN"), (int(torch.isinf(tensor).sum()), "inf")]
+    shown = [(n, what) for n, what in counts if n]
+    text = " and ".join(f"{n:,} {what}" for n, what in shown)
+    return f"{name} has {text} value" + ("s" if sum(n for n, _ in shown) > 1 else "")
+
+
+def check_finite(tensors: dict[str, torch.Tensor], label: str) -> None:
+    """Refuse NaN or inf in any of ``tensors`` (name → tensor), naming the first and how many more."""
+    bad = [problem for name, t in tensors.items() if (problem := nonfinite(t.detach(), name))]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise FalconError(f"{label}: {bad[0]}{more}; a model's weights must be finite numbers")
+
+
+#: dtypes a float32 model's weights may come in (converted, with a note); integers, bools and complex are refused
+_CONVERTIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def checked_values(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                   label: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state``'s tensors for ``own``'s keys (shapes already checked), finite and in ``own``'s dtypes: (the
+    tensors to load, notes on conversions). Non-finite values, integer, bool and complex weights are refused."""
+    out, converted = {}, {}
+    for key, mine in own.items():
+        theirs = state.get(key, mine)  # an old checkpoint may lack num_batches_tracked
+        if theirs.is_complex():
+            raise FalconError(f"{label}: {key} is {str(theirs.dtype)[6:]}: complex numbers are not weights of a "
+                              "real-valued network")
+        if mine.is_floating_point() and theirs.dtype not in _CONVERTIBLE:
+            kind = "booleans" if theirs.dtype == torch.bool else "integers"
+            raise FalconError(f"{label}: {key} holds {kind} ({str(theirs.dtype)[6:]}) where the model has "
+                              f"{str(mine.dtype)[6:]} weights; is it a quantized model? save the float model's state_dict")
+        if theirs.dtype != mine.dtype and mine.is_floating_point():
+            converted.setdefault(str(theirs.dtype)[6:], []).append(key)
+        out[key] = theirs
+    check_finite(out, label)
+    target = str(next(iter(own.values())).dtype)[6:] if own else "float32"
+    notes = [f"{len(keys)} {dtype} tensors converted to {target}, the model's dtype" for dtype, keys in converted.items()]
+    return out, notes
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], label: str, name: str,
+                    notes: list[str] | None = None) -> nn.Module:
+    """Load ``state`` into ``model`` after checking names and shapes (:func:`check_state_dict`), then values
+    and dtypes (:func:`checked_values`); notes on dtype conversions are appended to ``notes``."""
     check_state_dict(model, state, label, name)
-    own = model.state_dict()
-    merged = {k: state.get(k, own[k]) for k in own}  # an old checkpoint may lack num_batches_tracked
+    merged, found = checked_values(model.state_dict(), state, label)
     model.load_state_dict(merged)
+    if notes is not None:
+        notes.extend(found)
     return model
 
 
@@ -211,8 +414,8 @@ def _eval_data(entry: ModelEntry):
 
 
 def build_model(entry: ModelEntry, num_classes: int | None) -> nn.Module:
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
-        raise FalconError(f"number of classes must be a positive integer, got {num_classes!r}")
+    if num_classes is not None:
+        check_classes(num_classes, "number of classes")
     return entry.build(num_classes)
 
 
@@ -225,3 +428,75 @@ def finish(model: nn.Module, entry: ModelEntry, description: str, weights: str,
     if data is not None:
         description += f"; held-out set: {len(data)} images"
     return LoadedModel(model, entry, data, description, weights, classes, converted)
+
+
+# ----------------------------------------------------------------------------------------------
+# modules given through the API (checked before they are sized or converted)
+def check_initialized(model: nn.Module, label: str = "the model") -> None:
+    """Refuse a model with uninitialized (lazy) parameters: their shapes are not known before a forward pass."""
+    lazy = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+            if isinstance(t, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer))]
+    if lazy:
+        raise FalconError(f"{label} has uninitialized lazy parameters ({_few(lazy)}): their shapes are not known "
+                          "yet; run one forward pass first, e.g. model(torch.zeros(1, 3, 224, 224))")
+
+
+def check_weights(model: nn.Module, label: str = "the model") -> None:
+    """Before a fit: initialized, float32 and finite weights, or a FalconError naming the first that is not."""
+    check_initialized(model, label)
+    for name, p in model.named_parameters():
+        if p.dtype == torch.float32:
+            continue
+        if p.is_floating_point():
+            raise FalconError(f"{label} holds {str(p.dtype)[6:]} weights ({name}); FALCON fits float32 models: "
+                              "pass model.float() (and cast the converted model back afterwards if you need to)")
+        raise FalconError(f"{label} holds {str(p.dtype)[6:]} parameters ({name}), not floating-point weights; "
+                          "is it quantized? convert the float model")
+    check_finite(dict(model.state_dict(keep_vars=False)), label)
+
+
+class _ReadsMissing(AttributeError):
+    def __init__(self, layer: str, attribute: str):
+        super().__init__(f"{layer}.{attribute}")
+        self.layer, self.attribute = layer, attribute
+
+
+def _reporting(block: nn.Module, layer: str) -> None:
+    """Make ``block`` raise :class:`_ReadsMissing` naming ``layer`` for an attribute it does not have."""
+    cls = type(block)
+
+    def __getattr__(self, attribute: str):
+        try:
+            return cls.__getattr__(self, attribute)
+        except AttributeError:
+            raise _ReadsMissing(layer, attribute) from None
+
+    block.__class__ = type(cls.__name__, (cls,), {"__getattr__": __getattr__})
+
+
+def check_forward_reads(model: nn.Module, input_size: tuple[int, int, int], sites, conv: str) -> None:
+    """Refuse converting a conv whose weight (or another attribute a block lacks) the model's own forward reads:
+    a shapes-only copy with the ``conv`` blocks in place runs one forward pass on ``meta``. A forward that fails
+    there for any other reason is not this check's business."""
+    from falcon.convtypes import get_conv_type
+    from falcon.counting import shape_only
+    from falcon.surgery import set_module
+
+    memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad) if isinstance(t, nn.Parameter)
+                    else torch.empty_like(t, device="meta")) for t in (*model.parameters(), *model.buffers())}
+    shadow = copy.deepcopy(model, memo).eval()
+    ct = get_conv_type(conv)
+    for site in sites:
+        with torch.device("meta"):
+            block = ct.build(site.spec)
+        _reporting(block, site.name)
+        set_module(shadow, site.name, block)
+    try:
+        with torch.inference_mode(), shape_only(shadow):
+            shadow(torch.zeros((1, *input_size), device="meta"))
+    except _ReadsMissing as e:
+        raise FalconError(f"the model's own forward reads {e.layer}.{e.attribute}, which a {conv} block does not "
+                          f"have (it holds pointwise and depthwise factors, not one kernel); leave that layer out: "
+                          f"exclude=[{e.layer!r}] (--exclude {e.layer})") from None
+    except Exception:  # noqa: BLE001 - a forward that does not run on meta: nothing to conclude
+        pass

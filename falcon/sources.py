@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from falcon.checkpoints import (LoadedModel, _checkpoint_classes, _short, build_model, finish,  # noqa: F401
-                                load_state_into, read_checkpoint, state_dict_of)
+from falcon.checkpoints import (LoadedModel, _checkpoint_classes, _short, build_model, checkpoint_budget,  # noqa: F401
+                                finish, load_state_into, read_checkpoint, state_dict_of)
 from falcon.errors import FalconError
 from falcon.models import ModelEntry, get_model_entry, registry_entry
 
@@ -216,7 +216,7 @@ def load_model(name: str | ModelEntry, weights: str | os.PathLike | None = None,
         state = load_torchvision_pretrained(entry.name, timeout)
         return _from_state(entry, state, num_classes, f"torchvision pretrained weights "
                                                       f"({torchvision_weights(entry.name)})", "pretrained", name)
-    obj = read_checkpoint(weights)
+    obj = read_checkpoint(weights, max_bytes=checkpoint_budget(entry, num_classes))  # bounded by the model's size
     from falcon import conversion as convert
 
     if convert.is_converted(obj):  # rebuilt as the model the user named, never as one the file names
@@ -232,8 +232,9 @@ def _from_state(entry: ModelEntry, state: dict, num_classes: int | None, what: s
         classes = _checkpoint_classes(model, state)
         if classes is not None:
             model = build_model(entry, classes)
-    load_state_into(model, state, what, entry.name)
-    return finish(model, entry, f"{entry.name}, {what}", weights)
+    notes: list[str] = []  # dtype conversions (float64 → float32, …)
+    load_state_into(model, state, what, entry.name, notes)
+    return finish(model, entry, "; ".join([f"{entry.name}, {what}", *notes]), weights)
 
 
 def load_for_app(source: str, name: str, checkpoint: bytes | None = None) -> tuple[nn.Module, tuple[int, int, int]]:
@@ -246,7 +247,7 @@ def load_for_app(source: str, name: str, checkpoint: bytes | None = None) -> tup
     elif source == "checkpoint":
         if not checkpoint:
             raise FalconError("upload a checkpoint file (a state_dict saved with torch.save)")
-        obj = read_checkpoint(bytes(checkpoint), "the uploaded checkpoint")
+        obj = read_checkpoint(bytes(checkpoint), "the uploaded checkpoint", checkpoint_budget(entry))
         from falcon import conversion as convert
 
         if convert.is_converted(obj):

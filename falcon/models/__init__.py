@@ -325,20 +325,28 @@ def module_entry(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 2
     c, h, w = _chw(input_size)
     if h != w:
         raise FalconError(f"input size must be square (H = W), got {h}×{w}")
+    from falcon.checkpoints import check_initialized  # (checkpoints imports this module)
+
+    check_initialized(model, f"your {type(model).__name__}")
 
     def build(num_classes: int | None) -> nn.Module:
         if num_classes is not None:
             raise FalconError("a model given as a module keeps its own classifier; leave num_classes out")
         target = torch.empty(0).device  # the device of the caller's torch.device(...) context, if any
         if target.type == "meta":
-            memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
-                            if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
-                    for t in (*model.parameters(), *model.buffers())}
+            memo = {id(t): (nn.Parameter(_meta_like(t), t.requires_grad) if isinstance(t, nn.Parameter)
+                            else _meta_like(t)) for t in (*model.parameters(), *model.buffers())}
             return copy.deepcopy(model, memo)
         return copy.deepcopy(model).to(target)
 
     return ModelEntry(name or type(model).__name__, build, h, in_channels=c, default_classes=None, family="module",
                       description=f"your {type(model).__name__}", input_size_from="the input_size you gave")
+
+
+def _meta_like(t: torch.Tensor) -> torch.Tensor:
+    """A shapes-only copy of ``t``; float16/bfloat16/float64 ones as float32 (sizes do not depend on the dtype, and
+    the forward pass that finds the convs feeds float32)."""
+    return torch.empty_like(t, device="meta", dtype=torch.float32 if t.is_floating_point() else t.dtype)
 
 
 def _chw(input_size) -> tuple[int, int, int]:
