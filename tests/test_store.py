@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 
 import pytest
 
@@ -62,14 +63,20 @@ def test_save_list_get_roundtrip(tmp_path):
     assert store.delete_runs([ids[0]], db) == 1 and len(store.list_runs(db)) == 2
 
 
-def test_wal_mode_and_busy_timeout(tmp_path):
+def test_journal_marks_and_busy_timeout(tmp_path):
     db = tmp_path / "r.sqlite"
     store.save_run(_record(0), db)
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # readers need no -wal/-shm files
+    conn.execute("PRAGMA journal_mode = WAL")  # as earlier versions left it: switched back on the next write
     conn.close()
-    with store._connect(db) as c:  # noqa: SLF001
+    store.save_run(_record(1), db)
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.sqlite"]
+    with closing(store.open_for_write(db)) as c:
         assert c.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS
+        assert c.execute("PRAGMA application_id").fetchone()[0] == 0x46414C43 == int.from_bytes(b"FALC", "big")
+        assert c.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
 
 
 def test_export_csv(tmp_path):
