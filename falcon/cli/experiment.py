@@ -187,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "measure":
         return run_measure(args)
     main = _is_main()
+    if main and not args.no_store:  # a database that cannot take the run is refused before any training
+        from falcon.experiments.store import check_writable
+
+        check_writable(args.db)
     progress = _progress(args.quiet or not main)
     if args.sweep:
         base = _config(args, PAPER_RANKED[0])  # the conv and its rank are the sweep's, per config
@@ -234,6 +238,8 @@ def run_measure(args: argparse.Namespace) -> int:
     if args.no_latency:
         raise FalconError("experiment measure measures latency: leave out --no-latency")
     ids = [i for given in (args.run_id or []) for i in _str_list(given)]
+    if store.db_path(args.db).exists():  # ours and writable before anything is timed; none yet: nothing to do
+        store.check_writable(args.db)
     say = None if args.quiet or args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     results = measure_stored_runs(args.db, ids or None, force=args.force, runtime=args.latency_runtime,
                                   batch_size=args.latency_batch_size, rounds=args.latency_rounds,
@@ -259,16 +265,19 @@ def run_measure(args: argparse.Namespace) -> int:
 def run_results(args: argparse.Namespace) -> int:
     from falcon.experiments import store
 
+    if args.csv:  # never the database itself, nor a file that is not ours: refused before anything is read
+        store.check_csv_target(args.csv, args.db)
     runs = store.list_runs(args.db, model=args.model, dataset=args.dataset, sweep_id=args.sweep_id, limit=args.limit)
     if args.csv:
-        n = store.export_csv(args.csv, runs=runs)
+        n = store.export_csv(args.csv, args.db, runs=runs)
         print(f"wrote {n} runs to {args.csv}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print_json(runs)
         return 0
     if not args.csv:
         if not runs:
-            print(f"no runs in {store.db_path(args.db)}")
+            path = store.db_path(args.db)
+            print(f"no runs in {path}" if store.exists(path) else f"no runs stored yet in {path}")
         else:
             print_table([_row(r) for r in runs])
     return 0

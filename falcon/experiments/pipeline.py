@@ -551,6 +551,8 @@ def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data
     t_start = time.perf_counter()
     d = setup_distributed(cfg.device)
     try:
+        if store and d.is_main:  # a database that cannot take the run is refused before any work
+            results_store.check_writable(db)
         device = training_device(cfg.device, d)
         if cfg.channels_last is None:
             cfg.channels_last = device.type == "cpu"

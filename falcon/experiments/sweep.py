@@ -9,6 +9,7 @@ from an ``st.fragment(run_every=...)``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from typing import Any, Iterable, Sequence
@@ -56,8 +57,10 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, progress: ProgressFn | Non
     ``runs`` and ``sweep_fraction``. Returns ``sweep_id``, ``runs`` (the records), ``seconds``, ``stopped``.
     """
     from falcon.experiments import pipeline
-    from falcon.experiments.store import new_run_id
+    from falcon.experiments.store import check_writable, new_run_id
 
+    if store and configs and int(os.environ.get("RANK", "0")) == 0:  # refused before the baseline is trained
+        check_writable(db)
     sweep_id = sweep_id or "sweep-" + new_run_id()
     if configs:  # under torchrun: join the process group once for the whole sweep
         dist_state = pipeline.setup_distributed(configs[0].device)
