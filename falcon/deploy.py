@@ -4,13 +4,14 @@ what ``python -m falcon export`` runs. Above :mod:`falcon.modelbench` (which pre
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 import torch
 from falcon.errors import FalconError
+from falcon.outputs import check_target, write_bytes
 
 from falcon.export import (FORMATS, DeployInfo, Parity, _need, deploy_form, export_onnx, export_torchscript,
                            onnx_predict, onnx_session, parity)
@@ -56,9 +57,7 @@ def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.o
         raise FalconError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if format == "onnx":
         _need("onnx", "ONNX export")
-    path = Path(output)
-    if path.is_dir():
-        raise FalconError(f"{path} is a directory; give a file name such as {path / ('model.' + ('onnx' if format == 'onnx' else 'pt'))}")
+    path = check_target(output)  # a directory or a device: refused before any work
     prepared = prepare_models(model, weights=weights, conv=conv, input_size=input_size, num_classes=num_classes,
                               seed=seed, **hp)
     target = prepared.converted[0] if prepared.converted else prepared.original
@@ -67,10 +66,9 @@ def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.o
     deployed, info = deploy_form(target.module, sample, portable=True)
     with torch.no_grad():
         reference = target.module(sample)
-    path.parent.mkdir(parents=True, exist_ok=True)
     notes = list(prepared.notes)
     if format == "onnx":
-        export_onnx(deployed, sample, path)
+        write_bytes(path, export_onnx(deployed, sample))  # whole or not at all; OSError: one line
         session = onnx_session(path, threads=torch.get_num_threads())
         out = onnx_predict(session, sample)
         runtime = f"onnxruntime {_need('onnxruntime', 'ONNX Runtime').__version__} (CPUExecutionProvider)"
@@ -79,7 +77,9 @@ def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.o
         traced = export_torchscript(deployed, sample)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
-            torch.jit.save(traced, str(path))
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer)  # in memory: a failing disk is Python's OSError, not a C++ abort
+            write_bytes(path, buffer.getvalue())
             loaded = torch.jit.load(str(path), map_location="cpu").eval()
         with torch.no_grad():
             out = loaded(sample)

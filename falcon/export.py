@@ -322,9 +322,15 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, destination: str | os.Pa
                 dynamic_batch: bool = True, opset: int = ONNX_OPSET) -> bytes | Path:
     """``model`` (a portable deployable form, on CPU) as ONNX: to ``destination`` (a path: returned) or as bytes.
 
-    Uses the TorchScript-based exporter (``dynamo=False``): it needs nothing beyond torch and onnx.
+    Uses the TorchScript-based exporter (``dynamo=False``): it needs nothing beyond torch and onnx. A path is
+    written whole or not at all (:func:`falcon.outputs.write_bytes`: a temporary file beside it, renamed into place).
     """
     _need("onnx", "ONNX export")
+    if destination is not None and not isinstance(destination, io.BytesIO):
+        from falcon.outputs import check_target, write_bytes
+
+        check_target(destination)
+        return write_bytes(destination, export_onnx(model, sample, None, dynamic_batch, opset))
     model = model.eval()
     target = io.BytesIO() if destination is None else destination
     kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
@@ -339,9 +345,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, destination: str | os.Pa
             torch.onnx.export(model, (sample,), target, **kwargs)
         except Exception as e:  # noqa: BLE001 - an op the exporter cannot write: one line for the user
             raise FalconError(f"torch.onnx.export failed ({type(e).__name__}: {_line(e)})") from None
-    if destination is None:
-        return target.getvalue()
-    return Path(destination) if not isinstance(destination, io.BytesIO) else destination
+    return target.getvalue() if destination is None else destination
 
 
 def export_torchscript(model: nn.Module, sample: torch.Tensor) -> torch.jit.ScriptModule:
