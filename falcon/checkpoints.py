@@ -188,13 +188,16 @@ def read_checkpoint(source: str | os.PathLike | bytes | BinaryIO, label: str | N
 
 def _not_loaded(e: Exception, source: Any, label: str) -> FalconError:
     message = str(e)
+    first = message.strip().splitlines()[0] if message.strip() else ""
     if "Weights only load failed" in message:
         found = re.search(r"GLOBAL ([\w.]+)", message)
         names = [found.group(1)] if found else _pickle_globals(source)
-        what = f" ({', '.join(names[:3])})" if names else ""
-        return FalconError(f"{label} holds Python objects{what}, not just tensors; weights-only loading refuses "
-                           "it: save model.state_dict() with torch.save instead of a pickled model or object")
-    first = message.strip().splitlines()[0] if message.strip() else ""
+        if names or "global" in message.lower():
+            what = f" ({', '.join(names[:3])})" if names else ""
+            return FalconError(f"{label} holds Python objects{what}, not just tensors; weights-only loading refuses "
+                               "it: save model.state_dict() with torch.save instead of a pickled model or object")
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)  # not a pickle: "Unsupported operand 172"
+        first = detail.group(1).strip() if detail else "not a pickle"
     reason = _short(f"{type(e).__name__}: {first}" if first else type(e).__name__, 100)
     if _looks_like_text(source):
         reason = "it is a text file; " + reason
