@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import common
-from falcon.experiments.store import own_runs
+from falcon.experiments.store import OWN_RUN_COLUMNS, own_runs
 from falcon.views.figures import points_figure
 from falcon.views.tables import accuracy_table, latency_summary
 
@@ -15,6 +15,7 @@ st.caption("Top-1 accuracy against parameters or FLOPs (multiply-accumulates), f
            "cheaper and more accurate.")
 
 paper = common.paper_results()
+ours = pd.DataFrame(columns=OWN_RUN_COLUMNS)  # a results database that cannot be read: its error, the thesis's points
 with common.guard(stop=False):
     ours = own_runs()
 
