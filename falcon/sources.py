@@ -16,7 +16,6 @@ import os
 import re
 import socket
 import threading
-import warnings
 from pathlib import Path
 
 import torch
@@ -89,12 +88,10 @@ def load_torchvision_pretrained(name: str, timeout: float = DOWNLOAD_TIMEOUT) ->
             raise FalconError(f"could not download the pretrained {name} weights ({reason}); offline, fetch "
                               f"{weights.url} elsewhere and place it as {cached} "
                               f"(the file {cached.name} in $TORCH_HOME/hub/checkpoints)") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = weights.get_state_dict(progress=False, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file in the cache
-        raise FalconError(f"the cached weights {cached} could not be read ({_short(e, 80)}); delete the file "
+    try:  # the cached file is checked as any checkpoint is (torchvision's own loader reads it unbounded)
+        state = read_checkpoint(cached, "the file", checkpoint_budget(get_model_entry(name)))
+    except FalconError as e:  # a truncated or foreign file in the cache
+        raise FalconError(f"the cached weights {cached} could not be read ({_short(e, 120)}); delete the file "
                           "and try again") from None
     return state_dict_of(state, str(cached))
 
