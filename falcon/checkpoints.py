@@ -2,6 +2,20 @@
 objects), loading a ``state_dict`` into an architecture with named mismatches, and :class:`LoadedModel`, the one
 record of a loaded model (its module, what it is, its held-out data).
 
+Files are checked before they are used, so that no file makes this process allocate more than the model
+it is for needs (:func:`checkpoint_budget`: its own bytes × 4 + 64 MiB; 4 GiB for a model not known in advance):
+
+1. before ``torch.load``: a zip's directory (entry sizes, total, compression ratio; nothing is decompressed) or a
+   plain pickle's file size (:func:`read_checkpoint`, :func:`check_zip`);
+2. after it: the storages and each tensor's claimed size, stride-0 views included (:func:`check_tensors`), the
+   classes of a checkpoint's classifier (:func:`_checkpoint_classes`) before anything is built from them;
+3. before copying into the model: names and shapes (:func:`check_state_dict`), then finite values (the tensor and
+   its NaN/inf counts named) and dtypes (other floats converted with a note; integers, bools, complex refused;
+   :func:`checked_values`).
+
+Modules given through the API are checked before they are sized or fitted (:func:`check_initialized`,
+:func:`check_weights`, :func:`check_forward_reads`).
+
 :mod:`falcon.conversion` (the converted-model file format) and :mod:`falcon.sources` (where weights come from) both
 build on this module; it imports neither.
 """
