@@ -26,6 +26,17 @@ __version__ = "0.1.0"
 __all__ = ["FalconError", "LayerSpec", "__version__", "convert", "size"]
 
 
+def _check_extra(name: str, func, extra: dict, allowed: Sequence[str]) -> None:
+    """A FalconError for a keyword argument ``func`` does not take (a typo such as ``rnak=4`` is no default):
+    its named arguments and ``allowed`` (what its ``**kwargs`` take) are listed."""
+    import inspect
+
+    from falcon.limits import check_kwargs
+
+    named = [p.name for p in list(inspect.signature(func).parameters.values())[1:] if p.kind is p.POSITIONAL_OR_KEYWORD]
+    check_kwargs(f"falcon.{name}", extra, [*named, *allowed])
+
+
 def size(model: "nn.Module | str", input_size: int | Sequence[int] | None = None, conv: str = "falcon",
          convention: str = "clean", include: Sequence[str] | str | None = None,
          exclude: Sequence[str] | str | None = None, include_stem: bool | None = None,
@@ -41,8 +52,10 @@ def size(model: "nn.Module | str", input_size: int | Sequence[int] | None = None
     ``torchvision``, ``thop``. Returns a :class:`falcon.sizing.SizeResult`: ``.params``, ``.macs``,
     ``.compression_rate``, ``.computation_reduction_rate``, ``.frame()`` (the per-layer table), ``.csv()``.
     """
+    from falcon.convtypes import get_conv_type
     from falcon.sizing import size_model
 
+    _check_extra("size", size, hparams, [h.name for h in get_conv_type(conv).hparams])
     return size_model(model, conv, num_classes, input_size, convention, include_stem, include=include,
                       exclude=exclude, **hparams)
 
@@ -63,7 +76,9 @@ def convert(model: "nn.Module", conv: str = "falcon", rank: int | None = 1, init
     to fine-tune with your own loop; ``.layers`` (and ``.as_dict()``) the per-layer fit report.
     """
     from falcon.conversion import convert_model
+    from falcon.ehp import GD_OPTIONS
 
+    _check_extra("convert", convert, gd, GD_OPTIONS)
     if example_input is not None:
         shape = tuple(example_input.shape)
         input_size = shape if len(shape) == 3 else shape[1:]

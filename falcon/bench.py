@@ -25,7 +25,6 @@ or its name (:func:`falcon.convtypes.variant_names`).
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import logging
 import platform
@@ -47,6 +46,7 @@ from torch.utils import benchmark  # noqa: E402
 
 from falcon.convtypes import CONV_TYPES, compare, get_conv_type, parse_variant, variant_names
 from falcon.errors import FalconError
+from falcon.limits import parse_float, parse_int
 from falcon.spec import LayerSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -482,19 +482,13 @@ def measure(
     ``retain_memory``: on CPU, keep freed memory in the process while measuring (:func:`retained_memory`).
     ``memory_budget_bytes`` overrides the budget derived from the device's free memory.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FalconError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise FalconError(f"rounds must be a positive integer, got {rounds!r}")
-    if not (isinstance(min_run_time, (int, float)) and math.isfinite(min_run_time) and min_run_time > 0):
-        raise FalconError(f"min run time must be a positive number of seconds, got {min_run_time!r}")
+    parse_int(batch_size, "batch_size", "batch size")
+    parse_int(rounds, "rounds")
+    parse_float(min_run_time, "min_run_time", "min run time")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     layouts = resolve_memory_formats(memory_format)
-    if threads is None:
-        threads = torch.get_num_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise FalconError(f"threads must be a positive integer, got {threads!r}")
+    threads = torch.get_num_threads() if threads is None else parse_int(threads, "threads")
     if clock not in CLOCKS:
         raise FalconError(f"clock must be {' or '.join(CLOCKS)}, got {clock!r}")
     if clock == "cpu" and (dev.type != "cpu" or threads != 1):

@@ -128,6 +128,18 @@ def _target(model, input_size, entry) -> tuple[nn.Module, ModelEntry, tuple[int,
     return model, entry, chw, "", classes
 
 
+def _check_options(init: str, seed: int, gd: dict) -> None:
+    """convert_model's ``seed`` (limits' bound) and ``**gd``: gradient-descent settings (falcon.ehp.GD_OPTIONS),
+    for init gd only."""
+    from falcon.ehp import GD_OPTIONS
+    from falcon.limits import check_kwargs, parse_int
+
+    parse_int(seed, "seed")
+    check_kwargs("convert_model", gd, GD_OPTIONS)
+    if gd and init != "gd":
+        raise FalconError(f"{', '.join(gd)}: gradient-descent settings, for init 'gd' only (init is {init!r})")
+
+
 def convert_model(model, conv: str = "falcon", rank: int | None = 1, init: str = "svd", *,
                   input_size: tuple[int, int, int] | None = None, entry: ModelEntry | None = None,
                   include: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
@@ -147,6 +159,7 @@ def convert_model(model, conv: str = "falcon", rank: int | None = 1, init: str =
     init); both seeded, layer i with ``seed + i``. The original model is left untouched unless ``inplace``.
     """
     _check(conv, init)
+    _check_options(init, seed, gd)
     if energy is not None:
         if rank not in (None, 1):
             raise FalconError("give a rank or an energy, not both")

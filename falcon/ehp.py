@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from falcon.errors import FalconError
+from falcon.limits import parse_float, parse_int
 
 Axis = Literal["output", "input"]
 AXES = ("output", "input")
@@ -47,6 +48,8 @@ GD_DEFAULTS = {
     "sgd": {"lr": 1e-2, "loss": "mse", "scale": None},
 }
 GD_STEPS = 600
+#: the settings of gd_fit that convert(..., **gd) passes on (falcon.convert rejects any other keyword)
+GD_OPTIONS = ("steps", "lr", "optimizer", "loss", "scale", "threads")
 
 #: torch intra-op threads while fitting (None: torch's own setting). The fits are many small
 #: problems (one per channel, or one small step); on a shared 2-core CPU a second thread mostly
@@ -291,18 +294,11 @@ def _gd_options(optimizer: str, lr: float | None, loss: str | None, scale: float
     loss = defaults["loss"] if loss is None else loss
     if loss not in LOSSES:
         raise FalconError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    lr = defaults["lr"] if lr is None else lr
-    try:
-        lr = float(lr)
-    except (TypeError, ValueError):
-        raise FalconError(f"learning rate must be a number, got {lr!r}") from None
-    if not (lr > 0 and math.isfinite(lr)):
-        raise FalconError(f"learning rate must be a positive number, got {lr}")
+    lr = parse_float(defaults["lr"] if lr is None else lr, "lr", "learning rate")
     scale = defaults["scale"] if scale == "default" else scale
     if scale is not None and not (isinstance(scale, (int, float)) and scale > 0 and math.isfinite(scale)):
         raise FalconError(f"scale must be a positive number or None, got {scale!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise FalconError(f"steps must be a non-negative integer, got {steps!r}")
+    parse_int(steps, "steps")
     return lr, loss, scale
 
 

@@ -206,5 +206,5 @@ def check_kwargs(func_name: str, kwargs: Mapping[str, Any], allowed: Iterable[st
     unknown = [k for k in kwargs if k not in allowed]
     if unknown:
         takes = ", ".join(allowed) if allowed else "none"
-        raise FalconError(f"{func_name}() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
+        raise FalconError(f"{func_name}() got {'an unexpected keyword argument' if len(unknown) == 1 else 'unexpected keyword arguments'} "
                           f"{', '.join(map(repr, unknown))}; it takes: {takes}")

@@ -59,7 +59,7 @@ from falcon.bench import (MEMORY_FORMATS, _loadavg, _quartiles, device_name, fmt
 from falcon.blocks import ConvBlock
 from falcon.convtypes import CONV_TYPES, get_conv_type, label_of
 from falcon.errors import FalconError, one_line
-from falcon.limits import float_flag, hparam_flag, int_flag
+from falcon.limits import float_flag, hparam_flag, int_flag, parse_float, parse_int
 from falcon.export import deploy_form, make_portable, parity
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
@@ -1063,16 +1063,10 @@ def measure_model(
     conversion) instead of converting ``model`` here; ``conv``/``rank``/``hp`` are then ignored.
     """
     t_start = time.perf_counter()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FalconError(f"batch size must be a positive integer, got {batch_size!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise FalconError(f"rounds must be a positive integer, got {rounds!r}")
-    if not (isinstance(min_run_time, (int, float)) and math.isfinite(min_run_time) and min_run_time > 0):
-        raise FalconError(f"min run time must be a positive number of seconds, got {min_run_time!r}")
-    if threads is None:
-        threads = torch.get_num_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise FalconError(f"threads must be a positive integer, got {threads!r}")
+    parse_int(batch_size, "batch_size", "batch size")
+    parse_int(rounds, "rounds")
+    parse_float(min_run_time, "min_run_time", "min run time")
+    threads = torch.get_num_threads() if threads is None else parse_int(threads, "threads")
     dev = resolve_device(device)
     layouts = _layouts(memory_format)
     runtime_layouts = {"eager": layouts, "onnxruntime": ["contiguous"],

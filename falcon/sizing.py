@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from torch.nn.modules.module import register_module_buffer_registration_hook, re
 from falcon.convtypes import RANKED, get_conv_type
 from falcon.counting import CONVENTIONS, ModelCount, count_model, no_init_on_meta, on_meta_without_init
 from falcon.errors import FalconError
+from falcon.limits import check_kwargs, parse_int
 from falcon.models import ModelEntry, _chw, get_model_entry, module_entry
 from falcon.blocks import ShuffleUnit
 from falcon.surgery import (FORWARD_ERRORS, adapt_widths, conv_sites, does_not_run, drop_shortcuts, plan, recording_conv_inputs,
@@ -185,18 +187,14 @@ def model_entry(model: str | ModelEntry | nn.Module, input_size: Any = None) -> 
 
 def _checked_size(entry, num_classes: int | None, input_size: Any) -> int:
     """The input size to size ``entry`` at (its default when None); a FalconError for bad sizes or classes."""
-    if input_size is not None and not isinstance(input_size, int):
+    if input_size is not None and not isinstance(input_size, numbers.Integral):  # (C, H, W)
         c, h, w = _chw(input_size)
         if c != entry.in_channels or h != w:
             raise FalconError(f"{entry.name} takes {entry.in_channels}-channel square inputs; got {c}×{h}×{w}")
         input_size = h
-    if isinstance(input_size, bool) or (input_size is not None and not isinstance(input_size, int)):
-        raise FalconError(f"input size must be a positive integer, got {input_size!r}")
-    size = entry.input_size if input_size is None else int(input_size)
-    if size < 1:
-        raise FalconError(f"input size must be positive, got {size}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
-        raise FalconError(f"number of classes must be positive (a whole number), got {num_classes!r}")
+    size = entry.input_size if input_size is None else parse_int(input_size, "input_size", "input size")
+    if num_classes is not None:
+        parse_int(num_classes, "num_classes", "number of classes")
     return size
 
 
@@ -314,6 +312,7 @@ def size_model(model: str | ModelEntry | nn.Module, conv: str = "standard", num_
     if convention not in CONVENTIONS:
         raise FalconError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     t0 = time.perf_counter()
+    check_kwargs("size_model", hp, [h.name for h in get_conv_type(conv).hparams])  # a misspelt one is no default
     entry = model_entry(model, input_size)
     resolved = get_conv_type(conv).resolve(**hp)  # a bad hyper-parameter fails before any forward pass
     size = _checked_size(entry, num_classes, input_size)

@@ -113,7 +113,8 @@ def test_counter_matches_a_hand_count():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(model="alexnet-9000", conv="falcon"), "unknown model"),
     (dict(model="resnet18", conv="falcon", convention="flops"), "unknown convention"),
-    (dict(model="resnet18", conv="falcon", num_classes=0), "classes must be positive"),
+    (dict(model="resnet18", conv="falcon", num_classes=0), "number of classes must be an integer in 1..100000"),
+    (dict(model="resnet18", conv="falcon", rnak=2), "an unexpected keyword argument 'rnak'; it takes: rank"),
     (dict(model="vgg19-cifar", conv="falcon", input_size=2), "does not run"),
     (dict(model="vgg19-cifar", conv="shuffle", groups=5), "does not divide"),
 ])

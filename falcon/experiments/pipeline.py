@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from falcon.conversion import INITS  # one list of inits: the conversion's
 from falcon.convtypes import get_conv_type
 from falcon.errors import FalconError
+from falcon.limits import parse_float, parse_int
 
 ProgressFn = Callable[[dict[str, Any]], None]
 StopFn = Callable[[], bool]
@@ -120,14 +121,14 @@ class ExperimentConfig:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.batch_size is None:
             c.batch_size = DEFAULT_BATCH_SIZE.get(c.dataset, FALLBACK_BATCH_SIZE)
-        for name, value, low in (("epochs", c.epochs, 0), ("batch size", c.batch_size, 1),
-                                 ("baseline epochs", c.baseline_epochs, 0)):
-            if not isinstance(value, int) or value < low:
-                raise FalconError(f"{name} must be an integer ≥ {low}, got {value!r}")
-        if c.threads is not None and (not isinstance(c.threads, int) or c.threads < 1):
-            raise FalconError(f"threads must be a positive integer, got {c.threads!r}")
-        if not (c.lr > 0 and math.isfinite(c.lr)):
-            raise FalconError(f"learning rate must be a positive number, got {c.lr}")
+        for bound, value, label in (("epochs", c.epochs, "epochs"), ("batch_size", c.batch_size, "batch size"),
+                                    ("epochs", c.baseline_epochs, "baseline epochs"), ("seed", c.seed, "seed"),
+                                    ("threads", c.threads, "threads"), ("steps", c.gd_steps, "gd steps"),
+                                    ("images", c.limit_train, "limit train"), ("images", c.limit_test, "limit test")):
+            if value is not None or bound not in ("threads", "steps", "images"):  # those may be None (no limit)
+                parse_int(value, bound, label)
+        c.lr = parse_float(c.lr, "lr", "learning rate")
+        parse_float(c.weight_decay, "weight_decay", "weight decay")
         if c.latency:
             from falcon.experiments.latency import LATENCY_LAYOUTS
             from falcon.modelbench import RUNTIMES
@@ -137,12 +138,9 @@ class ExperimentConfig:
             if c.latency_layout not in LATENCY_LAYOUTS:
                 raise FalconError(f"latency layout must be one of {', '.join(LATENCY_LAYOUTS)}, "
                                   f"got {c.latency_layout!r}")
-            for name, value in (("latency batch size", c.latency_batch_size), ("latency rounds", c.latency_rounds)):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise FalconError(f"{name} must be a positive integer, got {value!r}")
-            if not (isinstance(c.latency_min_run_time, (int, float)) and c.latency_min_run_time > 0
-                    and math.isfinite(c.latency_min_run_time)):
-                raise FalconError(f"latency min run time must be a positive number, got {c.latency_min_run_time!r}")
+            parse_int(c.latency_batch_size, "batch_size", "latency batch size")
+            parse_int(c.latency_rounds, "rounds", "latency rounds")
+            parse_float(c.latency_min_run_time, "min_run_time", "latency min run time")
         return c
 
     def as_dict(self) -> dict[str, Any]:
