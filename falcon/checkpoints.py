@@ -37,7 +37,7 @@ from torch import nn
 from falcon import limits
 from falcon.errors import FalconError
 from falcon.limits import parse_int
-from falcon.models import ModelEntry
+from falcon.models import ModelEntry, check_initialized
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
@@ -449,15 +449,6 @@ def finish(model: nn.Module, entry: ModelEntry, description: str, weights: str,
 
 # ----------------------------------------------------------------------------------------------
 # modules given through the API (checked before they are sized or converted)
-def check_initialized(model: nn.Module, label: str = "the model") -> None:
-    """Refuse a model with uninitialized (lazy) parameters: their shapes are not known before a forward pass."""
-    lazy = [name for name, t in (*model.named_parameters(), *model.named_buffers())
-            if isinstance(t, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer))]
-    if lazy:
-        raise FalconError(f"{label} has uninitialized lazy parameters ({_few(lazy)}): their shapes are not known "
-                          "yet; run one forward pass first, e.g. model(torch.zeros(1, 3, 224, 224))")
-
-
 def check_weights(model: nn.Module, label: str = "the model") -> None:
     """Before a fit: initialized, float32 and finite weights, or a FalconError naming the first that is not."""
     check_initialized(model, label)

@@ -325,8 +325,6 @@ def module_entry(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 2
     c, h, w = _chw(input_size)
     if h != w:
         raise FalconError(f"input size must be square (H = W), got {h}×{w}")
-    from falcon.checkpoints import check_initialized  # (checkpoints imports this module)
-
     check_initialized(model, f"your {type(model).__name__}")
 
     def build(num_classes: int | None) -> nn.Module:
@@ -341,6 +339,16 @@ def module_entry(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 2
 
     return ModelEntry(name or type(model).__name__, build, h, in_channels=c, default_classes=None, family="module",
                       description=f"your {type(model).__name__}", input_size_from="the input_size you gave")
+
+
+def check_initialized(model: nn.Module, label: str = "the model") -> None:
+    """Refuse a model with uninitialized (lazy) parameters: their shapes are not known before a forward pass."""
+    lazy = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+            if isinstance(t, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer))]
+    if lazy:
+        shown = ", ".join(lazy[:3]) + (f", … ({len(lazy)} in all)" if len(lazy) > 3 else "")
+        raise FalconError(f"{label} has uninitialized lazy parameters ({shown}): their shapes are not known "
+                          "yet; run one forward pass first, e.g. model(torch.zeros(1, 3, 224, 224))")
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
