@@ -228,14 +228,9 @@ def cached_layer_rows(spec: dict, hparams_json: str) -> list[dict]:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def rank_sweeps(spec: dict) -> tuple[dict, dict]:
-    from falcon.convtypes import break_even_rank
-    from falcon.convtypes import RANKED
-    from falcon.costs import rank_sweep
+    from falcon.costs import rank_chart
 
-    s = spec_from(spec)
-    sweeps = {c: rank_sweep(s, c) for c in RANKED}
-    be = {c: {"params": break_even_rank(s, c, "params"), "macs": break_even_rank(s, c, "macs")} for c in RANKED}
-    return sweeps, be
+    return rank_chart(spec_from(spec))
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -423,19 +418,20 @@ def forget_load_failures() -> None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _svd_fit(key: str, layer: str, conv: str, rank: int, _loaded):
-    from falcon.ehp import fit_kernel
+def _svd_fit(key: str, layer: str, conv: str, rank: int, _loaded, method: str = "svd"):
+    from falcon.fits import fit_kernel
 
-    return fit_kernel(_loaded.kernel(layer), conv, rank, "svd")
+    return fit_kernel(_loaded.kernel(layer), conv, rank, method)
 
 
-def svd_fit(loaded, layer: str, conv: str, rank: int):
-    return _svd_fit(loaded.key, layer, conv, rank, loaded)
+def svd_fit(loaded, layer: str, conv: str, rank: int, method: str = "svd"):
+    """The fit of ``conv`` by ``method`` (``svd``: the type's default fit), cached per layer and rank."""
+    return _svd_fit(loaded.key, layer, conv, rank, loaded, method)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _random_fit(key: str, layer: str, conv: str, rank: int, seed: int, _loaded):
-    from falcon.ehp import fit_kernel
+    from falcon.fits import fit_kernel
 
     return fit_kernel(_loaded.kernel(layer), conv, rank, "random", seed=seed)
 

@@ -211,3 +211,61 @@ class ShuffleUnit(ConvBlock):
         out = self.compress_act(self.compress_bn(self.compress(x)))
         out = self.depthwise_bn(self.depthwise(self.shuffle(out)))
         return self.expand_bn(self.expand(out))
+
+
+def _strip(cin: int, cout: int, spec: LayerSpec, vertical: bool, groups: int = 1) -> nn.Conv2d:
+    """A D×1 (``vertical``: the layer's stride and padding on rows) or 1×D conv (on columns)."""
+    d, s, p = spec.D, spec.stride, spec.padding
+    size, stride, pad = ((d, 1), (s, 1), (p, 0)) if vertical else ((1, d), (1, s), (0, p))
+    return nn.Conv2d(cin, cout, size, stride=stride, padding=pad, groups=groups, bias=False)
+
+
+class Tucker2Conv(ConvBlock):
+    """Tucker-2 (Kim et al., 2016): 1×1 M→R₃, D×D R₃→R₄ with the layer's stride and padding, 1×1 R₄→N.
+
+    Its kernel is ``K[n,m,i,j] = Σ last[n,b]·core[b,a,i,j]·first[a,m]`` (:mod:`falcon.fits.tucker`)."""
+
+    conv_type = "tucker2"
+
+    def __init__(self, spec: LayerSpec, rank_in: int = 16, rank_out: int = 16, bias: bool = False):
+        super().__init__(spec, {"rank_in": rank_in, "rank_out": rank_out})
+        self.first = _pointwise(spec.M, rank_in)
+        self.core = nn.Conv2d(rank_in, rank_out, spec.D, stride=spec.stride, padding=spec.padding, bias=False)
+        self.last = nn.Conv2d(rank_out, spec.N, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.core(self.first(x)))
+
+
+class CPConv(ConvBlock):
+    """CP (Lebedev et al., 2015): 1×1 M→R, D×1 depthwise (stride on rows), 1×D depthwise (stride on columns),
+    1×1 R→N. Its kernel is ``K[n,m,i,j] = Σ_r last[n,r]·vertical[r,i]·horizontal[r,j]·first[r,m]``."""
+
+    conv_type = "cp"
+
+    def __init__(self, spec: LayerSpec, rank: int = 16, bias: bool = False):
+        super().__init__(spec, {"rank": rank})
+        self.first = _pointwise(spec.M, rank)
+        self.vertical = _strip(rank, rank, spec, vertical=True, groups=rank)
+        self.horizontal = _strip(rank, rank, spec, vertical=False, groups=rank)
+        self.last = nn.Conv2d(rank, spec.N, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.horizontal(self.vertical(self.first(x))))
+
+
+class SpatialConv(ConvBlock):
+    """Spatial low-rank (Jaderberg et al., 2014): D×1 M→K (stride and padding on rows), 1×D K→N (on columns).
+    Its kernel is ``K[n,m,i,j] = Σ_c horizontal[n,c,j]·vertical[c,m,i]`` (:mod:`falcon.fits.spatial`)."""
+
+    conv_type = "spatial"
+
+    def __init__(self, spec: LayerSpec, rank: int = 16, bias: bool = False):
+        super().__init__(spec, {"rank": rank})
+        self.vertical = _strip(spec.M, rank, spec, vertical=True)
+        self.horizontal = _strip(rank, spec.N, spec, vertical=False)
+        if bias:
+            self.horizontal.bias = nn.Parameter(torch.zeros(spec.N))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.horizontal(self.vertical(x))

@@ -1,9 +1,10 @@
-"""Converting a trained model: its convs become rank-k falcon or dsconv blocks initialized from the EHP fit.
+"""Converting a trained model: its convs become blocks of a fittable conv type (falcon, dsconv, tucker2, cp,
+spatial) initialized from the fit of each kernel (:mod:`falcon.fits`; the registry says how each type is fitted).
 
 * Which convs: the model's replacement policy (:func:`falcon.surgery.plan`, see :mod:`falcon.models`).
-* Each replaced conv becomes the *bare* block (the two sub-convolutions and nothing else), loaded with
-  the ``svd`` optimum, a ``gd`` fit, or left ``random``; the conv's bias moves into the block
-  (:func:`falcon.ehp.fit_module`). A rank above a layer's full rank is clamped for that layer.
+* Each replaced conv becomes the *bare* block (the sub-convolutions and nothing else), loaded with
+  the type's default fit (``svd``), one of its own methods, or left ``random``; the conv's bias moves into the
+  block (:func:`falcon.fits.fit_module`). A rank above a layer's full rank is clamped for that layer.
 * Everything else stays: the pretrained BN and ReLU after each conv in particular, so the converted
   network computes what the original did up to the fit error, before any fine-tuning. At full rank
   it computes the same function (to float rounding).
@@ -25,8 +26,9 @@ from torch import nn
 
 from falcon.convtypes import FITTABLE, get_conv_type
 from falcon.counting import count_model
-from falcon.ehp import attach_bias, fit_module, full_rank, rank_for_energy
-from falcon.checkpoints import finish, load_state_into, read_checkpoint, state_dict_of
+from falcon.fits import attach_bias, fit_module, fitter_of
+from falcon.checkpoints import (check_forward_reads, check_weights, finish, load_state_into, read_checkpoint,
+                                state_dict_of)
 from falcon.errors import FalconError, one_line
 from falcon.limits import parse_int
 from falcon.models import ModelEntry, _chw, get_model_entry, module_entry, registry_entry, same_model
@@ -34,7 +36,8 @@ from falcon.spec import LayerSpec
 from falcon.surgery import conv_sites, plan, set_module
 
 FORMAT = "falcon-explorer/converted-v1"
-INITS = ("svd", "gd", "random")
+#: Every fit a conversion can start from: ``svd`` (each type's default fit), then the fitters' own methods.
+INITS = tuple(dict.fromkeys(["svd", *(m for c in FITTABLE for m in fitter_of(c).methods)]))
 CONVENTION = "clean"  # counts of what the converted model really holds
 
 
@@ -42,15 +45,17 @@ CONVENTION = "clean"  # counts of what the converted model really holds
 class ConvertedLayer:
     name: str
     spec: LayerSpec
-    rank: int  # the rank used (the requested one, clamped to the layer's full rank)
+    rank: int  # the rank used (the requested one, clamped to the layer's full rank; the largest of several)
     full_rank: int
     clamped: bool
     bias: bool
     relative_error: float
+    hparams: dict = field(default_factory=dict)  # the block's ranked hyper-parameters (Tucker-2: R₃ and R₄)
 
     def as_dict(self) -> dict[str, Any]:
         return {"layer": self.name, "shape": self.spec.describe(), "rank": self.rank, "full_rank": self.full_rank,
-                "clamped": self.clamped, "bias": self.bias, "relative_error": self.relative_error}
+                "clamped": self.clamped, "bias": self.bias, "relative_error": self.relative_error,
+                "hparams": dict(self.hparams)}
 
 
 @dataclass
@@ -95,6 +100,7 @@ class Converted:
             "source": self.source,
             "input_size": [int(v) for v in self.input_size],
             "sites": [{"name": layer.name, "rank": int(layer.rank), "bias": bool(layer.bias),
+                       "hparams": {k: int(v) for k, v in layer.hparams.items()},
                        "spec": layer.spec.as_dict(), "relative_error": float(layer.relative_error)}
                       for layer in self.layers],
         }
@@ -104,10 +110,10 @@ class Converted:
 def _check(conv: str, init: str) -> None:
     ct = get_conv_type(conv)  # unknown names get the registry's message
     if not ct.fittable:
-        raise FalconError(f"{conv} is not an EHP of the kernel, so it cannot be fitted to pretrained weights; "
-                          f"convert to {' or '.join(FITTABLE)}")
-    if init not in INITS:
-        raise FalconError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        raise FalconError(f"{conv} cannot be fitted to pretrained weights; convert to {', '.join(FITTABLE)}")
+    methods = ("svd", *fitter_of(conv).methods)
+    if init not in methods:
+        raise FalconError(f"init must be one of {', '.join(dict.fromkeys(methods))} for {conv}, got {init!r}")
 
 
 def _target(model, input_size, entry) -> tuple[nn.Module, ModelEntry, tuple[int, int, int], str, int | None]:
@@ -128,6 +134,39 @@ def _target(model, input_size, entry) -> tuple[nn.Module, ModelEntry, tuple[int,
     return model, entry, chw, "", classes
 
 
+def _checked_rank(rank: int | dict | None, energy: float | None) -> int | dict | None:
+    """``rank`` (None when ``energy`` rules), or a one-line error for a rank or energy that is not one."""
+    if energy is not None:
+        if rank not in (None, 1):
+            raise FalconError("give a rank or an energy, not both")
+        if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 < float(energy) <= 1.0:
+            raise FalconError(f"energy must be a fraction in (0, 1], such as 0.9; got {energy!r}")
+        return None
+    values = rank.values() if isinstance(rank, dict) else [] if rank is None else [rank]
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise FalconError(f"rank must be a positive integer, got {rank!r}")
+    return rank
+
+
+def _site_ranks(conv: str, spec: LayerSpec, kernel: torch.Tensor, rank: int | dict | None,
+                energy: float | None) -> dict[str, int]:
+    """One layer's ranked hyper-parameters: ``rank`` for each (or a dict of them), the smallest that keep
+    ``energy``, or (both None) the type's own rule (Tucker-2: EVBMF); checked against the layer, clamped."""
+    ct, fitter = get_conv_type(conv), fitter_of(conv)
+    if energy is not None:
+        if not hasattr(fitter, "energy_ranks"):
+            raise FalconError(f"ranks by energy are for {', '.join(c for c in FITTABLE if hasattr(fitter_of(c), 'energy_ranks'))}; "
+                              f"give {conv} a rank")
+        wanted = fitter.energy_ranks(kernel, float(energy))
+    else:
+        wanted = fitter.auto_ranks(kernel) if rank is None else ct.rank_hparams(rank)
+    if set(wanted) != set(ct.rank_names):
+        raise FalconError(f"{conv} takes the ranks {', '.join(ct.rank_names)}; got {', '.join(wanted)}")
+    full = ct.full_ranks(spec.N, spec.M, spec.D)
+    ct.resolve(spec, **{n: min(v, full[n]) for n, v in wanted.items()})
+    return wanted
+
+
 def _check_options(init: str, seed: int, gd: dict) -> None:
     """convert_model's ``seed`` (limits' bound) and ``**gd``: gradient-descent settings (falcon.ehp.GD_OPTIONS),
     for init gd only."""
@@ -140,13 +179,15 @@ def _check_options(init: str, seed: int, gd: dict) -> None:
         raise FalconError(f"{', '.join(gd)}: gradient-descent settings, for init 'gd' only (init is {init!r})")
 
 
-def convert_model(model, conv: str = "falcon", rank: int | None = 1, init: str = "svd", *,
+def convert_model(model, conv: str = "falcon", rank: int | dict | None = 1, init: str = "svd", *,
                   input_size: tuple[int, int, int] | None = None, entry: ModelEntry | None = None,
                   include: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
                   include_stem: bool | None = None, energy: float | None = None, seed: int = 0,
                   inplace: bool = False, **gd: Any) -> Converted:
     """Replace the convs of ``model`` (any ``nn.Module``, or a :class:`~falcon.checkpoints.LoadedModel`) by
-    rank-``rank`` ``conv`` blocks fitted to each trained kernel.
+    rank-``rank`` ``conv`` blocks fitted to each trained kernel. ``rank``: one rank for every ranked
+    hyper-parameter, a dict of them (``{"rank_in": 8, "rank_out": 16}``), or None for the type's own rule
+    (Tucker-2: EVBMF per layer).
 
     ``input_size``: the (C, H, W) of one input (default: the entry's, or 3×224×224 for a plain module); the
     forward pass at that size finds the convs and the sizes they see. ``entry``: what the model is (its
@@ -154,20 +195,15 @@ def convert_model(model, conv: str = "falcon", rank: int | None = 1, init: str =
     policy, then ``include``/``exclude`` name patterns (:func:`falcon.surgery.plan`).
     ``energy``: instead of one rank, each layer gets the smallest rank that keeps at least this fraction of
     every channel's singular-value energy (Network Decoupling's rule; ``rank`` must then be None).
-    ``init``: ``svd`` (the closed-form optimum), ``gd`` (gradient descent; ``gd`` keyword arguments such
-    as ``steps``, ``lr``, ``optimizer`` go to :func:`falcon.ehp.run_gd`) or ``random`` (PyTorch's default
-    init); both seeded, layer i with ``seed + i``. The original model is left untouched unless ``inplace``.
+    ``init``: ``svd`` (each type's default fit: the closed-form optimum of falcon, dsconv and spatial, HOSVD +
+    HOOI for tucker2, ALS for cp), one of the type's own methods (``gd``: gradient descent, whose ``gd`` keyword
+    arguments such as ``steps``, ``lr``, ``optimizer`` go to :func:`falcon.ehp.run_gd`; ``hosvd``, ``hooi``, ``als``)
+    or ``random`` (PyTorch's default init); seeded, layer i with ``seed + i``. The original model is left
+    untouched unless ``inplace``.
     """
     _check(conv, init)
     _check_options(init, seed, gd)
-    if energy is not None:
-        if rank not in (None, 1):
-            raise FalconError("give a rank or an energy, not both")
-        if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 < float(energy) <= 1.0:
-            raise FalconError(f"energy must be a fraction in (0, 1], such as 0.9; got {energy!r}")
-        rank = None
-    elif isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise FalconError(f"rank must be a positive integer, got {rank!r}")
+    rank = _checked_rank(rank, energy)
     module, entry, chw, source, classes = _target(model, input_size, entry)
     t0 = time.perf_counter()
     module = module if inplace else copy.deepcopy(module)
@@ -176,24 +212,17 @@ def convert_model(model, conv: str = "falcon", rank: int | None = 1, init: str =
     if not sites:
         raise FalconError(f"{entry.name} has no conv that {conv} replaces"
                           + (" among those the patterns select" if include or exclude else ""))
-    ct = get_conv_type(conv)
-    ranks = {}
-    for site in sites:
-        top = full_rank((site.spec.N, site.spec.M, site.spec.D), ct.fit_axis)
-        if energy is not None:
-            kernel = module.get_submodule(site.name).weight.detach()
-            ranks[site.name] = int(rank_for_energy(kernel, ct.fit_axis, float(energy)).max())
-        else:
-            ranks[site.name] = rank
-        ct.resolve(site.spec, rank=min(ranks[site.name], top))
+    check_forward_reads(module, chw, sites, conv)  # a forward that reads conv.weight: that layer named
+    ranks = {site.name: _site_ranks(conv, site.spec, module.get_submodule(site.name).weight.detach(), rank, energy)
+             for site in sites}
     layers = []
     for i, site in enumerate(sites):
-        kwargs = dict(gd, seed=seed + i) if init in ("gd", "random") else {}  # layer i: seed + i
+        kwargs = {**(gd if init == "gd" else {}), "seed": seed + i}  # layer i: seed + i
         conv_module = module.get_submodule(site.name)
         block, fit = fit_module(conv_module, conv, ranks[site.name], init, spec=site.spec, **kwargs)
         set_module(module, site.name, block.eval())
         layers.append(ConvertedLayer(site.name, site.spec, fit.rank_used, fit.full_rank, fit.clamped,
-                                     conv_module.bias is not None, float(fit.relative_error)))
+                                     conv_module.bias is not None, float(fit.relative_error), dict(fit.hparams)))
     return Converted(module.eval(), entry, classes, conv, rank, init, layers, source, time.perf_counter() - t0,
                      dict(gd), chw, None if energy is None else float(energy))
 
@@ -207,7 +236,7 @@ def skeleton(entry: ModelEntry, num_classes: int, conv: str, sites: Iterable[dic
         model = entry.build(num_classes)
         for site in sites:
             spec = LayerSpec(**site["spec"])
-            block = ct.build(spec, rank=int(site["rank"]))
+            block = ct.build(spec, **(site.get("hparams") or ct.rank_hparams(int(site["rank"]))))
             if site.get("bias"):
                 attach_bias(block, torch.zeros(spec.N))
             set_module(model, site["name"], block)
@@ -377,12 +406,12 @@ def parse_ranks(text: str, top: int) -> list[int]:
 def model_full_rank(loaded, conv: str, include_stem: bool | None = None, include=None, exclude=None) -> int:
     """The largest full rank among the convs ``conv`` replaces (rank ``all`` goes up to it)."""
     _check(conv, "svd")
-    axis = get_conv_type(conv).fit_axis
+    ct = get_conv_type(conv)
     sites = plan(loaded.entry, conv_sites(loaded.model, loaded.input_size, loaded.name), conv, include_stem,
                  include, exclude)
     if not sites:
         raise FalconError(f"{loaded.entry.name} has no conv that {conv} replaces")
-    return max(full_rank((s.spec.N, s.spec.M, s.spec.D), axis) for s in sites)
+    return max(ct.full_rank(s.spec.N, s.spec.M, s.spec.D) for s in sites)
 
 
 def convert_ranks(loaded, conv: str, ranks: Iterable[int], init: str = "svd", evaluate: bool = False,

@@ -6,9 +6,11 @@ Each :class:`ConvType` knows how to
   experiments put in a model (``block``),
 * give its closed-form parameters and MACs (``cost``; weights only, no bias, no BN; docs/method.md §2),
   with the formulas as LaTeX,
-* declare and validate its hyper-parameters (:class:`HParam`).
+* declare and validate its hyper-parameters (:class:`HParam`),
+* where it can be fitted to a trained kernel, say how (:class:`FitRule`): its fitter (in :mod:`falcon.fits`,
+  imported when a fit runs), its ranked hyper-parameters and its full ranks.
 
-Adding a conv type is one more entry in :data:`CONV_TYPES`.
+Adding a conv type is one more entry in :data:`CONV_TYPES`: its block, its entry, and (for a fittable one) its fitter.
 """
 from __future__ import annotations
 
@@ -103,6 +105,21 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class FitRule:
+    """How a conv type is fitted to a trained kernel ``(N, M, D, D)`` (conversion, the probe, budgets ask this).
+
+    ``fitter``: ``"module:attribute"`` of its :class:`falcon.fits.base.Fitter` (the fit: closed form, iterative
+    where it has one; how factors load into the block). ``ranks``: its ranked hyper-parameters (one or several).
+    ``full_ranks(N, M, D)``: per ranked hyper-parameter, the rank from which the fit is exact; ``formula``: the same
+    in words."""
+
+    fitter: str
+    ranks: tuple[str, ...]
+    full_ranks: Callable[[int, int, int], dict[str, int]] = field(repr=False)
+    formula: str = ""
+
+
+@dataclass(frozen=True)
 class ConvType:
     name: str
     label: str
@@ -115,7 +132,8 @@ class ConvType:
     _build: Callable[[LayerSpec, dict], nn.Module] = field(repr=False)
     _block: Callable[[LayerSpec, dict, bool], nn.Module] = field(repr=False)
     _check: Callable[[LayerSpec, dict], None] = field(default=lambda spec, hp: None, repr=False)
-    fit_axis: str | None = None  # "output" (falcon) or "input" (dsconv): the EHP's common axis
+    #: how the type is fitted to a trained kernel (None: it cannot be; it is then converted with a random init)
+    fit: FitRule | None = None
     reference_unused_params: Callable[[LayerSpec, dict], int] = field(default=lambda spec, hp: 0, repr=False)
     symbol: str = "circle"  # plot marker
     #: the hyper-parameters the thesis's tables used (None: not in the thesis); a rank left out means any rank
@@ -139,13 +157,34 @@ class ConvType:
 
     @property
     def ranked(self) -> bool:
-        """Whether the type has a rank k (sums k branches)."""
-        return any(h.name == "rank" for h in self.hparams)
+        """Whether the type has ranked hyper-parameters (a rank k, R, K; Tucker-2's R₃ and R₄)."""
+        return bool(self.rank_names)
+
+    @property
+    def rank_names(self) -> tuple[str, ...]:
+        """The names of its ranked hyper-parameters (empty for an unranked type)."""
+        return self.fit.ranks if self.fit is not None else ()
 
     @property
     def fittable(self) -> bool:
-        """Whether the type is an EHP of the kernel, so it can be fitted to (and converted from) trained weights."""
-        return self.fit_axis is not None
+        """Whether the type can be fitted to (and converted from) trained weights."""
+        return self.fit is not None
+
+    def rank_hparams(self, rank: int | dict) -> dict:
+        """Its ranked hyper-parameters at one uniform ``rank`` (every one the same), or those of a dict of them."""
+        if isinstance(rank, dict):
+            return {n: rank[n] for n in self.rank_names if n in rank}
+        return {n: rank for n in self.rank_names}
+
+    def full_ranks(self, n: int, m: int, d: int) -> dict[str, int]:
+        """Per ranked hyper-parameter, the rank from which the fit of an (N, M, D, D) kernel is exact."""
+        if self.fit is None:
+            raise FalconError(f"{self.name} cannot be fitted to a trained kernel")
+        return self.fit.full_ranks(n, m, d)
+
+    def full_rank(self, n: int, m: int, d: int) -> int:
+        """The uniform rank from which every ranked hyper-parameter's fit is exact (the largest full rank)."""
+        return max(self.full_ranks(n, m, d).values())
 
     def widens(self, **hp: Any) -> bool:
         return self._widens(self.resolve(**hp))
@@ -175,10 +214,11 @@ class ConvType:
     def display_name(self, short: bool = False, **hp: Any) -> str:
         """The one label of a configured type: "FALCON (k=2)", "ShuffleUnit (g=2, α=1)"; ``short`` (run lists
         and legends): "FALCON k=2", and the bare label when no hyper-parameter is given."""
-        if short and (not hp or (self.ranked and hp.get("rank") is None)):
+        if short and (not hp or (self.ranked and any(hp.get(n) is None for n in self.rank_names))):
             return self.label
         if short and self.ranked:
-            return f"{self.label} k={int(hp['rank'])}"
+            symbols = {h.name: h.symbol or h.name for h in self.hparams}
+            return f"{self.label} " + " ".join(f"{symbols[n]}={int(hp[n])}" for n in self.rank_names)
         resolved = self.resolve(**hp)
         if not resolved:
             return self.label
@@ -231,6 +271,36 @@ def _shuffle_cost(s: LayerSpec, hp: dict) -> Cost:
     )
 
 
+def _tucker2_cost(s: LayerSpec, hp: dict) -> Cost:
+    r3, r4 = hp["rank_in"], hp["rank_out"]
+    hw_in, hw_out = s.height * s.width, s.out_height * s.out_width
+    return Cost.of(
+        CostPart("pointwise M→R₃", s.M * r3, hw_in * s.M * r3),
+        CostPart("D×D conv R₃→R₄", s.D**2 * r3 * r4, hw_out * s.D**2 * r3 * r4),
+        CostPart("pointwise R₄→N", r4 * s.N, hw_out * r4 * s.N),
+    )
+
+
+def _cp_cost(s: LayerSpec, hp: dict) -> Cost:
+    r = hp["rank"]
+    hw_in, rows, hw_out = s.height * s.width, s.out_height * s.width, s.out_height * s.out_width
+    return Cost.of(
+        CostPart("pointwise M→R", s.M * r, hw_in * s.M * r),
+        CostPart("depthwise D×1 on R", s.D * r, rows * s.D * r),
+        CostPart("depthwise 1×D on R", s.D * r, hw_out * s.D * r),
+        CostPart("pointwise R→N", r * s.N, hw_out * r * s.N),
+    )
+
+
+def _spatial_cost(s: LayerSpec, hp: dict) -> Cost:
+    k = hp["rank"]
+    rows, hw_out = s.out_height * s.width, s.out_height * s.out_width
+    return Cost.of(
+        CostPart("D×1 conv M→K", s.D * s.M * k, rows * s.D * s.M * k),
+        CostPart("1×D conv K→N", s.D * k * s.N, hw_out * s.D * k * s.N),
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # validation
 def _check_mobilev2(s: LayerSpec, hp: dict) -> None:
@@ -261,6 +331,17 @@ GROUPS = HParam("groups", "groups g", int, 2, 1, 64, "groups of the pointwise co
 WIDTH = HParam("width_mult", "width multiplier α", float, 1.0, 0.125, 8.0, "M' = αM, N' = αN", "α", 0.125)
 
 
+#: The ranks of the tensor decompositions (Tucker-2, CP, spatial low-rank): up to a layer's full rank.
+TUCKER_IN = HParam("rank_in", "input rank R₃", int, 16, 1, 65536, "channels after the first 1×1 conv (Tucker-2)", "R₃", 1)
+TUCKER_OUT = HParam("rank_out", "output rank R₄", int, 16, 1, 65536, "channels into the last 1×1 conv (Tucker-2)", "R₄", 1)
+CP_RANK = HParam("rank", "CP rank R", int, 16, 1, 65536, "components of the CP decomposition", "R", 1)
+SPATIAL_RANK = HParam("rank", "rank K", int, 16, 1, 65536, "channels between the D×1 and 1×D convs", "K", 1)
+
+
+def _fit(fitter: str, ranks: tuple[str, ...], full: Callable[[int, int, int], tuple[int, ...]], formula: str) -> FitRule:
+    return FitRule(f"falcon.fits.{fitter}", ranks, lambda n, m, d: dict(zip(ranks, full(n, m, d))), formula)
+
+
 def _falcon_unused_bn(s: LayerSpec, hp: dict) -> int:
     """The reference FALCON module creates a BatchNorm2d(N) it never uses: 2N parameters."""
     return 2 * s.N
@@ -288,7 +369,7 @@ CONV_TYPES: dict[str, ConvType] = {
             _falcon_cost,
             lambda s, hp: _blocks().FalconConv(s, rank=hp["rank"]),
             lambda s, hp, bias: _blocks().FalconConv(s, rank=hp["rank"]),
-            fit_axis="output",
+            fit=_fit("ehp:FALCON", ("rank",), lambda n, m, d: (min(m, d * d),), "min(M, D²)"),
             reference_unused_params=_falcon_unused_bn,
             symbol="circle", paper_hparams={},
             _fuse=lambda block: _fused().fuse_falcon(block),
@@ -302,7 +383,7 @@ CONV_TYPES: dict[str, ConvType] = {
             _dsconv_cost,
             lambda s, hp: _blocks().DSConv(s, rank=hp["rank"]),
             lambda s, hp, bias: _blocks().DSConv(s, rank=hp["rank"], inner_bn=True),
-            fit_axis="input",
+            fit=_fit("ehp:DSCONV", ("rank",), lambda n, m, d: (min(n, d * d),), "min(N, D²)"),
             symbol="diamond", paper_hparams={"rank": 1},
         ),
         ConvType(
@@ -332,6 +413,43 @@ CONV_TYPES: dict[str, ConvType] = {
             paper_agreement="ShuffleUnit's reference code was never published: the layout used here is the closest "
                             "found to the published counts, which no layout tried reproduces better than ~6–8%.",
             _widens=lambda hp: hp["width_mult"] != 1,
+        ),
+        ConvType(
+            "tucker2", "Tucker-2", "#19d3f3",
+            "Tucker-2 decomposition (Kim et al., 2016): pointwise M→R₃, a D×D conv R₃→R₄ with the stride, "
+            "pointwise R₄→N. Fitted by HOSVD refined by HOOI; ranks by EVBMF when not given.",
+            (TUCKER_IN, TUCKER_OUT),
+            r"M R_3 + D^2 R_3 R_4 + R_4 N", r"H W M R_3 + H' W' D^2 R_3 R_4 + H' W' R_4 N",
+            _tucker2_cost,
+            lambda s, hp: _blocks().Tucker2Conv(s, hp["rank_in"], hp["rank_out"]),
+            lambda s, hp, bias: _blocks().Tucker2Conv(s, hp["rank_in"], hp["rank_out"], bias=bias),
+            fit=_fit("tucker:TUCKER2", ("rank_in", "rank_out"), lambda n, m, d: (min(m, n * d * d), min(n, m * d * d)),
+                     "R₃: min(M, N·D²), R₄: min(N, M·D²)"),
+            symbol="pentagon",
+        ),
+        ConvType(
+            "cp", "CP", "#ff6692",
+            "CP decomposition (Lebedev et al., 2015): pointwise M→R, depthwise D×1 then 1×D on R (the stride on "
+            "rows, then columns), pointwise R→N. Fitted by ALS (seeded); degenerate fits are refused.",
+            (CP_RANK,),
+            r"R\,(M + N + 2D)", r"H W M R + H' W D R + H' W' D R + H' W' R N",
+            _cp_cost,
+            lambda s, hp: _blocks().CPConv(s, hp["rank"]),
+            lambda s, hp, bias: _blocks().CPConv(s, hp["rank"], bias=bias),
+            fit=_fit("cp:CP", ("rank",), lambda n, m, d: (min(m, n) * d * d,), "min(M, N)·D²"),
+            symbol="hexagon",
+        ),
+        ConvType(
+            "spatial", "Spatial low-rank", "#b6e880",
+            "Spatial low-rank (Jaderberg et al., 2014): a D×1 conv M→K with the stride on rows, then a 1×D conv "
+            "K→N with the stride on columns. Fitted in closed form by the SVD of the kernel as an (M·D)×(N·D) matrix.",
+            (SPATIAL_RANK,),
+            r"D K\,(M + N)", r"H' W D M K + H' W' D K N",
+            _spatial_cost,
+            lambda s, hp: _blocks().SpatialConv(s, hp["rank"]),
+            lambda s, hp, bias: _blocks().SpatialConv(s, hp["rank"], bias=bias),
+            fit=_fit("spatial:SPATIAL", ("rank",), lambda n, m, d: (d * min(m, n),), "D·min(M, N)"),
+            symbol="cross",
         ),
     )
 }
@@ -419,9 +537,21 @@ def break_even_rank(spec: LayerSpec, conv: str = "falcon", by: str = "params") -
     Ranks below it save; from it on they do not. ``by`` is ``"params"`` or ``"macs"``.
     """
     ct = get_conv_type(conv)
-    if "rank" not in {h.name for h in ct.hparams}:
+    if not ct.ranked:
         raise FalconError(f"{conv} has no rank")
-    one = ct.cost(spec, rank=1)
     std = CONV_TYPES["standard"].cost(spec)
-    per_rank, total = (one.params, std.params) if by == "params" else (one.macs, std.macs)
-    return max(1, math.ceil(total / per_rank))
+    total = std.params if by == "params" else std.macs
+    base = ct.resolve()
+
+    def cost(k: int) -> int:  # the closed form at uniform rank k (past the hyper-parameters' range too)
+        c = ct._cost(spec, {**base, **ct.rank_hparams(k)})
+        return c.params if by == "params" else c.macs
+
+    hi = 1
+    while cost(hi) < total:  # costs grow with the rank: double, then bisect
+        hi *= 2
+    lo = hi // 2  # cost(lo) < total, or lo == 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(mid) < total else (lo, mid)
+    return hi

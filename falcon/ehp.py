@@ -102,9 +102,9 @@ def full_rank(kernel_shape: torch.Size | tuple[int, ...], axis: Axis) -> int:
 
 def conv_type_axis(conv_type: str) -> Axis:
     """The common axis of a conv type of the registry (``falcon`` → output, ``dsconv`` → input)."""
-    from falcon.convtypes import get_conv_type
+    from falcon.fits import fitter_of
 
-    axis = get_conv_type(conv_type).fit_axis
+    axis = getattr(fitter_of(conv_type), "axis", None)
     if axis is None:
         raise FalconError(f"{conv_type} is not an EHP of the kernel; fit falcon or dsconv")
     return axis
@@ -179,6 +179,15 @@ class Fit:
     def as_dict(self) -> dict:
         return {"method": self.method, "axis": self.axis, "rank_requested": self.rank_requested,
                 "rank_used": self.rank_used, "clamped": self.clamped, "full_rank": self.full_rank,
+    @property
+    def hparams(self) -> dict[str, int]:
+        """The block's ranked hyper-parameters (as :class:`falcon.fits.base.KernelFit` has them)."""
+        return {"rank": self.rank_used}
+
+    @property
+    def full_ranks(self) -> dict[str, int]:
+        return {"rank": self.full_rank}
+
                 "relative_error": self.relative_error}
 
 
@@ -425,12 +434,14 @@ def run_gd(kernel: torch.Tensor, rank: int, axis: Axis, steps: int = GD_STEPS, l
 # from and into the blocks
 def block_factors(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor, Axis]:
     """(P, D, axis) of a FalconConv or DSConv block, stacked over its branches."""
-    from falcon.convtypes import CONV_TYPES
+    from falcon.fits import fitter_of
 
-    ct = CONV_TYPES.get(getattr(block, "conv_type", ""))
-    if ct is None or not ct.fittable or not hasattr(block, "branches"):
+    try:
+        axis: Axis | None = getattr(fitter_of(getattr(block, "conv_type", "")), "axis", None)
+    except FalconError:
+        axis = None
+    if axis is None or not hasattr(block, "branches"):
         raise FalconError(f"{type(block).__name__} is not a block of a fittable conv type (an EHP of the kernel)")
-    axis: Axis = ct.fit_axis
     p = torch.stack([b.pointwise.weight[:, :, 0, 0] for b in block.branches])
     dw = torch.stack([b.depthwise.weight[:, 0] for b in block.branches])
     return p, dw, axis
@@ -472,60 +483,22 @@ def load_fit_into(block: nn.Module, fit: Fit) -> nn.Module:
 
 
 def fit_kernel(kernel: torch.Tensor, conv_type: str, rank: int, method: str = "svd", **gd_kwargs) -> Fit:
-    """Fit ``kernel`` with ``conv_type`` (falcon or dsconv) by ``svd``, ``gd`` or ``random``.
+    """Fit ``kernel`` with ``conv_type`` (falcon or dsconv) by ``svd``, ``gd`` or ``random`` (no fit: the factors of
+    a freshly initialized block, seeded by ``seed``); :func:`falcon.fits.fit_kernel` for every fittable type."""
+    from falcon.fits import fit_kernel as fit_any
 
-    ``random`` is no fit: the factors of a freshly initialized block (seeded by ``seed``).
-    """
-    axis = conv_type_axis(conv_type)
-    if method == "svd":
-        return svd_fit(kernel, rank, axis)
-    if method == "gd":
-        return run_gd(kernel, rank, axis, **gd_kwargs).fit
-    if method == "random":
-        from falcon.blocks import DSConv, FalconConv
-        from falcon.spec import LayerSpec
-
-        _check_kernel(kernel)
-        k, clamped = clamp_rank(kernel.shape, rank, axis)
-        n, m, d, _ = kernel.shape
-        spec = LayerSpec(m, n, d, d, padding=0)
-        with torch.random.fork_rng(devices=[]):  # PyTorch's default init, seeded, global RNG untouched
-            torch.manual_seed(int(gd_kwargs.get("seed", 0)))
-            block = (FalconConv if axis == "output" else DSConv)(spec, rank=k).to(kernel.dtype)
-        p, dw, _ = block_factors(block)
-        p, dw = p.detach(), dw.detach()
-        kh = ehp_kernel(p, dw, axis)
-        return Fit(p, dw, kh, relative_error(kernel, kh), k, clamped, axis, rank, "random")
-    raise FalconError(f"method must be svd, gd or random, got {method!r}")
+    conv_type_axis(conv_type)  # an EHP type, or the one-line error
+    return fit_any(kernel, conv_type, rank, method, **gd_kwargs)
 
 
 def fit_module(conv: nn.Conv2d, conv_type: str, rank: int, method: str = "svd", spec=None,
                **gd_kwargs) -> tuple[nn.Module, Fit]:
-    """A bare FalconConv/DSConv block that stands in for ``conv``, initialized from the fit.
+    """A bare FalconConv/DSConv block that stands in for ``conv``, initialized from the fit, with the conv's bias on
+    the depthwise conv of the first falcon branch or the pointwise conv of the first dsconv branch
+    (:func:`falcon.fits.fit_module`, for every fittable type)."""
+    from falcon.fits import fit_module as fit_any
 
-    The conv's bias (if any) goes on the depthwise conv of the first falcon branch (it acts on the N
-    output channels) or on the pointwise conv of the first dsconv branch, so the block computes
-    ``conv`` up to the fit error. ``spec`` (a LayerSpec with the input size) is optional.
-    """
-    from falcon.convtypes import get_conv_type
-    from falcon.spec import LayerSpec
-
-    if not isinstance(conv, nn.Conv2d):
-        raise FalconError(f"expected a Conv2d, got {type(conv).__name__}")
-    if conv.groups != 1 or conv.kernel_size[0] != conv.kernel_size[1] or conv.dilation != (1, 1) \
-            or conv.stride[0] != conv.stride[1] or not isinstance(conv.padding, tuple) \
-            or conv.padding[0] != conv.padding[1] or conv.padding_mode != "zeros":
-        raise FalconError("only square, ungrouped, undilated convs with symmetric stride and zero padding can be fitted")
-    if spec is None:
-        d, pad = conv.kernel_size[0], conv.padding[0]
-        spec = LayerSpec(conv.in_channels, conv.out_channels, d, max(d, 1), stride=conv.stride[0], padding=pad)
-    fit = fit_kernel(conv.weight.detach(), conv_type, rank, method, **gd_kwargs)
-    block = get_conv_type(conv_type).build(spec, rank=fit.rank_used)
-    block = block.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    load_fit_into(block, fit)
-    if conv.bias is not None:
-        attach_bias(block, conv.bias.detach())
-    return block, fit
+    return fit_any(conv, conv_type, rank, method, spec, **gd_kwargs)
 
 
 def attach_bias(block: nn.Module, bias: torch.Tensor) -> None:

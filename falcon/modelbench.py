@@ -251,7 +251,7 @@ def prepare_models(model: Any = "vgg19-cifar", weights: str | None = None, conv:
             kwargs = {} if loaded is not None else {"input_size": chw, "entry": entry}
             if loaded is not None and input_size is not None:
                 kwargs["input_size"] = chw
-            done = convert_model(target, name, resolved.get("rank", 1), "svd", seed=seed, **kwargs)
+            done = convert_model(target, name, ct.rank_hparams(resolved), "svd", seed=seed, **kwargs)
             module, replaced, init = done.model, [layer.name for layer in done.layers], "svd"
             errors = [layer.relative_error for layer in done.layers]
             fit_error = sum(errors) / len(errors) if errors else None
@@ -1455,6 +1455,10 @@ def print_report(result: ModelBenchResult, out=None) -> None:
         print(line, file=out)
     for note in result.notes:
         print(f"note: {note}", file=out)
+    from falcon.reliability import assess_model
+
+    for reason in assess_model(result).reasons:
+        print(f"unreliable: {reason}", file=out)
     if result.stopped:
         print("stopped before the end: results so far", file=out)
 
@@ -1489,7 +1493,9 @@ def run(args: argparse.Namespace) -> int:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
     if getattr(args, "json", False):
-        json.dump(result.as_dict(), sys.stdout, indent=2)
+        from falcon.reliability import assess_model
+
+        json.dump({**result.as_dict(), **assess_model(result).as_dict()}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_report(result)

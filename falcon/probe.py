@@ -51,7 +51,6 @@ def conv_layers(model, input_size: tuple[int, int, int]) -> list[dict[str, Any]]
     stride, padding, groups, bias, whether it is the stem and whether it can be fitted; for a fittable one
     its input and output size and, per fittable conv type, ``{type}_full_rank`` (where the fit is exact)."""
     from falcon.convtypes import CONV_TYPES, FITTABLE
-    from falcon.ehp import full_rank
 
     rows = []
     for site, conv in conv_walk(model, input_size):
@@ -62,7 +61,7 @@ def conv_layers(model, input_size: tuple[int, int, int]) -> list[dict[str, Any]]
         s = site.spec
         if s is not None:
             row.update(input=f"{s.height}×{s.width}", output=f"{s.out_height}×{s.out_width}")
-            row.update({f"{c}_full_rank": full_rank((s.N, s.M, s.D), CONV_TYPES[c].fit_axis) for c in FITTABLE})
+            row.update({f"{c}_full_rank": CONV_TYPES[c].full_rank(s.N, s.M, s.D) for c in FITTABLE})
         else:
             row.update(input="", output="")
             row.update({f"{c}_full_rank": None for c in FITTABLE})
@@ -126,39 +125,42 @@ def subsample(values: list, limit: int = MAX_HISTORY) -> tuple[list, list[int], 
     return [values[i] for i in idx], idx, every
 
 
-def fit_layer(model, input_size: tuple[int, int, int], layer: str, conv: str, rank: int = 1, method: str = "svd",
-              steps: int | None = None, lr: float | None = None, optimizer: str = "adam", loss: str | None = None,
-              seed: int = 0) -> dict[str, Any]:
-    """One layer of ``model`` fitted with ``conv`` at rank ``rank`` by ``svd`` or ``gd`` (``steps``: default
-    :data:`falcon.ehp.GD_STEPS`), next to the optimum at that rank: the report ``python -m falcon fit`` prints
-    (its ``--json`` keys after ``model`` and ``weights``)."""
+def fit_layer(model, input_size: tuple[int, int, int], layer: str, conv: str, rank: int | dict | None = 1,
+              method: str = "svd", steps: int | None = None, lr: float | None = None, optimizer: str = "adam",
+              loss: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """One layer of ``model`` fitted with ``conv`` at ``rank`` (one rank, a dict of the type's ranks, or None for
+    its own rule) by ``method`` (``svd``: the type's default fit; ``gd`` with ``steps``, default
+    :data:`falcon.ehp.GD_STEPS`; or another of its fitter's methods), next to the default fit at that rank: the
+    report ``python -m falcon fit`` prints (its ``--json`` keys after ``model`` and ``weights``)."""
     import time
 
     from falcon.convtypes import compare
-    from falcon.ehp import GD_DEFAULTS, GD_STEPS, conv_type_axis, error_by_rank, run_gd, svd_fit
+    from falcon.fits import fitter_of
 
     module, site = fittable_site(model, input_size, layer)
-    axis = conv_type_axis(conv)
+    fitter = fitter_of(conv)
     kernel = module.weight.detach()
     t0 = time.perf_counter()
-    optimum = svd_fit(kernel, rank, axis)
+    optimum = fitter.fit(kernel, rank, "svd", seed=seed)
     optimum_seconds = time.perf_counter() - t0
-    out = {"layer": layer, "spec": site.spec.as_dict(),
-           "kernel_shape": list(kernel.shape), "conv": conv, "axis": axis, "method": method,
-           "rank_requested": rank, "rank_used": optimum.rank_used, "clamped": optimum.clamped,
-           "full_rank": optimum.full_rank}
-    if method == "svd":
-        fit, seconds, history, steps_done = optimum, optimum_seconds, [], 0
+    out = {"layer": layer, "spec": site.spec.as_dict(), "kernel_shape": list(kernel.shape), "conv": conv,
+           "axis": getattr(fitter, "axis", None), "method": method, "default_method": fitter.method_of("svd"),
+           "ranks": dict(optimum.hparams), "rank_requested": rank if rank is None or isinstance(rank, int) else max(rank.values()),
+           "rank_used": optimum.rank_used, "clamped": optimum.clamped, "full_rank": optimum.full_rank,
+           "full_ranks": dict(optimum.full_ranks)}
+    history: list = []
+    if fitter.method_of(method) == fitter.method_of("svd"):
+        fit, seconds, steps_done = optimum, optimum_seconds, 0
         out["optimizer"] = None
+    elif method == "gd":
+        fit, seconds, history, steps_done = _gd_fit(out, fitter, kernel, optimum.hparams, steps, lr, optimizer, loss, seed)
     else:
-        res = run_gd(kernel, rank, axis, steps=GD_STEPS if steps is None else steps, lr=lr, optimizer=optimizer,
-                     seed=seed, loss=loss)
-        fit, seconds, history, steps_done = res.fit, res.seconds, res.history, res.steps
-        defaults = GD_DEFAULTS[optimizer]
-        out.update(optimizer=optimizer, lr=defaults["lr"] if lr is None else lr,
-                   loss=defaults["loss"] if loss is None else loss, scale=defaults["scale"], seed=seed)
+        t0 = time.perf_counter()
+        fit = fitter.fit(kernel, optimum.hparams, method, seed=seed)
+        seconds, steps_done = time.perf_counter() - t0, 0
+        out["optimizer"] = None
     losses, idx, every = subsample([h.loss for h in history])
-    cmp = compare(site.spec, conv, rank=fit.rank_used)
+    cmp = compare(site.spec, conv, **fit.hparams)
     out.update({
         "relative_error": fit.relative_error,
         "optimum_relative_error": optimum.relative_error,
@@ -166,11 +168,12 @@ def fit_layer(model, input_size: tuple[int, int, int], layer: str, conv: str, ra
         "steps": steps_done,
         "seconds": seconds,
         "optimum_seconds": optimum_seconds,
+        "notes": list(getattr(fit, "notes", [])),
         "loss_history": losses,
         "loss_history_steps": idx,
         "loss_history_every": every,
         "relative_error_history": [history[i].relative_error for i in idx],
-        "error_by_rank": error_by_rank(kernel, axis),
+        "error_by_rank": fitter.error_by_rank(kernel) or [],
         "params": cmp.cost.params,
         "standard_params": cmp.standard.params,
         "compression_rate": cmp.compression_rate,
@@ -179,6 +182,19 @@ def fit_layer(model, input_size: tuple[int, int, int], layer: str, conv: str, ra
         out["loss_history_note"] = (f"loss before each of the {steps_done} steps and after the last, "
                                     + (f"every {every}th kept (and the last)" if every > 1 else "all kept"))
     return out
+
+
+def _gd_fit(out: dict, fitter, kernel, ranks: dict, steps, lr, optimizer, loss, seed):
+    """The thesis's gradient descent (EHP types): (fit, seconds, history, steps done); its settings into ``out``."""
+    from falcon.ehp import GD_DEFAULTS, GD_STEPS, run_gd
+
+    fitter.method_of("gd")  # a one-line error for a type without it
+    res = run_gd(kernel, ranks["rank"], fitter.axis, steps=GD_STEPS if steps is None else steps, lr=lr,
+                 optimizer=optimizer, seed=seed, loss=loss)
+    defaults = GD_DEFAULTS[optimizer]
+    out.update(optimizer=optimizer, lr=defaults["lr"] if lr is None else lr,
+               loss=defaults["loss"] if loss is None else loss, scale=defaults["scale"], seed=seed)
+    return res.fit, res.seconds, res.history, res.steps
 
 
 def layer_input(model, layer: str, x):
@@ -293,14 +309,15 @@ def output_error(conv, block, x) -> float:
 
 
 def block_from_fit(conv, conv_type: str, fit, spec: LayerSpec):
-    """A bare FALCON/DSConv block that computes ``conv`` up to the fit: the fit's factors loaded, the
-    conv's bias (if any) carried over (:func:`falcon.ehp.load_fit_into`, :func:`falcon.ehp.attach_bias`)."""
-    from falcon.ehp import attach_bias, load_fit_into
+    """A bare ``conv_type`` block that computes ``conv`` up to the fit: the fit's factors loaded, the conv's bias
+    (if any) carried over (the type's fitter: :mod:`falcon.fits`)."""
+    from falcon.fits import fitter_of
 
-    block = get_conv_type(conv_type).build(spec, rank=fit.rank_used).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    load_fit_into(block, fit)
+    fitter = fitter_of(conv_type)
+    block = get_conv_type(conv_type).build(spec, **fit.hparams).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    fitter.load(block, fit)
     if conv.bias is not None:
-        attach_bias(block, conv.bias.detach())
+        fitter.attach_bias(block, conv.bias.detach())
     return block.eval()
 
 
@@ -374,16 +391,21 @@ def load_for_fit(source: str, name: str = "digits-vgg", checkpoint: bytes | None
 
 
 def kernel_info(kernel, conv_type: str) -> dict[str, Any]:
-    """Singular-value energy per channel (:func:`falcon.ehp.singular_energy`), the optimal error at every rank
-    and the rank that keeps 90% of every channel's energy."""
+    """The default fit's error at every uniform rank (where the type's fitter knows it cheaply, else empty); for a
+    type fitted per channel (falcon, dsconv) also the singular-value energy per channel
+    (:func:`falcon.ehp.singular_energy`) and the rank that keeps 90% of every channel's energy (else None)."""
     import numpy as np
 
-    from falcon.ehp import conv_type_axis, error_by_rank, rank_for_energy, singular_energy
+    from falcon.fits import fitter_of
 
-    axis = conv_type_axis(conv_type)
-    energy = singular_energy(kernel, axis).numpy()
-    return {"energy": energy, "median_energy": [float(v) for v in np.median(energy, axis=0)],
-            "rank_90": int(rank_for_energy(kernel, axis, 0.9).max()), "error_by_rank": error_by_rank(kernel, axis)}
+    fitter = fitter_of(conv_type)
+    out = {"error_by_rank": fitter.error_by_rank(kernel) or [], "energy": None, "median_energy": [], "rank_90": None}
+    channel_energy = getattr(fitter, "channel_energy", None)
+    if channel_energy is not None:
+        energy = channel_energy(kernel).numpy()
+        out.update(energy=energy, median_energy=[float(v) for v in np.median(energy, axis=0)],
+                   rank_90=fitter.energy_ranks(kernel, 0.9)["rank"])
+    return out
 
 
 def fit_effect(loaded: FitTarget, layer: str, conv_type: str, fit, probe: LayerProbe | None = None) -> dict[str, Any]:

@@ -379,8 +379,10 @@ class Budget:
                 f"{self.model}: {got:.3f}× ({self.result.params:,} params, {self.result.macs:,} MACs)")
 
     def as_dict(self) -> dict:
-        def row(r: SizeResult) -> dict:
-            return {"rank": r.hparams.get("rank"), "params": r.params, "macs": r.macs,
+        names = get_conv_type(self.conv).rank_names
+
+        def row(r: SizeResult) -> dict:  # the uniform rank: every ranked hyper-parameter's (the largest)
+            return {"rank": max((r.hparams[n] for n in names if n in r.hparams), default=None), "params": r.params, "macs": r.macs,
                     "compression_rate": r.compression_rate, "computation_reduction_rate": r.computation_reduction_rate,
                     "meets": getattr(r, self.metric) >= self.target}
 
@@ -398,10 +400,9 @@ def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", c
 
     Rates fall as the rank grows, so the search walks up from rank 1 and stops at the first rank that misses
     the target, or at the largest full rank of the replaced layers (above it a fit gains nothing);
-    ``whole_curve`` sizes every rank up to that one (``Budget.curve``, for a chart).
+    ``whole_curve`` sizes every rank up to that one (``Budget.curve``, for a chart). A uniform rank sets every
+    ranked hyper-parameter of the type (Tucker-2's R₃ and R₄ alike).
     """
-    from falcon.ehp import full_rank
-
     if (crr is None) == (cr is None):
         raise FalconError("give one target: a computation reduction rate (MACs) or a compression rate (params)")
     target = float(crr if crr is not None else cr)
@@ -411,15 +412,15 @@ def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", c
     if not ct.ranked:
         ranked = ", ".join(c for c in RANKED)
         raise FalconError(f"a target is met by choosing the rank; {conv} has none (use {ranked})")
-    if "rank" in kwargs:
+    if any(n in kwargs for n in ct.rank_names):
         raise FalconError("a target chooses the rank itself; leave the rank out")
     metric = "computation_reduction_rate" if crr is not None else "compression_rate"
-    first = size_model(model, conv, rank=1, **kwargs)
+    first = size_model(model, conv, **ct.rank_hparams(1), **kwargs)
     entry = model_entry(model, kwargs.get("input_size"))
     sites = {s.name: s for s in _SITES.get((entry, kwargs.get("num_classes"), first.input_size,
                                             conv in entry.drop_shortcuts_for), ())}
     specs = [sites[n].spec for n in first.replaced if n in sites]
-    max_rank = max((full_rank((s.N, s.M, s.D), ct.fit_axis) for s in specs), default=1) if specs else 9
+    max_rank = max((ct.full_rank(s.N, s.M, s.D) for s in specs), default=1) if specs else 9
     replaced_cost = {"computation_reduction_rate": "macs", "compression_rate": "params"}[metric]
     std_total = getattr(first.standard, replaced_cost)
     std_rows = {u.name: getattr(u, replaced_cost) for u in first.standard.units}
@@ -427,7 +428,7 @@ def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", c
     ceiling = std_total / free if free > 0 else float("inf")
     results = [first]
     while (whole_curve or getattr(results[-1], metric) >= target) and len(results) < max_rank:
-        results.append(size_model(model, conv, rank=len(results) + 1, **kwargs))
+        results.append(size_model(model, conv, **ct.rank_hparams(len(results) + 1), **kwargs))
     meets = [r for r in results if getattr(r, metric) >= target]
     notes = []
     if meets and len(meets) == len(results) == max_rank:
@@ -436,7 +437,7 @@ def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", c
     if not meets:
         return Budget(first.model, conv, metric, target, None, None, [first], max_rank, ceiling, notes, results)
     best = meets[-1]
-    rank = best.hparams["rank"]
+    rank = results.index(best) + 1
     below = results[rank - 2: rank - 1] if rank > 1 else []
     above = results[rank: rank + 1]
     return Budget(first.model, conv, metric, target, rank, best, [*below, best, *above], max_rank, ceiling, notes,

@@ -5,6 +5,7 @@ import common
 from common import Keys
 from falcon.errors import FalconError
 from falcon.convtypes import CONV_TYPES, FITTABLE
+from falcon.fits import fitter_of
 from falcon.views.figures import energy_figure, error_by_rank_figure, kernel_figure, loss_figure
 from falcon.probe import FIT_SOURCES
 from falcon.jobs import Job
@@ -60,14 +61,21 @@ layer = common.widget(c[0].selectbox, f"layer ({len(layers)} fittable convs)", l
                       format_func=lambda n: by_name[n]["label"])
 conv = common.widget(c[1].segmented_control, "fit with", list(FITTABLE), default=FITTABLE[0], key="fit",
                      required=True, format_func=lambda t: CONV_TYPES[t].label)
-rank = common.widget(c[2].number_input, "rank k", 1, 256, 1, step=1, key="k",
-                     help="a rank above the layer's full rank is lowered to it")
-method = common.widget(c[3].segmented_control, "method", ["svd", "gd", "random"], default="svd", key="method",
-                       required=True, format_func=lambda m: {"svd": "SVD", "gd": "gradient descent", "random": "random"}[m],
-                       help="SVD: the closed-form optimum; gradient descent: the thesis's fit, drawn live; "
+conv = conv or FITTABLE[0]
+fitter = fitter_of(conv)
+rank = common.widget(c[2].number_input, "rank", 1, 65536, 1, step=1, key="k",
+                     help="one rank for every ranked hyper-parameter of the type; above the layer's full rank it is "
+                          "lowered to it")
+METHOD_LABELS = {"svd": "SVD", "gd": "gradient descent", "random": "random", "hooi": "HOOI", "hosvd": "HOSVD",
+                 "als": "ALS"}
+method = common.widget(c[3].segmented_control, "method", list(fitter.methods), default=fitter.methods[0],
+                       key=f"method_{conv}", required=True, format_func=lambda m: METHOD_LABELS.get(m, m),
+                       help="SVD: the closed-form optimum; gradient descent: the thesis's fit, drawn live; HOSVD, "
+                            "HOOI, ALS: Tucker-2's closed form and refinement, CP's alternating least squares; "
                             "random: a freshly initialized block (no fit)")
 row = by_name[layer]
-conv, method, rank = conv or FITTABLE[0], method or "svd", int(rank)
+method, rank = method or fitter.methods[0], int(rank)
+DEFAULT_LABEL = "SVD optimum" if fitter.methods[0] == "svd" else f"{METHOD_LABELS[fitter.methods[0]]} fit"
 
 gd = {}
 if method in ("gd", "random"):
@@ -90,12 +98,10 @@ fit_key = (loaded.key, layer, conv, rank)
 with common.guard():
     svd = common.svd_fit(loaded, layer, conv, rank)
     info = common.kernel_info(loaded, layer, conv)
-axis = CONV_TYPES[conv].fit_axis  # the common axis of the EHP
+axis = getattr(fitter, "axis", None)  # the common axis of an EHP (falcon, dsconv)
 if svd.clamped:
-    from falcon.ehp import FULL_RANK_FORMULA
-
-    st.info(f"Rank {rank} is above this layer's full rank {svd.rank_used} "
-            f"({FULL_RANK_FORMULA[axis]}); fitting rank {svd.rank_used}, which is exact.",
+    st.info(f"Rank {rank} is above this layer's full rank {svd.full_rank} "
+            f"({CONV_TYPES[conv].fit.formula}); fitting rank {svd.rank_used}, which is exact.",
             icon=":material/info:")
 
 # ---------------------------------------------------------------------------------------------- gradient descent
@@ -155,8 +161,12 @@ if method == "gd":
     gd_panel()
 
 fit = svd
-fit_note = "SVD optimum"
-if method == "random":
+fit_note = DEFAULT_LABEL
+if method not in (fitter.methods[0], "random", "gd"):
+    with common.guard():
+        fit = common.svd_fit(loaded, layer, conv, rank, method)
+    fit_note = f"{METHOD_LABELS.get(method, method)} fit"
+elif method == "random":
     with common.guard():
         fit = common.random_fit(loaded, layer, conv, rank, gd["seed"])
     fit_note = "random initialization (no fit)"
@@ -175,10 +185,11 @@ with common.guard():
 spec = effect["spec"]
 m = st.columns(5)
 m[0].metric("relative error", f"{fit.relative_error:.4f}", help=f"‖K − K̂‖ / ‖K‖ of the {fit_note}")
-m[1].metric("SVD optimum", f"{svd.relative_error:.4f}",
-            help="the best relative error any rank-k EHP can reach (Eckart–Young)")
+m[1].metric(DEFAULT_LABEL, f"{svd.relative_error:.4f}",
+            help="the relative error of the type's default fit at this rank (for an SVD: the best any fit can reach, "
+                 "Eckart–Young)")
 m[2].metric("full rank", f"{svd.full_rank}",
-            help="the rank from which the fit is exact: min(M, D²) for FALCON, min(N, D²) for DSConv")
+            help=f"the rank from which the fit is exact: {CONV_TYPES[conv].fit.formula}")
 m[3].metric("output error", f"{effect['output_error']:.4f}",
             help=f"‖conv(x) − block(x)‖ / ‖conv(x)‖ on the layer's inputs from {effect['samples']}")
 if effect.get("accuracy") is not None:
@@ -196,16 +207,23 @@ with st.container(border=True):
 
 c = st.columns(2)
 with c[0]:
-    st.markdown("**Singular-value energy per channel**")
-    st.caption(f"Per {axis} channel, the share of ‖K_c‖² that the best rank-k "
-               f"fit keeps. Median channel at k={fit.rank_used}: {info['median_energy'][fit.rank_used - 1]:.3f}; "
-               f"rank for 90% energy in every channel: {info['rank_90']}.")
-    common.plot(energy_figure(info["energy"], rank=fit.rank_used, conv=conv), key="energy", filename="ehp-energy")
+    if info["energy"] is None:
+        st.caption(f"{CONV_TYPES[conv].label} is not fitted channel by channel: no per-channel energy to show.")
+    else:
+        st.markdown("**Singular-value energy per channel**")
+        st.caption(f"Per {axis} channel, the share of ‖K_c‖² that the best rank-k "
+                   f"fit keeps. Median channel at k={fit.rank_used}: {info['median_energy'][fit.rank_used - 1]:.3f}; "
+                   f"rank for 90% energy in every channel: {info['rank_90']}.")
+        common.plot(energy_figure(info["energy"], rank=fit.rank_used, conv=conv), key="energy", filename="ehp-energy")
 with c[1]:
-    st.markdown("**Optimal relative error by rank**")
-    st.caption("The SVD fit's error at every rank; it reaches 0 at the full rank.")
-    common.plot(error_by_rank_figure(info["error_by_rank"], rank=fit.rank_used, conv=conv), key="error_by_rank",
-                filename="ehp-error-by-rank")
+    st.markdown("**Relative error by rank**")
+    if info["error_by_rank"]:
+        st.caption(f"The {DEFAULT_LABEL if fitter.methods[0] == 'svd' else 'closed-form fit'}'s error at every "
+                   "rank; it reaches 0 at the full rank.")
+        common.plot(error_by_rank_figure(info["error_by_rank"], rank=fit.rank_used, conv=conv), key="error_by_rank",
+                    filename="ehp-error-by-rank")
+    else:
+        st.caption(f"{CONV_TYPES[conv].label} has no closed-form error by rank (its fit is iterative).")
 
 st.markdown(f"**Kernels: original and reconstruction ({fit_note})**")
 K = loaded.kernel(layer).numpy()

@@ -52,9 +52,11 @@ def test_reductions_bars_are_the_library_rates_to_scale(spec):
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_rank_sweep_lines_and_break_even(spec):
-    sweeps = {c: costs.rank_sweep(spec, c) for c in RANKED}
-    be = {c: {"params": break_even_rank(spec, c, "params"), "macs": break_even_rank(spec, c, "macs")}
-          for c in RANKED}
+    sweeps, be = costs.rank_chart(spec)
+    assert set(be) == set(RANKED) and {"falcon", "dsconv"} <= set(sweeps)  # every type listed, the cheap ones drawn
+    assert all(be[c] == {"params": break_even_rank(spec, c, "params"), "macs": break_even_rank(spec, c, "macs")}
+               for c in RANKED)
+    assert all(max(be[c].values()) > costs.RANK_CHART_MAX for c in set(be) - set(sweeps))
     root = parse(svgcharts.rank_sweep_svg(sweeps, be))
     lines = root.findall(".//s:polyline[@class='line']", NS)
     assert {(p.get("data-conv"), p.get("data-what")) for p in lines} == {
@@ -64,7 +66,7 @@ def test_rank_sweep_lines_and_break_even(spec):
         assert len(p.get("points").split()) == len(sweeps[p.get("data-conv")])
         assert (p.get("stroke-dasharray") is not None) == (p.get("data-what") == "MACs")  # MACs dotted
     marks = root.findall(".//s:line[@class='break-even']", NS)
-    assert {m.get("data-conv"): int(m.get("data-k")) for m in marks} == {c: be[c]["params"] for c in be}
+    assert {m.get("data-conv"): int(m.get("data-k")) for m in marks} == {c: be[c]["params"] for c in sweeps}
     # a point's height follows its value on the log axis: the 1× line sits where CR crosses 1
     one_y = float(root.find(".//s:line[@class='one']", NS).get("y1"))
     for p in lines:

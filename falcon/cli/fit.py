@@ -62,7 +62,6 @@ def _load(args):
 
 
 def run_layers(args: argparse.Namespace) -> int:
-    from falcon.ehp import FULL_RANK_FORMULA
     from falcon.probe import conv_layers
 
     loaded = _load(args)
@@ -77,7 +76,7 @@ def run_layers(args: argparse.Namespace) -> int:
               **{f"{c} k*": r[f"{c}_full_rank"] or "" for c in FITTABLE}} for r in rows]
     print(loaded.description)
     print_table(table)
-    rules = ", ".join(f"{c} {FULL_RANK_FORMULA[get_conv_type(c).fit_axis]}" for c in FITTABLE)
+    rules = ", ".join(f"{c} {get_conv_type(c).fit.formula}" for c in FITTABLE)
     print(f"{len(rows)} convs; k* = full rank, where the fit is exact ({rules})")
     return 0
 

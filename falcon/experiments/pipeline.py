@@ -112,7 +112,7 @@ class ExperimentConfig:
         elif c.init not in INITS:
             raise FalconError(f"init must be one of {', '.join(INITS)}, got {c.init!r}")
         elif not ct.fittable and c.init != "random":
-            raise FalconError(f"{c.conv} is not an EHP of the kernel, so it has no {c.init} fit; use --init random")
+            raise FalconError(f"{c.conv} cannot be fitted to trained kernels, so it has no {c.init} fit; use --init random")
         if ct.widens(**c.hparams):
             raise FalconError(f"{ct.display_name(**c.hparams)} changes the widths of the kept layers, so their "
                               "pretrained weights cannot be kept; use settings that keep the widths (ShuffleUnit: "
@@ -482,11 +482,11 @@ def convert_for_run(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[i
         ct.resolve(site.spec, **cfg.hparams)  # check every layer before touching any
     torch.manual_seed(cfg.seed)
     report = []
-    if get_conv_type(cfg.conv).fittable:  # the EHP conversion: falcon.conversion, on the module itself
+    if ct.fittable:  # fitted to the trained kernels: falcon.conversion, on the module itself
         from falcon.conversion import convert_model
 
         gd = {"steps": cfg.gd_steps} if cfg.init == "gd" and cfg.gd_steps else {}
-        converted = convert_model(model, cfg.conv, cfg.hparams["rank"], cfg.init, input_size=input_size, entry=entry,
+        converted = convert_model(model, cfg.conv, ct.rank_hparams(cfg.hparams), cfg.init, input_size=input_size, entry=entry,
                                   include_stem=cfg.include_stem, seed=cfg.seed, inplace=True, **gd)
         model = converted.model
         report = converted.as_dict()

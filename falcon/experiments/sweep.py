@@ -41,7 +41,8 @@ def sweep_configs(base: ExperimentConfig | None = None, convs: Iterable[str] = D
         init = base.init if conv in RANKED else None
         if conv in RANKED:
             for k in (ranks if conv in PAPER_RANKED else competitor_ranks):
-                configs.append(dataclasses.replace(base, conv=conv, hparams={**base.hparams, "rank": int(k)}, init=init))
+                hparams = {**base.hparams, **CONV_TYPES[conv].rank_hparams(int(k))}
+                configs.append(dataclasses.replace(base, conv=conv, hparams=hparams, init=init))
         else:
             configs.append(dataclasses.replace(base, conv=conv, hparams={}, init=init))
     return configs

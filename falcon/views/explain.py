@@ -7,16 +7,18 @@ from falcon.convtypes import compare, get_conv_type
 def fit_summary(loaded, layer: str, conv_type: str, fit, optimum, info: dict, effect: dict,
                 how: str) -> str:
     """A paragraph a teacher can point at: what was fitted, how well, what it saves and what it changes."""
+    from falcon.fits import fitter_of
+
     ct = get_conv_type(conv_type)
     spec = effect["spec"]
     k = fit.rank_used
-    cmp = compare(spec, conv_type, rank=k)
-    axis = "output" if ct.fit_axis == "output" else "input"
-    energy = info["median_energy"][k - 1]
+    cmp = compare(spec, conv_type, **fit.hparams)
+    energy = info["median_energy"][k - 1] if len(info.get("median_energy") or []) >= k else None
+    name = f"Rank-{k} {ct.label}" if len(ct.rank_names) == 1 else ct.display_name(**fit.hparams)
+    kept = f"; the median channel keeps {energy:.1%} of its energy at this rank" if energy is not None else ""
     text = (f"Layer **{layer}** of {loaded.name} is a {spec.D}×{spec.D} convolution from {spec.M} to {spec.N} "
-            f"channels. **Rank-{k} {ct.label}** writes its kernel as {k} pointwise × depthwise product"
-            f"{'s' if k > 1 else ''} sharing the {axis} channel; the median channel keeps {energy:.1%} of its energy at "
-            f"this rank, so the best possible relative error is **{optimum.relative_error:.3f}** "
+            f"channels. **{name}** {fitter_of(conv_type).structure(fit.hparams)}{kept}, "
+            f"so the best error its {optimum.method} fit reaches is **{optimum.relative_error:.3f}** "
             f"(exact from rank {fit.full_rank} on). The {how} reaches **{fit.relative_error:.3f}**. The layer "
             f"then holds {cmp.cost.params:,} instead of {cmp.standard.params:,} weights "
             f"(**{cmp.compression_rate:.1f}× fewer**) and needs {cmp.computation_reduction_rate:.1f}× fewer MACs. "

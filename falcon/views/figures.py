@@ -71,11 +71,6 @@ def conv_symbol(conv: str) -> str:
     return CONV_TYPES[conv].symbol if conv in CONV_TYPES else "circle"
 
 
-def _fitted_along(axis: str) -> str:
-    """The registry's fittable conv type whose EHP shares the ``axis`` channel (output: FALCON, input: DSConv)."""
-    return next(n for n in FITTABLE if CONV_TYPES[n].fit_axis == axis)
-
-
 def conv_label(conv: str) -> str:
     from falcon.convtypes import variant_label
     from falcon.errors import FalconError
@@ -233,14 +228,14 @@ def ehp_figure(falcon: dict[str, np.ndarray], dsconv: dict[str, np.ndarray]) -> 
     for a in fig.layout.annotations:  # subplot titles
         a.font = dict(size=12)
     notes = [
-        dict(text="<b>FALCON</b>: common axis = output channel (pointwise M→N first, then depthwise on N); "
+        dict(text="<b>FALCON</b>: common axis = output channel (pointwise M→N first, then depthwise on N);<br>"
                   "each row of K is one depthwise kernel D[n], scaled",
              xref="paper", yref="paper", x=0, y=1.12, showarrow=False, xanchor="left",
-             font=dict(color=conv_color(_fitted_along("output")), size=14)),
-        dict(text="<b>DSConv</b>: common axis = input channel (depthwise on M first, then pointwise M→N); "
+             font=dict(color=conv_color("falcon"), size=14)),
+        dict(text="<b>DSConv</b>: common axis = input channel (depthwise on M first, then pointwise M→N);<br>"
                   "each column of K is one depthwise kernel D[m], scaled",
              xref="paper", yref="paper", x=0, y=0.5, showarrow=False, xanchor="left",
-             font=dict(color=conv_color(_fitted_along("input")), size=14)),
+             font=dict(color=conv_color("dsconv"), size=14)),
     ]
     cells = n * (d + 1) + d + 2  # rows of the taller right panel (the DSConv one)
     return _layout(fig, height=200 + 2 * 18 * cells, annotations=notes,
