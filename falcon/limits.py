@@ -71,7 +71,8 @@ def _b(name: str, kind: type, lo, hi, why: str, open_lo: bool = False) -> Bound:
 
 #: every named bound: the limits tie to memory and time; none allows a negative number
 BOUNDS: dict[str, Bound] = {b.name: b for b in (
-    _b("rank", int, 1, 256, "branches a block sums; above a layer's full rank min(M, D²) the fit is clamped"),
+    _b("rank", int, 1, 65536, "no layer's full rank is higher here: min(M, D²) for FALCON, min(M, N)·D² for CP; "
+                              "above a layer's own the fit is clamped"),
     _b("channels", int, 1, 16384, "a 16384→16384 3×3 conv already holds 2.4 G weights, 9.7 GB"),
     _b("kernel_size", int, 1, 64, "a 64×64 kernel has 4,096 taps per channel pair"),
     _b("input_size", int, 1, 4096, "activations grow with its square: 16.8 M pixels per channel at 4096"),
@@ -93,6 +94,8 @@ BOUNDS: dict[str, Bound] = {b.name: b for b in (
     _b("min_run_time", float, 0.0, 60.0, "seconds per entry and round; a run takes rounds × entries × this",
        open_lo=True),
     _b("target_rate", float, 0.0, 10_000.0, "times fewer; no rank reaches 10,000×", open_lo=True),
+    _b("target_count", float, 0.0, 1e15, "a count of MACs or parameters; the largest models have about 1e12",
+       open_lo=True),
 )}
 
 

@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
                                    "--evaluate the held-out accuracy before and after (no fine-tuning), and with "
                                    "--output saves the converted model (loads with weights_only=True).")
     add_model_flags(p)
-    p.add_argument("--conv", required=True, choices=FITTABLE, help=" or ".join(FITTABLE))
+    p.add_argument("--conv", default=None, choices=FITTABLE, help=" or ".join(FITTABLE) + " (or --plan)")
+    p.add_argument("--plan", default=None, metavar="PLAN.json",
+                   help="instead of --conv/--rank: the per-layer types and ranks of `python -m falcon plan --json`")
     p.add_argument("--rank", default=None, metavar="K", type=_rank_text,
                    help="rank k (default 1), clamped per layer to its full rank; or several for a table: "
                         "1,2,4 | 1-9 | all (1 … the largest full rank) | full")
@@ -59,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
                                 save_converted)
     from falcon.sources import load_model
 
+    if args.plan is not None:
+        return run_plan(args)
+    if args.conv is None:
+        raise FalconError("give --conv TYPE (with --rank or --energy), or --plan PLAN.json")
     gd = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("optimizer", args.optimizer)) if v is not None}
     if gd and args.init != "gd":
         raise FalconError(f"--{next(iter(gd))} applies to --init gd only")
@@ -115,4 +121,32 @@ def run(args: argparse.Namespace) -> int:
               f"{out['eval_images']} images, no fine-tuning)")
     if args.output:
         print(f"saved to {out['output']}")
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """``convert --plan``: each layer as the plan says (type and ranks), fitted to its trained kernel."""
+    from falcon.planning import apply_plan_report, read_plan
+    from falcon.sources import load_model
+
+    given = [f for f, v in (("--conv", args.conv), ("--rank", args.rank), ("--energy", args.energy),
+                            ("--output", args.output)) if v is not None]
+    if given:
+        raise FalconError(f"--plan sets each layer's type and rank; leave out {', '.join(given)}"
+                          + (" (saving a planned model is not supported yet)" if "--output" in given else ""))
+    plan = read_plan(args.plan)
+    loaded = load_model(args.model, args.weights, args.num_classes)
+    if args.evaluate and loaded.eval_data is None:
+        raise FalconError(f"{loaded.name} has no held-out set to evaluate on; digits-vgg has one")
+    out = apply_plan_report(loaded, plan, evaluate=args.evaluate)
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{loaded.description}: plan {args.plan}")
+    print_table([{"layer": x["layer"], "type": x["conv"], "ranks": ",".join(f"{k}={v}" for k, v in x["hparams"].items()),
+                  "rel. error": round(x["relative_error"], 5)} for x in out["layers"]])
+    print(f"params {out['params']:>13,}   original {out['standard_params']:>13,}   CR  {out['compression_rate']:.2f}x")
+    print(f"MACs   {out['macs']:>13,}   original {out['standard_macs']:>13,}   CRR {out['computation_reduction_rate']:.2f}x")
+    if args.evaluate:
+        print(f"held-out accuracy {out['accuracy']:.2%} (original {out['baseline_accuracy']:.2%}, no fine-tuning)")
     return 0
