@@ -205,6 +205,7 @@ def convert_model(model, conv: str = "falcon", rank: int | dict | None = 1, init
     _check_options(init, seed, gd)
     rank = _checked_rank(rank, energy)
     module, entry, chw, source, classes = _target(model, input_size, entry)
+    check_weights(module, entry.name)  # float32, initialized, finite: named otherwise (falcon.checkpoints)
     t0 = time.perf_counter()
     module = module if inplace else copy.deepcopy(module)
     module.eval()
