@@ -373,6 +373,7 @@ class BenchReport:
     load_average: list[float] | None = None  # 1-minute load before and after (CPU contention)
     cpu_count: int | None = None
     notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # how long measure() took
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -493,6 +494,7 @@ def measure(
         raise FalconError(f"clock must be {' or '.join(CLOCKS)}, got {clock!r}")
     if clock == "cpu" and (dev.type != "cpu" or threads != 1):
         raise FalconError("the cpu clock measures one thread's CPU time: use it with device cpu and 1 thread")
+    t_start = time.perf_counter()
     entries = bench_entries(spec, convs)
 
     plan = plan_memory(spec, entries, batch_size, torch_dtype, len(layouts))
@@ -530,6 +532,7 @@ def measure(
     load_after = _loadavg()
     report.load_average = None if load_before is None else [load_before, load_after]
     report.results = _summarize(tasks, spec, entries, layouts, batch_size, plan)
+    report.seconds = time.perf_counter() - t_start
     return report
 
 

@@ -11,6 +11,7 @@ from falcon.cli.common import print_json, print_table
 from falcon.convtypes import CONV_TYPES, all_hparams, parse_variant
 from falcon.errors import FalconError
 from falcon.limits import float_flag, hparam_flag, int_flag
+from falcon.reliability import assess_layer
 from falcon.spec import LayerSpec
 
 
@@ -131,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
+    verdict = assess_layer(report)
     if args.json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), **verdict.as_dict()})
         return 0
     print(f"{spec.describe()}, batch {report.batch_size}, {report.dtype}")
     threads = f"{report.threads} thread" + ("s" if report.threads != 1 else "")
@@ -145,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     for note in report.notes:
         print(f"note: {note}")
+    for reason in verdict.reasons:
+        print(f"unreliable: {reason}")
     if report.stopped:
         print("stopped before the end: results so far")
     return 0
