@@ -71,6 +71,9 @@ def _check_kernel(kernel: torch.Tensor) -> None:
         raise FalconError(f"the EHP fits square D×D kernels, got {kernel.shape[2]}×{kernel.shape[3]}")
     if not kernel.is_floating_point():
         raise FalconError(f"a conv kernel must be floating point, got {kernel.dtype}")
+    if not bool(torch.isfinite(kernel).all()):  # an SVD of NaN fails, of inf reports an error of 0
+        nan, inf = int(torch.isnan(kernel).sum()), int(torch.isinf(kernel).sum())
+        raise FalconError(f"the conv kernel has {nan:,} NaN and {inf:,} inf values; an EHP fit needs finite weights")
 
 
 @contextmanager
@@ -176,9 +179,6 @@ class Fit:
     def full_rank(self) -> int:
         return full_rank(self.kernel_hat.shape, self.axis)
 
-    def as_dict(self) -> dict:
-        return {"method": self.method, "axis": self.axis, "rank_requested": self.rank_requested,
-                "rank_used": self.rank_used, "clamped": self.clamped, "full_rank": self.full_rank,
     @property
     def hparams(self) -> dict[str, int]:
         """The block's ranked hyper-parameters (as :class:`falcon.fits.base.KernelFit` has them)."""
@@ -188,6 +188,9 @@ class Fit:
     def full_ranks(self) -> dict[str, int]:
         return {"rank": self.full_rank}
 
+    def as_dict(self) -> dict:
+        return {"method": self.method, "axis": self.axis, "rank_requested": self.rank_requested,
+                "rank_used": self.rank_used, "clamped": self.clamped, "full_rank": self.full_rank,
                 "relative_error": self.relative_error}
 
 
