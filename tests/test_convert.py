@@ -256,4 +256,4 @@ def test_cli_convert_errors_are_one_line(capsys, args, words):
 def test_cli_convert_error_in_a_real_process():
     r = cli("convert", "--model", "digits-vgg", "--conv", "falcon", "--rank", "0")
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1  # argparse's one line, no torch warning before it
-    assert "argument --rank: rank must be an integer in 1..256" in r.stderr and r.stderr.strip().endswith("got '0'")
+    assert "argument --rank: rank must be an integer in 1..65536" in r.stderr and r.stderr.strip().endswith("got '0'")

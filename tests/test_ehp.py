@@ -443,7 +443,7 @@ def test_cli_layers(capsys):
     (["--layer", "layer1.0.con1"], "did you mean layer1.0.conv1"),
     (["--layer", "layer1.0.bn1"], "BatchNorm2d, not a conv layer"),
     (["--layer", "layer2.0.downsample.0"], "cannot be fitted"),
-    (["--layer", "conv1", "--rank", "0"], "--rank: must be an integer in 1..256"),
+    (["--layer", "conv1", "--rank", "0"], "--rank: must be an integer in 1..65536"),
     (["--layer", "conv1", "--method", "gd", "--lr", "-1"], "learning rate"),
     (["--layer", "conv1", "--weights", "/nonexistent.pt"], "does not exist"),
     (["--layer", "conv1", "--conv", "mobilev2"], "invalid choice"),
