@@ -276,8 +276,9 @@ def converted_entry(obj: dict, label: str, model: str | ModelEntry | None = None
         return registry_entry(stored, label)
     entry = model if isinstance(model, ModelEntry) else get_model_entry(model)  # the user's own name
     if not isinstance(stored, str) or not same_model(entry, stored):
-        raise FalconError(f"{label} holds a converted {stored!r}, not {entry.name}: give the --model it was made "
-                          "from (model=... in Python)")
+        what = stored if isinstance(stored, str) else repr(stored)
+        raise FalconError(f"{label} holds a converted {what}, not {entry.name}: give the --model it was made from "
+                          "(model=... in Python)")
     return entry
 
 

@@ -116,15 +116,11 @@ def _cost(conv: str, spec, hparams: dict) -> tuple[int, int]:
 
 
 def _kernel_errors(kernel: torch.Tensor, conv: str, options: list[dict]) -> list[float]:
-    """Squared relative kernel errors of the fits of ``kernel`` at each option (the fitter's error curve when it
-    has one: one decomposition for every rank)."""
+    """Squared relative kernel errors of the closed-form fits of ``kernel`` at each option (the fitter's error
+    curve: one decomposition for every rank where the type has a closed form)."""
     from falcon.fits import fitter_of
 
-    fitter = fitter_of(conv)
-    curve = getattr(fitter, "error_curve", None)
-    if curve is not None:
-        return [float(e) ** 2 for e in curve(kernel, options)]
-    return [fitter.fit(kernel, dict(o)).relative_error ** 2 for o in options]
+    return [float(e) ** 2 for e in fitter_of(conv).error_curve(kernel, options)]
 
 
 def _data_errors(conv_module: nn.Conv2d, inputs: torch.Tensor, conv: str, options: list[dict], spec) -> list[float]:
@@ -143,8 +139,8 @@ def _data_errors(conv_module: nn.Conv2d, inputs: torch.Tensor, conv: str, option
 
 def layer_options(name: str, conv_module: nn.Conv2d, spec, types: Sequence[str], metric: str, proxy: str,
                   inputs: torch.Tensor | None = None) -> list[Option]:
-    """Every option for one layer: keep it (error 0), or each allowed type at each rank of its grid, cheaper than
-    the original in ``metric`` (an option that costs more than keeping the conv is never worth it)."""
+    """Every option for one layer: keep it (error 0), or each allowed type at each rank of its grid (when keeping is
+    allowed, only those cheaper than the original in ``metric``: one that costs more is never worth it)."""
     p0, m0 = _cost(KEEP, spec, {})
     out = [Option(float(m0 if metric == "macs" else p0), 0.0, f"{name}: keep",
                   Choice(name, KEEP, {}, p0, m0, 0.0))] if KEEP in types else []
@@ -155,7 +151,7 @@ def layer_options(name: str, conv_module: nn.Conv2d, spec, types: Sequence[str],
         opts = []
         for hp in _rank_options(conv, spec):
             p, m = _cost(conv, spec, hp)
-            if (m if metric == "macs" else p) < (m0 if metric == "macs" else p0):
+            if KEEP not in types or (m if metric == "macs" else p) < (m0 if metric == "macs" else p0):
                 opts.append((hp, p, m))
         if not opts:
             continue

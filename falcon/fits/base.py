@@ -208,3 +208,12 @@ class Fitter:
     def error_by_rank(self, kernel: torch.Tensor) -> list[float] | None:
         """The default fit's relative error at uniform ranks 1 … full rank, where it is cheap to know (else None)."""
         return None
+
+    def error_curve(self, kernel: torch.Tensor, options: list[dict]) -> list[float]:
+        """The default fit's relative error at each of ``options`` (dicts of ranks): from :meth:`error_by_rank` for a
+        type with one rank, else one fit per option (a fitter with a faster way overrides this)."""
+        names = self.rule.ranks
+        curve = self.error_by_rank(kernel) if len(names) == 1 else None
+        if curve:
+            return [curve[min(int(o[names[0]]), len(curve)) - 1] for o in options]
+        return [self.fit(kernel, dict(o)).relative_error for o in options]

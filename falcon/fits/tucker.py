@@ -87,16 +87,25 @@ class TuckerFitter(Fitter):
 
     def error_by_rank(self, kernel):
         """HOSVD's error at uniform ranks R₃ = R₄ = 1 … the larger full rank (each clamped to its own)."""
-        k = kernel.detach().double()
-        full = self.full_ranks(k.shape)
+        full = self.full_ranks(kernel.shape)
         top = max(full.values())
+        return self.error_curve(kernel, [{n: min(r, f) for n, f in full.items()} for r in range(1, top + 1)])
+
+    def error_curve(self, kernel, options):
+        """HOSVD's error at each ``{rank_in, rank_out}`` of ``options``, from one rotation of the kernel: with the
+        full singular bases U_out, U_in, the kernel rotated into them, C = K ×₀ U_outᵀ ×₁ U_inᵀ, keeps its norm, and
+        the truncated HOSVD's core is C's leading R₄ × R₃ block, so ‖K − K̂‖² = ‖K‖² − ‖C[:R₄, :R₃]‖²."""
+        k = kernel.detach().double()
         u_out = torch.linalg.svd(unfold(k, 0), full_matrices=False)[0]
         u_in = torch.linalg.svd(unfold(k, 1), full_matrices=False)[0]
+        energy = torch.einsum("nmij,nb,ma->baij", k, u_out, u_in).pow(2).sum((2, 3)).cumsum(0).cumsum(1)
+        total = float(k.pow(2).sum())
+        if total == 0.0:
+            return [0.0] * len(options)
         out = []
-        for r in range(1, top + 1):
-            a, b = u_in[:, :min(r, full["rank_in"])], u_out[:, :min(r, full["rank_out"])]
-            core = torch.einsum("nmij,nb,ma->baij", k, b, a)
-            out.append(relative_error(k, torch.einsum("nb,baij,am->nmij", b, core, a.T)))
+        for o in options:
+            b, a = min(int(o["rank_out"]), energy.shape[0]), min(int(o["rank_in"]), energy.shape[1])
+            out.append(max(0.0, total - float(energy[b - 1, a - 1])) ** 0.5 / total ** 0.5)
         return out
 
 
