@@ -83,6 +83,7 @@ class Keys:
     MEASURE = JobKeys("measure_job", stop="measure_stop", shown="measure_shown", args="measure_args")  # sizing's model bench
     EXPERIMENT = JobKeys("exp_runner", stop="exp_stop", shown="exp_shown")  # the experiments page's sweep runner
     EXPERIMENT_BUSY = "exp_busy"  # Start was pressed while another session's experiment ran
+    PRESENTER = "presenter"  # the sidebar's presenter mode (larger type, fewer columns; app/main.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,10 +204,24 @@ def color_dot(color: str) -> str:
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
-def plot(fig, key: str | None = None, filename: str = "falcon-figure") -> None:
-    """A plotly figure with the camera button saving a PNG named ``filename``."""
+#: chart text in presenter mode: this many times larger
+PRESENTER_FONT_SCALE = 1.3
+
+
+def presenter() -> bool:
+    """Whether the sidebar's presenter mode is on."""
+    return bool(st.session_state.get(Keys.PRESENTER))
+
+
+def plot(fig, key: str | None = None, filename: str = "falcon-figure", **kwargs):
+    """A plotly figure with the camera button saving a PNG named ``filename`` (its text larger in presenter
+    mode); ``kwargs`` go to ``st.plotly_chart`` (``on_select``, ``selection_mode``)."""
+    if presenter():
+        from falcon.views.figures import scale_fonts
+
+        fig = scale_fonts(fig, PRESENTER_FONT_SCALE)
     config = {**PLOTLY_CONFIG, "toImageButtonOptions": {**PLOTLY_CONFIG["toImageButtonOptions"], "filename": filename}}
-    st.plotly_chart(fig, key=key, config=config, theme=None)
+    return st.plotly_chart(fig, key=key, config=config, theme=None, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,39 +19,35 @@ st.caption("Closed-form weights and multiply-accumulates (MACs; the thesis's FLO
            "for every conv type of the registry, next to the standard conv. Weights only: no bias, no BN.")
 
 
-#: The cost table is four tables stacked into one (one column per conv type, the same fixed column
-#: widths in each): the formulas for the parameters, this layer's parameters, the formulas for the MACs,
-#: this layer's MACs with CR and CRR. The formulas (LaTeX, typeset by KaTeX in the browser) do not
-#: change with the layer, so on a change the browser skips their two tables; typesetting all of them
-#: again was ~50 ms of a change (benchmarks/bench_app.py).
+#: The cost tables: one row per conv type (the registry grows; rows scale, columns would not), its formulas beside
+#: this layer's numbers. The columns size themselves to their content (a formula breaks only after a + or =,
+#: a number never), and the table scrolls inside itself when the window is narrower than that: nothing overlaps.
 TABLE_CSS = """<style>
-.st-key-calc_tables table { table-layout: fixed; width: 100%; margin: 0; border-collapse: collapse; }
-.st-key-calc_tables th:first-child, .st-key-calc_tables td:first-child { width: 6.5em; }
-.st-key-calc_tables td, .st-key-calc_tables th { overflow-wrap: anywhere; vertical-align: top; }
-.st-key-calc_tables [data-testid="stMarkdownContainer"] { margin-bottom: -1px; }
-.st-key-calc_macs_formula th { font-weight: 400; }
+.st-key-calc_tables [data-testid="stMarkdownContainer"] { overflow-x: auto; }
+.st-key-calc_tables table { width: 100%; margin: 0; }
+.st-key-calc_tables td, .st-key-calc_tables th { vertical-align: top; overflow-wrap: normal; }
+.st-key-calc_tables small { color: #6b6f7b; }
 </style>"""
 
 
-def _html_rows(rows: list[list[str]]) -> str:
-    return "<table>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+def _number_cell(parts_sum: str) -> str:
+    """``65{,}536 + 2{,}304 = 67{,}840`` as the total in bold over its parts in small type."""
+    text = parts_sum.replace("{,}", ",")
+    parts, _, total = text.rpartition(" = ")
+    return f"**{total}**" + (f"<br><small>{parts}</small>" if parts else "")
 
 
 def cost_tables(good: list[dict]) -> None:
-    """Formulas and this layer's numbers, one column per conv type (see TABLE_CSS)."""
+    """Formulas and this layer's numbers, one row per conv type: parameters with CR, then MACs with CRR (two
+    four-column tables fit a 683 px window; see TABLE_CSS)."""
     st.html(TABLE_CSS)
-    box = st.container(key="calc_tables", gap=None)
-    box.markdown("\n".join([
-        "| | " + " | ".join(f"{common.color_dot(r['color'])} {r['label']}" for r in good) + " |",
-        "|---|" + "---|" * len(good),
-        "| **parameters** | " + " | ".join(f"${r['latex_params']}$" for r in good) + " |"]), unsafe_allow_html=True)
-    box.markdown(_html_rows([["="] + [r["params_sum"].replace("{,}", ",") for r in good]]), unsafe_allow_html=True)
-    box.container(key="calc_macs_formula", gap=None).markdown(
-        "| **MACs** | " + " | ".join(f"${r['latex_macs']}$" for r in good) + " |\n|---|" + "---|" * len(good))
-    box.markdown(_html_rows([["="] + [r["macs_sum"].replace("{,}", ",") for r in good],
-                             ["<b>CR</b>"] + [f"<b>{r['compression_rate']:.3f}×</b>" for r in good],
-                             ["<b>CRR</b>"] + [f"<b>{r['computation_reduction_rate']:.3f}×</b>" for r in good]]),
-                 unsafe_allow_html=True)
+    box = st.container(key="calc_tables")
+    for what, key, rate, rate_key in (("parameters", "params", "CR", "compression_rate"),
+                                      ("MACs", "macs", "CRR", "computation_reduction_rate")):
+        head = f"| conv type | {what} | this layer | {rate} |\n|---|---|--:|--:|"
+        rows = [f"| {common.color_dot(r['color'])} {r['label']} | ${r[f'latex_{key}']}$ | "
+                f"{_number_cell(r[f'{key}_sum'])} | **{r[rate_key]:.3f}×** |" for r in good]
+        box.markdown("\n".join([head, *rows]), unsafe_allow_html=True)
 
 
 def chart(svg: str, filename: str, key: str) -> None:
@@ -115,7 +111,7 @@ def layer_view() -> None:
 
     # The two charts are inline SVG, not plotly: they change on every input, and a plotly chart whose
     # figure changes is rebuilt from scratch in the browser (~110 ms of a change; falcon/svgcharts.py).
-    left, right = st.columns(2)
+    left, right = st.container(key="wide_calc_charts").columns(2)  # one under the other below 2 × 30 rem
     with left:
         st.subheader("Reductions")
         chart(reductions_svg(good), "falcon-reductions.svg", "svg_reductions")

@@ -13,9 +13,10 @@ st.markdown(
     "a trained layer can be converted by fitting its kernel, then fine-tuned. "
     "MobileNet's depthwise separable conv (DSConv) is the same product along the *input* channel."
 )
-c1, c2 = st.columns(2)
-c1.latex(r"\text{FALCON:}\quad K_{n,m,i,j} = \sum_{r=1}^{k} P^{(r)}_{n,m}\, D^{(r)}_{n,i,j}")
-c2.latex(r"\text{DSConv:}\quad K_{n,m,i,j} = \sum_{r=1}^{k} P^{(r)}_{n,m}\, D^{(r)}_{m,i,j}")
+# side by side, one under the other in a narrow window (never cut off: each keeps its whole width)
+formulas = st.container(horizontal=True, gap="large", key="ov_formulas")
+formulas.latex(r"\text{FALCON:}\quad K_{n,m,i,j} = \sum_{r=1}^{k} P^{(r)}_{n,m}\, D^{(r)}_{n,i,j}", width="content")
+formulas.latex(r"\text{DSConv:}\quad K_{n,m,i,j} = \sum_{r=1}^{k} P^{(r)}_{n,m}\, D^{(r)}_{m,i,j}", width="content")
 
 st.subheader("The EHP, drawn")
 controls = st.columns([1, 1, 1, 3])

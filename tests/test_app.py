@@ -212,26 +212,25 @@ def test_overview_figure_follows_its_inputs():
 
 
 # ---------------------------------------------------------------------------------------------- calculator
-def _html_cells(html: str) -> list[list[str]]:
-    return [[re.sub(r"</?b>", "", c) for c in re.findall(r"<td>(.*?)</td>", row)] for row in re.findall(r"<tr>(.*?)</tr>", html)]
-
-
 def cost_table(at: AppTest) -> dict[str, dict[str, str]]:
-    """The calculator's cost table, by conv type label: the numbers and formulas as shown. It is four
-    stacked tables with a column per conv type: parameter formulas (with the header), parameters,
-    MAC formulas, MACs + CR + CRR."""
+    """The calculator's cost tables, by conv type label: the numbers and formulas as shown. Two markdown tables
+    with a row per conv type: parameters (formula, this layer's total over its parts, CR), then MACs (CRR)."""
     mds = [m.value for m in at.markdown]
-    i = next(k for k, v in enumerate(mds) if "| **parameters** |" in v)
-    head, _, params_f = mds[i].splitlines()
-    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")][1:]  # noqa: E731
-    labels = [c.split("</span> ", 1)[1] for c in cells(head)]
-    params = _html_cells(mds[i + 1])[0][1:]
-    macs_f = cells(mds[i + 2].splitlines()[0])
-    macs, cr, crr = (row[1:] for row in _html_cells(mds[i + 3]))
-    assert [r[0] for r in _html_cells(mds[i + 3])] == ["=", "CR", "CRR"] and "**MACs**" in mds[i + 2]
-    return {label: {"params": p.rsplit("= ", 1)[-1], "macs": m.rsplit("= ", 1)[-1], "cr": a, "crr": b,
-                    "latex_params": lp.strip("$"), "latex_macs": lm.strip("$")}
-            for label, p, m, a, b, lp, lm in zip(labels, params, macs, cr, crr, cells(params_f), macs_f)}
+    i = next(k for k, v in enumerate(mds) if v.startswith("| conv type | parameters |"))
+    assert mds[i + 1].startswith("| conv type | MACs |")
+
+    def rows(md: str) -> dict[str, list[str]]:
+        out = {}
+        for line in md.splitlines()[2:]:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            out[cells[0].split("</span> ", 1)[1]] = cells[1:]
+        return out
+
+    params, macs = rows(mds[i]), rows(mds[i + 1])
+    total = lambda cell: re.match(r"\*\*([\d,]+)\*\*", cell).group(1)  # noqa: E731  (bold, over its parts)
+    return {label: {"params": total(p[1]), "macs": total(macs[label][1]), "cr": p[2].strip("*"),
+                    "crr": macs[label][2].strip("*"), "latex_params": p[0].strip("$"), "latex_macs": macs[label][0].strip("$")}
+            for label, p in params.items()}
 
 
 def expected_table(spec: LayerSpec, hp: dict) -> dict[str, dict[str, str]]:

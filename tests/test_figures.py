@@ -173,7 +173,7 @@ def test_accuracy_figure_marks_our_runs():
                          {"model": "vgg19", "dataset": "cifar10", "method": "falcon", "rank": 1, "top1": 92.0,
                           "params_m": 2.56, "macs_m": 47.2}])
     fig = figures.accuracy_figure(df, ours)
-    assert "digits-vgg · digits" in [a.text for a in fig.layout.annotations]
+    assert "digits-vgg<br>digits" in [a.text for a in fig.layout.annotations]  # model over data set
     mine = [t for t in fig.data if t.name == "FALCON (ours)"]
     assert len(mine) == 2 and all(t.marker.symbol == "circle-open" for t in mine)
 

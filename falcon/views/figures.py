@@ -99,6 +99,36 @@ def _layout(fig: go.Figure, title: str | None = None, height: int | None = None,
     return fig
 
 
+#: the font dicts of a figure (layout, axes, legend, annotations, traces)
+_FONT_KEYS = {"font", "textfont", "tickfont", "titlefont", "insidetextfont", "outsidetextfont"}
+#: plotly's base font size when a figure sets none
+PLOTLY_FONT_SIZE = 12
+
+
+def _scale_font_sizes(node: Any, factor: float) -> Any:
+    if isinstance(node, list):
+        return [_scale_font_sizes(v, factor) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k in _FONT_KEYS and isinstance(v, dict) and isinstance(v.get("size"), (int, float)):
+            v = {**v, "size": v["size"] * factor}
+        out[k] = v if k == "template" else _scale_font_sizes(v, factor)
+    return out
+
+
+def scale_fonts(fig: go.Figure, factor: float) -> go.Figure:
+    """A copy of ``fig`` with every font size (the base font, titles, axes, legend, annotations, trace text) times
+    ``factor``: the presenter mode's larger chart text. The figure itself is not changed."""
+    d = fig.to_plotly_json()
+    layout = _scale_font_sizes(d["layout"], factor)
+    font = layout.setdefault("font", {})
+    if "size" not in font:
+        font["size"] = PLOTLY_FONT_SIZE * factor
+    return go.Figure(data=_scale_font_sizes(d["data"], factor), layout=layout)
+
+
 def _axis_ref(fig: go.Figure, row: int, col: int) -> tuple[str, str]:
     """("x2", "y2")-style references of a subplot (("x", "y") for a plain figure)."""
     if not getattr(fig, "_grid_ref", None):
@@ -117,8 +147,8 @@ def grid(rows: int, cols: int, titles: Sequence[str] = (), hspace: float = 0.06,
         r, c = divmod(i, cols)
         n = "" if i == 0 else str(i + 1)
         x0, y1 = c * (w + hspace), 1 - r * (h + vspace)
-        layout[f"xaxis{n}"] = dict(domain=[x0, x0 + w], anchor=f"y{n}")
-        layout[f"yaxis{n}"] = dict(domain=[y1 - h, y1], anchor=f"x{n}")
+        layout[f"xaxis{n}"] = dict(domain=[max(x0, 0.0), min(x0 + w, 1.0)], anchor=f"y{n}")
+        layout[f"yaxis{n}"] = dict(domain=[max(y1 - h, 0.0), min(y1, 1.0)], anchor=f"x{n}")
         if i < len(titles):
             layout["annotations"].append(dict(text=titles[i], x=x0 + w / 2, y=y1, xref="paper", yref="paper",
                                               xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=14)))
@@ -230,11 +260,11 @@ def ehp_figure(falcon: dict[str, np.ndarray], dsconv: dict[str, np.ndarray]) -> 
     notes = [
         dict(text="<b>FALCON</b>: common axis = output channel (pointwise M→N first, then depthwise on N);<br>"
                   "each row of K is one depthwise kernel D[n], scaled",
-             xref="paper", yref="paper", x=0, y=1.12, showarrow=False, xanchor="left",
+             xref="paper", yref="paper", x=0, y=1.12, showarrow=False, xanchor="left", align="left",
              font=dict(color=conv_color("falcon"), size=14)),
         dict(text="<b>DSConv</b>: common axis = input channel (depthwise on M first, then pointwise M→N);<br>"
                   "each column of K is one depthwise kernel D[m], scaled",
-             xref="paper", yref="paper", x=0, y=0.5, showarrow=False, xanchor="left",
+             xref="paper", yref="paper", x=0, y=0.5, showarrow=False, xanchor="left", align="left",
              font=dict(color=conv_color("dsconv"), size=14)),
     ]
     cells = n * (d + 1) + d + 2  # rows of the taller right panel (the DSConv one)
@@ -344,9 +374,24 @@ def loss_figure(steps: Sequence[int], relative_errors: Sequence[float], optimum:
                               ticktext=[f"{v:g}" for v in LOG_TICKS]))
 
 
-def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = FITTABLE[0]) -> go.Figure:
+def energy_rank(energy: np.ndarray, share: float = 0.95) -> dict[str, int | None]:
+    """The smallest rank at which the median channel (``median``) and every channel (``worst``) keep at least
+    ``share`` of their singular-value energy (None where no rank does). ``energy``: ``(C, q)`` cumulative."""
+    e = np.asarray(energy, dtype=float)
+
+    def first(curve: np.ndarray) -> int | None:
+        hit = np.flatnonzero(curve >= share - 1e-12)
+        return int(hit[0]) + 1 if len(hit) else None
+
+    return {"median": first(np.median(e, axis=0)), "worst": first(e.min(axis=0))}
+
+
+def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = FITTABLE[0],
+                  share: float | None = 0.95) -> go.Figure:
     """Cumulative singular-value energy per channel against the rank: median, and the band from the
-    worst to the best channel; a dotted line at the chosen rank. ``energy``: ``(C, q)``."""
+    worst to the best channel; a dotted line at the chosen rank. ``energy``: ``(C, q)``. With ``share``, the
+    ranks where the median channel and the worst channel first keep that share are marked
+    (:func:`energy_rank`), with a dashed line at the share."""
     e = np.asarray(energy, dtype=float)
     ranks = np.arange(1, e.shape[1] + 1)
     lo, med, hi = e.min(axis=0), np.median(e, axis=0), e.max(axis=0)
@@ -359,9 +404,23 @@ def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = FITTA
     fig.add_trace(go.Scatter(x=ranks, y=med, mode="lines+markers", name="median channel", line=dict(color=color),
                              hovertemplate="rank %{x}: median %{y:.3f}<extra></extra>"))
     shapes, notes = vline(fig, rank, text=f" k={rank}") if rank is not None else ([], [])
+    if share is not None:
+        at = energy_rank(e, share)
+        more, labels = hline(fig, share, text=f"{share:.0%} of the energy")
+        shapes, notes = shapes + more, notes + labels
+        marks = [(k, curve[k - 1], f"median: k={k}", "bottom right") if which == "median" else
+                 (k, curve[k - 1], f"every channel: k={k}", "top left")
+                 for which, curve in (("median", med), ("worst", lo)) if (k := at[which]) is not None]
+        if marks:
+            fig.add_trace(go.Scatter(
+                x=[m[0] for m in marks], y=[m[1] for m in marks], mode="markers+text", cliponaxis=False,
+                text=[m[2] for m in marks], textposition=[m[3] for m in marks], name=f"{share:.0%} energy",
+                marker=dict(symbol="diamond", size=12, color=FRONTIER, line=dict(width=1, color="white")),
+                textfont=dict(size=12, color=FRONTIER),
+                hovertemplate=f"%{{text}}: the first rank keeping {share:.0%} of the energy<extra></extra>"))
     return _layout(fig, height=340, shapes=shapes, annotations=notes,
                    xaxis=dict(title_text="rank k", dtick=1 if len(ranks) <= 16 else None),
-                   yaxis=dict(title_text="energy kept ‖K̂_c‖² / ‖K_c‖²", range=[0, 1.05]))
+                   yaxis=dict(title_text="energy kept ‖K̂_c‖² / ‖K_c‖²", range=[0, 1.08]))
 
 
 def error_by_rank_figure(errors: Sequence[float], rank: int | None = None, conv: str = FITTABLE[0]) -> go.Figure:
@@ -378,8 +437,38 @@ def error_by_rank_figure(errors: Sequence[float], rank: int | None = None, conv:
 
 
 def _panel_title(model: str, dataset: str) -> str:
+    """Two short lines (model, data set): four panels side by side fit a 683 px wide window."""
     names = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "imagenet": "ImageNet", "digits": "digits"}
-    return f"{model} · {names.get(dataset, dataset)}"
+    return f"{model}<br>{names.get(dataset, dataset)}"
+
+
+def log_tickvals(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis over [lo, hi] (lo, hi > 0): the 1-2-5 series when it puts at least two ticks
+    inside, else 1…9 × 10^e, else three evenly spaced round numbers (a range within one decade, such as
+    vgg16_bn's 125–138 M parameters, has no 1-2-5 tick at all)."""
+    lo, hi = min(lo, hi), max(lo, hi)
+    decades = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+    for mantissas in ((1, 2, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0 ** e for e in decades for m in mantissas if lo <= m * 10.0 ** e <= hi]
+        if len(ticks) >= 2:
+            return [float(t) for t in ticks]
+    mag = 10.0 ** np.floor(np.log10(max(hi - lo, 1e-12)))
+    for step in (mag, mag / 2, mag / 5, mag / 10):  # the coarsest that puts two ticks inside
+        ticks = np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step)
+        if len(ticks) >= 2:
+            return [float(t) for t in ticks]
+    return [lo, hi]
+
+
+def _padded_range(values: Sequence[float], log: bool, low: float = 0.08, high: float = 0.08) -> list[float]:
+    """An axis range around ``values`` with a margin on each side (a fraction of the span; in log10 units on a
+    log axis), so markers and their labels at the extremes are not cut at the panel's edge."""
+    v = np.asarray([x for x in values if np.isfinite(x) and (x > 0 or not log)], dtype=float)
+    if not len(v):
+        return [0, 1]
+    a, b = (np.log10(v.min()), np.log10(v.max())) if log else (v.min(), v.max())
+    span = (b - a) or (abs(a) * 0.1 if a else 1.0)
+    return [float(a - low * span), float(b + high * span)]
 
 
 def accuracy_figure(paper: pd.DataFrame, own: pd.DataFrame | None = None, x: str = "params_m", log_x: bool = False,
@@ -408,7 +497,9 @@ def points_figure(data: pd.DataFrame, x: str = "params_m", log_x: bool = False, 
     ranked = data[(data["source"] == "paper") & data["method"].isin(PAPER_RANKED)].dropna(subset=["rank"]) \
         if "rank" in data else data.iloc[0:0]
     paper_ranks = {meth: (int(g.min()), int(g.max())) for meth, g in ranked.groupby("method")["rank"]}
-    layout = grid(rows, cols, [_panel_title(*p) for p in panels], hspace=0.06, vspace=0.16 if rows > 1 else 0.1)
+    # between two rows of panels: the x tick labels, the axis title and the two-line panel title (~110 px)
+    layout = grid(rows, cols, [_panel_title(*p) for p in panels], hspace=0.07,
+                  vspace=110 / (350 * rows) if rows > 1 else 0.1)
     shown: set[str] = set()
     axes: dict[str, dict] = {}
     traces: list[dict] = []  # built as dicts and validated once (add_trace per panel is slow)
@@ -440,8 +531,8 @@ def points_figure(data: pd.DataFrame, x: str = "params_m", log_x: bool = False, 
             traces.append(dict(
                 type="scatter", xaxis=xr, yaxis=yr,
                 x=list(m[x]), y=list(m[y]), mode="lines+markers+text" if curve else "markers",
-                text=ranks if curve else None, textposition="top center",
-                textfont=dict(size=10, color=conv_color(method)),
+                text=ranks if curve else None, textposition="top center", cliponaxis=False,
+                textfont=dict(size=12, color=conv_color(method)),
                 line=dict(color=conv_color(method), width=2, dash="dot" if source == "ours" else "solid"),
                 marker=dict(symbol=symbol, size=15 if method == "standard" else 12 if not curve else 10,
                             color=conv_color(method),
@@ -451,15 +542,21 @@ def points_figure(data: pd.DataFrame, x: str = "params_m", log_x: bool = False, 
                 hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:{xfmt}}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
             ))
             shown.add(key)
-        axes[xr.replace("x", "xaxis")] = (
-            dict(type="log", title_text=xlabel) if log_x and x == "latency_ms" else  # often < 2× apart: plotly's ticks
-            dict(type="log", title_text=xlabel, tickvals=LOG_TICKS_WIDE,
-                 ticktext=[_tick_text(v) for v in LOG_TICKS_WIDE]) if log_x else dict(type="linear", title_text=xlabel))
-        axes[yr.replace("y", "yaxis")] = dict(title_text="top-1 accuracy (%)" if c == 1 else None)
+        xs, ys = [float(v) for v in d[x]], [float(v) for v in d[y]]
+        x_range = _padded_range(xs, log_x)
+        if log_x:
+            ticks = log_tickvals(*(10 ** v for v in x_range))
+            axes[xr.replace("x", "xaxis")] = dict(type="log", title_text=xlabel, range=x_range, tickvals=ticks,
+                                                  ticktext=[_tick_text(v) if x != "latency_ms" else f"{v:.3g}"
+                                                            for v in ticks])
+        else:
+            axes[xr.replace("x", "xaxis")] = dict(type="linear", title_text=xlabel, range=x_range)
+        axes[yr.replace("y", "yaxis")] = dict(title_text="top-1 accuracy (%)" if c == 1 else None,
+                                              range=_padded_range(ys, False, 0.08, 0.16))  # room for the k= labels
     for name, ax in axes.items():
         layout[name] = {**layout.get(name, {}), **ax}
-    layout.update(BASE_LAYOUT, height=330 * rows + 90, margin=dict(l=10, r=10, t=100, b=10),
-                  legend=dict(orientation="h", yanchor="bottom", y=1.0 + 0.12 / rows, x=0))
+    layout.update(BASE_LAYOUT, height=350 * rows + 110, margin=dict(l=10, r=10, t=120, b=10),
+                  legend=dict(orientation="h", yanchor="bottom", y=1.0 + 0.16 / rows, x=0))
     return go.Figure(data=traces, layout=layout)
 
 

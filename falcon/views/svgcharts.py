@@ -52,8 +52,9 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 
 def _svg(width: int, height: int, label: str, body: Iterable[str]) -> str:
+    """Drawn at its own size, never shrunk (its 12-13 px text stays 12-13 px); a narrower page scrolls it."""
     return (f"<svg xmlns='http://www.w3.org/2000/svg' class='falcon-chart' role='img' aria-label='{escape(label, True)}' "
-            f"viewBox='0 0 {width} {height}' width='100%' style='max-width:{width}px;height:auto' {FONT} font-size='13' "
+            f"viewBox='0 0 {width} {height}' width='{width}' height='{height}' style='max-width:none' {FONT} font-size='13' "
             f"fill='{TEXT}'><title>{escape(label)}</title>" + "".join(body) + "</svg>")
 
 
