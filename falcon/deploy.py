@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 import torch
 from falcon.errors import FalconError
+from falcon.limits import parse_int
 from falcon.outputs import check_target, write_bytes
 
 from falcon.export import (FORMATS, DeployInfo, Parity, _need, deploy_form, export_onnx, export_torchscript,
@@ -55,6 +56,7 @@ def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.o
 
     if format not in FORMATS:
         raise FalconError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    parse_int(batch_size, "export_batch_size", "batch size")  # the sample's: the ONNX batch stays dynamic
     if format == "onnx":
         _need("onnx", "ONNX export")
     path = check_target(output)  # a directory or a device: refused before any work

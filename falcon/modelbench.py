@@ -153,19 +153,15 @@ def parse_conversions(conv: str | Sequence = "falcon", rank: int | None = 1, **h
 def _chw(entry, input_size) -> tuple[int, int, int]:
     if input_size is None:
         return (entry.in_channels, entry.input_size, entry.input_size)
-    if isinstance(input_size, bool):
-        raise FalconError(f"input size must be a positive integer, got {input_size!r}")
-    if isinstance(input_size, int):
-        if input_size < 1:
-            raise FalconError(f"input size must be positive, got {input_size}")
-        return (entry.in_channels, input_size, input_size)
+    if not isinstance(input_size, (tuple, list, torch.Size)):  # H = W: an int (parse_int refuses the rest)
+        size = parse_int(input_size, "input_size", "input size")
+        return (entry.in_channels, size, size)
     try:
-        c, h, w = (int(v) for v in input_size)
+        c, h, w = input_size
     except (TypeError, ValueError):
         raise FalconError(f"input size is H or (C, H, W), got {input_size!r}") from None
-    if min(c, h, w) < 1:
-        raise FalconError(f"input size must be positive, got {input_size!r}")
-    return (c, h, w)
+    return (parse_int(c, "channels", "input channels"), parse_int(h, "input_size", "input height"),
+            parse_int(w, "input_size", "input width"))
 
 
 def _entry_of(model, input_size=None):
@@ -1503,9 +1499,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m falcon.modelbench",
-                                     description="Whole-model latency: the original vs its converted form, "
-                                                 "per runtime, with where the time goes.")
+    from falcon.cli import _Parser  # argparse's errors in one line, as python -m falcon's
+
+    parser = _Parser(prog="python -m falcon.modelbench",
+                     description="Whole-model latency: the original vs its converted form, per runtime, with where "
+                                 "the time goes.")
     main_args(parser)
     args = parser.parse_args(argv)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from falcon.errors import FalconError
+from falcon.limits import parse_int
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -32,14 +33,12 @@ class LayerSpec:
             object.__setattr__(self, "width", self.height)
         if self.padding is None:
             object.__setattr__(self, "padding", self.kernel_size // 2)
-        for name in ("in_channels", "out_channels", "kernel_size", "height", "width", "stride"):
+        for name, bound in (("in_channels", "channels"), ("out_channels", "channels"), ("kernel_size", "kernel_size"),
+                            ("height", "input_size"), ("width", "input_size"), ("stride", "stride"), ("padding", "padding")):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str):  # a number, not text: "3" is the caller's parsing to do (limits.parse_int)
                 raise FalconError(f"{name.replace('_', ' ')} must be an integer, got {value!r}")
-            if value < 1:
-                raise FalconError(f"{name.replace('_', ' ')} must be positive, got {value}")
-        if isinstance(self.padding, bool) or not isinstance(self.padding, int) or self.padding < 0:
-            raise FalconError(f"padding must be a non-negative integer, got {self.padding!r}")
+            object.__setattr__(self, name, parse_int(value, bound, name.replace("_", " ")))
         for axis, size in (("height", self.height), ("width", self.width)):
             if self.kernel_size > size + 2 * self.padding:
                 raise FalconError(

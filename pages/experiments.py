@@ -7,6 +7,7 @@ import streamlit as st
 
 import common
 from common import Keys
+from falcon import limits
 from falcon.convtypes import CONV_TYPES, RANKED, label_of
 from falcon.experiments.pipeline import INITS, TRAIN_OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, runs_frame, sweep_plan
@@ -72,7 +73,7 @@ optimizer = o[1].selectbox("optimizer", TRAIN_OPTIMIZERS, index=TRAIN_OPTIMIZERS
 lr = o[2].number_input("learning rate", 1e-6, 10.0, None, key="lr", format="%g", placeholder="default",
                        help="empty: the optimizer's default")
 seed = int(o[3].number_input("seed", 0, 10**6, 0, key="seed"))
-threads = int(o[4].number_input("CPU threads", 1, 64, 1, key="threads",
+threads = int(o[4].number_input("CPU threads", 1, int(limits.hi("threads")), 1, key="threads",
                                 help="intra-op threads while it runs; on a shared or busy CPU one thread is "
                                      "far faster than two competing ones, and leaves a core to the app"))
 

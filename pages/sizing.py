@@ -4,6 +4,7 @@ import json
 import streamlit as st
 
 import common
+from falcon import limits
 from falcon.convtypes import CONV_TYPES, FITTABLE
 from falcon.counting import CONVENTIONS, KIND_LABELS, MAC_KINDS
 from falcon.sizing import VERSUS_PAPER
@@ -149,10 +150,12 @@ else:
     layout = common.widget(mc[1].selectbox, "layout", ["auto", "contiguous", "channels_last"], key="measure_layout",
                            bind=False, help="memory layout for eager and compile (ONNX Runtime: contiguous). auto "
                                             "measures NCHW and NHWC and compares the fastest of each")
-    batch = common.widget(mc[2].number_input, "batch size", 1, 4096, 1, key="measure_batch", bind=False)
+    batch = common.widget(mc[2].number_input, "batch size", 1, int(limits.hi("batch_size")), 1, key="measure_batch",
+                          bind=False)
     import torch as _torch
 
-    threads = common.widget(mc[3].number_input, "threads", 1, 512, _torch.get_num_threads(), key="measure_threads",
+    most = int(limits.hi("threads"))  # 4 × the cores: more only contend, and far more crash OpenMP
+    threads = common.widget(mc[3].number_input, "threads", 1, most, min(_torch.get_num_threads(), most), key="measure_threads",
                             bind=False, help="CPU threads for the run (default: torch's)")
     rounds = common.widget(mc[4].number_input, "rounds", 1, 50, DEFAULT_ROUNDS, key="measure_rounds", bind=False,
                            help=f"interleaved rounds; {DEFAULT_ROUNDS} keep repeated runs within ±10% on a shared "

@@ -160,15 +160,15 @@ def test_break_even_rank():
 @pytest.mark.parametrize(
     "kwargs, conv, hp, message",
     [
-        (dict(in_channels=0, out_channels=4, kernel_size=3, height=8), "falcon", {}, "in channels must be positive"),
-        (dict(in_channels=4, out_channels=-1, kernel_size=3, height=8), "falcon", {}, "out channels must be positive"),
+        (dict(in_channels=0, out_channels=4, kernel_size=3, height=8), "falcon", {}, "in channels must be an integer in 1..16384"),
+        (dict(in_channels=4, out_channels=-1, kernel_size=3, height=8), "falcon", {}, "out channels must be an integer in 1..16384"),
         (dict(in_channels=4, out_channels=4, kernel_size=9, height=4, padding=1), "falcon", {}, "larger than the padded input"),
         (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "falcon", {"rank": 0}, "rank k must be between"),
         (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "dsconv", {"rank": 1.5}, "rank k must be an integer"),
         (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "mobilev2", {"expansion": 0.1}, "int(t·M)"),
         (dict(in_channels=6, out_channels=8, kernel_size=3, height=8), "shuffle", {"groups": 4}, "does not divide"),
         (dict(in_channels=4, out_channels=2, kernel_size=3, height=8), "shuffle", {"groups": 1}, "at least 4·g"),
-        (dict(in_channels=4, out_channels=8, kernel_size=3, height=8, stride=0), "falcon", {}, "stride must be positive"),
+        (dict(in_channels=4, out_channels=8, kernel_size=3, height=8, stride=0), "falcon", {}, "stride must be an integer in 1..4096"),
     ],
 )
 def test_invalid_input_gives_one_line_error(kwargs, conv, hp, message):

@@ -80,14 +80,19 @@ def test_breakdown_adds_up_to_the_unprofiled_total_within_ten_percent():
         assert abs(ratios[-1] - 1) <= modelbench.BREAKDOWN_TOLERANCE, (pm.label, ratios)
 
 
-@pytest.mark.parametrize("model,size,batch", [("resnet18", 224, 10**6), ("vgg19-cifar", 32, 10**8)])
-def test_a_terabyte_configuration_is_refused_fast_in_one_line(model, size, batch):
+@pytest.mark.parametrize("model,size,batch", [("resnet18", 4096, 4096), ("vgg11", 2048, 4096)])
+def test_a_terabyte_configuration_is_refused_fast_in_one_line(model, size, batch):  # within falcon.limits' bounds
     t0 = time.perf_counter()
     with pytest.raises(FalconError) as e:
         measure_model(model, batch_size=batch, input_size=size, device="cpu", threads=1)
     assert time.perf_counter() - t0 < 5
     message = str(e.value)
     assert message.startswith("not enough memory") and "TiB" in message and "\n" not in message
+
+
+def test_a_batch_beyond_the_limit_is_refused_before_planning():
+    with pytest.raises(FalconError, match=r"^batch size must be an integer in 1\.\.4096 \(.*\); got 1000000$"):
+        measure_model("resnet18", batch_size=10**6, device="cpu", threads=1)
 
 
 def test_an_unavailable_runtime_is_one_line_and_the_rest_is_measured(monkeypatch):
@@ -220,9 +225,13 @@ def test_cli_json_and_text():
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "where the time goes" in done.stdout and "MAC ratio" in done.stdout and "Amdahl ceiling" in done.stdout
-    done = subprocess.run([*cmd, "--batch-size", str(10**8)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cmd, "--batch-size", "4096", "--input-size", "4096"], capture_output=True, text=True,
+                          timeout=300)
     lines = [line for line in done.stderr.splitlines() if " site-packages/torch/" not in line]  # torch's own warnings
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: not enough memory")
+    done = subprocess.run([*cmd, "--batch-size", str(10**8)], capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if " site-packages/torch/" not in line]
+    assert done.returncode == 2 and len(lines) == 1 and "--batch-size/-B: must be an integer in 1..4096" in lines[0]
 
 
 def test_the_library_does_not_import_streamlit():
