@@ -14,7 +14,6 @@ Adding a conv type is one more entry in :data:`CONV_TYPES`: its block, its entry
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -67,18 +66,13 @@ class HParam:
         return "--" + self.name.replace("_", "-")
 
     def coerce(self, value: Any) -> Any:
-        try:
-            if self.kind is int:
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                value = int(value)
-            else:
-                value = float(value)
-        except (TypeError, ValueError):
-            raise FalconError(f"{self.label} must be {'an integer' if self.kind is int else 'a number'}, got {value!r}") from None
-        if not (self.minimum <= value <= self.maximum) or (self.kind is float and not math.isfinite(value)):
-            raise FalconError(f"{self.label} must be between {self.minimum} and {self.maximum}, got {value}")
-        return value
+        """``value`` checked by falcon.limits against this range (ASCII digits, finite, not a bool); a whole
+        float (2.0 from a number input) is an int."""
+        from falcon.limits import hparam_bound, parse
+
+        if self.kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return parse(value, hparam_bound(self), self.label)
 
 
 @dataclass(frozen=True)

@@ -192,9 +192,8 @@ def float_flag(name: str | Bound) -> Callable[[str], float]:
 
 
 def hparam_bound(h: Any) -> Bound:
-    """The bound of a conv type's hyper-parameter (:class:`falcon.convtypes.HParam`): its own range, and the
-    why of the bound of the same name where there is one."""
-    return Bound(h.name, h.kind, h.minimum, h.maximum, BOUNDS[h.name].why if h.name in BOUNDS else h.help)
+    """The bound of a conv type's hyper-parameter (:class:`falcon.convtypes.HParam`): its own range and help."""
+    return Bound(h.name, h.kind, h.minimum, h.maximum, h.help)
 
 
 def hparam_flag(h: Any) -> Callable[[str], int | float]:

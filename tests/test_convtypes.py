@@ -163,7 +163,7 @@ def test_break_even_rank():
         (dict(in_channels=0, out_channels=4, kernel_size=3, height=8), "falcon", {}, "in channels must be an integer in 1..16384"),
         (dict(in_channels=4, out_channels=-1, kernel_size=3, height=8), "falcon", {}, "out channels must be an integer in 1..16384"),
         (dict(in_channels=4, out_channels=4, kernel_size=9, height=4, padding=1), "falcon", {}, "larger than the padded input"),
-        (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "falcon", {"rank": 0}, "rank k must be between"),
+        (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "falcon", {"rank": 0}, "rank k must be an integer in 1..256"),
         (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "dsconv", {"rank": 1.5}, "rank k must be an integer"),
         (dict(in_channels=4, out_channels=8, kernel_size=3, height=8), "mobilev2", {"expansion": 0.1}, "int(t·M)"),
         (dict(in_channels=6, out_channels=8, kernel_size=3, height=8), "shuffle", {"groups": 4}, "does not divide"),
