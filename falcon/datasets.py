@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 
 from falcon.data import DATA_DIR
 from falcon.errors import FalconError
+from falcon.limits import parse_int
 
 DIGITS_FILE = DATA_DIR / "digits.npz"
 
@@ -65,8 +66,7 @@ def load_digits(split: str = "test", size: int = 32) -> TensorDataset:
     anything else raises :class:`~falcon.errors.FalconError` (a ``ValueError``).
     """
     idx = digits_indices(split)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise FalconError(f"size must be a positive integer; got {size!r}")
+    size = parse_int(size, "input_size", "size")  # falcon.limits' bound for every input size
     arrays = _digits_arrays()
     x = torch.from_numpy(arrays["images"][idx].astype(np.float32) / DIGITS_RAW_MAX)
     x = x.unsqueeze(1)

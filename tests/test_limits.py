@@ -240,3 +240,33 @@ def test_limits_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert importlib.import_module("falcon.limits") is limits and torch  # (torch imported here by the tests)
+
+
+# --- export: a sample batch and input size the model takes ----------------------------------------
+@pytest.mark.parametrize("argv,words", [
+    (["export", "--model", "vgg19-cifar", "-H", "9"], "vgg19-cifar does not run on a 9×9 input of 3 channels"),
+    (["export", "--model", "digits-vgg", "-H", "4"], "digits-vgg does not run on a 4×4 input of 1 channels"),
+    (["export", "--model", "digits-vgg", "--batch-size", "0"], "--batch-size/-B: must be an integer in 1..256"),
+    (["bench", "--model", "vgg19-cifar", "-H", "9", "--rounds", "1"], "vgg19-cifar does not run on a 9×9 input"),
+])
+def test_export_and_bench_refuse_sizes_the_model_does_not_take(argv, words, tmp_path, capsys):
+    from falcon.cli import main
+
+    out = tmp_path / "m.onnx"
+    code = None
+    try:
+        code = main([*argv, *(["-o", str(out)] if argv[0] == "export" else [])])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and words in err, err
+    assert not out.exists()
+
+
+def test_export_model_checks_its_batch_size(tmp_path):
+    from falcon.deploy import export_model
+
+    for bad in (0, -1, 100_000, True):
+        with pytest.raises(FalconError, match=r"batch size must be an integer in 1\.\.256"):
+            export_model("digits-vgg", tmp_path / "m.onnx", batch_size=bad)
+    assert not list(tmp_path.iterdir())
