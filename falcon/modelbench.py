@@ -126,6 +126,7 @@ def parse_conversions(conv: str | Sequence = "falcon", rank: int | None = 1, **h
     in its inference form)."""
     items = [conv] if isinstance(conv, (str, tuple)) else list(conv)
     out: list[tuple[str, dict]] = []
+    takes: set[str] = set()  # what the types named take: a hyper-parameter none of them takes is a typo
     for item in items:
         name, given = (item, None) if isinstance(item, str) else (item[0], dict(item[1] or {}))
         name = str(name).strip()
@@ -135,6 +136,7 @@ def parse_conversions(conv: str | Sequence = "falcon", rank: int | None = 1, **h
             continue
         ct = get_conv_type(name)
         names = {h.name for h in ct.hparams}
+        takes |= names
         if given is None:
             given = {k: v for k, v in {"rank": rank, **hp}.items() if k in names and v is not None}
         unknown = set(given) - names
@@ -147,6 +149,10 @@ def parse_conversions(conv: str | Sequence = "falcon", rank: int | None = 1, **h
                               "not measured against the original (use width multiplier 1)")
         if (name, resolved) not in out:
             out.append((name, resolved))
+    unused = sorted(k for k, v in hp.items() if v is not None and k not in takes)
+    if unused:
+        raise FalconError(f"no conv type given has a hyper-parameter {', '.join(map(repr, unused))}; they take "
+                          f"{', '.join(sorted(takes)) or 'none'}")
     return out
 
 

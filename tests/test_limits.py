@@ -270,3 +270,16 @@ def test_export_model_checks_its_batch_size(tmp_path):
         with pytest.raises(FalconError, match=r"batch size must be an integer in 1\.\.256"):
             export_model("digits-vgg", tmp_path / "m.onnx", batch_size=bad)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_hyper_parameter_no_conv_type_given_takes_is_refused():
+    """measure_model / export_model / prepare_models pass their keywords to parse_conversions: a misspelt or
+    misplaced one (rnak, an expansion for falcon) is an error, not silently dropped."""
+    from falcon.modelbench import parse_conversions
+
+    assert parse_conversions(["falcon", "mobilev2"], 2, expansion=1.0) == [("falcon", {"rank": 2}),
+                                                                          ("mobilev2", {"expansion": 1.0})]
+    with pytest.raises(FalconError, match=r"no conv type given has a hyper-parameter 'rnak'; they take rank$"):
+        parse_conversions("falcon", 1, rnak=2)
+    with pytest.raises(FalconError, match=r"'expansion'; they take rank$"):
+        parse_conversions(["falcon"], 1, expansion=0.5)
