@@ -33,6 +33,10 @@ LAYOUT_CSS = """<style>
 [data-testid="stMetricLabel"] div, [data-testid="stMain"] button p,
 [data-testid="stMain"] button div { white-space: normal; overflow: visible; text-overflow: clip;
   overflow-wrap: anywhere; }
+[data-testid="stMultiSelectTagsContainer"] { flex-wrap: wrap; overflow: visible; height: auto; min-width: 0; }
+[data-testid="stMultiSelect"] div:has(> [data-testid="stMultiSelectTagsContainer"]),
+[data-testid="stMultiSelect"] div:has(> div > [data-testid="stMultiSelectTagsContainer"]) { height: auto;
+  max-height: none; }
 [data-testid="stMultiSelectTagsContainer"] [role="group"] span { height: auto; white-space: normal;
   overflow: visible; text-overflow: clip; overflow-wrap: anywhere; }
 [data-testid="stMarkdownContainer"] .katex-display { overflow-x: auto; overflow-y: hidden; }

@@ -52,6 +52,11 @@ HIDDEN_OPTIONS = """() => {
   }
   return out; }"""
 
+#: option groups and chosen options (segmented controls, multiselect chips) that scroll sideways, hiding some
+SCROLLED_OPTIONS = """() => [...document.querySelectorAll(
+    "[data-testid='stMain'] [role='radiogroup'], [data-testid='stMain'] [data-testid='stMultiSelectTagsContainer']")]
+  .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText.replace(/\\s+/g, ' ').slice(0, 60))"""
+
 #: table cells whose content spills out of the cell (formulas drawn over their neighbours)
 SPILLING_CELLS = """() => {
   const out = [];
@@ -136,8 +141,9 @@ CLIPPED_POINTS = """() => {
   return out; }"""
 
 #: per cartesian subplot with a visible x axis: how many x tick labels it shows
-X_TICKS = """() => [...document.querySelectorAll(".main-svg .cartesianlayer .subplot")].map(
-  s => s.querySelectorAll(".xaxislayer-above .xtick text").length)"""
+X_TICKS = """() => [...document.querySelectorAll(".main-svg .cartesianlayer .subplot")].map(s => {
+  const x = s.getAttribute('class').split(' ')[1].split('y')[0];  // "subplot x2y2" -> "x2" (ticks: g.x2tick)
+  return s.querySelectorAll(`.xaxislayer-above .${x}tick text`).length; })"""
 
 
 def open_page(browser, server: str, page_def, size: str):
@@ -169,11 +175,15 @@ def select_options_outside(page) -> list[str]:
         except tb.sync_api.TimeoutError:
             page.keyboard.press("Escape")
             continue  # a multiselect with every option chosen lists none
+        time.sleep(0.4)  # the popover places itself (above or below the box, as the room allows)
         out += [f"{box.inner_text().splitlines()[0]}: {o}" for o in page.evaluate(
-            """() => [...document.querySelectorAll("[role='listbox'] [role='option']")].filter(o => {
-                 const r = o.getBoundingClientRect();
-                 return r.width && (r.left < -0.5 || r.right > innerWidth + 0.5 || r.top < -0.5 || r.bottom > innerHeight + 0.5);
-               }).map(o => o.innerText.slice(0, 40))""")]
+            """() => { // the dropdown (it scrolls its options) inside the viewport; each option inside it sideways
+                 const drop = document.querySelector("[role='listbox']").parentElement.getBoundingClientRect();
+                 const out = (drop.top < -0.5 || drop.bottom > innerHeight + 0.5) ? ['the list, vertically'] : [];
+                 return out.concat([...document.querySelectorAll("[role='listbox'] [role='option']")].filter(o => {
+                   const r = o.getBoundingClientRect();
+                   return r.width && (r.left < -0.5 || r.right > innerWidth + 0.5);
+                 }).map(o => o.innerText.slice(0, 40))); }""")]
         page.keyboard.press("Escape")
         page.wait_for_selector("[role='listbox']", state="detached", timeout=5_000)
     return out
@@ -200,6 +210,7 @@ def test_page_fits_the_window(server, browser, page_def, size):
         width = page.evaluate(OVERFLOW)
         assert width["page"] <= width["width"] and width["main"] <= width["mainWidth"], width
         assert page.evaluate(HIDDEN_OPTIONS) == []
+        assert page.evaluate(SCROLLED_OPTIONS) == []
         assert page.evaluate(SPILLING_CELLS) == []
         assert page.evaluate(TRUNCATED) == []
         assert page.evaluate(OUT_OF_COLUMN) == []

@@ -386,11 +386,31 @@ def energy_rank(energy: np.ndarray, share: float = 0.95) -> dict[str, int | None
     return {"median": first(np.median(e, axis=0)), "worst": first(e.min(axis=0))}
 
 
+def _share_notes(at: dict[str, int | None], curves: dict[str, np.ndarray], share: float, q: int) -> list[dict]:
+    """Arrows to the first rank where the median channel and where every channel keep ``share`` of the energy
+    (one arrow when it is the same rank), the text low in the plot (the curves rise: the lower part is empty),
+    on the side of the point away from the nearer edge."""
+    ranks: dict[int, list[str]] = {}
+    for which, words in (("median", "median"), ("worst", "every channel")):
+        if at[which] is not None:
+            ranks.setdefault(at[which], []).append(words)
+    notes = []
+    for i, (k, who) in enumerate(sorted(ranks.items())):
+        left = k > (q + 1) / 2
+        notes.append(dict(x=k, y=float(curves["median" if "median" in who else "worst"][k - 1]),
+                          text=f"{share:.0%}: {' and '.join(who)} from k={k}",
+                          showarrow=True, arrowhead=2, arrowcolor=FRONTIER, axref="x", ayref="y",
+                          ax=k - 0.15 if left else k + 0.15, ay=0.3 - 0.14 * i,  # the empty lower part
+                          xanchor="right" if left else "left", font=dict(size=12, color=FRONTIER),
+                          bgcolor="rgba(255,255,255,0.85)"))
+    return notes
+
+
 def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = FITTABLE[0],
                   share: float | None = 0.95) -> go.Figure:
     """Cumulative singular-value energy per channel against the rank: median, and the band from the
     worst to the best channel; a dotted line at the chosen rank. ``energy``: ``(C, q)``. With ``share``, the
-    ranks where the median channel and the worst channel first keep that share are marked
+    ranks where the median channel and every channel first keep that share are pointed at
     (:func:`energy_rank`), with a dashed line at the share."""
     e = np.asarray(energy, dtype=float)
     ranks = np.arange(1, e.shape[1] + 1)
@@ -405,19 +425,8 @@ def energy_figure(energy: np.ndarray, rank: int | None = None, conv: str = FITTA
                              hovertemplate="rank %{x}: median %{y:.3f}<extra></extra>"))
     shapes, notes = vline(fig, rank, text=f" k={rank}") if rank is not None else ([], [])
     if share is not None:
-        at = energy_rank(e, share)
-        more, labels = hline(fig, share, text=f"{share:.0%} of the energy")
-        shapes, notes = shapes + more, notes + labels
-        marks = [(k, curve[k - 1], f"median: k={k}", "bottom right") if which == "median" else
-                 (k, curve[k - 1], f"every channel: k={k}", "top left")
-                 for which, curve in (("median", med), ("worst", lo)) if (k := at[which]) is not None]
-        if marks:
-            fig.add_trace(go.Scatter(
-                x=[m[0] for m in marks], y=[m[1] for m in marks], mode="markers+text", cliponaxis=False,
-                text=[m[2] for m in marks], textposition=[m[3] for m in marks], name=f"{share:.0%} energy",
-                marker=dict(symbol="diamond", size=12, color=FRONTIER, line=dict(width=1, color="white")),
-                textfont=dict(size=12, color=FRONTIER),
-                hovertemplate=f"%{{text}}: the first rank keeping {share:.0%} of the energy<extra></extra>"))
+        shapes = shapes + hline(fig, share, color="#b0b0b0", dash="dash")[0]
+        notes = notes + _share_notes(energy_rank(e, share), {"median": med, "worst": lo}, share, len(ranks))
     return _layout(fig, height=340, shapes=shapes, annotations=notes,
                    xaxis=dict(title_text="rank k", dtick=1 if len(ranks) <= 16 else None),
                    yaxis=dict(title_text="energy kept ‖K̂_c‖² / ‖K_c‖²", range=[0, 1.08]))
