@@ -44,10 +44,13 @@ class Choice:
     params: int
     macs: int
     error: float  # the proxy's predicted error
+    original_params: int = 0  # the standard conv's, for comparison
+    original_macs: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"layer": self.name, "conv": self.conv, "hparams": dict(self.hparams), "params": self.params,
-                "macs": self.macs, "error": self.error}
+                "macs": self.macs, "error": self.error, "original_params": self.original_params,
+                "original_macs": self.original_macs}
 
 
 @dataclass
@@ -143,7 +146,7 @@ def layer_options(name: str, conv_module: nn.Conv2d, spec, types: Sequence[str],
     allowed, only those cheaper than the original in ``metric``: one that costs more is never worth it)."""
     p0, m0 = _cost(KEEP, spec, {})
     out = [Option(float(m0 if metric == "macs" else p0), 0.0, f"{name}: keep",
-                  Choice(name, KEEP, {}, p0, m0, 0.0))] if KEEP in types else []
+                  Choice(name, KEEP, {}, p0, m0, 0.0, p0, m0))] if KEEP in types else []
     kernel = conv_module.weight.detach().float()
     for conv in types:
         if conv == KEEP:
@@ -160,7 +163,7 @@ def layer_options(name: str, conv_module: nn.Conv2d, spec, types: Sequence[str],
                   else _data_errors(conv_module, inputs, conv, hps, spec))
         for (hp, p, m), e in zip(opts, errors):
             out.append(Option(float(m if metric == "macs" else p), max(0.0, e), f"{name}: {conv} {hp}",
-                              Choice(name, conv, hp, p, m, max(0.0, e))))
+                              Choice(name, conv, hp, p, m, max(0.0, e), p0, m0)))
     if not out:
         raise FalconError(f"no allowed conv type can replace {name}; allow standard (keep) or another type")
     return out
@@ -215,7 +218,9 @@ def _site_inputs(module: nn.Module, names: list[str], images: torch.Tensor) -> d
 
 
 def problem(model, types: Sequence[str] = DEFAULT_TYPES, proxy: str = "kernel", weights=None,
-            include_stem: bool | None = None, calibration_images: int = 64) -> _Problem:
+            include_stem: bool | None = None, calibration_images: int = 64, seed: int = 0) -> _Problem:
+    """The layers a plan chooses for, with their allowed types; for the data proxy, the inputs each layer sees for
+    ``calibration_images`` training images drawn with ``seed``."""
     from falcon.convtypes import get_conv_type
     from falcon.counting import count_model
     from falcon.surgery import conv_sites, plan as policy
@@ -248,7 +253,9 @@ def problem(model, types: Sequence[str] = DEFAULT_TYPES, proxy: str = "kernel", 
         if calib is None:
             raise FalconError(f"the data proxy needs the model's own data; {entry.name} has none bundled here "
                               "(digits-vgg does): use --proxy kernel")
-        inputs = _site_inputs(module, [s.name for s in sites], calib.tensors[0][:calibration_images])
+        images = calib.tensors[0]
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(seed)))[:calibration_images]
+        inputs = _site_inputs(module, [s.name for s in sites], images[pick])
     return _Problem(entry.name, module, chw, sites, allowed, original, fixed, inputs)
 
 
@@ -276,10 +283,11 @@ def budget_of(original: dict, metric: str, target_ratio: float | None = None, ta
 
 def plan_model(model, *, metric: str = "macs", target_ratio: float | None = None, target: float | None = None,
                types: Sequence[str] = DEFAULT_TYPES, proxy: str = "kernel", weights=None,
-               include_stem: bool | None = None, bins: int = 4000) -> Plan:
-    """The per-layer plan with the least predicted error (``proxy``) whose total ``metric`` meets the target."""
+               include_stem: bool | None = None, bins: int = 4000, seed: int = 0) -> Plan:
+    """The per-layer plan with the least predicted error (``proxy``) whose total ``metric`` meets the target
+    (``seed``: the data proxy's calibration images)."""
     t0 = time.perf_counter()
-    prob = problem(model, types, proxy, weights, include_stem)
+    prob = problem(model, types, proxy, weights, include_stem, seed=seed)
     budget = budget_of(prob.original, metric, target_ratio, target)
     layers = [layer_options(s.name, prob.module.get_submodule(s.name), s.spec, prob.types[s.name], metric, proxy,
                             prob.inputs.get(s.name)) for s in prob.sites]
@@ -306,11 +314,11 @@ def _ratio(original: float, budget: float) -> str:
 
 def uniform_plan(model, conv: str = "falcon", *, metric: str = "macs", target_ratio: float | None = None,
                  target: float | None = None, proxy: str = "kernel", weights=None,
-                 include_stem: bool | None = None) -> Plan:
+                 include_stem: bool | None = None, seed: int = 0) -> Plan:
     """One rank everywhere (clamped to each layer's full rank): the highest that meets the same target, with its
     predicted error by the same proxy, for comparison with :func:`plan_model`."""
     t0 = time.perf_counter()
-    prob = problem(model, (conv,), proxy, weights, include_stem)
+    prob = problem(model, (conv,), proxy, weights, include_stem, seed=seed)
     budget = budget_of(prob.original, metric, target_ratio, target)
     from falcon.convtypes import get_conv_type
 
@@ -336,7 +344,8 @@ def uniform_plan(model, conv: str = "falcon", *, metric: str = "macs", target_ra
         conv_module = prob.module.get_submodule(s.name)
         e = (_kernel_errors(conv_module.weight.detach().float(), conv, [hp]) if proxy == "kernel"
              else _data_errors(conv_module, prob.inputs[s.name], conv, [hp], s.spec))[0]
-        chosen.append(Choice(s.name, conv, hp, p, m, e))
+        p0, m0 = _cost(KEEP, s.spec, {})
+        chosen.append(Choice(s.name, conv, hp, p, m, e, p0, m0))
     objective = sum(c.error for c in chosen)
     return Plan(prob.name, metric, proxy, budget, prob.original, prob.fixed, chosen, objective, objective,
                 f"uniform {conv}", time.perf_counter() - t0, prob.chw)

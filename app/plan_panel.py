@@ -1,0 +1,88 @@
+"""Model sizing → "Where should the budget go?": the per-layer plan (falcon.planning) beside one uniform rank."""
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+import common
+from falcon.errors import FalconError
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _plans(model: str, metric: str, ratio: float, types: tuple[str, ...], proxy: str) -> dict:
+    from falcon.planning import plan_model, uniform_plan
+    from falcon.sources import load_model
+
+    entry = common.app_model(model)
+    notes = []
+    if entry.name == "digits-vgg":
+        loaded = load_model(entry)
+    else:
+        try:
+            loaded = load_model(entry, "pretrained", timeout=5.0)
+        except FalconError as e:
+            loaded = load_model(entry, "random")
+            notes.append(f"no pretrained weights here ({e}); this plan is fitted to random weights, whose "
+                         "kernels have flat spectra: use it for costs, not for which layers fit well")
+    target = {"metric": metric, "target_ratio": ratio}
+    plan = plan_model(loaded, types=types, proxy=proxy, **target).as_dict()
+    try:
+        uniform = uniform_plan(loaded, "falcon", proxy=proxy, **target).as_dict()
+    except FalconError as e:
+        uniform = None
+        notes.append(str(e))
+    return {"plan": plan, "uniform": uniform, "notes": notes, "weights": loaded.weights}
+
+
+def show(model: str) -> None:
+    from falcon.limits import BOUNDS
+    from falcon.planning import DEFAULT_TYPES, fittable_types
+    from falcon.views.plan import plan_figure, plan_summary, plan_table
+
+    st.subheader("Where should the budget go?")
+    st.caption("Per layer: keep the conv, or a fittable conv type at a rank, chosen to meet the target with the least "
+               "predicted error (kernel proxy: Σ of each layer's squared relative fit error; data proxy: of its output "
+               "on 64 training images, digits-vgg only). Solved exactly on costs rounded up to 1/4000 of the budget "
+               "(a multiple-choice knapsack); the bound says how far from the optimum it can be.")
+    c = st.columns([1, 1, 2, 1])
+    metric = c[0].segmented_control("target", ["macs", "params"], default="macs", key="plan_metric", required=True,
+                                    format_func=lambda m: "fewer MACs" if m == "macs" else "fewer params")
+    b = BOUNDS["target_rate"]
+    ratio = c[1].number_input("times fewer", min_value=1.01, max_value=float(b.top), value=4.0, step=0.5,
+                              key="plan_ratio", help=f"1.01 – {b.top:g} ({b.why})")
+    options = [*fittable_types(), "standard"]
+    types = c[2].multiselect("allowed per layer", options, default=[t for t in DEFAULT_TYPES if t in options],
+                             key="plan_types", help="standard: the layer may be kept as it is")
+    proxy = c[3].segmented_control("proxy", ["kernel", "data"], default="kernel", key="plan_proxy", required=True,
+                                   disabled=model != "digits-vgg",
+                                   help="data: needs the model's own data (digits-vgg has it bundled)")
+    if not types:
+        st.error("Choose at least one allowed type (for example falcon and standard).")
+        return
+    if not st.toggle("plan this model", key="plan_on", help="fits every layer at every rank of its grid: seconds"):
+        return
+    try:
+        with st.spinner("fitting every layer at every rank…"):
+            out = _plans(model, metric or "macs", float(ratio), tuple(types), proxy or "kernel")
+    except FalconError as e:
+        st.error(str(e), icon=":material/error:")
+        return
+    plan, uniform = out["plan"], out["uniform"]
+    for note in out["notes"]:
+        st.warning(note, icon=":material/warning:")
+    common.plot(plan_figure(plan, uniform), key="plan_chart", filename=f"{model}-plan")
+    st.dataframe(plan_summary(plan, uniform), hide_index=True, key="plan_summary", column_config={
+        "params": st.column_config.NumberColumn(format="localized"),
+        "MACs": st.column_config.NumberColumn(format="localized"),
+        "CR": st.column_config.NumberColumn(format="%.2fx"), "CRR": st.column_config.NumberColumn(format="%.2fx"),
+        "predicted error": st.column_config.NumberColumn(format="%.4f")})
+    st.caption(f"Predicted error {plan['objective']:.4g}; no plan meeting the target can go below "
+               f"{plan['lower_bound']:.4g} (Lagrangian bound); the greedy allocation reaches {plan['greedy_objective']:.4g}. "
+               f"Planned in {plan['seconds']:.1f} s on {out['weights']} weights.")
+    st.dataframe(plan_table(plan, uniform), hide_index=True, key="plan_table")
+    st.download_button("Download the plan (JSON, for convert --plan)", json.dumps(plan, indent=2),
+                       file_name=f"{model}-plan.json", mime="application/json", icon=":material/download:",
+                       key="plan_download")
+    st.caption(f"`python -m falcon plan --model {model} --target-{'crr' if metric == 'macs' else 'cr'} {ratio:g} "
+               f"--types {','.join(types)} --proxy {proxy}` prints the same; `convert --plan` applies it.")
