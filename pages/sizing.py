@@ -323,3 +323,8 @@ st.dataframe(shown, key="layer_table", hide_index=True, column_config={
 
 st.download_button("Download per-layer CSV", result.csv(), file_name=f"{model}-{conv}-{r['convention']}-layers.csv",
                    mime="text/csv", icon=":material/download:", key="csv")
+
+# ---------------------------------------------------------------------------------------------- plan
+import plan_panel  # noqa: E402  (app/plan_panel.py: per-layer type and rank for a target)
+
+plan_panel.show(model)
