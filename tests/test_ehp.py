@@ -271,6 +271,8 @@ def test_gd_rejects_bad_options():
 def test_gd_divergence_is_a_clear_error():
     k = kernel(4, 4, 3, dtype=torch.float32)
     with pytest.raises(FalconError, match="diverged"):
+        run_gd(k, 1, "output", steps=200, optimizer="sgd", lr=10.0, loss="mse", scale=10.0)  # lr at limits' top
+    with pytest.raises(FalconError, match=r"learning rate must be a finite number in \(0, 10\]"):
         run_gd(k, 1, "output", steps=200, optimizer="sgd", lr=1e6, loss="relative")
 
 
