@@ -180,3 +180,91 @@ def test_methods_random_and_errors(conv):
         fit_kernel(bad, conv, 2)
     with pytest.raises(FalconError, match="cannot be fitted"):
         fit_kernel(k, "mobilev2", 2)
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from falcon.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    state = resnet18().state_dict()
+    path = tmp_path_factory.mktemp("r18") / "r18.pt"
+    torch.save(state, path)
+    return path, state["layer3.0.conv1.weight"]
+
+
+@pytest.mark.parametrize("conv, flags, ranks", [
+    ("tucker2", ("--rank", "8", "--rank-out", "12"), {"rank_in": 8, "rank_out": 12}),
+    ("cp", ("--rank", "6"), {"rank": 6}),
+    ("spatial", ("--rank", "8"), {"rank": 8}),
+])
+def test_cli_fit_prints_the_error_and_time_of_each_new_type(capsys, resnet18_file, conv, flags, ranks):
+    """`python -m falcon fit --model resnet18 --layer layer3.0.conv1 --conv TYPE --rank …`: the error it prints is
+    the library's fit of that kernel, with the method and its time."""
+    import re
+
+    path, kernel = resnet18_file
+    code, out, err = _cli(capsys, "fit", "--model", "resnet18", "--weights", str(path), "--layer", "layer3.0.conv1",
+                          "--conv", conv, *flags)
+    assert code == 0, err
+    method = fitter_of(conv).methods[0]
+    again = fit_kernel(kernel, conv, ranks)
+    printed = re.search(rf"relative error +([0-9.]+)  \({method}, ([0-9.]+) s\)", out)
+    assert printed and float(printed.group(1)) == pytest.approx(again.relative_error, abs=2e-6)
+    assert float(printed.group(2)) > 0
+    assert ", ".join(f"{k}={v}" for k, v in ranks.items()) in out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from falcon.sources import load_model
+
+    return load_model("digits-vgg")
+
+
+@pytest.mark.parametrize("conv", NEW)
+def test_converting_digits_at_full_rank_keeps_the_network(digits, conv, tmp_path):
+    """convert_model with each new type at full rank: the network's logits within 1e-4; saved and loaded
+    (the sites keep their ranked hyper-parameters) it computes the same."""
+    from falcon.conversion import convert_model, load_converted, save_converted
+
+    converted = convert_model(digits, conv, 10**4)
+    x = digits.eval_data.tensors[0][:64]
+    with torch.no_grad():
+        y, y_hat = digits.model.eval()(x), converted.model(x)
+    assert ((y - y_hat).norm() / y.norm()).item() < 1e-4
+    for layer in converted.layers:
+        block = converted.model.get_submodule(layer.name)
+        assert block.conv_type == conv and layer.hparams == block.hparams and layer.clamped
+        assert layer.relative_error < 1e-5
+    loaded = load_converted(save_converted(converted, tmp_path / f"{conv}.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), y_hat)
+
+
+def test_converting_with_tucker_ranks_given_or_by_evbmf(digits):
+    from falcon.conversion import convert_model
+
+    given = convert_model(digits, "tucker2", {"rank_in": 4, "rank_out": 6}, "hosvd")
+    assert all(layer.hparams == {"rank_in": min(4, layer.spec.M), "rank_out": min(6, layer.spec.N)}
+               for layer in given.layers)
+    auto = convert_model(digits, "tucker2", None)
+    for layer in auto.layers:  # EVBMF's ranks per layer, as the fit of that kernel alone gives them
+        kernel = digits.model.get_submodule(layer.name).weight.detach()
+        assert layer.hparams == {k: min(v, layer.spec.M if k == "rank_in" else layer.spec.N)
+                                 for k, v in evbmf_ranks(kernel).items()}
+    with pytest.raises(FalconError, match="ranks by energy"):
+        convert_model(digits, "cp", None, energy=0.9)
+    with pytest.raises(FalconError, match="init must be one of"):
+        convert_model(digits, "spatial", 2, "gd")

@@ -23,7 +23,7 @@ def _patterns(names: list[str]) -> list[re.Pattern]:
     return [
         re.compile(rf"(==|!=)\s*{quoted}"),  # conv == "falcon"
         re.compile(rf"{quoted}\s*(==|!=)"),  # "falcon" == conv
-        re.compile(rf"\bin\s*[\(\[\{{][^\)\]\}}]*{quoted}"),  # conv in ("falcon", "dsconv")
+        re.compile(rf"""\bin\s*[\(\[\{{]\s*(["'][\w-]+["']\s*,\s*)*{quoted}"""),  # conv in ("mobilev2", "falcon")
         re.compile(r"\bfit_axis\b|\bconv_type_axis\s*\("),  # the old axis switch of the registry
         re.compile(r"""\baxis\b[^\n]*(==|!=)\s*["'](output|input)["']"""),  # axis == "output"
         re.compile(r"""\bFULL_RANK_FORMULA\s*\["""),  # formulas by axis
@@ -48,10 +48,11 @@ def test_the_grep_finds_what_it_is_for():
     """The patterns catch the switches they must catch (so an empty result below means something)."""
     bad = ['if conv == "falcon":', "elif 'dsconv' != c:", 'if ct.name in ("falcon", "dsconv"):',
            "axis = ct.fit_axis", 'if axis == "output":', "a = conv_type_axis(conv)", 'FULL_RANK_FORMULA["input"]',
-           'if c in ["tucker2"]:']
+           'if c in ["tucker2"]:', 'ok = conv in ("mobilev2", "cp")']
     assert [switches(line, NAMES) for line in bad] == [[line] for line in bad]
     fine = ['counts = {"input": 1, "output": 2}', 'if conv == "standard":', 'x = CONV_TYPES["falcon"].color',
-            '# conv == "falcon" in a comment', 'conv_type = "falcon"']
+            '# conv == "falcon" in a comment', 'conv_type = "falcon"',
+            'for s in (policy(entry, sites, t if t != KEEP else "falcon")):']
     assert [switches(line, NAMES) for line in fine] == [[] for _ in fine]
 
 

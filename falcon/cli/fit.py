@@ -31,17 +31,28 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=run_layers)
 
-    f = sub.add_parser("fit", help="fit one conv layer of a model with a rank-k EHP (falcon or dsconv)",
-                       description="Fit the kernel of one conv layer with rank-k pointwise × depthwise factors: the "
-                                   "closed-form optimum (svd: a truncated SVD per channel) or gradient descent from a "
-                                   "random start (gd, as the thesis did). Reports the relative error "
-                                   "||K - K_hat||_F / ||K||_F next to the optimum at that rank.")
+    f = sub.add_parser("fit", help="fit one conv layer of a model with a fittable conv type (" + ", ".join(FITTABLE) + ")",
+                       description="Fit the kernel of one conv layer with a conv type's factors: falcon/dsconv's "
+                                   "rank-k pointwise × depthwise factors (svd: a truncated SVD per channel, or gd: "
+                                   "gradient descent as the thesis did), tucker2 (HOSVD refined by HOOI), cp (ALS) or "
+                                   "spatial (SVD). Reports the relative error ||K - K_hat||_F / ||K||_F and the time, "
+                                   "next to the type's default fit at that rank.")
     add_model_flags(f)
     f.add_argument("--layer", required=True, help="the conv's module name (python -m falcon layers --model NAME)")
     f.add_argument("--conv", choices=FITTABLE, default=FITTABLE[0],
                    help="falcon (common axis: output channel; default) or dsconv (input channel)")
-    f.add_argument("--rank", type=int_flag("rank"), default=1, help="rank k (default 1); above the layer's full rank it is clamped")
-    f.add_argument("--method", choices=["svd", "gd"], default="svd", help="svd (closed form, default) or gd")
+    f.add_argument("--rank", type=int_flag("rank"), default=1,
+                   help="rank (default 1): every ranked hyper-parameter of the type; above the layer's full rank it is "
+                        "clamped")
+    for name, h in _rank_flags().items():
+        f.add_argument(h.flag, dest=name, type=int_flag("rank"), default=None,
+                       help=f"{'/'.join(c for c in FITTABLE if name in get_conv_type(c).rank_names)}: {h.label} "
+                            "(default: --rank)")
+    f.add_argument("--auto-rank", action="store_true",
+                   help="the type's own rank rule instead of --rank (tucker2: EVBMF on the kernel's two unfoldings)")
+    f.add_argument("--method", choices=_methods(), default="svd",
+                   help="svd: the type's default fit (falcon, dsconv, spatial: the SVD optimum; tucker2: HOSVD + HOOI; "
+                        "cp: ALS); gd (falcon, dsconv), hosvd, hooi (tucker2), als (cp), random: a fresh block")
     f.add_argument("--steps", type=int_flag("steps"), default=GD_STEPS, help=f"gd: optimizer steps (default {GD_STEPS})")
     f.add_argument("--lr", type=float_flag("lr"), default=None,
                    help="gd: learning rate (default " + ", ".join(f"{k} {v['lr']:g}" for k, v in GD_DEFAULTS.items()) + ")")
@@ -81,30 +92,63 @@ def run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rank_flags() -> dict:
+    """The ranked hyper-parameters other than ``rank`` (tucker2's R₃, R₄), by name: each gets its own flag."""
+    from falcon.convtypes import all_hparams
+
+    names = {n for c in FITTABLE for n in get_conv_type(c).rank_names} - {"rank"}
+    return {n: h for n, h in all_hparams().items() if n in names}
+
+
+def _methods() -> list[str]:
+    from falcon.fits import fitter_of
+
+    return list(dict.fromkeys(["svd", *(m for c in FITTABLE for m in fitter_of(c).methods)]))
+
+
+def fit_ranks(args: argparse.Namespace) -> int | dict | None:
+    """--rank, or a dict where a ranked hyper-parameter has its own flag, or None with --auto-rank."""
+    if args.auto_rank:
+        return None
+    names = get_conv_type(args.conv).rank_names
+    given = {n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None}
+    return {n: given.get(n, args.rank) for n in names} if given else args.rank
+
+
 def run_fit(args: argparse.Namespace) -> int:
     loaded = _load(args)
     from falcon.probe import fit_layer
 
     r = {"model": loaded.name, "weights": loaded.weights,
-         **fit_layer(loaded.model, loaded.input_size, args.layer, args.conv, args.rank, args.method, args.steps,
+         **fit_layer(loaded.model, loaded.input_size, args.layer, args.conv, fit_ranks(args), args.method, args.steps,
                      args.lr, args.optimizer, args.loss, args.seed)}
     if args.json:
         print_json(r)
         return 0
     s = r["spec"]
     print(f"{loaded.description}")
+    ranks = ", ".join(f"{k}={v}" for k, v in r["ranks"].items())
+    full = ", ".join(f"{k}={v}" for k, v in r["full_ranks"].items())
     print(f"layer {r['layer']}: {s['in_channels']}→{s['out_channels']}, {s['kernel_size']}×{s['kernel_size']}, "
-          f"stride {s['stride']}; rank-{r['rank_used']} {r['conv']} (full rank {r['full_rank']})"
-          + (f" — rank {r['rank_requested']} clamped to {r['rank_used']}" if r["clamped"] else ""))
+          f"stride {s['stride']}; {r['conv']} {ranks} (full: {full})"
+          + (f" — rank {r['rank_requested']} clamped to the full rank" if r["clamped"] else ""))
     if r["method"] == "gd":
         print(f"gradient descent: {r['optimizer']}, lr {r['lr']:g}, {r['loss']} loss, {r['steps']} steps, "
               f"{r['seconds']:.2f} s")
         for i, (step, err) in enumerate(zip(r["loss_history_steps"], r["relative_error_history"])):
             if i % max(1, len(r["loss_history_steps"]) // 6) == 0 or i == len(r["loss_history_steps"]) - 1:
                 print(f"  step {step:6d}  relative error {err:.5f}")
-    print(f"relative error       {r['relative_error']:.6f}" + (f"  ({r['method']}, {r['seconds']:.3f} s)"))
-    print(f"optimum (SVD)        {r['optimum_relative_error']:.6f}  ({r['optimum_seconds']:.3f} s)"
-          + (f"; gd is {r['gap']:+.2%} from it" if r["method"] == "gd" and r["gap"] is not None else ""))
-    print("optimum by rank      " + "  ".join(f"{k}:{e:.3f}" for k, e in enumerate(r["error_by_rank"], 1)))
+    method = r["default_method"] if r["method"] == "svd" else r["method"]
+    print(f"relative error       {r['relative_error']:.6f}  ({method}, {r['seconds']:.3f} s)")
+    if method != r["default_method"]:
+        what = "optimum (SVD)" if r["default_method"] == "svd" else f"default ({r['default_method']})"
+        print(f"{what:<20} {r['optimum_relative_error']:.6f}  ({r['optimum_seconds']:.3f} s)"
+              + (f"; {method} is {r['gap']:+.2%} from it" if r["gap"] is not None else ""))
+    for note in r["notes"]:
+        print(f"note: {note}")
+    if r["error_by_rank"]:
+        what = "optimum by rank" if r["default_method"] == "svd" else "closed form by rank"
+        print(f"{what:<20} " + "  ".join(f"{k}:{e:.3f}" for k, e in enumerate(r["error_by_rank"][:24], 1))
+              + (f"  … {len(r['error_by_rank'])}:{r['error_by_rank'][-1]:.3f}" if len(r["error_by_rank"]) > 24 else ""))
     print(f"layer weights        {r['params']:,} instead of {r['standard_params']:,} ({r['compression_rate']:.2f}× fewer)")
     return 0

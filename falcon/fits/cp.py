@@ -11,18 +11,21 @@ larger than the kernel that cancel each other (:data:`MAX_CANCELLATION`) — is 
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from falcon.errors import FalconError
 from falcon.fits.base import Fitter
 
-ALS_ITERATIONS = 200
-ALS_TOL = 1e-8
-#: ALS is refused above this many multiply-adds per iteration (≈ R·N·M·D²·4 for the four MTTKRPs); see
-#: docs or the report for the timings behind it.
-MAX_ALS_WORK = 4e10
+ALS_ITERATIONS = 100
+ALS_TOL = 1e-7  # on the change of the relative error between iterations (tensorly's abs_rec_error)
+#: Multiply-adds of one ALS iteration ≈ 4·R·N·M·D² (one MTTKRP per mode). Measured here (one thread, numpy
+#: backend, a shared 2-core machine): 128×64×3×3 at R=16: 0.005 s per iteration; 256×128×3×3 at R=32: 0.1 s;
+#: 512×512×3×3 at R=64: 3.1 s (2–9·10⁸ multiply-adds per second). Above this much work per iteration
+#: (≈ 10 s per iteration, 15+ minutes for one layer) ALS is refused; above :data:`ALS_NOTE_SECONDS` of
+#: estimated time a fit carries a note.
+MAX_ALS_WORK = 2e9
+ALS_RATE = 3e8  # multiply-adds per second, for the estimate
+ALS_NOTE_SECONDS = 60.0
 #: A fit whose components' norms sum to more than this many times the fitted kernel's norm is degenerate:
 #: large components cancelling each other (Lebedev et al. §3.2), useless for fine-tuning.
 MAX_CANCELLATION = 1e3
@@ -42,29 +45,49 @@ def exact_factors(kernel: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"first": kernel[c, :, i, j], "vertical": vertical, "horizontal": horizontal, "last": unit}  # (R, M)
 
 
+def _svd_start(kernel, rank: int, seed: int) -> list:
+    """ALS's start: per mode the leading left singular vectors of the unfolding, columns past the mode's size
+    drawn from N(0, 1) with ``seed`` (tensorly's own SVD start computes full SVDs of the 3 × N·M·D unfoldings)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    factors = []
+    for mode, size in enumerate(kernel.shape):
+        u = np.linalg.svd(np.moveaxis(kernel, mode, 0).reshape(size, -1), full_matrices=False)[0][:, :rank]
+        factors.append(np.concatenate([u, rng.standard_normal((size, rank - u.shape[1]))], axis=1))
+    return factors
+
+
+def als_work(shape, rank: int) -> float:
+    """Multiply-adds of one ALS iteration on a kernel of ``shape`` (N, M, D, D) at rank R: ≈ 4·R·N·M·D²."""
+    n, m, d = shape[0], shape[1], shape[2]
+    return 4.0 * rank * n * m * d * d
+
+
 def als_factors(kernel: torch.Tensor, rank: int, seed: int = 0, iterations: int = ALS_ITERATIONS,
                 tol: float = ALS_TOL) -> dict[str, torch.Tensor]:
-    """Rank-R CP by ALS (tensorly's parafac, numpy backend, float64), each component's scale split evenly."""
+    """Rank-R CP by ALS (tensorly's parafac, numpy backend, float64) from :func:`_svd_start`, each component's
+    scale split evenly over its four factors."""
     import numpy as np
     import tensorly as tl
+    from tensorly.cp_tensor import CPTensor
     from tensorly.decomposition import parafac
 
     n, m, d, _ = kernel.shape
-    work = rank * n * m * d * d * 4
+    work = als_work(kernel.shape, rank)
     if work > MAX_ALS_WORK:
         raise FalconError(f"CP by ALS at rank {rank} on a {n}×{m}×{d}×{d} kernel is about {work:.1e} multiply-adds "
-                          f"per iteration (limit {MAX_ALS_WORK:.0e}); use a lower rank or another conv type")
-    with tl.backend_context("numpy"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the SVD start warns when R exceeds a mode's size (it fills in at random)
-        weights, (b, a, v, h) = parafac(kernel.cpu().numpy(), rank, n_iter_max=iterations, init="svd", tol=tol,
-                                        random_state=np.random.RandomState(seed), normalize_factors=True)
+                          f"per iteration (limit {MAX_ALS_WORK:.0e}, ~10 s each here); use a lower rank or another "
+                          "conv type")
+    x = kernel.cpu().numpy()
+    with tl.backend_context("numpy"):
+        start = CPTensor((np.ones(rank), _svd_start(x, rank, seed)))
+        weights, (b, a, v, h) = parafac(x, rank, n_iter_max=iterations, init=start, tol=tol)
     norms = [np.linalg.norm(f, axis=0) for f in (b, a, v, h)]
-    scale = np.abs(weights) * np.prod(norms, axis=0)
-    root = np.where(scale > 0, scale, 0.0) ** 0.25
-    unit = [f / np.where(nrm > 0, nrm, 1.0) for f, nrm in zip((b, a, v, h), norms)]
-    b, a, v, h = (f * root for f in unit)
+    root = (np.abs(weights) * np.prod(norms, axis=0)) ** 0.25
+    b, a, v, h = (f / np.where(nrm > 0, nrm, 1.0) * root for f, nrm in zip((b, a, v, h), norms))
     b = b * np.sign(weights)
-    as_t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(kernel.device)  # noqa: E731
+    as_t = lambda y: torch.from_numpy(np.ascontiguousarray(y)).to(kernel.device)  # noqa: E731
     return {"first": as_t(a.T), "vertical": as_t(v.T), "horizontal": as_t(h.T), "last": as_t(b)}
 
 
@@ -85,14 +108,17 @@ class CPFitter(Fitter):
         rank = ranks["rank"]
         if rank >= self.full_ranks(k.shape)["rank"]:
             return exact_factors(k), ["exact CP at the full rank (no ALS)"]
-        factors = als_factors(k, rank, seed, options.get("iterations", ALS_ITERATIONS), options.get("tol", ALS_TOL))
+        iterations = options.get("iterations", ALS_ITERATIONS)
+        estimate = iterations * als_work(k.shape, rank) / ALS_RATE
+        notes = [f"ALS is slow here: about {estimate:.0f} s for {iterations} iterations"] if estimate > ALS_NOTE_SECONDS else []
+        factors = als_factors(k, rank, seed, iterations, options.get("tol", ALS_TOL))
         if not all(bool(torch.isfinite(f).all()) for f in factors.values()):
             raise FalconError(f"CP by ALS diverged at rank {rank} (NaN factors); lower the rank")
         ratio = cancellation(factors, self.compose(factors))
         if ratio > MAX_CANCELLATION:
             raise FalconError(f"CP by ALS at rank {rank} is degenerate: its components are {ratio:.0f}× larger than "
                               "the kernel and cancel each other; lower the rank")
-        return factors, []
+        return factors, notes
 
     def structure(self, ranks):
         return f"writes its kernel as a sum of {ranks['rank']} rank-one terms (1×1, D×1, 1×D and 1×1 filters)"
