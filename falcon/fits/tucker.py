@@ -52,6 +52,13 @@ def hooi(kernel: torch.Tensor, rank_in: int, rank_out: int, iterations: int = HO
     return {"first": as_t(u_in).T, "core": as_t(core), "last": as_t(u_out)}
 
 
+def _leading_basis(a: torch.Tensor) -> torch.Tensor:
+    """The left singular vectors of ``a`` (rows × many columns), most energy first, from the eigenvectors of the
+    small Gram matrix a·aᵀ: the same basis as the SVD's, an order of magnitude faster for wide unfoldings."""
+    values, vectors = torch.linalg.eigh(a @ a.T)
+    return vectors.flip(1)
+
+
 class TuckerFitter(Fitter):
     methods = ("hooi", "hosvd", "random")
     bias_on = "last"
@@ -96,8 +103,7 @@ class TuckerFitter(Fitter):
         full singular bases U_out, U_in, the kernel rotated into them, C = K ×₀ U_outᵀ ×₁ U_inᵀ, keeps its norm, and
         the truncated HOSVD's core is C's leading R₄ × R₃ block, so ‖K − K̂‖² = ‖K‖² − ‖C[:R₄, :R₃]‖²."""
         k = kernel.detach().double()
-        u_out = torch.linalg.svd(unfold(k, 0), full_matrices=False)[0]
-        u_in = torch.linalg.svd(unfold(k, 1), full_matrices=False)[0]
+        u_out, u_in = _leading_basis(unfold(k, 0)), _leading_basis(unfold(k, 1))
         energy = torch.einsum("nmij,nb,ma->baij", k, u_out, u_in).pow(2).sum((2, 3)).cumsum(0).cumsum(1)
         total = float(k.pow(2).sum())
         if total == 0.0:
