@@ -398,10 +398,11 @@ def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", c
     """The highest uniform rank of ``conv`` whose computation reduction rate is at least ``crr`` (or whose
     compression rate is at least ``cr``), sized with :func:`size_model` (``kwargs``: its arguments).
 
-    Rates fall as the rank grows, so the search walks up from rank 1 and stops at the first rank that misses
-    the target, or at the largest full rank of the replaced layers (above it a fit gains nothing);
-    ``whole_curve`` sizes every rank up to that one (``Budget.curve``, for a chart). A uniform rank sets every
-    ranked hyper-parameter of the type (Tucker-2's R₃ and R₄ alike).
+    Rates fall as the rank grows, so the search doubles the rank from 1 until it misses the target, then bisects,
+    up to the largest full rank of the replaced layers (above it a fit gains nothing); ``whole_curve`` also
+    sizes the ranks of a chart (``Budget.curve``: every rank up to :data:`CURVE_POINTS`, a geometric sample of
+    larger ranges such as CP's thousands). A uniform rank sets every ranked hyper-parameter of the type
+    (Tucker-2's R₃ and R₄ alike).
     """
     if (crr is None) == (cr is None):
         raise FalconError("give one target: a computation reduction rate (MACs) or a compression rate (params)")
@@ -426,19 +427,54 @@ def size_for_target(model: str | ModelEntry | nn.Module, conv: str = "falcon", c
     std_rows = {u.name: getattr(u, replaced_cost) for u in first.standard.units}
     free = std_total - sum(std_rows.get(n, 0) for n in first.replaced)
     ceiling = std_total / free if free > 0 else float("inf")
-    results = [first]
-    while (whole_curve or getattr(results[-1], metric) >= target) and len(results) < max_rank:
-        results.append(size_model(model, conv, **ct.rank_hparams(len(results) + 1), **kwargs))
-    meets = [r for r in results if getattr(r, metric) >= target]
+    sized = {1: first}
+
+    def at(k: int) -> SizeResult:
+        if k not in sized:
+            sized[k] = size_model(model, conv, **ct.rank_hparams(k), **kwargs)
+        return sized[k]
+
+    rank = _highest_meeting(lambda k: getattr(at(k), metric), target, max_rank)
     notes = []
-    if meets and len(meets) == len(results) == max_rank:
+    if rank == max_rank:
         notes.append(f"rank {max_rank} is the full rank of every replaced layer: the fit is exact there, so no "
                      "higher rank is searched")
-    if not meets:
-        return Budget(first.model, conv, metric, target, None, None, [first], max_rank, ceiling, notes, results)
-    best = meets[-1]
-    rank = results.index(best) + 1
-    below = results[rank - 2: rank - 1] if rank > 1 else []
-    above = results[rank: rank + 1]
-    return Budget(first.model, conv, metric, target, rank, best, [*below, best, *above], max_rank, ceiling, notes,
-                  results)
+    if whole_curve:
+        for k in curve_ranks(max_rank, rank):
+            at(k)
+    curve = [sized[k] for k in sorted(sized)]
+    if rank is None:
+        return Budget(first.model, conv, metric, target, None, None, [first], max_rank, ceiling, notes, curve)
+    neighbours = [at(k) for k in (rank - 1, rank, rank + 1) if 1 <= k <= max_rank]
+    return Budget(first.model, conv, metric, target, rank, at(rank), neighbours, max_rank, ceiling, notes,
+                  [sized[k] for k in sorted(sized)])
+
+
+#: A budget's chart sizes every rank up to this many; above, a geometric sample (and the answer's neighbours).
+CURVE_POINTS = 48
+
+
+def curve_ranks(max_rank: int, rank: int | None = None) -> list[int]:
+    """The ranks a budget's chart sizes: 1 … max_rank, or a geometric sample of them when there are more than
+    :data:`CURVE_POINTS`, with the answer's neighbours."""
+    if max_rank <= CURVE_POINTS:
+        return list(range(1, max_rank + 1))
+    sample = {round(max_rank ** (i / (CURVE_POINTS - 1))) for i in range(CURVE_POINTS)}
+    if rank is not None:
+        sample |= {k for k in (rank - 1, rank, rank + 1) if 1 <= k <= max_rank}
+    return sorted(sample)
+
+
+def _highest_meeting(rate, target: float, max_rank: int) -> int | None:
+    """The highest rank k in 1 … max_rank with ``rate(k) >= target`` (rates fall as k grows; None when rank 1
+    misses): doubling from 1, then bisecting: O(log max_rank) sizings instead of one per rank."""
+    if rate(1) < target:
+        return None
+    lo, hi = 1, 2
+    while hi <= max_rank and rate(hi) >= target:
+        lo, hi = hi, 2 * hi
+    hi = min(hi, max_rank + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if rate(mid) >= target else (lo, mid)
+    return lo

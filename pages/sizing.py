@@ -85,7 +85,7 @@ if CONV_TYPES[conv].ranked:
                            help="the reduction you need: 4 = four times fewer MACs (or parameters) than the standard model")
     metric = common.widget(b[1].segmented_control, "of", ["crr", "cr"], default="crr", key="target_metric",
                            required=True, format_func=lambda m: "MACs (CRR)" if m == "crr" else "params (CR)")
-    budget_hp = json.dumps({k: v for k, v in hparams.items() if k != "rank"}, sort_keys=True)
+    budget_hp = json.dumps({k: v for k, v in hparams.items() if k not in CONV_TYPES[conv].rank_names}, sort_keys=True)
     with st.spinner("sizing every rank…"), common.guard():
         budget = common.size_budget(model, conv, metric or "crr", float(target), num_classes, input_size,
                                     convention or "paper", True if stem else None, budget_hp)

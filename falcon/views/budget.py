@@ -35,5 +35,7 @@ def budget_figure(budget: dict[str, Any]) -> go.Figure:
     title = (f"{short} by rank: rank {rank} is the highest that meets {target:g}×" if rank is not None
              else f"{short} by rank: no rank meets {target:g}×")
     return _layout(fig, title, height=340, annotations=annotations,
-                   xaxis=dict(title="rank k (uniform)", dtick=1), yaxis=dict(title=f"{short}: × fewer {what}"),
+                   xaxis=dict(title="rank (uniform)", **({"dtick": 1} if max(ranks, default=1) <= 16 else
+                                                          {"type": "log"} if max(ranks, default=1) > 64 else {})),
+                   yaxis=dict(title=f"{short}: × fewer {what}"),
                    showlegend=False)
