@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from falcon.convtypes import CONV_TYPES, FITTABLE
+from falcon.convtypes import FITTABLE
 from falcon.paper import PAPER_RANKED
 from falcon.views.tables import COST_AXES, accuracy_table, pareto_front  # noqa: F401 (pareto_front: re-exported)
 
