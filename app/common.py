@@ -315,15 +315,40 @@ def hparam_input(conv: str, name: str, key_prefix: str = "", container=None, bin
     """
     from falcon.convtypes import CONV_TYPES
 
+    from falcon.limits import hparam_bound
+
     h = next(h for h in CONV_TYPES[conv].hparams if h.name == name)
-    kwargs: dict[str, Any] = dict(min_value=h.minimum, max_value=h.maximum, value=h.default,
-                                  key=f"{key_prefix}{conv}.{h.name}" if per_conv else f"{key_prefix}{h.name}",
-                                  help=f"{h.help} (range {h.minimum:g}–{h.maximum:g})")
-    kwargs.update(step=h.widget_step)
-    if h.kind is not int:
-        kwargs.update(format="%g")
-        kwargs.update(min_value=float(h.minimum), max_value=float(h.maximum), value=float(h.default))
-    return widget((container or st).number_input, label or h.label, bind=bind, **kwargs)
+    return number(container or st, label or h.label, hparam_bound(h), h.default if h.kind is int else float(h.default),
+                  key=f"{key_prefix}{conv}.{h.name}" if per_conv else f"{key_prefix}{h.name}", help=h.help,
+                  step=h.widget_step, bind=bind, format=None if h.kind is int else "%g")
+
+
+def number(container, label: str, bound, value: int | float | None, *, key: str, help: str | None = None,
+           bind: bool = True, **kwargs) -> int | float | None:
+    """A number input that says what it does with a bad value: the allowed range (``bound``: a
+    :mod:`falcon.limits` bound or its name) is in its help, and a value outside it, typed or from the link, is
+    refused with an ``st.error`` under the input naming the range and the value used instead (the last good
+    one, else the default). Streamlit's own min/max would instead keep the old value without a word.
+
+    Empty stays None (an input with ``value=None`` means "the default")."""
+    from falcon import limits
+
+    b = limits.bound(bound)
+    good_key = f"_last_good.{key}"
+    fallback = st.session_state.get(good_key, value)
+    rule = f"Allowed: {b.describe()} ({b.why}); another value is refused with a message."
+    got = widget(container.number_input, label, value=value, key=key, bind=bind,
+                 help=f"{help}  \n{rule}" if help else rule, **kwargs)
+    if got is None:
+        return None
+    try:
+        good = limits.parse(int(got) if b.kind is int and float(got).is_integer() else got, b, label)
+    except FalconError as e:
+        container.error(f"{e}. Using {label} = {fallback:g} instead." if fallback is not None
+                        else f"{e}. Using the default instead.", icon=":material/error:")
+        return fallback
+    st.session_state[good_key] = good
+    return good
 
 
 def hparam_inputs(conv: str, key_prefix: str = "", container=None, bind: bool = True,
@@ -340,36 +365,81 @@ def hparam_inputs(conv: str, key_prefix: str = "", container=None, bind: bool = 
 
 def widget(fn, label: str, *args, bind: bool = True, **kwargs):
     """A widget whose value persists across page switches and (with ``bind``) lives in the URL, under
-    the widget's key.
+    the widget's key, so that a shared link reproduces the view.
 
     Inputs without a ``format_func`` use Streamlit's ``bind="query-params"``. Choices shown through a
-    ``format_func`` would put the *formatted* label in the URL (e.g. a layer's whole description), so
-    for them the raw option goes in the URL here: read once when the session first shows the widget,
-    written back after every run (left out when it is the default).
+    ``format_func`` would put the *formatted* label in the URL (e.g. a layer's whole description), and lists
+    (multiselects) have no single value, so for them the raw option (comma-separated for a list) goes in the URL
+    here: a value the URL brings that this session did not write (a link, another page's link with
+    ``query_params``) is taken; the widget's value is written back after every run (left out when it is the
+    default). A link's value the widget cannot take is not dropped silently: a warning under the widget names it
+    and what is shown instead.
     """
     kwargs.setdefault("persist_state", "session")
     if not bind:
         return fn(label, *args, **kwargs)
-    if "format_func" not in kwargs:
-        return fn(label, *args, bind="query-params", **kwargs)
     key = kwargs["key"]
+    where = getattr(fn, "__self__", st)  # the container the widget is drawn in (for the warning)
+    multi = getattr(fn, "__name__", "") == "multiselect"
+    if "format_func" not in kwargs and not multi:
+        raw = st.query_params.get(key) if key not in st.session_state else None  # the link, on first show
+        value = fn(label, *args, bind="query-params", **kwargs)
+        if raw is not None and not _same(raw, value):
+            _unusable_link(where, key, raw, label, value)
+        return value
     options = list(args[0] if args else kwargs["options"])
     names = [str(o) for o in options]
     if "index" in kwargs:
         default = options[kwargs.pop("index")] if options else None
-    elif "default" in kwargs:
-        default = kwargs.pop("default")
     else:
-        default = options[0] if options else None
-    if key not in st.session_state or st.session_state[key] not in options:
-        raw = st.query_params.get(key)
-        st.session_state[key] = options[names.index(raw)] if raw in names else default
+        default = kwargs.pop("default", [] if multi else (options[0] if options else None))
+    if multi:
+        default = list(default or [])
+
+    def encode(v) -> str:
+        return ",".join(str(o) for o in v) if multi else str(v)
+
+    def allowed(v) -> bool:
+        return all(o in options for o in v) if multi else v in options
+
+    raw, written = st.query_params.get(key), st.session_state.get(f"_url.{key}")
+    if raw is not None and raw != written:  # the URL says something this session did not write: a link
+        parts = [p for p in raw.split(",") if p] if multi else [raw]
+        if all(p in names for p in parts):
+            picked = [options[names.index(p)] for p in parts]
+            st.session_state[key] = picked if multi else picked[0]
+        else:
+            _unusable_link(where, key, raw, label, encode(st.session_state.get(key, default)))
+    if key not in st.session_state or not allowed(st.session_state[key]):
+        st.session_state[key] = default
     value = fn(label, *args, **kwargs)
-    if value is not None and str(value) != str(default):
-        st.query_params[key] = str(value)
-    elif key in st.query_params:
-        del st.query_params[key]
+    text = encode(value) if value is not None else None
+    if text is not None and text != encode(default):
+        st.query_params[key] = st.session_state[f"_url.{key}"] = text
+    else:
+        st.session_state[f"_url.{key}"] = None
+        if key in st.query_params:
+            del st.query_params[key]
     return value
+
+
+def _same(raw: str, value: Any) -> bool:
+    """Whether a widget shows the value ``raw`` of its URL parameter (as text, number or true/false)."""
+    if value is None:
+        return raw == ""
+    if isinstance(value, bool):
+        return raw.lower() == str(value).lower()
+    if isinstance(value, (int, float)):
+        try:
+            return float(raw) == float(value)
+        except ValueError:
+            return False
+    return raw == str(value)
+
+
+def _unusable_link(where, key: str, raw: str, label: str, shown: Any) -> None:
+    where.warning(f"The link's {key}={raw[:60]!r} is not a choice of “{label}” here; showing {shown!s:.60} instead.",
+                  icon=":material/link_off:")
 
 
 def kaleido_available() -> bool:

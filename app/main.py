@@ -60,7 +60,13 @@ html { font-size: 20px; }
 svg.falcon-chart { zoom: 1.3; }
 </style>"""
 
-pages = [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path, default=p.default) for p in common.PAGES]
+# The default page is served at "/" (Streamlit gives it the URL path ""), so "/overview" would be "Page not found":
+# the same page also answers there, hidden from the menu (its registry url_path is reserved for that alias).
+# Any other unknown path runs the default page too, with Streamlit's "Page not found" notice.
+pages = [st.Page(p.path, title=p.title, icon=p.icon, url_path=f"{p.url_path}-home" if p.default else p.url_path,
+                 default=p.default) for p in common.PAGES]
+pages += [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path, visibility="hidden")
+          for p in common.PAGES if p.default]
 page = st.navigation(pages)
 st.html(LAYOUT_CSS)
 if common.widget(st.sidebar.toggle, "Presenter mode", value=False, key=common.Keys.PRESENTER,

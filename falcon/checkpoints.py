@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import os
 import re
 import warnings
@@ -38,6 +39,8 @@ from falcon import limits
 from falcon.errors import FalconError
 from falcon.limits import parse_int
 from falcon.models import ModelEntry, check_initialized
+
+log = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
@@ -195,12 +198,12 @@ def read_checkpoint(source: str | os.PathLike | bytes | BinaryIO, label: str | N
             warnings.simplefilter("ignore")
             obj = torch.load(handle, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch.load raises anything from KeyError to RuntimeError on foreign files
-        raise _not_loaded(e, source, label) from None
+        raise _not_loaded(e, source, label, head) from None
     check_tensors(obj, label, limit)
     return obj
 
 
-def _not_loaded(e: Exception, source: Any, label: str) -> FalconError:
+def _not_loaded(e: Exception, source: Any, label: str, head: bytes = b"") -> FalconError:
     message = str(e)
     first = message.strip().splitlines()[0] if message.strip() else ""
     if "Weights only load failed" in message:
@@ -210,12 +213,17 @@ def _not_loaded(e: Exception, source: Any, label: str) -> FalconError:
             what = f" ({', '.join(names[:3])})" if names else ""
             return FalconError(f"{label} holds Python objects{what}, not just tensors; weights-only loading refuses "
                                "it: save model.state_dict() with torch.save instead of a pickled model or object")
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)  # not a pickle: "Unsupported operand 172"
-        first = detail.group(1).strip() if detail else "not a pickle"
-    reason = _short(f"{type(e).__name__}: {first}" if first else type(e).__name__, 100)
+    # the reason in words: torch.load's own exception ("UnpicklingError: Unsupported operand 0", "KeyError: 101")
+    # names its internals, not the file; it goes to the log
+    log.info("torch.load refused %s: %s: %s", label, type(e).__name__, _short(first, 200))
     if _looks_like_text(source):
-        reason = "it is a text file; " + reason
-    return FalconError(f"{label} is not a PyTorch checkpoint ({reason})")
+        reason = "it is a text file"
+    elif head.startswith(_ZIP_MAGIC):
+        reason = "a zip archive, but not the one torch.save writes, or a damaged one"
+    else:
+        reason = "neither the zip archive nor the pickle that torch.save writes"
+    return FalconError(f"{label} is not a PyTorch checkpoint ({reason}): save it with torch.save(model.state_dict(), "
+                       "path)")
 
 
 def _tensors_in(obj: Any, prefix: str = "", depth: int = 0):
@@ -290,6 +298,17 @@ def _is_state_dict(obj: Any) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def _kind_in_words(obj: Any) -> str:
+    """What a loaded object is, in words rather than Python's class names (``Tensor``, ``OrderedDict``)."""
+    if isinstance(obj, torch.Tensor):
+        return "a single tensor"
+    if isinstance(obj, dict):
+        return "a dict without tensors" if obj else "an empty dict"
+    words = {list: "a list", tuple: "a tuple", str: "a text", bytes: "raw bytes", int: "a number",
+             float: "a number", bool: "a true/false value", type(None): "nothing (None)"}
+    return words.get(type(obj), "an object that is not a dict of tensors")
+
+
 def state_dict_of(obj: Any, label: str) -> dict[str, torch.Tensor]:
     """The ``state_dict`` inside a loaded checkpoint: itself, or under a usual key (``state_dict``, ``model``…)."""
     if _is_state_dict(obj):
@@ -297,10 +316,8 @@ def state_dict_of(obj: Any, label: str) -> dict[str, torch.Tensor]:
     elif isinstance(obj, dict) and any(_is_state_dict(obj.get(k)) for k in _WRAPPER_KEYS):
         state = next(obj[k] for k in _WRAPPER_KEYS if _is_state_dict(obj.get(k)))
     else:
-        kind = type(obj).__name__
-        if isinstance(obj, dict):
-            kind = "a dict without tensors" if obj else "an empty dict"
-        raise FalconError(f"{label} holds {kind}, not a state_dict (a dict of parameter names to tensors)")
+        raise FalconError(f"{label} holds {_kind_in_words(obj)}, not a state_dict (a dict of parameter names to "
+                          "tensors): save it with torch.save(model.state_dict(), path)")
     if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
         state = {k[len("module."):]: v for k, v in state.items()}
     return state

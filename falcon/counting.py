@@ -683,14 +683,26 @@ def count_thop(model: nn.Module, input_size: tuple[int, int, int], copy_model: b
     clone = (copy.deepcopy(model) if copy_model else model).eval()
     device = next((p.device for p in clone.parameters()), torch.device("cpu"))
     with torch.inference_mode():
-        macs, params = profile(clone, inputs=(_input_tensor(input_size, device),), verbose=False)
+        macs, params, tree = profile(clone, inputs=(_input_tensor(input_size, device),), verbose=False,
+                                     ret_layer_info=True)
     rows = []
     for name, unit in _units(clone):
         kind, shape = _describe(unit)
-        ops = sum(float(m.total_ops.item()) for m in unit.modules() if hasattr(m, "total_ops") and not list(m.children()))
-        prm = sum(float(m.total_params.item()) for m in unit.modules() if hasattr(m, "total_params") and not list(m.children()))
+        ops, prm = _thop_entry(tree, name)
         rows.append(UnitCount(name, kind, shape, None, None, params=int(prm), macs=int(ops)))
     return ModelCount("thop", int(params), int(macs), rows)
+
+
+def _thop_entry(tree: dict, name: str) -> tuple[float, float]:
+    """thop's (MACs, params) of the module ``name`` (dotted) from ``profile(..., ret_layer_info=True)``'s tree:
+    child name -> (ops, params, children). thop removes its per-module counters when it returns, so the rows
+    of a per-layer table come from here (they add up to thop's totals)."""
+    ops = prm = 0.0
+    for part in name.split("."):
+        if part not in tree:
+            return 0.0, 0.0
+        ops, prm, tree = tree[part]
+    return ops, prm
 
 
 def count_module(module: nn.Module, input_size: Iterable[int], convention: str = "clean") -> ModelCount:

@@ -41,10 +41,10 @@ else:
         all_panels += [p for p in dict.fromkeys(zip(ours["model"], ours["dataset"])) if p not in all_panels]
 labels = {f"{m} · {d}": (m, d) for m, d in all_panels}
 picked = common.widget(c[2].multiselect, "panels (model · data set)", list(labels), default=list(labels),
-                       key="panels_latency" if latency_axis else "panels", bind=False)
-show_ours = c[3].toggle("our runs", value=True, key="show_ours", disabled=not len(ours) or latency_axis,
-                        help="runs stored by `python -m falcon experiment` (the results store)" +
-                             ("; the latency axis shows only them" if latency_axis else ""))
+                       key="panels_latency" if latency_axis else "panels")
+show_ours = common.widget(c[3].toggle, "our runs", value=True, key="show_ours", disabled=not len(ours) or latency_axis,
+                          help="runs stored by `python -m falcon experiment` (the results store)" +
+                               ("; the latency axis shows only them" if latency_axis else ""))
 
 panels = [labels[p] for p in picked] or all_panels
 data = accuracy_table(paper, ours if show_ours or latency_axis else None, x=x, panels=panels)  # what the figure draws

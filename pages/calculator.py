@@ -63,14 +63,14 @@ def layer_view() -> None:
     measurement below reads the spec it leaves in the session state; a click there reruns everything)."""
     # ---------------------------------------------------------------------------------------------- inputs
     cols = st.columns(7)
-    M = common.widget(cols[0].number_input, "in channels M", 1, 16384, 256, step=1, key="M")
-    N = common.widget(cols[1].number_input, "out channels N", 1, 16384, 256, step=1, key="N")
-    D = common.widget(cols[2].number_input, "kernel D", 1, 15, 3, step=1, key="D")
-    H = common.widget(cols[3].number_input, "input height H", 1, 4096, 32, step=1, key="H")
-    W = common.widget(cols[4].number_input, "input width W", 1, 4096, None, step=1, key="W", placeholder="= H",
+    M = common.number(cols[0], "in channels M", "channels", 256, step=1, key="M")
+    N = common.number(cols[1], "out channels N", "channels", 256, step=1, key="N")
+    D = common.number(cols[2], "kernel D", "kernel_size", 3, step=1, key="D")
+    H = common.number(cols[3], "input height H", "input_size", 32, step=1, key="H")
+    W = common.number(cols[4], "input width W", "input_size", None, step=1, key="W", placeholder="= H",
                       help="empty: the same as H")
-    stride = common.widget(cols[5].number_input, "stride s", 1, 8, 1, step=1, key="stride")
-    padding = common.widget(cols[6].number_input, "padding p", 0, 32, None, step=1, key="padding",
+    stride = common.number(cols[5], "stride s", "stride", 1, step=1, key="stride")
+    padding = common.number(cols[6], "padding p", "padding", None, step=1, key="padding",
                             placeholder="D // 2", help="empty: D // 2 ('same' for odd D)")
 
     with st.container(border=True):
@@ -136,7 +136,7 @@ def layer_view() -> None:
                      "counts exactly the closed-form params and MACs of every conv type.", icon=":material/check_circle:")
     else:
         t[0].warning("thop disagrees with the closed form for: " + ", ".join(check.index[~check["agree"]]))
-    if t[1].toggle("show thop's counts", key="show_thop"):
+    if common.widget(t[1].toggle, "show thop's counts", key="show_thop"):
         st.dataframe(check, key="thop_table", column_config={
             c: st.column_config.NumberColumn(c, format="localized") for c in check.columns if c not in ("conv type", "agree")})
     st.session_state[Keys.CALC_LAYER] = (spec, hparams)

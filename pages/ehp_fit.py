@@ -63,7 +63,7 @@ conv = common.widget(c[1].segmented_control, "fit with", list(FITTABLE), default
                      required=True, format_func=lambda t: CONV_TYPES[t].label)
 conv = conv or FITTABLE[0]
 fitter = fitter_of(conv)
-rank = common.widget(c[2].number_input, "rank", 1, 65536, 1, step=1, key="k",
+rank = common.number(c[2], "rank", "rank", 1, step=1, key="k",
                      help="one rank for every ranked hyper-parameter of the type; above the layer's full rank it is "
                           "lowered to it")
 METHOD_LABELS = {"svd": "SVD", "gd": "gradient descent", "random": "random", "hooi": "HOOI", "hosvd": "HOSVD",
@@ -77,22 +77,31 @@ row = by_name[layer]
 method, rank = method or fitter.methods[0], int(rank)
 DEFAULT_LABEL = "SVD optimum" if fitter.methods[0] == "svd" else f"{METHOD_LABELS[fitter.methods[0]]} fit"
 
-gd = {}
+#: gradient descent's pace: label, and the seconds its steps are spread over at least (0: as fast as it goes)
+WATCH_S = 8.0
+PACES = {"watch": (f"watch (≥ {WATCH_S:.0f} s)", WATCH_S), "full": ("full speed", 0.0)}
+
+gd, pace = {}, "watch"
 if method in ("gd", "random"):
     from falcon.ehp import FIT_OPTIMIZERS, GD_DEFAULTS, GD_STEPS, LOSSES
 
     g = st.columns(5)
-    gd["seed"] = int(g[0].number_input("seed", 0, 10**6, 0, key="gd_seed"))
+    gd["seed"] = int(common.number(g[0], "seed", "seed", 0, step=1, key="gd_seed"))
     if method == "gd":
-        gd["optimizer"] = g[1].selectbox("optimizer", FIT_OPTIMIZERS, key="gd_optimizer",
-                                         help="adam (default) reaches the optimum; sgd with the thesis's settings "
-                                              "(lr 0.01 on the mean squared error) barely leaves the random start")
-        gd["loss"] = g[2].selectbox("loss", LOSSES, index=LOSSES.index(GD_DEFAULTS[gd["optimizer"]]["loss"]),
-                                    key=f"gd_loss_{gd['optimizer']}",
-                                    help="relative: ‖K − K̂‖² / ‖K‖²; mse: the mean of the squared residual")
-        gd["lr"] = float(g[3].number_input("learning rate", 1e-6, 10.0, GD_DEFAULTS[gd["optimizer"]]["lr"],
-                                           key=f"gd_lr_{gd['optimizer']}", format="%g", step=1e-3))
-        gd["steps"] = int(g[4].number_input("steps", 1, 100000, GD_STEPS, key="gd_steps", step=100))
+        gd["optimizer"] = common.widget(g[1].selectbox, "optimizer", FIT_OPTIMIZERS, key="gd_optimizer",
+                                        help="adam (default) reaches the optimum; sgd with the thesis's settings "
+                                             "(lr 0.01 on the mean squared error) barely leaves the random start")
+        gd["loss"] = common.widget(g[2].selectbox, "loss", LOSSES, key=f"gd_loss_{gd['optimizer']}",
+                                   index=LOSSES.index(GD_DEFAULTS[gd["optimizer"]]["loss"]),
+                                   help="relative: ‖K − K̂‖² / ‖K‖²; mse: the mean of the squared residual")
+        gd["lr"] = float(common.number(g[3], "learning rate", "lr", GD_DEFAULTS[gd["optimizer"]]["lr"],
+                                       key=f"gd_lr_{gd['optimizer']}", format="%g", step=1e-3))
+        gd["steps"] = int(common.number(g[4], "steps", "steps", GD_STEPS, key="gd_steps", step=100))
+        pace = common.widget(st.segmented_control, "pace", ["watch", "full"], default="watch", key="gd_pace",
+                             required=True, format_func=lambda p: PACES[p][0],
+                             help=f"watch: the steps are spread over at least {WATCH_S:.0f} s, so that the error can "
+                                  "be seen falling (the fit is the same); full speed: as fast as this machine goes "
+                                  "(600 steps take about a second)")
 
 fit_key = (loaded.key, layer, conv, rank)
 with common.guard():
@@ -111,15 +120,24 @@ running = job is not None and job.running  # a gradient descent of this session,
 
 
 def start_gd() -> None:
+    import time
+
     from falcon.ehp import run_gd
 
     kernel = loaded.kernel(layer)
-    steps = gd["steps"]
+    steps, watch = gd["steps"], PACES[pace or "watch"][1]
 
     def target(j: Job):
+        t0 = time.perf_counter()
+        j.paused = 0.0  # seconds spent waiting for the pace (the rest is the fit's own time)
+
         def callback(rec) -> bool:
             j.records.append((rec.step, rec.relative_error))
             j.report(rec.step / max(steps, 1), f"step {rec.step} / {steps}: relative error {rec.relative_error:.5f}")
+            ahead = t0 + watch * rec.step / max(steps, 1) - time.perf_counter()
+            if ahead > 0 and not j.should_stop():  # paced: step i not before i/steps of the watch time
+                time.sleep(min(ahead, 0.25))
+                j.paused += min(ahead, 0.25)
             return j.should_stop()
 
         return run_gd(kernel, rank, axis, steps=steps, lr=gd["lr"], optimizer=gd["optimizer"], seed=gd["seed"],
@@ -152,7 +170,10 @@ def gd_panel() -> None:
     if job.done and job.result is not None:
         res = job.result
         gap = res.fit.relative_error - svd.relative_error
-        verdict = ("stopped early" if res.steps < gd["steps"] else "finished") + f" after {res.steps} steps in {job.seconds:.1f} s"
+        paused = getattr(job, "paused", 0.0)
+        verdict = (("stopped early" if res.steps < gd["steps"] else "finished") + f" after {res.steps} steps in "
+                   f"{job.seconds:.1f} s" + (f" (paced to be watched; the fit itself took {job.seconds - paused:.1f} s)"
+                                             if paused > 0.05 else ""))
         st.caption(f"Gradient descent {verdict}: relative error {res.fit.relative_error:.5f} vs the SVD optimum "
                    f"{svd.relative_error:.5f} ({gap / max(svd.relative_error, 1e-12):+.1%}).")
 
@@ -204,8 +225,14 @@ else:
 with st.container(border=True):
     st.markdown("**In one paragraph**")
     st.markdown(fit_summary(loaded, layer, conv, fit, svd, info, effect, fit_note))
+    sizing_params = {"model": name, "conv": conv, "layer": layer,
+                     **{h: str(v) for h, v in CONV_TYPES[conv].rank_hparams(rank).items()}}
+    st.page_link(common.PAGE_BY_FILE["sizing.py"].path, label=f"{layer} in the whole {name}: Model sizing",
+                 icon=":material/stacked_bar_chart:", query_params=sizing_params,
+                 help="the model with this conv type in every replaceable layer, this layer chosen in its chart and "
+                      "table")
 
-c = st.columns(2)
+c = st.container(key="wide_fit_charts").columns(2)  # one under the other below 2 × 30 rem
 with c[0]:
     if info["energy"] is None:
         st.caption(f"{CONV_TYPES[conv].label} is not fitted channel by channel: no per-channel energy to show.")

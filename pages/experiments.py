@@ -7,7 +7,6 @@ import streamlit as st
 
 import common
 from common import Keys
-from falcon import limits
 from falcon.convtypes import CONV_TYPES, RANKED, label_of
 from falcon.experiments.pipeline import INITS, TRAIN_OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, runs_frame, sweep_plan
@@ -60,22 +59,23 @@ with c[1]:
     else:
         r = st.columns([2.2, 1.3])
         convs = common.widget(r[0].multiselect, "conv types", CHOICES, default=list(DEFAULT_SWEEP_CONVS), key="convs",
-                              bind=False, format_func=lambda t: CONV_TYPES[t].label,
+                              format_func=lambda t: CONV_TYPES[t].label,
                               help="one shared baseline; FALCON at each rank, the others with the registry's "
                                    "defaults (DSConv rank 1, MobileConvV2 t=0.5, ShuffleUnit g=2, α=1)")
         ranks = common.widget(r[1].multiselect, "FALCON ranks", list(range(1, 9)), default=list(DEFAULT_RANKS),
-                              key="ranks", bind=False, disabled=not any(c in PAPER_RANKED for c in convs))
+                              key="ranks", disabled=not any(c in PAPER_RANKED for c in convs))
 
 o = st.columns(5)
-epochs = int(o[0].number_input("epochs", 1, 100, 3, key="epochs", help="fine-tuning epochs per run"))
-optimizer = o[1].selectbox("optimizer", TRAIN_OPTIMIZERS, index=TRAIN_OPTIMIZERS.index(ExperimentConfig.optimizer), key="optimizer",
-                           help="adamw (lr 5e-3 by default) or SGD with Nesterov momentum 0.9 (lr 0.05)")
-lr = o[2].number_input("learning rate", 1e-6, 10.0, None, key="lr", format="%g", placeholder="default",
-                       help="empty: the optimizer's default")
-seed = int(o[3].number_input("seed", 0, 10**6, 0, key="seed"))
-threads = int(o[4].number_input("CPU threads", 1, int(limits.hi("threads")), 1, key="threads",
-                                help="intra-op threads while it runs; on a shared or busy CPU one thread is "
-                                     "far faster than two competing ones, and leaves a core to the app"))
+epochs = int(common.number(o[0], "epochs", "epochs", 3, step=1, key="epochs", help="fine-tuning epochs per run"))
+optimizer = common.widget(o[1].selectbox, "optimizer", TRAIN_OPTIMIZERS, key="optimizer",
+                          index=TRAIN_OPTIMIZERS.index(ExperimentConfig.optimizer),
+                          help="adamw (lr 5e-3 by default) or SGD with Nesterov momentum 0.9 (lr 0.05)")
+lr = common.number(o[2], "learning rate", "lr", None, key="lr", format="%g", placeholder="default",
+                   help="empty: the optimizer's default")
+seed = int(common.number(o[3], "seed", "seed", 0, step=1, key="seed"))
+threads = int(common.number(o[4], "CPU threads", "threads", 1, step=1, key="threads",
+                            help="intra-op threads while it runs; on a shared or busy CPU one thread is "
+                                 "far faster than two competing ones, and leaves a core to the app"))
 
 base = ExperimentConfig(model="digits-vgg", dataset="digits", epochs=epochs, optimizer=optimizer,
                         lr=None if lr is None else float(lr), seed=seed, threads=threads)

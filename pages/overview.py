@@ -22,7 +22,7 @@ st.subheader("The EHP, drawn")
 controls = st.columns([1, 1, 1, 3])
 m = common.widget(controls[0].slider, "input channels M", 2, 8, 4, key="ov_M")
 n = common.widget(controls[1].slider, "output channels N", 2, 8, 3, key="ov_N")
-seed = common.widget(controls[2].number_input, "random example", 0, 999, 0, key="ov_seed",
+seed = common.number(controls[2], "random example", "seed", 0, step=1, key="ov_seed",
                      help="seed of the random pointwise and depthwise factors")
 controls[3].caption(
     "Random rank-1 factors for a 3×3 layer, multiplied out by the library's EHP product (`falcon.ehp_numpy`, "

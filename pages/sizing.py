@@ -25,9 +25,9 @@ model = common.widget(c[0].selectbox, "model", names, index=names.index("resnet1
                            "and timm's architectures (timm:NAME) when timm is installed; type to search. Models of "
                            "your own: the Python API (falcon.size) or --model file.py:factory in the CLI")
 defaults = common.model_defaults(model)
-classes = common.widget(c[1].number_input, "classes", 1, 100000, None, step=1, key="classes",
+classes = common.number(c[1], "classes", "num_classes", None, step=1, key="classes",
                         placeholder=f"{defaults['classes']} (default)", help="empty: the model's own")
-size = common.widget(c[2].number_input, "input size H=W", 8, 2048, None, step=1, key="size",
+size = common.number(c[2], "input size H=W", "input_size", None, step=1, key="size",
                      placeholder=f"{defaults['input_size']} (default)",
                      help="empty: the model's own" + (f" ({defaults['input_size_from']})" if defaults["input_size_from"] else ""))
 conv = common.widget(c[3].selectbox, "conv type", list(CONV_TYPES), index=list(CONV_TYPES).index(FITTABLE[0]), key="conv",
@@ -81,7 +81,7 @@ if not_counted:
 if CONV_TYPES[conv].ranked:
     st.subheader("Budget: which rank meets a target?")
     b = st.columns([1.3, 1.6, 4])
-    target = common.widget(b[0].number_input, "target (× fewer)", 1.01, 1000.0, 4.0, step=0.5, key="target",
+    target = common.number(b[0], "target (× fewer)", "target_rate", 4.0, step=0.5, key="target",
                            help="the reduction you need: 4 = four times fewer MACs (or parameters) than the standard model")
     metric = common.widget(b[1].segmented_control, "of", ["crr", "cr"], default="crr", key="target_metric",
                            required=True, format_func=lambda m: "MACs (CRR)" if m == "crr" else "params (CR)")
@@ -250,6 +250,29 @@ def show_measurement(result) -> None:
                          icon=":material/download:", key="measure_csv", on_click="ignore")
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def measure_estimate(model: str, conversion: str, hparams: str, input_size: int, num_classes: int, runtimes: tuple,
+                     layout: str, batch: int, threads: int, rounds: int, min_time: float) -> tuple[float, str]:
+    """(seconds, "about 58 s and 284 MiB at its peak"): falcon.worker's estimate of this measurement, from the
+    model's MACs and bytes at this machine's measured rate."""
+    from falcon.worker import estimate_model
+
+    e = estimate_model(common.app_model(model), [(conversion, json.loads(hparams))], input_size, num_classes,
+                       runtimes, layout, batch, threads, rounds, min_time)
+    return e.seconds, e.describe()
+
+
+def measure_hint() -> str:
+    """How long the measurement set above would take here (never a fixed number: resnet18 takes minutes where
+    digits-vgg takes seconds)."""
+    with common.guard(stop=False):
+        _, words = measure_estimate(model, conv, hparams_json, input_size, num_classes, tuple(runtimes), layout,
+                                    int(batch), int(threads), int(rounds), float(min_time))
+        return (f"Measuring {measure_choice(choice)} ({', '.join(runtimes)}, layout {layout}, {int(rounds)} rounds) "
+                f"takes {words} on this machine (estimated from its MACs and bytes at this machine's measured rate).")
+    return ""
+
+
 @st.fragment(run_every=0.5 if measuring else None)
 def measure_panel() -> None:
     job = st.session_state.get(MEASURE.job)
@@ -262,12 +285,11 @@ def measure_panel() -> None:
     kept = st.session_state.get(MEASURE.job) is not None and job is None
     if kept and measuring:  # it ended while another choice was shown: redraw the page (its Measure button) once
         st.rerun(scope="app")
-    idle = (f"The last measurement was for {measure_choice(st.session_state[MEASURE.args])}: choose that again "
-            "to see it, or measure this one." if kept else
-            "Press Measure. vgg19-cifar with FALCON k=1 (eager, both layouts, 10 rounds) takes about 30 s on a "
-            "2-core CPU, digits-vgg a little less; Stop ends it early with what was measured.")
     if conv == "standard" and job is None and not kept:
         return
+    idle = (f"The last measurement was for {measure_choice(st.session_state[MEASURE.args])}: choose that again "
+            "to see it, or measure this one." if kept else f"Press Measure. {measure_hint()} Stop ends it early with "
+            "what was measured.")
     job = common.job_panel(MEASURE, job, measuring, idle=idle, failed="The measurement failed: ")
     if job is not None and job.done and not job.error and job.result is not None:
         show_measurement(job.result)
@@ -303,15 +325,98 @@ if model in PAPER_MODELS:
         st.caption(f"Largest difference {worst:.2f}%. {why}{extra}")
 
 # ---------------------------------------------------------------------------------------------- per layer
+#: the chosen layer's session key: the EHP fit page's layer box has the same key, so a layer chosen in one is
+#: chosen in the other (where the model has it); its URL parameter is "layer" as well
+LAYER = "layer"
+
+
+def chosen_layer(known: set[str]) -> str | None:
+    """The layer chosen in the chart, the table, or by a link's ``layer`` (when this model has it)."""
+    raw, written = st.query_params.get(LAYER), st.session_state.get(f"_url.{LAYER}")
+    if raw is not None and raw != written:  # a link chose it
+        if raw in known:
+            st.session_state[LAYER] = raw
+        else:
+            st.warning(f"The link's layer={raw[:60]!r} is not a layer of {model}; no layer is chosen.",
+                       icon=":material/link_off:")
+    name = st.session_state.get(LAYER)
+    name = name if name in known else None
+    if name is not None:
+        st.query_params[LAYER] = st.session_state[f"_url.{LAYER}"] = name
+    elif LAYER in st.query_params:  # none chosen (or the link's is unknown, and said so above)
+        del st.query_params[LAYER]
+        st.session_state[f"_url.{LAYER}"] = None
+    return name
+
+
+def pick_from_chart() -> None:
+    points = st.session_state["per_layer"].selection.points
+    if points:
+        st.session_state[LAYER] = points[0]["x"]
+
+
+def pick_from_table(key: str, names: list[str]) -> None:
+    rows = st.session_state[key].selection.rows
+    st.session_state[LAYER] = names[rows[0]] if rows else None
+
+
+def fit_link(name: str) -> dict[str, str] | None:
+    """The EHP fit page's URL parameters for the layer ``name`` of this model (None when no weights can be had
+    there without an upload: then the page opens on the checkpoint upload for this architecture)."""
+    from falcon.convtypes import FITTABLE
+
+    params = {"layer": name, "fit": conv if conv in FITTABLE else FITTABLE[0]}
+    rank = hparams.get("rank")
+    if rank is not None and conv in FITTABLE:
+        params["k"] = str(int(rank))
+    if model == "digits-vgg":
+        return {"source": "digits-vgg", **params}
+    if model in common.torchvision_names():
+        return {"source": "torchvision", "tv_model": model, **params}
+    return {"source": "checkpoint", "ckpt_model": model, **params}
+
+
+def show_chosen(row) -> None:
+    """The chosen layer in words, with its link to the EHP fit page."""
+    import pandas as pd
+
+    std = pd.DataFrame(result.standard.table()).set_index("name")
+    was = std.loc[row.name] if row.name in std.index else None
+    words = (f"**{row.name}** ({row['kind']}{', ' + row['shape'] if row['shape'] else ''}): {int(row['params']):,} "
+             f"parameters and {int(row['macs']):,} MACs" +
+             (f", against {int(was['params']):,} and {int(was['macs']):,} in the standard model" if was is not None
+              and conv != "standard" else ""))
+    box = st.container(border=True, key="chosen_layer")
+    box.markdown(f"Chosen layer: {words}.")
+    is_conv = row["kind"] in CONV_TYPES or row["kind"] == "standard"
+    if is_conv:
+        link = fit_link(row.name)
+        box.page_link(common.PAGE_BY_FILE["ehp_fit.py"].path, label=f"Fit {row.name} on the EHP fit page",
+                      icon=":material/tune:", query_params=link)
+        if link["source"] == "checkpoint":
+            box.caption(f"{model} has no bundled or torchvision weights: the EHP fit page asks for a checkpoint of "
+                        "it, then opens this layer.")
+    else:
+        box.caption("Not a convolution: the EHP fit page fits convolutions only.")
+
+
 st.subheader("Per layer")
+st.caption("Click a bar or a table row to choose a layer: the chart points at it, the table selects it, and the "
+           "EHP fit page opens with it (the choice is in the link).")
 layers = result.frame()
+chosen = chosen_layer(set(result.frame(every_module=True)["name"]))
 what = common.widget(st.segmented_control, "chart", ["macs", "params"], default="macs", key="chart", required=True,
-                     format_func=lambda w: "MACs" if w == "macs" else "parameters", bind=False)
-common.plot(per_layer_figure(layers, result.standard.table(), what=what or "macs"), key="per_layer",
-            filename=f"{model}-{conv}-per-layer")
-show_all = st.toggle("show every module (BN, activations, pooling)", value=False, key="all_layers")
+                     format_func=lambda w: "MACs" if w == "macs" else "parameters")
+common.plot(per_layer_figure(layers, result.standard.table(), what=what or "macs", selected=chosen), key="per_layer",
+            filename=f"{model}-{conv}-per-layer", on_select=pick_from_chart, selection_mode="points")
+show_all = common.widget(st.toggle, "show every module (BN, activations, pooling)", value=False, key="all_layers")
 shown = result.frame(every_module=show_all)
-st.dataframe(shown, key="layer_table", hide_index=True, column_config={
+names = list(shown["name"])
+table_key = f"layer_table.{chosen}"  # a new table when the choice came from elsewhere: it shows it selected
+st.dataframe(shown, key=table_key, hide_index=True, on_select=lambda: pick_from_table(table_key, names),
+             selection_mode="single-row",
+             selection_default={"selection": {"rows": [names.index(chosen)]}} if chosen in names else None,
+             column_config={
     "params": st.column_config.NumberColumn(format="localized"),
     "macs": st.column_config.NumberColumn("MACs", format="localized"),
     "kind": st.column_config.TextColumn("kind", help="conv type of a replaced or kept conv; module class otherwise"),
@@ -319,6 +424,8 @@ st.dataframe(shown, key="layer_table", hide_index=True, column_config={
                                                   help=f"MACs of {KIND_LABELS.get(k, k)} operators counted in this row")
        for k in MAC_KINDS},
 })
+if chosen is not None:
+    show_chosen(result.frame(every_module=True).set_index("name").loc[chosen])
 
 
 st.download_button("Download per-layer CSV", result.csv(), file_name=f"{model}-{conv}-{r['convention']}-layers.csv",

@@ -52,7 +52,7 @@ def corpus(folder, canary, digits_state):
         "text": (hostile.make_text(d), "not a PyTorch checkpoint (it is a text file"),
         "random": (hostile.make_random(d), "not a PyTorch checkpoint"),
         "truncated": (hostile.make_truncated(d, st), "truncated or damaged zip archive"),
-        "list": (hostile.make_list(d), "holds list, not a state_dict"),
+        "list": (hostile.make_list(d), "holds a list, not a state_dict"),
         "strings": (hostile.make_strings(d), "a dict without tensors, not a state_dict"),
         "code-pickle": (hostile.make_code_pickle(d, canary), "holds Python objects (posix.system)"),
         "code-zip": (hostile.make_code_zip(d, canary), "holds Python objects (posix.system)"),

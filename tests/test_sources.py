@@ -150,7 +150,7 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path, kind):
     expected = {
         "custom": "holds Python objects", "custom-torch": "holds Python objects", "module": "holds Python objects",
         "text": "not a PyTorch checkpoint", "empty": "is empty", "npz": "not a PyTorch checkpoint",
-        "tensor": "holds Tensor, not a state_dict", "list": "holds list, not a state_dict",
+        "tensor": "holds a single tensor, not a state_dict", "list": "holds a list, not a state_dict",
         "dict": "a dict without tensors, not a state_dict",
     }[kind]
     assert expected in msg

@@ -350,7 +350,14 @@ def per_layer_figure(layers: pd.DataFrame | Sequence[dict], standard: pd.DataFra
                              marker_color=conv_color(kind),
                              customdata=df.loc[sel, ["shape"]].to_numpy() if "shape" in df else None,
                              hovertemplate="%{x} (%{customdata[0]})<br>%{y:,}<extra>" + conv_label(kind) + "</extra>"))
-    return _layout(fig, height=420, barmode="overlay",
+    notes = []
+    if selected is not None and selected in set(df["name"]):
+        top = float(df.loc[df["name"] == selected, what].max())
+        if standard is not None:
+            top = max(top, float(np.nan_to_num(std.get(selected, 0.0))))
+        notes.append(dict(x=selected, y=top, text=f"<b>{selected}</b>", showarrow=True, arrowhead=2, ax=0, ay=-28,
+                          font=dict(size=13, color=FRONTIER), arrowcolor=FRONTIER, bgcolor="rgba(255,255,255,0.85)"))
+    return _layout(fig, height=420, barmode="overlay", annotations=notes,
                    xaxis=dict(categoryorder="array", categoryarray=list(df["name"]), tickangle=-60),
                    yaxis=dict(title_text="MACs per image" if what == "macs" else "parameters"))
 
