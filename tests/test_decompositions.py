@@ -268,3 +268,17 @@ def test_converting_with_tucker_ranks_given_or_by_evbmf(digits):
         convert_model(digits, "cp", None, energy=0.9)
     with pytest.raises(FalconError, match="init must be one of"):
         convert_model(digits, "spatial", 2, "gd")
+
+
+def test_an_experiment_run_with_tucker2_keeps_both_ranks(tmp_path):
+    """The pipeline converts with the type's ranked hyper-parameters (both of Tucker-2's) and records the run."""
+    from falcon.experiments.pipeline import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(conv="tucker2", hparams={"rank_in": 3, "rank_out": 5}, limit_train=64, limit_test=32,
+                           epochs=1, batch_size=32, latency=False)
+    assert cfg.resolved().rank == 5 and cfg.resolved().init == "svd"
+    record = run_experiment(cfg, store=False, db=tmp_path / "runs.sqlite")
+    assert record["status"] == "completed" and record["conv"] == "tucker2" and record["rank"] == 5
+    layers = record["layers"] if "layers" in record else record["metrics"]["layers"]
+    assert all(layer["hparams"] == {"rank_in": min(3, int(layer["shape"].split("→")[0])), "rank_out": 5}
+               for layer in layers)

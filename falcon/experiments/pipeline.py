@@ -92,7 +92,9 @@ class ExperimentConfig:
 
     @property
     def rank(self) -> int | None:
-        return self.hparams.get("rank")
+        """The uniform rank (the largest of the type's ranked hyper-parameters: Tucker-2 has two), None if unranked."""
+        ranks = [self.hparams[n] for n in get_conv_type(self.conv).rank_names if n in self.hparams]
+        return max(ranks) if ranks else None
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with defaults filled in and every field checked (FalconError on a bad one)."""
