@@ -329,12 +329,13 @@ def speedup_figure(results: Sequence[dict]) -> go.Figure:
 
 
 def per_layer_figure(layers: pd.DataFrame | Sequence[dict], standard: pd.DataFrame | Sequence[dict] | None = None,
-                     what: str = "macs") -> go.Figure:
+                     what: str = "macs", selected: str | None = None) -> go.Figure:
     """``what`` (params or macs) per layer that has any, coloured by conv type; the standard model's
     value for the same layer as a grey outline when ``standard`` is given.
 
     ``layers``/``standard``: per-layer tables (:meth:`falcon.counting.ModelCount.table`) with ``name``,
-    ``kind``, ``params``, ``macs``.
+    ``kind``, ``params``, ``macs``. ``selected``: the name of a layer to point at (the one chosen in the table
+    or on the EHP fit page).
     """
     df = pd.DataFrame(layers)
     df = df[df[what] > 0]
