@@ -135,6 +135,108 @@ def job_panel(keys: JobKeys, job, was_running: bool, idle: str, *, failed: str =
 
 
 # ----------------------------------------------------------------------------------------------
+# measurements: one worker process at a time for the whole server, each owned by its session (falcon.worker)
+def session_id() -> str:
+    """This browser session's id (the owner of its measurements)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "local"
+
+
+def _session_alive(owner: str) -> bool | None:
+    """Whether the session ``owner`` is still connected (None when no Streamlit server runs: AppTest)."""
+    from streamlit.runtime import Runtime
+
+    if not Runtime.exists():
+        return None
+    return Runtime.instance().is_active_session(owner)
+
+
+@st.cache_resource(show_spinner=False)
+def measurement_queue():
+    """The server's one :class:`falcon.worker.MeasurementQueue`, shared by the calculator and Model sizing."""
+    from falcon.worker import MeasurementQueue
+
+    return MeasurementQueue(alive=_session_alive)
+
+
+def submit_measurement(keys: JobKeys, task, estimate, name: str, args: Any = None):
+    """Queue ``task`` (a :class:`falcon.worker.WorkerTask`) for this session as the page's job; a refusal (over the
+    estimate's limits, or a measurement of this session already running) shows as ``st.error``. Returns the job
+    or None."""
+    try:
+        job = measurement_queue().submit(session_id(), task, estimate, name)
+    except FalconError as e:
+        st.error(str(e), icon=":material/block:")
+        return None
+    st.session_state[keys.job] = job
+    if keys.args is not None:
+        st.session_state[keys.args] = args
+    return job
+
+
+def rerun_measurement(keys: JobKeys, job):
+    """The same measurement as ``job`` again (its task and estimate), for the same settings; returns the job or None."""
+    return submit_measurement(keys, job.task, job.estimate, job.name, st.session_state.get(keys.args) if keys.args
+                              else None)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def layer_estimate(spec: dict, convs_json: str, batch_size: int, memory_format: str, rounds: int,
+                   min_run_time: float):
+    """:func:`falcon.worker.estimate_layer` for the calculator's settings (a minute: free memory changes)."""
+    from falcon.worker import estimate_layer
+
+    return estimate_layer(spec_from(spec), json.loads(convs_json), batch_size, memory_format, rounds, min_run_time)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def model_estimate(model: str, conv_json: str, input_size: int, num_classes: int, runtimes: tuple, memory_format: str,
+                   batch_size: int, threads: int, rounds: int, min_run_time: float):
+    """:func:`falcon.worker.estimate_model` for Model sizing's settings."""
+    from falcon.worker import estimate_model
+
+    return estimate_model(app_model(model), json.loads(conv_json), input_size, num_classes, runtimes, memory_format,
+                          batch_size, threads, rounds, min_run_time)
+
+
+def measurement_panel(keys: JobKeys, job, was_running: bool, idle: str, *, failed: str = "",
+                      columns: tuple[float, float] | None = (5, 1)):
+    """:func:`job_panel` for a measurement: says this session is still here (:meth:`MeasurementQueue.seen`), and
+    when another session's measurement holds the machine, says so (never what it measures)."""
+    queue, me = measurement_queue(), session_id()
+    queue.seen(me)
+    busy = queue.busy(me)
+    if busy and (job is None or not job.running or job.queued):
+        st.warning(busy[0].upper() + busy[1:] + ": yours waits in line for it." if job is not None and job.queued
+                   else busy[0].upper() + busy[1:] + ": a measurement started now waits in line.",
+                   icon=":material/hourglass_top:")
+    return job_panel(keys, job, was_running, idle, failed=failed, columns=columns,
+                     seconds=not (job is not None and job.queued))
+
+
+def estimate_line(estimate) -> None:
+    """The estimate of a measurement before it starts: a caption, or the refusal as an error."""
+    from falcon.bench import fmt_bytes
+
+    refusal = estimate.refusal()
+    if refusal:
+        st.error(refusal[0].upper() + refusal[1:], icon=":material/block:")
+        return
+    limit = f", memory {fmt_bytes(estimate.memory_limit)}" if estimate.memory_limit else ""
+    st.caption(f"Estimate on this machine: {estimate.describe()} (limits: {estimate.max_seconds:.0f} s{limit}; "
+               "Stop ends it at once).")
+
+
+def unreliable(reasons: list[str], rerun_key: str) -> bool:
+    """A measurement whose figures cannot all be true: "unreliable" with the reasons, and a Rerun button (True when
+    it was pressed)."""
+    st.warning("**Unreliable**: these measured figures cannot all be true, so they are not shown as numbers.\n\n"
+               + "\n".join(f"- {r}" for r in reasons), icon=":material/report:")
+    return st.button("Rerun", key=rerun_key, icon=":material/replay:")
+
+# ----------------------------------------------------------------------------------------------
 # errors
 @contextlib.contextmanager
 def guard(stop: bool = True, falcon_errors: bool = True) -> Iterator[None]:

@@ -1,7 +1,6 @@
 """Layer calculator: every conv type's params, MACs, CR and CRR for one layer, with the formulas;
 break-even rank; thop cross-check; a live latency measurement on this machine."""
 import json
-import threading
 
 import pandas as pd
 import streamlit as st
@@ -11,7 +10,6 @@ from common import Keys
 from falcon.convtypes import CONV_TYPES
 from falcon.views.figures import speedup_figure
 from falcon.views.svgcharts import rank_sweep_svg, reductions_svg
-from falcon.jobs import Job
 from falcon.views.tables import layer_table
 
 st.title("Layer calculator")
@@ -157,12 +155,6 @@ st.caption("Times the forward pass of each block on a random batch (torch.utils.
            "rounds, median and IQR) and sets the measured speedup beside the theoretical MAC ratio.")
 
 
-@st.cache_resource
-def measurement_lock() -> threading.Lock:
-    """One measurement at a time on this machine, across every session (they would compete for cores)."""
-    return threading.Lock()
-
-
 from falcon.bench import BENCH_CONVS, DEFAULT_BENCH_CONVS  # noqa: E402
 from falcon.convtypes import RANKED, parse_variant, variant_label  # noqa: E402
 
@@ -191,43 +183,42 @@ def bench_convs() -> list:
 
 
 def start_measurement() -> None:
+    """Queue the measurement of the layer above (a worker process; refused when its estimate is over the limits)."""
     from falcon.bench import measure
-    from falcon.errors import FalconError
+    from falcon.worker import WorkerTask
 
-    lock = measurement_lock()
-    args = dict(spec=spec, convs=bench_convs(), batch_size=int(batch), memory_format=layout,
-                rounds=int(rounds), min_run_time=float(min_time))
-
-    def target(job: Job):
-        if not lock.acquire(blocking=False):
-            raise FalconError("another measurement is running on this machine; wait for it to finish")
-        try:
-            return measure(**args, device="auto",
-                           progress=lambda done, total, label: job.report(done / total, label),
-                           should_stop=job.should_stop)
-        finally:
-            lock.release()
-
-    common.start_job(Keys.BENCH, Job(target, name="bench"))
-    st.session_state[Keys.BENCH_SPEC] = spec.describe()
+    convs = bench_convs()
+    with common.guard(stop=False):
+        estimate = common.layer_estimate(spec.as_dict(), json.dumps(convs), int(batch), layout, int(rounds),
+                                         float(min_time))
+        task = WorkerTask(measure, dict(spec=spec, convs=convs, batch_size=int(batch), memory_format=layout,
+                                        rounds=int(rounds), min_run_time=float(min_time), device="auto"))
+        if common.submit_measurement(Keys.BENCH, task, estimate, "bench") is not None:
+            st.session_state[Keys.BENCH_SPEC] = spec.describe()
 
 
-job: Job | None = common.current_job(Keys.BENCH)
+job = common.current_job(Keys.BENCH)
 running = job is not None and job.running
 bc = st.columns([2, 5])
 if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", disabled=running or not chosen,
                 icon=":material/timer:"):
     start_measurement()
-    job, running = common.current_job(Keys.BENCH), True
+    job = common.current_job(Keys.BENCH)
+    running = job is not None and job.running
+if chosen and not running:
+    with bc[1], common.guard(stop=False):
+        common.estimate_line(common.layer_estimate(spec.as_dict(), json.dumps(bench_convs()), int(batch), layout,
+                                                   int(rounds), float(min_time)))
 
 
 @st.fragment(run_every=0.5 if running else None)
 def bench_panel() -> None:
-    job = common.job_panel(Keys.BENCH, common.current_job(Keys.BENCH), running, columns=None, idle=(
-        "Press the button to measure. The default (256→256, 3×3, 32×32 at batch 8, four blocks in two layouts, "
-        "3 rounds) takes about 10 s on a 2-core CPU; the Stop button ends it early."))
+    job = common.measurement_panel(Keys.BENCH, common.current_job(Keys.BENCH), running, columns=None, idle=(
+        "Press the button to measure: a worker process times the blocks, one measurement at a time on this machine; "
+        "the Stop button ends it at once."))
     if job is not None and job.done and not job.error:
-        show_report(job.result)
+        if show_report(job) and common.rerun_measurement(Keys.BENCH, job) is not None:
+            st.rerun(scope="app")
 
 
 #: BenchReport.rows() as the page shows them: column -> heading
@@ -236,22 +227,40 @@ COLUMNS = {"conv": "conv type", "layout": "layout", "median_ms": "median (ms)", 
            "best vs best": "best vs best", "of theoretical": "of theoretical", "memory": "peak memory"}
 
 
-def show_report(report) -> None:
+def show_report(job) -> bool:
+    """The finished measurement: its table and chart, figures that cannot all be true shown as "unreliable" with
+    the reasons (:func:`falcon.reliability.assess_layer`). True when its Rerun button was pressed."""
+    from falcon.reliability import assess_layer
+
+    report = job.result
     measured_for = st.session_state.get(Keys.BENCH_SPEC, "")
     if measured_for != spec.describe():
         st.warning(f"These measurements are for the layer {measured_for}, not the one above; measure again.",
                    icon=":material/history:")
+    if report is None:
+        st.warning("Stopped during a timing: the worker process was ended, and nothing had finished.",
+                   icon=":material/stop_circle:")
+        return False
     if report.stopped:
         st.warning("Stopped early: the numbers below cover the rounds that finished.", icon=":material/stop_circle:")
     if not report.results:
         st.info("No timing finished before the stop.")
-        return
+        return False
+    verdict = assess_layer(report, load_samples=job.loads or None, seconds=job.seconds or None)
+    rerun = False if verdict.reliable else common.unreliable(verdict.reasons, "bench_rerun")
     st.caption(f"{report.device_name} · {report.device} · {report.threads} threads · torch {report.torch_version} · "
-               f"{report.dtype} · batch {report.batch_size} · {report.rounds} rounds")
+               f"{report.dtype} · batch {report.batch_size} · {report.rounds} rounds · load average "
+               f"{' → '.join(f'{v:g}' for v in verdict.load) or 'unknown'}")
     rows = pd.DataFrame(report.rows())
+    bad = [r.conv != "standard" and not verdict.figure(f"{r.label} ({r.memory_format})").reliable
+           for r in report.results]
     res = rows.assign(layout=[f"{layout} ★" if best else layout for layout, best in zip(rows["layout"], rows["best"])])
-    res = res.rename(columns=COLUMNS)[list(COLUMNS.values())]
-    st.dataframe(res, key="bench_table", hide_index=True, column_config={
+    for col in ("speedup", "best vs best", "of theoretical"):  # never a plain number that cannot be true
+        res[col] = [None if b else v for v, b in zip(res[col], bad)]
+    res["reliable"] = ["unreliable" if b else ("reference" if r.conv == "standard" else "yes")
+                       for r, b in zip(report.results, bad)]
+    res = res.rename(columns=COLUMNS)[[*COLUMNS.values(), "reliable"]]
+    st.dataframe(res, key="bench_table", hide_index=True, placeholder="unreliable", column_config={
         "median (ms)": st.column_config.NumberColumn(format="%.3f"),
         "IQR (ms)": st.column_config.NumberColumn(format="%.3f"),
         "GMAC/s": st.column_config.NumberColumn(format="%.1f"),
@@ -260,8 +269,11 @@ def show_report(report) -> None:
         "best vs best": st.column_config.NumberColumn(format="%.2f×",
                                                       help="standard's fastest layout / this median"),
         "of theoretical": st.column_config.NumberColumn(format="percent"),
+        "reliable": st.column_config.TextColumn(help="unreliable: the reasons are above; the speedups are left out"),
     })
-    common.plot(speedup_figure(report.as_dict()["results"]), key="speedup", filename="falcon-speedup")
+    shown = [r for r, b in zip(report.as_dict()["results"], bad) if not b]
+    if any(r["conv"] != "standard" for r in shown):
+        common.plot(speedup_figure(shown), key="speedup", filename="falcon-speedup")
     for note in report.notes:
         st.caption(f"Note: {note}")
     st.markdown(
@@ -272,6 +284,7 @@ def show_report(report) -> None:
         "the default `contiguous` (NCHW) layout. FALCON's pointwise conv also runs at the input resolution "
         "H×W, before the stride. The fused FALCON runs the k branches as two convolutions with the BN folded in."
     )
+    return rerun
 
 
 bench_panel()

@@ -105,14 +105,6 @@ st.caption(f"Times the whole model and its conversion on {dev.short}, each in th
 
 
 @st.cache_resource(show_spinner=False)
-def model_measurement_lock():
-    """One whole-model measurement at a time on this machine, across sessions (they would compete for cores)."""
-    import threading
-
-    return threading.Lock()
-
-
-@st.cache_resource(show_spinner=False)
 def runtime_choices() -> dict[str, str]:
     """Runtime -> '' when it runs here, else the one-line reason it cannot (falcon.modelbench.runtime_info)."""
     from falcon.bench import resolve_device
@@ -174,63 +166,91 @@ else:
         parse_conversions([(conv, json.loads(hparams_json))])  # one line now (a width multiplier), not after a start
         measurable = True
 
-    def start_model_measurement() -> None:
-        from falcon.errors import FalconError
-        from falcon.jobs import Job
-        from falcon.modelbench import measure_model
+    estimate = None
+    if measurable and runtimes:
+        with common.guard(stop=False):
+            estimate = common.model_estimate(model, json.dumps([(conv, json.loads(hparams_json))]), input_size,
+                                             num_classes, tuple(runtimes), layout, int(batch), int(threads),
+                                             int(rounds), float(min_time))
+    refused = estimate is not None and estimate.refused
 
-        lock = model_measurement_lock()
+    def start_model_measurement() -> None:
+        """Queue the measurement in a worker process (the model resolved there by its registry name)."""
+        from falcon.modelbench import measure_model
+        from falcon.worker import WorkerTask
+
         kwargs = dict(conv=[(conv, json.loads(hparams_json))], input_size=input_size, num_classes=num_classes,
                       runtimes=tuple(runtimes), memory_format=layout, batch_size=int(batch), threads=int(threads),
                       rounds=int(rounds), min_run_time=float(min_time))
-
-        def target(job: Job):
-            if not lock.acquire(blocking=False):
-                raise FalconError("another model measurement is running on this machine; wait for it to finish")
-            try:
-                return measure_model(common.app_model(model), progress=job.report, should_stop=job.should_stop, **kwargs)
-            finally:
-                lock.release()
-
-        common.start_job(MEASURE, Job(target, name="measure"), choice)
+        common.submit_measurement(MEASURE, WorkerTask(measure_model, kwargs, registry_model=model), estimate,
+                                  "measure", choice)
 
     if st.button("Measure", key="measure_start", type="primary", icon=":material/timer:",
-                 disabled=measuring or not runtimes or not measurable):
+                 disabled=measuring or not runtimes or not measurable or refused):
         start_model_measurement()
-        session_job, measuring = st.session_state[MEASURE.job], True
+        session_job = st.session_state.get(MEASURE.job)
+        measuring = session_job is not None and session_job.running
+    if refused and not measuring:
+        common.estimate_line(estimate)
 
 
-def show_measurement(result) -> None:
-    """A finished (or stopped) measurement: headline, why, where the time goes, the table, notes, downloads."""
+def show_measurement(job) -> bool:
+    """A finished (or stopped) measurement: headline, why, where the time goes, the table, notes, downloads. Figures
+    that cannot all be true (:func:`falcon.reliability.assess_model`) show as "unreliable" with the reasons and a
+    Rerun button, their details folded away. True when Rerun was pressed."""
+    from falcon.reliability import assess_model
     from falcon.views.latency import (breakdown_check, breakdown_figure, headline, layer_speedup_figure, run_caption,
                                       sorted_notes, timings_frame)
 
+    result = job.result
     res = result.as_dict()
+    verdict = assess_model(result, load_samples=job.loads or None, seconds=job.seconds or None)
+    rerun = False
     if res["stopped"]:
         st.warning("Stopped before the end: what was measured so far.", icon=":material/stop_circle:")
-    st.caption(run_caption(res))
+    st.caption(run_caption(res) + f" · load average {' → '.join(f'{v:g}' for v in verdict.load) or 'unknown'}")
     for c in res["conversions"]:
+        reasons = verdict.group_reasons(c["label"])
+        if reasons:
+            rerun = common.unreliable(reasons, f"measure_rerun_{c['label']}") or rerun
         items = headline(res, c)
         for col, item in zip(st.columns(len(items)), items):
-            col.metric(item["label"], item["text"], help=item["help"] or None)
+            figure = verdict.figure(f"{c['label']}, {item['label'].removeprefix('speedup, ').rstrip(' ★')}")
+            eager = verdict.figure(f"{c['label']}, eager")
+            doubtful = item["value"] is not None and (
+                (figure is not None and (verdict.run_reasons or not figure.reliable))
+                or (item["label"] == "Amdahl ceiling" and (verdict.run_reasons or (eager and not eager.reliable))))
+            if doubtful:
+                col.metric(item["label"], "unreliable", help="; ".join(figure.reasons if figure and figure.reasons
+                                                                      else reasons))
+            else:
+                help_ = item["help"] + (f" Spread {figure.spread:.0%} (IQR / median)." if figure and figure.spread
+                                        is not None else "")
+                col.metric(item["label"], item["text"], help=help_ or None)
         b = c.get("breakdown")
-        if b and b.get("explanation"):
-            st.caption("A runtime's speedup sets the converted model's fastest layout against the original's "
-                       "fastest; the line below compares both in one layout, the one the breakdown profiles.")
-            st.info(b["explanation"], icon=":material/lightbulb:")
-        if b:
-            f = st.columns([2, 3])
-            with f[0]:
-                common.plot(breakdown_figure(c), key=f"measure_breakdown_{c['label']}",
-                            filename=f"{res['model']}-{c['conv']}-where-the-time-goes")
-                level, check = breakdown_check(b)
-                (st.warning if level == "warning" else st.caption)(check)
-            with f[1]:
-                common.plot(layer_speedup_figure(c), key=f"measure_layers_{c['label']}",
-                            filename=f"{res['model']}-{c['conv']}-layer-speedups")
-        elif not res["stopped"]:
-            st.caption("No breakdown: it needs eager among the runtimes.")
+        details = st.expander("The unreliable measurement in detail (for diagnosis, not for quoting)") if reasons \
+            else st.container()
+        with details:
+            if b and b.get("explanation"):
+                st.caption("A runtime's speedup sets the converted model's fastest layout against the original's "
+                           "fastest; the line below compares both in one layout, the one the breakdown profiles.")
+                st.info(b["explanation"], icon=":material/lightbulb:")
+            if b:
+                f = st.columns([2, 3])
+                with f[0]:
+                    common.plot(breakdown_figure(c), key=f"measure_breakdown_{c['label']}",
+                                filename=f"{res['model']}-{c['conv']}-where-the-time-goes")
+                    level, check = breakdown_check(b)
+                    (st.warning if level == "warning" else st.caption)(check)
+                with f[1]:
+                    common.plot(layer_speedup_figure(c), key=f"measure_layers_{c['label']}",
+                                filename=f"{res['model']}-{c['conv']}-layer-speedups")
+            elif not res["stopped"]:
+                st.caption("No breakdown: it needs eager among the runtimes.")
     frame = timings_frame(result.rows())
+    for c in res["conversions"]:  # an unreliable conversion's speedups are not numbers to quote
+        if verdict.group_reasons(c["label"]):
+            frame.loc[frame["model"] == c["label"], "speedup"] = float("nan")
     st.dataframe(frame, key="measure_table", hide_index=True, placeholder="–", column_config={
         "median_ms": st.column_config.NumberColumn("median (ms)", format="%.3f", help="per batch"),
         "iqr_ms": st.column_config.NumberColumn("IQR (ms)", format="%.3f"),
@@ -244,10 +264,11 @@ def show_measurement(result) -> None:
                                                         else ":material/info:")
     name = f"{res['model']}-{res['conversions'][0]['conv'] if res['conversions'] else 'model'}-latency"
     d = st.columns([1, 1, 5])
-    d[0].download_button("JSON", json.dumps(res, indent=2).encode(), file_name=f"{name}.json",
+    d[0].download_button("JSON", json.dumps({**res, **verdict.as_dict()}, indent=2).encode(), file_name=f"{name}.json",
                          mime="application/json", icon=":material/download:", key="measure_json", on_click="ignore")
     d[1].download_button("CSV", frame.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
                          icon=":material/download:", key="measure_csv", on_click="ignore")
+    return rerun
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -290,9 +311,13 @@ def measure_panel() -> None:
     idle = (f"The last measurement was for {measure_choice(st.session_state[MEASURE.args])}: choose that again "
             "to see it, or measure this one." if kept else f"Press Measure. {measure_hint()} Stop ends it early with "
             "what was measured.")
-    job = common.job_panel(MEASURE, job, measuring, idle=idle, failed="The measurement failed: ")
-    if job is not None and job.done and not job.error and job.result is not None:
-        show_measurement(job.result)
+    job = common.measurement_panel(MEASURE, job, measuring, idle=idle, failed="The measurement failed: ")
+    if job is not None and job.done and not job.error:
+        if job.result is None:
+            st.warning("Stopped during a timing: the worker process was ended, and nothing had finished.",
+                       icon=":material/stop_circle:")
+        elif show_measurement(job) and common.rerun_measurement(MEASURE, job) is not None:
+            st.rerun(scope="app")
 
 
 measure_panel()
