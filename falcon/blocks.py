@@ -227,7 +227,7 @@ class Tucker2Conv(ConvBlock):
 
     conv_type = "tucker2"
 
-    def __init__(self, spec: LayerSpec, rank_in: int = 16, rank_out: int = 16, bias: bool = False):
+    def __init__(self, spec: LayerSpec, rank_in: int = 8, rank_out: int = 8, bias: bool = False):
         super().__init__(spec, {"rank_in": rank_in, "rank_out": rank_out})
         self.first = _pointwise(spec.M, rank_in)
         self.core = nn.Conv2d(rank_in, rank_out, spec.D, stride=spec.stride, padding=spec.padding, bias=False)
@@ -243,7 +243,7 @@ class CPConv(ConvBlock):
 
     conv_type = "cp"
 
-    def __init__(self, spec: LayerSpec, rank: int = 16, bias: bool = False):
+    def __init__(self, spec: LayerSpec, rank: int = 8, bias: bool = False):
         super().__init__(spec, {"rank": rank})
         self.first = _pointwise(spec.M, rank)
         self.vertical = _strip(rank, rank, spec, vertical=True, groups=rank)
@@ -260,7 +260,7 @@ class SpatialConv(ConvBlock):
 
     conv_type = "spatial"
 
-    def __init__(self, spec: LayerSpec, rank: int = 16, bias: bool = False):
+    def __init__(self, spec: LayerSpec, rank: int = 8, bias: bool = False):
         super().__init__(spec, {"rank": rank})
         self.vertical = _strip(spec.M, rank, spec, vertical=True)
         self.horizontal = _strip(rank, spec.N, spec, vertical=False)

@@ -326,10 +326,10 @@ WIDTH = HParam("width_mult", "width multiplier α", float, 1.0, 0.125, 8.0, "M' 
 
 
 #: The ranks of the tensor decompositions (Tucker-2, CP, spatial low-rank): up to a layer's full rank.
-TUCKER_IN = HParam("rank_in", "input rank R₃", int, 16, 1, 65536, "channels after the first 1×1 conv (Tucker-2)", "R₃", 1)
-TUCKER_OUT = HParam("rank_out", "output rank R₄", int, 16, 1, 65536, "channels into the last 1×1 conv (Tucker-2)", "R₄", 1)
-CP_RANK = HParam("rank", "CP rank R", int, 16, 1, 65536, "components of the CP decomposition", "R", 1)
-SPATIAL_RANK = HParam("rank", "rank K", int, 16, 1, 65536, "channels between the D×1 and 1×D convs", "K", 1)
+TUCKER_IN = HParam("rank_in", "input rank R₃", int, 8, 1, 65536, "channels after the first 1×1 conv (Tucker-2)", "R₃", 1)
+TUCKER_OUT = HParam("rank_out", "output rank R₄", int, 8, 1, 65536, "channels into the last 1×1 conv (Tucker-2)", "R₄", 1)
+CP_RANK = HParam("rank", "CP rank R", int, 8, 1, 65536, "components of the CP decomposition", "R", 1)
+SPATIAL_RANK = HParam("rank", "rank K", int, 8, 1, 65536, "channels between the D×1 and 1×D convs", "K", 1)
 
 
 def _fit(fitter: str, ranks: tuple[str, ...], full: Callable[[int, int, int], tuple[int, ...]], formula: str) -> FitRule:
