@@ -1,0 +1,98 @@
+"""benchmarks/claim_sweep.py: the matched-budget table from run records (no training), and the budget matching."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("claim_sweep", ROOT / "benchmarks" / "claim_sweep.py")
+cs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cs)
+
+A = {"budget": "FALCON k=1", "budget_params": 1000}
+B = {"budget": "FALCON k=2", "budget_params": 2000}
+
+
+def rec(conv, hparams, tf, ft, claim=A, status="completed", params=900, seed=0):
+    return {"conv": conv, "hparams": hparams, "status": status, "params": params, "macs": 10 * params, "seed": seed,
+            "training_free_accuracy": tf, "finetuned_accuracy": ft, "baseline_accuracy": 0.99,
+            "metrics": {"claim": claim} if claim else {}}
+
+
+@pytest.fixture
+def records():
+    return [
+        rec("falcon", {"rank": 1}, 0.10, 0.98, seed=0), rec("falcon", {"rank": 1}, 0.30, 0.96, seed=1),
+        rec("falcon", {"rank": 1}, 0.20, 0.97, seed=2),
+        rec("cp", {"rank": 35}, 0.50, 0.95), rec("cp", {"rank": 35}, 0.70, 0.99),
+        rec("dsconv", {"rank": 1}, 0.28, 0.90),
+        rec("falcon", {"rank": 2}, 0.45, 0.985, claim=B, params=1900),
+        rec("tucker2", {"rank_in": 26, "rank_out": 26}, 0.60, 0.99, claim=B, params=1950),
+        rec("falcon", {"rank": 1}, 0.0, 0.0, status="stopped"),  # not completed: left out
+        rec("falcon", {"rank": 1}, 0.0, 0.0, claim=None),  # not from the claim sweep: left out
+        rec("mobilev2", {"expansion": 0.5}, 0.10, 0.95, claim={"budget": "paper setting", "budget_params": None}),
+    ]
+
+
+def test_summary_rows_groups_by_budget_and_settings(records):
+    rows = cs.summary_rows(records)
+    assert [(r["budget"], r["conv"], r["seeds"]) for r in rows] == [
+        ("FALCON k=1", "falcon", 3), ("FALCON k=1", "cp", 2), ("FALCON k=1", "dsconv", 1),
+        ("FALCON k=2", "falcon", 1), ("FALCON k=2", "tucker2", 1), ("paper setting", "mobilev2", 1)]
+    f = rows[0]
+    assert (f["training_free_median"], f["training_free_min"], f["training_free_max"]) == pytest.approx((20, 10, 30))
+    assert (f["finetuned_median"], f["finetuned_min"], f["finetuned_max"]) == pytest.approx((97, 96, 98))
+    cp = rows[1]  # an even count: the median is the mean of the middle two
+    assert cp["finetuned_median"] == pytest.approx(97.0) and cp["training_free_median"] == pytest.approx(60.0)
+    assert rows[1]["settings"] == "CP R=35" and rows[4]["settings"] == "Tucker-2 R₃=26 R₄=26"
+    assert rows[4]["params"] == 1950 and rows[4]["macs"] == 19500
+
+
+def test_markdown_table_bolds_the_best_per_budget(records):
+    table = cs.markdown_table(cs.summary_rows(records)).splitlines()
+    assert len(table) == 2 + 6
+    falcon1 = next(line for line in table if "FALCON k=1 (1,000) | falcon" in line)
+    assert "20.00 [10.00–30.00]" in falcon1 and "97.00 [96.00–98.00]" in falcon1  # tied with cp: both bold
+    assert "**97.00 [96.00–98.00]**" in falcon1
+    tucker = next(line for line in table if "| tucker2 |" in line)
+    assert "**99.00 [99.00–99.00]**" in tucker and "1,950" in tucker
+    dsconv = next(line for line in table if "| dsconv |" in line)
+    assert "**" not in dsconv
+    mobile = next(line for line in table if "| mobilev2 |" in line)
+    assert "**" not in mobile and mobile.startswith("| paper setting |")
+
+
+def test_verdict_gives_the_gap_to_each_family(records):
+    lines = cs.verdict(cs.summary_rows(records))
+    assert len(lines) == 2
+    assert "+7.00 points vs the best depthwise separable" in lines[0]  # 97 - 90 (dsconv)
+    assert "+0.00 points vs the best tensor decomposition" in lines[0]  # 97 - 97 (cp)
+    assert "-0.50 points vs the best tensor decomposition" in lines[1]  # 98.5 - 99 (tucker2)
+
+
+def test_write_csv_round_trips(records, tmp_path):
+    import csv
+
+    rows = cs.summary_rows(records)
+    cs.write_csv(rows, tmp_path / "s.csv")
+    back = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [r["conv"] for r in back] == [r["conv"] for r in rows]
+    assert float(back[0]["finetuned_median"]) == pytest.approx(97.0)
+    assert back[-1]["budget_params"] == ""
+
+
+def test_budget_matching_against_the_counted_conversion():
+    """The closed-form estimate equals the params counted on the pipeline's converted model, and the chosen
+    rank is the largest at or under the budget."""
+    from falcon.experiments.pipeline import ExperimentConfig
+    from falcon.experiments.report import planned_cost
+
+    entry, sites, base = cs.model_sites()
+    for conv, hp in (("tucker2", {"rank_in": 5, "rank_out": 7}), ("cp", {"rank": 12}), ("spatial", {"rank": 40})):
+        counted = planned_cost(ExperimentConfig(conv=conv, hparams=hp, latency=False))["params"]
+        assert cs.estimated_params(entry, sites, base, conv, hp) == counted
+    budget = 20_000
+    k = cs.rank_for_budget(entry, sites, base, "spatial", budget)
+    assert cs.estimated_params(entry, sites, base, "spatial", {"rank": k}) <= budget
+    assert cs.estimated_params(entry, sites, base, "spatial", {"rank": k + 1}) > budget
+    assert cs.rank_for_budget(entry, sites, base, "cp", 10) is None
