@@ -1,13 +1,7 @@
-"""benchmarks/claim_sweep.py: the matched-budget table from run records (no training), and the budget matching."""
-import importlib.util
-from pathlib import Path
-
+"""falcon.experiments.claim (benchmarks/claim_sweep.py): the matched-budget table from run records (no training), and the budget matching."""
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("claim_sweep", ROOT / "benchmarks" / "claim_sweep.py")
-cs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cs)
+from falcon.experiments import claim as cs
 
 A = {"budget": "FALCON k=1", "budget_params": 1000}
 B = {"budget": "FALCON k=2", "budget_params": 2000}
@@ -70,15 +64,14 @@ def test_verdict_gives_the_gap_to_each_family(records):
     assert "-0.50 points vs the best tensor decomposition" in lines[1]  # 98.5 - 99 (tucker2)
 
 
-def test_write_csv_round_trips(records, tmp_path):
-    import csv
-
+def test_csv_round_trips_through_load_summary(records, tmp_path):
     rows = cs.summary_rows(records)
     cs.write_csv(rows, tmp_path / "s.csv")
-    back = list(csv.DictReader(open(tmp_path / "s.csv")))
-    assert [r["conv"] for r in back] == [r["conv"] for r in rows]
-    assert float(back[0]["finetuned_median"]) == pytest.approx(97.0)
-    assert back[-1]["budget_params"] == ""
+    back = cs.load_summary(tmp_path / "s.csv")
+    assert back == [{k: pytest.approx(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    assert back[-1]["budget_params"] is None and back[0]["params"] == 900
+    assert cs.markdown_table(back) == cs.markdown_table(rows)
+    assert cs.load_summary(tmp_path / "missing.csv") == []
 
 
 def test_budget_matching_against_the_counted_conversion():
