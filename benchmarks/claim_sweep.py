@@ -17,6 +17,8 @@ convolution and tensor decomposition". This sweep puts that to the test on ``dig
     python benchmarks/claim_sweep.py --plan               # the chosen settings and their params, no training
     python benchmarks/claim_sweep.py --from-db            # the table again from the stored runs
     python benchmarks/claim_sweep.py --from-db --csv falcon/data/claim_digits.csv   # the summary the app shows
+    python benchmarks/claim_sweep.py --model vgg19-cifar --dataset cifar10 --data-dir ~/data \
+        --baseline vgg19_cifar10.pt --epochs 30 --db artifacts/claim_cifar.sqlite     # CIFAR-10, for who has it
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def run(plans: Sequence[dict], seeds: Sequence[int], args) -> list[dict]:
     configs, tags = [], []
     for seed in seeds:
         for p in plans:
-            configs.append(ExperimentConfig(model=args.model, conv=p["conv"], hparams=dict(p["hparams"]),
+            configs.append(ExperimentConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                                            baseline=args.baseline, conv=p["conv"], hparams=dict(p["hparams"]),
                                             epochs=args.epochs, seed=seed, threads=args.threads, latency=False,
                                             limit_train=args.limit_train))
             tags.append({"budget": p["budget"], "budget_params": p["budget_params"]})
@@ -73,8 +76,11 @@ def stored(db: str) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--model", default="digits-vgg")
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--data-dir", default=None, help="where CIFAR/SVHN are (see docs/experiments.md)")
+    ap.add_argument("--baseline", default=None, help="a trained checkpoint of --model (needed off digits)")
     ap.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=3)
@@ -105,4 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from falcon.errors import FalconError
+
+    try:
+        sys.exit(main())
+    except FalconError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

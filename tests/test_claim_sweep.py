@@ -89,3 +89,40 @@ def test_budget_matching_against_the_counted_conversion():
     assert cs.estimated_params(entry, sites, base, "spatial", {"rank": k}) <= budget
     assert cs.estimated_params(entry, sites, base, "spatial", {"rank": k + 1}) > budget
     assert cs.rank_for_budget(entry, sites, base, "cp", 10) is None
+
+
+def _accuracy_page(tmp_path, monkeypatch):
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "app"))
+    import common
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FALCON_RESULTS_DB", str(tmp_path / "results.sqlite"))
+    page = next(p for p in common.PAGES if p.file == "accuracy.py")
+    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=60)
+    at.run()
+    at.switch_page(page.path).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_accuracy_page_shows_the_bundled_claim_table(tmp_path, monkeypatch):
+    rows = cs.load_summary()
+    assert rows, "falcon/data/claim_digits.csv is bundled"
+    assert {r["conv"] for r in rows} >= {"falcon", "dsconv", "mobilev2", "shuffle", "tucker2", "cp", "spatial"}
+    assert {r["seeds"] for r in rows} == {3}
+    at = _accuracy_page(tmp_path, monkeypatch)
+    shown = [m.value for m in at.markdown]
+    assert cs.markdown_table(rows) in shown
+    assert any(cs.verdict(rows)[0] in m for m in shown) and any(cs.CLAIM in m for m in shown)
+
+
+def test_accuracy_page_without_a_summary_says_how_to_make_one(tmp_path, monkeypatch):
+    real = cs.load_summary
+    monkeypatch.setattr(cs, "load_summary", lambda path=None: real(tmp_path / "none.csv"))
+    at = _accuracy_page(tmp_path, monkeypatch)
+    assert any("benchmarks/claim_sweep.py" in i.value for i in at.info)
+    assert not any("| budget (params) |" in m.value for m in at.markdown)
