@@ -36,7 +36,6 @@ def _plans(model: str, metric: str, ratio: float, types: tuple[str, ...], proxy:
 
 
 def show(model: str) -> None:
-    from falcon.limits import BOUNDS
     from falcon.planning import DEFAULT_TYPES, fittable_types
     from falcon.views.plan import plan_figure, plan_summary, plan_table
 
@@ -45,22 +44,22 @@ def show(model: str) -> None:
                "predicted error (kernel proxy: Σ of each layer's squared relative fit error; data proxy: of its output "
                "on 64 training images, digits-vgg only). Solved exactly on costs rounded up to 1/4000 of the budget "
                "(a multiple-choice knapsack); the bound says how far from the optimum it can be.")
-    c = st.columns([1, 1, 2, 1])
-    metric = c[0].segmented_control("target", ["macs", "params"], default="macs", key="plan_metric", required=True,
-                                    format_func=lambda m: "fewer MACs" if m == "macs" else "fewer params")
-    b = BOUNDS["target_rate"]
-    ratio = c[1].number_input("times fewer", min_value=1.01, max_value=float(b.top), value=4.0, step=0.5,
-                              key="plan_ratio", help=f"1.01 – {b.top:g} ({b.why})")
+    c = st.columns([1.3, 1, 2, 1])
+    metric = common.widget(c[0].selectbox, "target", ["macs", "params"], key="plan_metric",
+                           format_func=lambda m: "fewer MACs" if m == "macs" else "fewer parameters")
+    ratio = common.number(c[1], "times fewer", "target_rate", 4.0, key="plan_ratio", step=0.5,
+                          help="the plan's cost is at most the model's divided by this")
     options = [*fittable_types(), "standard"]
-    types = c[2].multiselect("allowed per layer", options, default=[t for t in DEFAULT_TYPES if t in options],
-                             key="plan_types", help="standard: the layer may be kept as it is")
-    proxy = c[3].segmented_control("proxy", ["kernel", "data"], default="kernel", key="plan_proxy", required=True,
-                                   disabled=model != "digits-vgg",
-                                   help="data: needs the model's own data (digits-vgg has it bundled)")
+    types = common.widget(c[2].multiselect, "allowed per layer", options,
+                          default=[t for t in DEFAULT_TYPES if t in options], key="plan_types",
+                          help="standard: the layer may be kept as it is")
+    proxy = common.widget(c[3].selectbox, "proxy", ["kernel", "data"] if model == "digits-vgg" else ["kernel"],
+                          key="plan_proxy", help="data: needs the model's own data (digits-vgg has it bundled)")
     if not types:
         st.error("Choose at least one allowed type (for example falcon and standard).")
         return
-    if not st.toggle("plan this model", key="plan_on", help="fits every layer at every rank of its grid: seconds"):
+    if not common.widget(st.toggle, "plan this model", value=False, key="plan_on",
+                         help="fits every layer at every rank of its grid: seconds"):
         return
     try:
         with st.spinner("fitting every layer at every rank…"):
@@ -80,7 +79,10 @@ def show(model: str) -> None:
     st.caption(f"Predicted error {plan['objective']:.4g}; no plan meeting the target can go below "
                f"{plan['lower_bound']:.4g} (Lagrangian bound); the greedy allocation reaches {plan['greedy_objective']:.4g}. "
                f"Planned in {plan['seconds']:.1f} s on {out['weights']} weights.")
-    st.dataframe(plan_table(plan, uniform), hide_index=True, key="plan_table")
+    table = plan_table(plan, uniform)
+    st.dataframe(table, hide_index=True, key="plan_table", column_config={
+        **{c: st.column_config.NumberColumn(format="localized") for c in table.columns if c.startswith(("macs", "params"))},
+        **{c: st.column_config.NumberColumn(format="%.4f") for c in table.columns if c.startswith("error")}})
     st.download_button("Download the plan (JSON, for convert --plan)", json.dumps(plan, indent=2),
                        file_name=f"{model}-plan.json", mime="application/json", icon=":material/download:",
                        key="plan_download")

@@ -31,24 +31,30 @@ def plan_table(plan: dict, uniform: dict | None) -> pd.DataFrame:
 
 def plan_figure(plan: dict, uniform: dict | None) -> go.Figure:
     """Grouped bars per layer (log axis): the original conv's cost, the plan's (coloured by the chosen type, its
-    ranks written on the bar) and the uniform answer's."""
+    ranks written over the bar: k, or R₃/R₄) and the uniform answer's."""
     metric = plan["metric"]
     names = [c["layer"] for c in plan["layers"]]
     fig = go.Figure()
     fig.add_bar(x=names, y=[c[f"original_{metric}"] for c in plan["layers"]], name="original conv",
-                marker_color="#c8ccd2")
-    fig.add_bar(x=names, y=[c[metric] for c in plan["layers"]], name="plan",
-                marker_color=[conv_color(c["conv"]) for c in plan["layers"]],
-                text=[f"{conv_label(c['conv'])} {_ranks(c['hparams'])}" if c["conv"] != "standard" else "kept"
-                      for c in plan["layers"]], textposition="outside", cliponaxis=False,
-                hovertemplate="%{x}<br>%{text}<br>%{y:,} " + metric + "<extra>plan</extra>")
+                marker_color="#c8ccd2", offsetgroup="original")
+    for conv in dict.fromkeys(c["conv"] for c in plan["layers"]):  # one legend entry per chosen type
+        mine = [c for c in plan["layers"] if c["conv"] == conv]
+        kept = conv == "standard"
+        fig.add_bar(x=[c["layer"] for c in mine], y=[c[metric] for c in mine], offsetgroup="plan",
+                    name="plan: kept" if kept else f"plan: {conv_label(conv)}",
+                    marker_color="#7a8088" if kept else conv_color(conv),
+                    text=["" if kept else "/".join(str(v) for v in c["hparams"].values()) for c in mine],
+                    textposition="outside", cliponaxis=False, textfont=dict(size=12),
+                    customdata=[_ranks(c["hparams"]) for c in mine],
+                    hovertemplate="%{x}<br>%{customdata}<br>%{y:,} " + metric + "<extra>%{fullData.name}</extra>")
     if uniform:
         by = {c["layer"]: c for c in uniform["layers"]}
         fig.add_bar(x=names, y=[by[n][metric] if n in by else None for n in names], name="uniform FALCON",
-                    marker_color="rgba(0,0,0,0)", marker_line=dict(color="#444", width=1.5))
-    fig.update_layout(**BASE_LAYOUT, barmode="group", height=420,
+                    marker_color="rgba(0,0,0,0)", marker_line=dict(color="#444", width=1.5), offsetgroup="uniform")
+    fig.update_layout(**BASE_LAYOUT, barmode="group", height=440, uniformtext=dict(minsize=12, mode="show"),
                       yaxis=dict(type="log", title=("MACs" if metric == "macs" else "parameters") + " per layer"),
                       xaxis=dict(title=None, tickangle=-30))
+    fig.update_layout(margin=dict(l=10, r=10, t=100, b=10))  # room for a legend of two or three rows
     return fig
 
 
