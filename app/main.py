@@ -39,7 +39,7 @@ LAYOUT_CSS = """<style>
   max-height: none; }
 [data-testid="stMultiSelectTagsContainer"] [role="group"] span { height: auto; white-space: normal;
   overflow: visible; text-overflow: clip; overflow-wrap: anywhere; }
-[data-testid="stMarkdownContainer"] .katex-display { overflow-x: auto; overflow-y: hidden; }
+[data-testid="stMarkdownContainer"] .katex-display { overflow-x: auto; overflow-y: hidden; padding: 0 4px; }
 [data-testid="stMarkdownContainer"]:has(> table), [data-testid="stMarkdownContainer"]:has(svg.falcon-chart) {
   overflow-x: auto; }
 [data-testid="stDataFrame"] { max-width: 100%; }

@@ -57,6 +57,11 @@ SCROLLED_OPTIONS = """() => [...document.querySelectorAll(
     "[data-testid='stMain'] [role='radiogroup'], [data-testid='stMain'] [data-testid='stMultiSelectTagsContainer']")]
   .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText.replace(/\\s+/g, ' ').slice(0, 60))"""
 
+#: displayed formulas cut at the right (the overview's lost their D term at 1024 px)
+CUT_FORMULAS = """() => [...document.querySelectorAll("[data-testid='stMain'] .katex-display")]
+  .filter(e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right > innerWidth + 0.5)
+  .map(e => e.innerText.replace(/\\s+/g, ' ').slice(0, 40))"""
+
 #: table cells whose content spills out of the cell (formulas drawn over their neighbours)
 SPILLING_CELLS = """() => {
   const out = [];
@@ -212,6 +217,7 @@ def test_page_fits_the_window(server, browser, page_def, size):
         assert page.evaluate(HIDDEN_OPTIONS) == []
         assert page.evaluate(SCROLLED_OPTIONS) == []
         assert page.evaluate(SPILLING_CELLS) == []
+        assert page.evaluate(CUT_FORMULAS) == []
         assert page.evaluate(TRUNCATED) == []
         assert page.evaluate(OUT_OF_COLUMN) == []
         assert page.evaluate(SMALL_CHART_TEXT, MIN_CHART_PX) == []
