@@ -394,3 +394,41 @@ def test_registry_and_overview_figure_do_not_import_torch():
             "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------- issue #20
+def test_log_ticks_inside_every_range():
+    """1-2-5 where it fits, else 1..9, else round steps: vgg16_bn's 125-138 M parameters had no tick at all."""
+    assert figures.log_tickvals(2, 25) == [2, 5, 10, 20]
+    assert figures.log_tickvals(0.8, 0.95) == pytest.approx([0.8, 0.9])
+    for lo, hi in ((124.3, 139.5), (1000, 1100), (3.01, 3.09), (0.0123, 0.0125)):
+        ticks = figures.log_tickvals(lo, hi)
+        assert len(ticks) >= 2 and all(lo <= t <= hi for t in ticks), (lo, hi, ticks)
+    fig = figures.accuracy_figure(load_paper_results(), log_x=True)
+    for name in (k for k in fig.layout.to_plotly_json() if k.startswith("xaxis")):
+        axis = fig.layout[name]
+        lo, hi = (10 ** v for v in axis.range)
+        assert len([t for t in axis.tickvals if lo <= t <= hi]) >= 2, name
+
+
+def test_accuracy_points_sit_inside_their_panels():
+    fig = figures.accuracy_figure(load_paper_results(), log_x=True)
+    for t in fig.data:
+        xa, ya = fig.layout["xaxis" + t.xaxis[1:]], fig.layout["yaxis" + t.yaxis[1:]]
+        x0, x1 = xa.range
+        assert all(x0 < np.log10(v) < x1 for v in t.x) and all(ya.range[0] < v < ya.range[1] for v in t.y)
+
+
+def test_scale_fonts_scales_every_font_and_leaves_the_figure():
+    fig = figures.energy_figure(np.cumsum(np.full((4, 9), 1 / 9), axis=1), rank=2)
+    big = figures.scale_fonts(fig, 1.5)
+    assert big.layout.font.size == pytest.approx(1.5 * fig.layout.font.size)
+    assert [a.font.size for a in big.layout.annotations] == pytest.approx([1.5 * a.font.size for a in fig.layout.annotations])
+    assert figures.scale_fonts(go.Figure(), 2).layout.font.size == 2 * figures.PLOTLY_FONT_SIZE
+    assert fig.layout.font.size == 13  # unchanged
+
+
+def test_energy_rank_is_the_first_rank_over_the_share():
+    e = np.array([[0.5, 0.96, 1.0], [0.2, 0.9, 1.0], [0.97, 0.99, 1.0]])
+    assert figures.energy_rank(e, 0.95) == {"median": 2, "worst": 3}  # median curve 0.5, 0.96, 1
+    assert figures.energy_rank(e, 0.5) == {"median": 1, "worst": 2}
