@@ -76,6 +76,7 @@ class Keys:
 
     BENCH = JobKeys("bench_job", stop="bench_stop", shown="bench_shown")  # the calculator's measurement
     BENCH_SPEC = "bench_spec"  # the layer (its describe()) the measurement is for
+    BENCH_REFUSED = "bench_refused"  # the layer (its describe()) whose measurement the page last showed as refused
     CALC_LAYER = "calc_layer"  # (spec, hparams) that the calculator's inputs leave for the measurement below them
     CALC_FULL_RUN = "calc_full_run"  # True while the calculator runs in full, not only its inputs' fragment
     FIT = JobKeys("fit_job", stop="gd_stop", shown="fit_shown", args="fit_job_args")  # the EHP fit's gradient descent
@@ -225,8 +226,8 @@ def estimate_line(estimate) -> None:
         st.error(refusal[0].upper() + refusal[1:], icon=":material/block:")
         return
     limit = f", memory {fmt_bytes(estimate.memory_limit)}" if estimate.memory_limit else ""
-    st.caption(f"Estimate on this machine: {estimate.describe()} (limits: {estimate.max_seconds:.0f} s{limit}; "
-               "Stop ends it at once).")
+    st.caption(f"Estimate on this machine: {estimate.what} takes {estimate.describe()} (limits: "
+               f"{estimate.max_seconds:.0f} s{limit}; Stop ends it at once).")
 
 
 def unreliable(reasons: list[str], rerun_key: str) -> bool:

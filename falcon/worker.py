@@ -33,7 +33,7 @@ import time
 import traceback
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from falcon.errors import FalconError
@@ -424,7 +424,8 @@ class WorkerJob:
     that pages poll: ``progress``, ``label``, ``result``, ``error``, ``running`` (queued or measuring), ``done``,
     ``status`` (``queued``, ``running``, ``completed``, ``stopped``, ``failed``), ``seconds``, :meth:`stop`,
     :meth:`should_stop`, :meth:`wait`. Also: ``estimate``, ``position`` (place in the line while queued),
-    ``loads`` (the load average sampled while it ran), ``pid`` (the worker process, while it runs)."""
+    ``loads`` (the load average sampled while it ran), ``pid`` (the worker process, while it runs), ``ran`` (a worker
+    process was started: a job stopped while queued has none)."""
 
     def __init__(self, task: WorkerTask, owner: str, estimate: Estimate | None = None, name: str = "measurement"):
         self.id = uuid.uuid4().hex[:12]
@@ -441,6 +442,7 @@ class WorkerJob:
         self.pid: int | None = None
         self.position = 0
         self.ended_because = ""
+        self.ran = False  # a worker process was started for it
         self._state = "queued"
         self._stop = threading.Event()
         self._stop_at: float | None = None
@@ -538,7 +540,7 @@ class WorkerJob:
             self._end()
             return
         send.close()
-        self._proc, self.pid = proc, proc.pid
+        self._proc, self.pid, self.ran = proc, proc.pid, True
         _LIVE.add(self)
         final = self._serve(proc, recv, stop)
         proc.join(2.0)

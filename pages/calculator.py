@@ -141,6 +141,9 @@ def layer_view() -> None:
     if not st.session_state.get(Keys.CALC_FULL_RUN) and st.session_state.get(Keys.BENCH.job) is not None \
             and st.session_state.get(Keys.BENCH_SPEC) != spec.describe():
         st.rerun(scope="app")  # a measurement of another layer is shown below: let it say so
+    refused_for = st.session_state.get(Keys.BENCH_REFUSED)
+    if not st.session_state.get(Keys.CALC_FULL_RUN) and refused_for and refused_for != spec.describe():
+        st.rerun(scope="app")  # the measurement below was refused for another layer: estimate this one
 
 
 st.session_state[Keys.CALC_FULL_RUN] = True  # the fragment's own reruns start below this line
@@ -182,33 +185,34 @@ def bench_convs() -> list:
     return out
 
 
-def start_measurement() -> None:
-    """Queue the measurement of the layer above (a worker process; refused when its estimate is over the limits)."""
+def start_measurement(estimate) -> None:
+    """Queue the measurement of the layer above (a worker process; refused when ``estimate`` is over the limits)."""
     from falcon.bench import measure
     from falcon.worker import WorkerTask
 
-    convs = bench_convs()
-    with common.guard(stop=False):
-        estimate = common.layer_estimate(spec.as_dict(), json.dumps(convs), int(batch), layout, int(rounds),
-                                         float(min_time))
-        task = WorkerTask(measure, dict(spec=spec, convs=convs, batch_size=int(batch), memory_format=layout,
-                                        rounds=int(rounds), min_run_time=float(min_time), device="auto"))
-        if common.submit_measurement(Keys.BENCH, task, estimate, "bench") is not None:
-            st.session_state[Keys.BENCH_SPEC] = spec.describe()
+    task = WorkerTask(measure, dict(spec=spec, convs=bench_convs(), batch_size=int(batch), memory_format=layout,
+                                    rounds=int(rounds), min_run_time=float(min_time), device="auto"))
+    if common.submit_measurement(Keys.BENCH, task, estimate, "bench") is not None:
+        st.session_state[Keys.BENCH_SPEC] = spec.describe()
 
 
 job = common.current_job(Keys.BENCH)
 running = job is not None and job.running
+estimate = None
+if chosen and not running:
+    with common.guard(stop=False):
+        estimate = common.layer_estimate(spec.as_dict(), json.dumps(bench_convs()), int(batch), layout, int(rounds),
+                                         float(min_time))
 bc = st.columns([2, 5])
-if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", disabled=running or not chosen,
-                icon=":material/timer:"):
-    start_measurement()
+if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", icon=":material/timer:",
+                disabled=running or not chosen or (estimate is not None and estimate.refused)):
+    start_measurement(estimate)  # (a layer changed in the fragment above since: refused here, with its estimate)
     job = common.current_job(Keys.BENCH)
     running = job is not None and job.running
-if chosen and not running:
-    with bc[1], common.guard(stop=False):
-        common.estimate_line(common.layer_estimate(spec.as_dict(), json.dumps(bench_convs()), int(batch), layout,
-                                                   int(rounds), float(min_time)))
+elif estimate is not None:
+    with bc[1]:
+        common.estimate_line(estimate)
+st.session_state[Keys.BENCH_REFUSED] = spec.describe() if estimate is not None and estimate.refused else None
 
 
 @st.fragment(run_every=0.5 if running else None)
@@ -238,8 +242,8 @@ def show_report(job) -> bool:
         st.warning(f"These measurements are for the layer {measured_for}, not the one above; measure again.",
                    icon=":material/history:")
     if report is None:
-        st.warning("Stopped during a timing: the worker process was ended, and nothing had finished.",
-                   icon=":material/stop_circle:")
+        st.warning("Stopped during a timing: the worker process was ended, and nothing had finished." if job.ran else
+                   "Stopped before it started: nothing was measured.", icon=":material/stop_circle:")
         return False
     if report.stopped:
         st.warning("Stopped early: the numbers below cover the rounds that finished.", icon=":material/stop_circle:")

@@ -314,8 +314,8 @@ def measure_panel() -> None:
     job = common.measurement_panel(MEASURE, job, measuring, idle=idle, failed="The measurement failed: ")
     if job is not None and job.done and not job.error:
         if job.result is None:
-            st.warning("Stopped during a timing: the worker process was ended, and nothing had finished.",
-                       icon=":material/stop_circle:")
+            st.warning("Stopped during a timing: the worker process was ended, and nothing had finished." if job.ran
+                       else "Stopped before it started: nothing was measured.", icon=":material/stop_circle:")
         elif show_measurement(job) and common.rerun_measurement(MEASURE, job) is not None:
             st.rerun(scope="app")
 

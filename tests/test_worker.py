@@ -85,7 +85,7 @@ def test_stop_kills_a_running_kernel_and_others_cannot_touch_the_job():
     job = q.submit("A", task, check=False)
     wait_until(lambda: job.pid is not None and job.label.startswith("measuring"), 120)
     pid = job.pid
-    time.sleep(1.0)  # inside the first warm-up call
+    time.sleep(1.0)  # building the blocks, or inside the first warm-up call (a kill: see the stubborn worker below)
     assert job.running and job.progress == 0.0 and not gone(pid)
     # another session
     with pytest.raises(FalconError, match="another session"):
@@ -105,7 +105,8 @@ def test_stop_kills_a_running_kernel_and_others_cannot_touch_the_job():
     q.stop("A", job.id)
     assert job.wait(5)
     took = time.perf_counter() - t0
-    assert took < 2.0 and job.status == "stopped" and job.result is None and job.error is None
+    assert took < 2.0 and job.status == "stopped" and job.error is None
+    assert job.result is None or job.result.stopped  # killed in a kernel, or it saw the stop between two steps
     assert gone(pid)
     # B's job runs next, and stops within the grace when it can (it checks between steps): its own result
     wait_until(lambda: waiting.pid is not None and waiting.label == "waiting", 120)
