@@ -718,8 +718,11 @@ class MeasurementQueue:
         return time.monotonic() - self._seen.get(owner, time.monotonic()) > self.owner_timeout
 
     def _reap(self, current: WorkerJob | None = None) -> None:
-        """End the jobs of owners that are gone, and the queued jobs that were stopped."""
+        """End the jobs of owners that are gone, and the queued jobs that were stopped; forget gone owners' results."""
         with self._lock:
+            for owner in [o for o, j in self._last.items() if j.done and self._gone(o)]:
+                del self._last[owner]
+                self._seen.pop(owner, None)
             for j in list(self._jobs):
                 if not j.should_stop() and self._gone(j.owner):
                     j.stop("its session ended")
