@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 CLAIM = ("FALCON provides higher accuracy than existing methods based on depthwise separable convolution and "
          "tensor decomposition")
 
+SUBJECT = "falcon"  # the type the claim is about; its ranks set the budgets
 RANKED_TYPES = ("falcon", "dsconv", "tucker2", "cp", "spatial")
 UNRANKED = {"mobilev2": {"expansion": 0.5}, "shuffle": {"groups": 2, "width_mult": 1.0}}
 BUDGET_RANKS = (1, 2, 3)  # the budgets: FALCON at these ranks
@@ -79,10 +80,10 @@ def sweep_plan(model: str = "digits-vgg") -> list[dict[str, Any]]:
     from falcon.convtypes import get_conv_type
 
     entry, sites, base = model_sites(model)
-    falcon = get_conv_type("falcon")
+    falcon = get_conv_type(SUBJECT)
     plans = []
     for r in BUDGET_RANKS:
-        budget = estimated_params(entry, sites, base, "falcon", falcon.rank_hparams(r))
+        budget = estimated_params(entry, sites, base, SUBJECT, falcon.rank_hparams(r))
         for conv in RANKED_TYPES:
             k = rank_for_budget(entry, sites, base, conv, budget)
             if k is None:
@@ -156,7 +157,7 @@ def verdict(rows: Sequence[dict]) -> list[str]:
     out = []
     for budget in dict.fromkeys(r["budget"] for r in rows if r["budget_params"]):
         at = [r for r in rows if r["budget"] == budget]
-        falcon = next((r for r in at if r["conv"] == "falcon"), None)
+        falcon = next((r for r in at if r["conv"] == SUBJECT), None)
         if falcon is None:
             continue
         parts = []
