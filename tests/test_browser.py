@@ -226,7 +226,7 @@ class Interactions:
 
     @staticmethod
     def calculator(page, timings):
-        assert svg_charts(page) == 2 and charts(page) == 0 and tables(page) >= 4  # reductions, break-even; cost tables
+        assert svg_charts(page) == 2 and charts(page) == 0 and tables(page) >= 2  # reductions, break-even; params, MACs
         # a calculator change: from Enter until the page has run again and shows the new layer
         samples = []
         for m in (128, 192, 64, 256, 96):
@@ -290,7 +290,7 @@ class Interactions:
 
     @staticmethod
     def accuracy(page, timings):
-        assert charts(page) == 1 and tables(page) == 1
+        assert charts(page) == 1 and tables(page) >= 1  # the points (and the claim sweep's summary)
         # the sweep just run on the Experiments page is drawn beside the thesis's points, as ours
         assert "digits-vgg" in page.get_by_test_id("stPlotlyChart").inner_text()
         assert "FALCON (ours)" in page.get_by_test_id("stPlotlyChart").inner_text()
