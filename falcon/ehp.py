@@ -55,7 +55,8 @@ GD_OPTIONS = ("steps", "lr", "optimizer", "loss", "scale", "threads")
 #: problems (one per channel, or one small step); on a shared 2-core CPU a second thread mostly
 #: waits at barriers: a batched SVD of 512 matrices 512×9 took 26 ms on one thread and 250 ms on
 #: two while other jobs ran, and a gradient-descent step was 5–40× faster on one thread.
-FIT_THREADS: int | None = 1
+from falcon.threads import FIT_THREADS  # noqa: E402,F401 (re-exported)
+from falcon.threads import torch_threads as _threads  # noqa: E402
 
 
 def _check_axis(axis: str) -> None:
@@ -76,20 +77,6 @@ def _check_kernel(kernel: torch.Tensor) -> None:
         raise FalconError(f"the conv kernel has {nan:,} NaN and {inf:,} inf values; an EHP fit needs finite weights")
 
 
-@contextmanager
-def _threads(n: int | None):
-    """torch's intra-op thread count set to ``n`` inside the block (nothing when None)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
 
 
 #: The full rank along each common axis, as a formula (N output, M input channels, D×D kernel).

@@ -236,15 +236,18 @@ class Interactions:
         timings["calculator_change_s"] = sorted(samples)[len(samples) // 2]
         timings["calculator_change_samples_s"] = samples
         # the measurement: a tiny layer so that it ends in seconds
-        for label, value in (("in channels M", 16), ("out channels N", 16), ("input height H", 8), ("rounds", 1),
+        for label, value in (("in channels M", 16), ("out channels N", 16), ("input height H", 8), ("rounds", 4),
                              ("s per visit", 0.01)):
             box = number_input(page, label)
             box.fill(str(value))
             rerun_after(page, lambda: box.press("Enter"))
         assert "Layer: 16→16, 3×3, stride 1, pad 1, 8×8" in page.inner_text("body")
         button = page.get_by_role("button", name="Measure on")
-        rerun_after(page, button.click, text_js("Why measured and theoretical differ"), timeout=120_000)
-        assert charts(page) == 1 and svg_charts(page) == 2  # + measured vs theoretical
+        done = ("return document.body.innerText.includes('Why measured and theoretical differ') || "
+                "document.body.innerText.toLowerCase().includes('unreliable')")
+        rerun_after(page, button.click, done, timeout=120_000)
+        if "unreliable" not in page.inner_text("body").lower():  # a busy machine's figures are gated, not drawn
+            assert charts(page) == 1 and svg_charts(page) == 2  # + measured vs theoretical
 
     @staticmethod
     def sizing(page, timings):

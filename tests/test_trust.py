@@ -204,7 +204,10 @@ def test_app_upload_never_runs_code_through_apptest(canary, tmp_path, monkeypatc
 @pytest.mark.parametrize("meta, why", [
     ({"num_classes": 2**24}, "num_classes must be"),
     ({"sites": [{"name": "features.0", "rank": 1, "bias": False,
-                 "spec": {"in_channels": 1, "out_channels": 2**20, "kernel_size": 3, "height": 32}}]}, "would build"),
+                 "spec": {"in_channels": 1, "out_channels": 2**20, "kernel_size": 3, "height": 32}}]},
+     "out channels must be"),  # refused by limits' channel bound before any block is built
+    ({"sites": [{"name": "features.0", "rank": 1, "bias": False,
+                 "spec": {"in_channels": 16384, "out_channels": 16384, "kernel_size": 3, "height": 32}}]}, "would build"),
     ({"sites": [{"name": "x"}]}, "not a valid converted model"),
     ({"sites": [{"name": f"s{i}"} for i in range(10_001)]}, "replaced layers"),
 ])

@@ -87,10 +87,11 @@ def check_kernel(kernel: torch.Tensor) -> None:
 
 @contextmanager
 def fit_threads():
-    """One thread for torch and for numpy's BLAS while a fit runs (:data:`falcon.ehp.FIT_THREADS`): on a shared
+    """One thread for torch and for numpy's BLAS while a fit runs (:data:`falcon.threads.FIT_THREADS`): on a shared
     2-core machine an SVD of a 128×2304 matrix took 0.07 s on one thread and 0.5–2.4 s on two, and tensorly's
     HOOI and ALS call many small ones."""
-    from falcon.ehp import FIT_THREADS, _threads
+    from falcon.threads import FIT_THREADS
+    from falcon.threads import torch_threads as _threads
 
     try:
         from threadpoolctl import threadpool_limits
