@@ -449,6 +449,8 @@ def test_cli_layers(capsys):
     (["--layer", "conv1", "--method", "gd", "--lr", "-1"], "learning rate"),
     (["--layer", "conv1", "--weights", "/nonexistent.pt"], "does not exist"),
     (["--layer", "conv1", "--conv", "mobilev2"], "invalid choice"),
+    (["--layer", "conv1", "--steps", "5"], "--method gd"),  # gd's flags with the SVD fit: refused, not ignored
+    (["--layer", "conv1", "--conv", "cp", "--lr", "0.1", "--loss", "mse"], "--lr, --loss only tune --method gd"),
 ])
 def test_cli_fit_errors_are_one_line(capsys, args, words):
     code, out, err = cli_inprocess(capsys, "fit", "--model", "resnet18", *args)

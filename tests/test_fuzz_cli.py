@@ -212,7 +212,10 @@ FIT = [Flag("--rank", "rank", st.one_of(ints(1, 12), ints(1, 65536))), Flag("--s
 @given(drawn=invocation(FIT, p_invalid=55), layer=st.sampled_from(["features.3", "features.14"]))
 def test_fit(drawn, layer):
     code, out, err, values, bad = run_checked("fit", ["--model", "digits-vgg", "--layer", layer], drawn)
-    if not bad:
+    if not bad and ("--steps" in values or "--lr" in values):  # gradient-descent flags without --method gd
+        one_line_error(code, err, drawn[0])
+        assert "--method gd" in err
+    elif not bad:
         ok(code, out, err, drawn[0])
         assert ("clamped" in out) == (int(values.get("--rank", 1)) > 9)  # both layers' full rank is 9
 

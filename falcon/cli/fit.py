@@ -6,7 +6,9 @@ import argparse
 
 from falcon.cli.common import print_json, print_table
 from falcon.convtypes import FITTABLE, get_conv_type
+from falcon.errors import FalconError
 from falcon.limits import float_flag, int_flag
+
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     from falcon.models import MODEL_HELP
@@ -53,10 +55,10 @@ def add_parser(sub) -> None:
     f.add_argument("--method", choices=_methods(), default="svd",
                    help="svd: the type's default fit (falcon, dsconv, spatial: the SVD optimum; tucker2: HOSVD + HOOI; "
                         "cp: ALS); gd (falcon, dsconv), hosvd, hooi (tucker2), als (cp), random: a fresh block")
-    f.add_argument("--steps", type=int_flag("steps"), default=GD_STEPS, help=f"gd: optimizer steps (default {GD_STEPS})")
+    f.add_argument("--steps", type=int_flag("steps"), default=None, help=f"gd: optimizer steps (default {GD_STEPS})")
     f.add_argument("--lr", type=float_flag("lr"), default=None,
                    help="gd: learning rate (default " + ", ".join(f"{k} {v['lr']:g}" for k, v in GD_DEFAULTS.items()) + ")")
-    f.add_argument("--optimizer", choices=list(FIT_OPTIMIZERS), default="adam",
+    f.add_argument("--optimizer", choices=list(FIT_OPTIMIZERS), default=None,
                    help="gd: adam (default) or sgd (the thesis's reference fit: lr 0.01 on the mean squared error)")
     f.add_argument("--loss", choices=list(LOSSES), default=None,
                    help="gd: relative (||K - K_hat||^2 / ||K||^2; adam's default) or mse (mean squared error; sgd's)")
@@ -115,7 +117,25 @@ def fit_ranks(args: argparse.Namespace) -> int | dict | None:
     return {n: given.get(n, args.rank) for n in names} if given else args.rank
 
 
+GD_ONLY = ("steps", "lr", "optimizer", "loss")
+
+
+def check_gd_flags(args: argparse.Namespace) -> None:
+    """--steps, --lr, --optimizer and --loss tune gradient descent only: with another method they are refused, not
+    silently ignored. Their defaults (GD_STEPS, each optimizer's lr and loss, adam) are filled in here."""
+    given = [n for n in GD_ONLY if getattr(args, n) is not None]
+    if args.method != "gd" and given:
+        flags = ", ".join("--" + n for n in given)
+        raise FalconError(f"{flags} only tune --method gd (the {args.method} fit has no steps or learning rate): "
+                          f"add --method gd or drop {flags}")
+    from falcon.ehp import GD_STEPS
+
+    args.steps = GD_STEPS if args.steps is None else args.steps
+    args.optimizer = args.optimizer or "adam"
+
+
 def run_fit(args: argparse.Namespace) -> int:
+    check_gd_flags(args)
     loaded = _load(args)
     from falcon.probe import fit_layer
 
