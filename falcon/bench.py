@@ -490,10 +490,7 @@ def measure(
     torch_dtype = resolve_dtype(dtype, dev)
     layouts = resolve_memory_formats(memory_format)
     threads = torch.get_num_threads() if threads is None else parse_int(threads, "threads")
-    if clock not in CLOCKS:
-        raise FalconError(f"clock must be {' or '.join(CLOCKS)}, got {clock!r}")
-    if clock == "cpu" and (dev.type != "cpu" or threads != 1):
-        raise FalconError("the cpu clock measures one thread's CPU time: use it with device cpu and 1 thread")
+    _check_clock(clock, dev, threads)
     t_start = time.perf_counter()
     entries = bench_entries(spec, convs)
 
@@ -501,39 +498,63 @@ def measure(
     budget, source = (memory_budget_bytes, "given budget") if memory_budget_bytes is not None else memory_budget(dev)
     check_memory(plan, budget, source)
 
-    cpu_count = os.cpu_count()
     report = BenchReport(
         device=dev.type if dev.type == "cpu" else str(dev), device_name=device_name(dev), threads=threads,
         torch_version=torch.__version__, dtype=str(torch_dtype).replace("torch.", ""), batch_size=batch_size,
-        spec=spec.as_dict(), memory_formats=layouts, clock=clock, rounds=rounds, min_run_time=min_run_time, cpu_count=cpu_count,
+        spec=spec.as_dict(), memory_formats=layouts, clock=clock, rounds=rounds, min_run_time=min_run_time,
+        cpu_count=os.cpu_count(),
     )
     if budget is None:
         report.notes.append("free memory unknown: the memory guard was skipped")
     load_before = _loadavg()
-    busy = load_before is not None and cpu_count and load_before > cpu_count - threads + 0.9  # ~1 process too many
-    if dev.type == "cpu" and busy:
-        report.notes.append(f"the machine was busy (load average {load_before:g} on {cpu_count} CPUs) before "
-                            f"measuring with {threads} thread{'s' if threads != 1 else ''}: other processes compete for the cores, "
-                            "timings are noisy")
-
-    cuda = dev.type == "cuda"
-    if cuda and torch_dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
-        report.notes.append("float32 convolutions may use TF32 tensor cores (torch.backends.cudnn.allow_tf32)")
-    saved_cudnn_benchmark = torch.backends.cudnn.benchmark
+    report.notes.extend(busy_notes(dev, threads, load_before) + _tf32_notes(dev, torch_dtype))
     tasks: list[_Task] = []
     with ExitStack() as stack:
-        if cuda:  # every entry gets cuDNN's fastest algorithm, chosen during its warm-up
-            torch.backends.cudnn.benchmark = True
-            stack.callback(setattr, torch.backends.cudnn, "benchmark", saved_cudnn_benchmark)
-        retained = stack.enter_context(retained_memory(retain_memory and dev.type == "cpu"))
+        retained = stack.enter_context(_timing_settings(dev, retain_memory))
         report.allocator = "retain" if retained else "default"
         tasks = _build_tasks(spec, entries, layouts, batch_size, dev, torch_dtype, threads, clock, seed)
-        _run_tasks(tasks, rounds, min_run_time, cuda, report, progress, should_stop)
-    load_after = _loadavg()
-    report.load_average = None if load_before is None else [load_before, load_after]
+        _run_tasks(tasks, rounds, min_run_time, dev.type == "cuda", report, progress, should_stop)
+    report.load_average = None if load_before is None else [load_before, _loadavg()]
     report.results = _summarize(tasks, spec, entries, layouts, batch_size, plan)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _check_clock(clock: str, dev: torch.device, threads: int) -> None:
+    if clock not in CLOCKS:
+        raise FalconError(f"clock must be {' or '.join(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (dev.type != "cpu" or threads != 1):
+        raise FalconError("the cpu clock measures one thread's CPU time: use it with device cpu and 1 thread")
+
+
+def busy_notes(dev: torch.device, threads: int, load_before: float | None) -> list[str]:
+    """A note when the CPU was busy before measuring (~ one process too many for ``threads``), else none."""
+    cpu_count = os.cpu_count()
+    busy = load_before is not None and cpu_count and load_before > cpu_count - threads + 0.9
+    if dev.type != "cpu" or not busy:
+        return []
+    return [f"the machine was busy (load average {load_before:g} on {cpu_count} CPUs) before measuring with "
+            f"{threads} thread{'s' if threads != 1 else ''}: other processes compete for the cores, timings are noisy"]
+
+
+def _tf32_notes(dev: torch.device, dtype: torch.dtype) -> list[str]:
+    if dev.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+        return ["float32 convolutions may use TF32 tensor cores (torch.backends.cudnn.allow_tf32)"]
+    return []
+
+
+@contextmanager
+def _timing_settings(dev: torch.device, retain_memory: bool):
+    """While timing: cuDNN's benchmark mode on CUDA (every entry gets its fastest algorithm, chosen during its
+    warm-up), freed memory retained on CPU (:func:`retained_memory`); yields whether memory is retained."""
+    saved = torch.backends.cudnn.benchmark
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        with retained_memory(retain_memory and dev.type == "cpu") as retained:
+            yield retained
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 @dataclass(eq=False)
@@ -577,7 +598,7 @@ def _build_tasks(spec: LayerSpec, entries: Sequence[BenchEntry], layouts: Sequen
 
 def _run_tasks(tasks: list[_Task], rounds: int, min_run_time: float, cuda: bool, report: BenchReport,
                progress: ProgressFn | None, should_stop: StopFn | None) -> None:
-    """Warm every task up, then ``rounds`` rounds over all tasks, rotating the order every round."""
+    """Warm every task up, then ``rounds`` interleaved rounds over all tasks (:func:`run_rounds`)."""
     total, done = len(tasks) * (rounds + 1), 0
 
     def stop() -> bool:
@@ -591,24 +612,40 @@ def _run_tasks(tasks: list[_Task], rounds: int, min_run_time: float, cuda: bool,
         if progress is not None:
             progress(done, total, label)
 
+    def warm_up(task: _Task) -> None:  # oneDNN primitive creation, cuDNN algorithm choice, caches
+        task.timer.timeit(1)
+        task.timer.timeit(2)
+        if cuda:
+            task.peak = _cuda_peak(task.module, task.x)
+
+    run_rounds(tasks, rounds, min_run_time, warm_up, stop, tick)
+
+
+def run_rounds(tasks: Sequence[Any], rounds: int, min_run_time: float, warm_up: Callable[[Any], None],
+               stop: Callable[[], bool], tick: Callable[[str], None]) -> bool:
+    """The timing loop of both benchmarks (layers: :func:`measure`; whole models: :mod:`falcon.modelbench`),
+    under ``torch.inference_mode``: ``warm_up(task)`` for every task, then ``rounds`` rounds that visit every
+    task once, in an order rotated by one every round (no task always runs after the same neighbour). A visit is
+    a ``task.timer.blocked_autorange(min_run_time)``: its block times (seconds per call) go to ``task.times``,
+    its calls per block to ``task.number``. ``stop()`` is asked before every warm-up and visit (True: return
+    False at once); ``tick(label)`` is called after each. A task has ``name``, ``timer``, ``times``, ``number``.
+    """
     with torch.inference_mode():
-        for task in tasks:  # warm-up: oneDNN primitive creation, cuDNN algorithm choice, caches
+        for task in tasks:
             if stop():
-                return
-            task.timer.timeit(1)
-            task.timer.timeit(2)
-            if cuda:
-                task.peak = _cuda_peak(task.module, task.x)
+                return False
+            warm_up(task)
             tick(f"warm-up {task.name}")
         for r in range(rounds):
-            shift = r % len(tasks)
+            shift = r % max(len(tasks), 1)
             for task in tasks[shift:] + tasks[:shift]:
                 if stop():
-                    return
+                    return False
                 m = task.timer.blocked_autorange(min_run_time=min_run_time)
                 task.times.extend(m.times)
                 task.number = m.number_per_run
                 tick(f"round {r + 1}/{rounds}: {task.name}")
+    return True
 
 
 def _summarize(tasks: list[_Task], spec: LayerSpec, entries: Sequence[BenchEntry], layouts: Sequence[str],
