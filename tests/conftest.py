@@ -39,3 +39,15 @@ def resnet18_state():
 
     torch.manual_seed(0)
     return torchvision.models.resnet18(num_classes=1000).state_dict()
+
+
+@pytest.fixture
+def isolated_app(tmp_path, monkeypatch):
+    """For AppTest files: fresh Streamlit caches (they are shared across AppTest instances in one process) and an
+    empty results store. Use per module: ``pytestmark = pytest.mark.usefixtures("isolated_app")``."""
+    import streamlit as st
+
+    monkeypatch.setenv("FALCON_RESULTS_DB", str(tmp_path / "results.sqlite"))
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()

@@ -23,13 +23,7 @@ PAGE = {p.file.removesuffix(".py"): p for p in common.PAGES}
 TIMEOUT = 60
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Fresh caches (they are shared across AppTest instances in one process) and an empty results store."""
-    monkeypatch.setenv("FALCON_RESULTS_DB", str(tmp_path / "results.sqlite"))
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
+pytestmark = pytest.mark.usefixtures("isolated_app")
 
 
 def open_page(name: str, clean: bool = True, **query) -> AppTest:

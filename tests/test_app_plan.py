@@ -6,19 +6,13 @@ import json
 import sys
 
 import pytest
-import streamlit as st
 from conftest import REPO as ROOT
 
 sys.path.insert(0, str(ROOT / "app"))
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("FALCON_RESULTS_DB", str(tmp_path / "results.sqlite"))
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
+pytestmark = pytest.mark.usefixtures("isolated_app")
 
 
 def test_sizing_page_plan_is_the_librarys():
