@@ -41,10 +41,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`streamlit run app/main.py --server.headless true --server.port PORT` from the repository root."""
+    yield from serve(tmp_path_factory)
+
+
+def serve(tmp_path_factory, **env_vars: str):
+    """The server fixture's body; ``env_vars`` are set in the server's environment (e.g. FALCON_MEASURE_MAX_S)."""
     port = _free_port()
     exe = shutil.which("streamlit", path=str(Path(sys.executable).parent)) or shutil.which("streamlit")
     cmd = [exe] if exe else [sys.executable, "-m", "streamlit"]
-    env = {**os.environ, "FALCON_RESULTS_DB": str(tmp_path_factory.mktemp("store") / "results.sqlite")}
+    env = {**os.environ, "FALCON_RESULTS_DB": str(tmp_path_factory.mktemp("store") / "results.sqlite"), **env_vars}
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
     proc = subprocess.Popen(cmd + ["run", "app/main.py", "--server.headless", "true", "--server.port", str(port)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
