@@ -9,6 +9,8 @@ Each :class:`ConvType` knows how to
 * declare and validate its hyper-parameters (:class:`HParam`),
 * where it can be fitted to a trained kernel, say how (:class:`FitRule`): its fitter (in :mod:`falcon.fits`,
   imported when a fit runs), its ranked hyper-parameters and its full ranks.
+* build the form a deployment runs (``deploy``): its fused form (``_fuse``: FALCON's k branches as two convs), or
+  the conv a following BatchNorm folds into (``bn_into``: Tucker-2's and CP's last 1×1, spatial's 1×D conv).
 
 Adding a conv type is one more entry in :data:`CONV_TYPES`: its block, its entry, and (for a fittable one) its fitter.
 """
@@ -37,6 +39,12 @@ def _fused():
     from falcon import fused
 
     return fused
+
+
+def _folding():
+    from falcon import folding
+
+    return folding
 
 
 #: The name of a type's inference form is its name with this suffix ("falcon-fused").
@@ -137,17 +145,37 @@ class ConvType:
     #: whether these hyper-parameters change the widths of the model around the layer (ShuffleUnit α≠1)
     _widens: Callable[[dict], bool] = field(default=lambda hp: False, repr=False)
     #: the inference form, where the type has one: the trained bare block rewritten for deployment (FALCON's
-    #: k branches as two convolutions, :func:`falcon.fused.fuse_falcon`); named ``{name}-fused``
-    _fuse: Callable[[nn.Module], nn.Module] | None = field(default=None, repr=False)
+    #: k branches as two convolutions, :func:`falcon.fused.fuse_falcon`), with the BatchNorm2d that follows the
+    #: block (or None) folded in; named ``{name}-fused``
+    _fuse: Callable[[nn.Module, Any], nn.Module] | None = field(default=None, repr=False)
+    #: where a BatchNorm2d that follows the block folds (a type without a fused form): the path, inside the block,
+    #: of its last linear op ("last": Tucker-2's 1×1 R₄→N); "branches.*.pointwise": that conv of each of the
+    #: branches the block sums. Empty: the deployment looks inside the block instead (its convs fold one by one)
+    bn_into: str = ""
 
     @property
     def fused_name(self) -> str | None:
         return f"{self.name}{FUSED_SUFFIX}" if self._fuse is not None else None
 
-    def fuse(self, block: nn.Module) -> nn.Module:
+    def fuse(self, block: nn.Module, bn: Any = None) -> nn.Module:
         if self._fuse is None:
             raise FalconError(f"{self.name} has no fused (inference) form")
-        return self._fuse(block)
+        return self._fuse(block, bn)
+
+    @property
+    def deployable(self) -> bool:
+        """Whether a deployment rewrites the type's block as one unit (:meth:`deploy`)."""
+        return self._fuse is not None or bool(self.bn_into)
+
+    def deploy(self, block: nn.Module, bn: Any = None) -> nn.Module:
+        """The block in the form a deployment runs (:func:`falcon.export.deploy_form`), with ``bn`` (the
+        BatchNorm2d that follows it, or None) folded in: its fused form where it has one, else the block with the
+        BN folded into its ``bn_into`` conv(s)."""
+        if self._fuse is not None:
+            return self._fuse(block, bn)
+        if not self.bn_into:
+            raise FalconError(f"{self.name} has no deployable form of its own; its convs fold one by one")
+        return _folding().fold_bn_into(block, self.bn_into, bn)
 
     @property
     def ranked(self) -> bool:
@@ -366,7 +394,7 @@ CONV_TYPES: dict[str, ConvType] = {
             fit=_fit("ehp:FALCON", ("rank",), lambda n, m, d: (min(m, d * d),), "min(M, D²)"),
             reference_unused_params=_falcon_unused_bn,
             symbol="circle", paper_hparams={},
-            _fuse=lambda block: _fused().fuse_falcon(block),
+            _fuse=lambda block, bn: _fused().fuse_falcon(block, bn),
         ),
         ConvType(
             "dsconv", "DSConv", "#00cc96",
@@ -378,7 +406,7 @@ CONV_TYPES: dict[str, ConvType] = {
             lambda s, hp: _blocks().DSConv(s, rank=hp["rank"]),
             lambda s, hp, bias: _blocks().DSConv(s, rank=hp["rank"], inner_bn=True),
             fit=_fit("ehp:DSCONV", ("rank",), lambda n, m, d: (min(n, d * d),), "min(N, D²)"),
-            symbol="diamond", paper_hparams={"rank": 1},
+            symbol="diamond", paper_hparams={"rank": 1}, bn_into="branches.*.pointwise",
         ),
         ConvType(
             "mobilev2", "MobileConvV2", "#ab63fa",
@@ -419,7 +447,7 @@ CONV_TYPES: dict[str, ConvType] = {
             lambda s, hp, bias: _blocks().Tucker2Conv(s, hp["rank_in"], hp["rank_out"], bias=bias),
             fit=_fit("tucker:TUCKER2", ("rank_in", "rank_out"), lambda n, m, d: (min(m, n * d * d), min(n, m * d * d)),
                      "R₃: min(M, N·D²), R₄: min(N, M·D²)"),
-            symbol="pentagon",
+            symbol="pentagon", bn_into="last",
         ),
         ConvType(
             "cp", "CP", "#ff6692",
@@ -431,7 +459,7 @@ CONV_TYPES: dict[str, ConvType] = {
             lambda s, hp: _blocks().CPConv(s, hp["rank"]),
             lambda s, hp, bias: _blocks().CPConv(s, hp["rank"], bias=bias),
             fit=_fit("cp:CP", ("rank",), lambda n, m, d: (min(m, n) * d * d,), "min(M, N)·D²"),
-            symbol="hexagon",
+            symbol="hexagon", bn_into="last",
         ),
         ConvType(
             "spatial", "Spatial low-rank", "#b6e880",
@@ -443,7 +471,7 @@ CONV_TYPES: dict[str, ConvType] = {
             lambda s, hp: _blocks().SpatialConv(s, hp["rank"]),
             lambda s, hp, bias: _blocks().SpatialConv(s, hp["rank"], bias=bias),
             fit=_fit("spatial:SPATIAL", ("rank",), lambda n, m, d: (d * min(m, n),), "D·min(M, N)"),
-            symbol="cross",
+            symbol="cross", bn_into="horizontal",
         ),
     )
 }

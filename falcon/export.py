@@ -4,11 +4,13 @@
 
 * every BatchNorm2d that directly follows a conv (the conv's output is the BN's input, each called once)
   is folded into that conv: a plain ``nn.Conv2d`` through ``torch.nn.utils.fusion.fuse_conv_bn_eval``, a
-  FALCON block through :func:`falcon.fused.fuse_falcon` (its k branches become two convolutions, the BN
-  goes into the grouped conv), a DSConv block into the last (pointwise) conv of each of its branches;
-  the BN becomes ``nn.Identity``. The same happens in the original model, so both sides are compared in
-  the form a deployment runs (ONNX Runtime folds BN into convs on its own anyway);
-* every FALCON block without a BN after it is fused too;
+  block of a conv type with a deploy rule by its registry entry (:meth:`falcon.convtypes.ConvType.deploy`:
+  FALCON's k branches fused into two convolutions, the BN in the grouped conv; DSConv's into the pointwise
+  conv of each branch; Tucker-2's and CP's into the last 1×1 conv, spatial low-rank's into the 1×D conv);
+  a block without one is looked into, its convs folded one by one. The BN becomes ``nn.Identity``. The same
+  happens in the original model, so both sides are compared in the form a deployment runs (ONNX Runtime
+  folds BN into convs on its own anyway);
+* every block with a fused form (FALCON) and no BN after it is fused too;
 * ``portable=True`` replaces each fused FALCON block by :class:`PortableFalconConv`, the same computation as
   plain ``F.conv2d`` calls (no oneDNN-only op, no cached derived weights): what ``torch.onnx.export``,
   ``torch.jit.trace`` and ``torch.compile`` take.
@@ -36,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from falcon.blocks import ConvBlock, DSConv, FalconConv
+from falcon.blocks import ConvBlock
+from falcon.convtypes import ConvType, parse_variant
 from falcon.errors import FalconError
-from falcon.fused import FusedFalconConv, fuse_falcon
+from falcon.fused import FusedFalconConv
 from falcon.surgery import set_module
 
 #: a runtime (or a deployable form) whose output differs from eager fp32 by more than this, relative to the
@@ -147,7 +150,7 @@ class DeployInfo:
     """What :func:`deploy_form` did."""
 
     folded_bn: int = 0  # BatchNorms folded into the conv before them
-    fused_falcon: int = 0  # FALCON blocks fused into two convolutions
+    fused_falcon: int = 0  # blocks rewritten in their fused form (FALCON's: two convolutions)
     kept_bn: int = 0  # BatchNorms left as they are (no conv right before them)
     portable: bool = False
     parity: Parity | None = None  # the deployable form against the model it came from
@@ -161,14 +164,31 @@ class DeployInfo:
     def describe(self) -> str:
         parts = []
         if self.fused_falcon:
-            parts.append(f"{self.fused_falcon} FALCON block{'s' if self.fused_falcon != 1 else ''} fused")
+            parts.append(f"{self.fused_falcon} block{'s' if self.fused_falcon != 1 else ''} fused")
         parts.append(f"{self.folded_bn} BN folded" + (f", {self.kept_bn} kept" if self.kept_bn else ""))
         return ", ".join(parts)
 
 
+def _entry(module: nn.Module) -> tuple[ConvType, bool] | None:
+    """(registry entry, whether it is the fused form) of a conv-type block; None for any other module."""
+    name = getattr(module, "conv_type", "") if isinstance(module, ConvBlock) else ""
+    try:
+        return parse_variant(name) if name else None
+    except FalconError:
+        return None
+
+
+def _deploy_rule(module: nn.Module) -> ConvType | None:
+    """The registry entry that rewrites ``module`` for deployment (a block whose type has a deploy rule)."""
+    entry = _entry(module)
+    return entry[0] if entry is not None and not entry[1] and entry[0].deployable else None
+
+
 def _stops(module: nn.Module) -> bool:
-    """Modules the fold treats as one unit (their inside is not searched for conv→BN pairs)."""
-    return isinstance(module, (FalconConv, DSConv, FusedFalconConv, PortableFalconConv)) or not any(module.children())
+    """Modules the fold treats as one unit (their inside is not searched for conv→BN pairs): blocks with a deploy
+    rule, fused forms, leaves."""
+    entry = _entry(module)
+    return _deploy_rule(module) is not None or (entry is not None and entry[1]) or not any(module.children())
 
 
 def _fold_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -229,28 +249,7 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         return False
     if isinstance(conv, nn.Conv2d):
         return conv.out_channels == bn.num_features and conv.padding_mode == "zeros"
-    if isinstance(conv, (FalconConv, DSConv)):
-        return conv.spec.N == bn.num_features
-    return False
-
-
-@torch.no_grad()
-def _fold_dsconv(block: DSConv, bn: nn.BatchNorm2d) -> DSConv:
-    """BN(Σ_r P_r(y_r) + b_r) = Σ_r (s·P_r)(y_r) + s·Σ_r b_r + (β − s·μ): scale each branch's pointwise conv."""
-    block = copy.deepcopy(block)
-    ref = block.branches[0].pointwise.weight
-    scale = torch.rsqrt(bn.running_var.to(ref) + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.to(ref)
-    shift = (bn.bias.to(ref) if bn.bias is not None else torch.zeros_like(scale)) - bn.running_mean.to(ref) * scale
-    for i, branch in enumerate(block.branches):
-        pw = branch.pointwise
-        pw.weight.mul_(scale.view(-1, 1, 1, 1))
-        bias = pw.bias * scale if pw.bias is not None else torch.zeros_like(scale)
-        if i == 0:
-            bias = bias + shift
-        pw.bias = nn.Parameter(bias) if (pw.bias is not None or i == 0) else None
-    return block.eval()
+    return _deploy_rule(conv) is not None and conv.spec.N == bn.num_features
 
 
 def _apply(model: nn.Module, sample: torch.Tensor, fold_bn: bool, info: DeployInfo) -> nn.Module:
@@ -260,11 +259,10 @@ def _apply(model: nn.Module, sample: torch.Tensor, fold_bn: bool, info: DeployIn
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         if not _foldable(conv, bn):
             continue
-        if isinstance(conv, FalconConv):
-            new = fuse_falcon(conv, bn)
-            info.fused_falcon += 1
-        elif isinstance(conv, DSConv):
-            new = _fold_dsconv(conv, bn)
+        rule = _deploy_rule(conv)
+        if rule is not None:
+            new = rule.deploy(conv, bn)
+            info.fused_falcon += rule.fused_name is not None
         else:
             new = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
         set_module(model, conv_name, new)
@@ -274,8 +272,9 @@ def _apply(model: nn.Module, sample: torch.Tensor, fold_bn: bool, info: DeployIn
     info.kept_bn = max(bn_count - len(done_bn), 0) if fold_bn else sum(
         isinstance(m, nn.BatchNorm2d) for m in model.modules())
     for name, module in list(model.named_modules()):
-        if isinstance(module, FalconConv):
-            set_module(model, name, fuse_falcon(module))
+        rule = _deploy_rule(module)
+        if rule is not None and rule.fused_name is not None:
+            set_module(model, name, rule.deploy(module))
             info.fused_falcon += 1
     return model
 
