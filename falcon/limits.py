@@ -96,6 +96,11 @@ BOUNDS: dict[str, Bound] = {b.name: b for b in (
     _b("target_rate", float, 0.0, 10_000.0, "times fewer; no rank reaches 10,000×", open_lo=True),
     _b("target_count", float, 0.0, 1e15, "a count of MACs or parameters; the largest models have about 1e12",
        open_lo=True),
+    _b("target_speedup", float, 0.0, 1000.0, "times faster than the model measured here; no plan reaches 1000×",
+       open_lo=True),
+    _b("target_ms", float, 0.0, 3_600_000.0, "milliseconds per forward pass; an hour at most", open_lo=True),
+    _b("max_seconds", float, 0.0, 86_400.0, "seconds a measurement may be estimated to take before it is refused",
+       open_lo=True),
 )}
 
 
