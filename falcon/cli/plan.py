@@ -13,17 +13,22 @@ from falcon.limits import float_flag
 def add_parser(sub) -> None:
     from falcon.planning import DEFAULT_TYPES, PROXIES
 
-    p = sub.add_parser("plan", help="per-layer conv type and rank that meet a MACs or params target",
+    from falcon.cli import plan_latency
+
+    p = sub.add_parser("plan", help="per-layer conv type and rank that meet a MACs, params or measured-latency target",
                        description="Choose, per layer, keep or a fittable conv type and rank so that the model meets "
                                    "a target with the least predicted error (multiple-choice knapsack by dynamic "
                                    "programming; the Lagrangian bound on the optimum is printed). Beside it: the "
-                                   "highest uniform FALCON rank that meets the same target.")
+                                   "highest uniform FALCON rank that meets the same target. With --target-speedup or "
+                                   "--target-ms (measured-latency mode) every option is timed on this machine, the plan "
+                                   "meets the latency it predicts, and the planned model is timed against the original.")
     add_model_flags(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-crr", type=float_flag("target_rate"), help="times fewer MACs")
     target.add_argument("--target-cr", type=float_flag("target_rate"), help="times fewer parameters")
     target.add_argument("--target-macs", type=float_flag("target_count"), help="at most this many MACs")
     target.add_argument("--target-params", type=float_flag("target_count"), help="at most this many parameters")
+    plan_latency.add_target_flags(target)
     p.add_argument("--types", default=",".join(DEFAULT_TYPES), metavar="T,T",
                    help=f"allowed conv types, comma-separated; 'standard' keeps a layer (default {','.join(DEFAULT_TYPES)})")
     p.add_argument("--proxy", choices=PROXIES, default="kernel",
@@ -31,6 +36,7 @@ def add_parser(sub) -> None:
                         "a calibration batch of the model's data (digits-vgg)")
     p.add_argument("--include-stem", action="store_true", default=None, help="the first conv may be replaced too")
     p.add_argument("--json", action="store_true", help="the plan as one JSON object (convert --plan reads it)")
+    plan_latency.add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -41,6 +47,10 @@ def _target(args) -> dict:
         if value is not None:
             return {"metric": metric, "target_ratio" if ratio else "target": value}
     raise FalconError("give a target: --target-crr, --target-cr, --target-macs or --target-params")
+
+
+def plan_latency_mode(args) -> bool:
+    return getattr(args, "target_speedup", None) is not None or getattr(args, "target_ms", None) is not None
 
 
 def types_of(text: str) -> list[str]:
@@ -58,17 +68,22 @@ def types_of(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon.planning import plan_model, uniform_plan
+    from falcon.planning import plan_model, problem, uniform_plan
     from falcon.sources import load_model
 
+    if plan_latency_mode(args):
+        from falcon.cli.plan_latency import run as run_latency
+
+        return run_latency(args)
     target = _target(args)
     types = types_of(args.types)
     loaded = load_model(args.model, args.weights, args.num_classes)
     if loaded.weights == "random":
         print("note: the model has random weights; a plan fitted to them says little (pass --weights)", file=sys.stderr)
-    plan = plan_model(loaded, types=types, proxy=args.proxy, include_stem=args.include_stem, **target)
+    prob = problem(loaded, types, args.proxy, include_stem=args.include_stem)  # one forward pass and count for both
+    plan = plan_model(loaded, types=types, proxy=args.proxy, include_stem=args.include_stem, prob=prob, **target)
     try:
-        uniform = uniform_plan(loaded, "falcon", proxy=args.proxy, include_stem=args.include_stem, **target)
+        uniform = uniform_plan(loaded, "falcon", proxy=args.proxy, include_stem=args.include_stem, prob=prob, **target)
     except FalconError as e:
         uniform, why = None, str(e)
     out = plan.as_dict()
