@@ -8,7 +8,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 import torch
 from falcon.errors import FalconError
 from falcon.limits import parse_int
@@ -43,6 +43,30 @@ class ExportResult:
                 "replaced_layers": self.replaced_layers, "accuracy": self.accuracy, "notes": list(self.notes)}
 
 
+def _write_onnx(deployed: torch.nn.Module, sample: torch.Tensor, path) -> tuple[Callable, str]:
+    """Write ``deployed`` as ONNX to ``path`` and load it back: (its predict function, the runtime in words)."""
+    write_bytes(path, export_onnx(deployed, sample))  # whole or not at all; OSError: one line
+    session = onnx_session(path, threads=torch.get_num_threads())
+    runtime = f"onnxruntime {_need('onnxruntime', 'ONNX Runtime').__version__} (CPUExecutionProvider)"
+    return (lambda images: onnx_predict(session, images)), runtime
+
+
+def _write_torchscript(deployed: torch.nn.Module, sample: torch.Tensor, path) -> tuple[Callable, str]:
+    """Trace ``deployed``, write it to ``path`` and load it back: (its predict function, the runtime in words)."""
+    traced = export_torchscript(deployed, sample)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)  # in memory: a failing disk is Python's OSError, not a C++ abort
+        write_bytes(path, buffer.getvalue())
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def predict(images):
+        with torch.no_grad():
+            return torch.cat([loaded(images[i:i + 256]) for i in range(0, images.shape[0], 256)])
+    return predict, f"torch.jit.load (torch {torch.__version__})"
+
+
 def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.onnx", format: str = "onnx",
                  conv: str = "falcon", weights: str | None = None, input_size: Any = None, batch_size: int = 1,
                  num_classes: int | None = None, evaluate: bool = True, seed: int = 0, **hp: Any) -> ExportResult:
@@ -69,28 +93,8 @@ def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.o
     with torch.no_grad():
         reference = target.module(sample)
     notes = list(prepared.notes)
-    if format == "onnx":
-        write_bytes(path, export_onnx(deployed, sample))  # whole or not at all; OSError: one line
-        session = onnx_session(path, threads=torch.get_num_threads())
-        out = onnx_predict(session, sample)
-        runtime = f"onnxruntime {_need('onnxruntime', 'ONNX Runtime').__version__} (CPUExecutionProvider)"
-        predict = lambda images: onnx_predict(session, images)  # noqa: E731
-    else:
-        traced = export_torchscript(deployed, sample)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
-            buffer = io.BytesIO()
-            torch.jit.save(traced, buffer)  # in memory: a failing disk is Python's OSError, not a C++ abort
-            write_bytes(path, buffer.getvalue())
-            loaded = torch.jit.load(str(path), map_location="cpu").eval()
-        with torch.no_grad():
-            out = loaded(sample)
-        runtime = f"torch.jit.load (torch {torch.__version__})"
-
-        def predict(images):
-            with torch.no_grad():
-                return torch.cat([loaded(images[i:i + 256]) for i in range(0, images.shape[0], 256)])
-    check = parity(reference, out)
+    predict, runtime = (_write_onnx if format == "onnx" else _write_torchscript)(deployed, sample, path)
+    check = parity(reference, predict(sample))
     accuracy = None
     if evaluate and prepared.eval_data is not None:
         from falcon.conversion import accuracy as eager_accuracy

@@ -61,6 +61,34 @@ def test_nothing_outside_the_registry_and_the_fits_switches_on_conv_types():
     assert found == {}, "switches on conv-type names or fit axes outside the registry and the fit modules: " + repr(found)
 
 
+def _block_classes() -> list[str]:
+    """The names of the blocks of the conv types (other than the baseline), from falcon.blocks."""
+    import inspect
+
+    from falcon import blocks
+
+    return [name for name, cls in vars(blocks).items()
+            if inspect.isclass(cls) and getattr(cls, "conv_type", "") in NAMES]
+
+
+def class_switches(text: str, classes: list[str]) -> list[str]:
+    alt = "|".join(re.escape(c) for c in classes)
+    pat = re.compile(rf"\bisinstance\([^\n]*\b({alt})\b")
+    return [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#") and pat.search(line)]
+
+
+def test_nothing_outside_the_registry_switches_on_block_classes():
+    """``isinstance(m, (FalconConv, DSConv))`` is a switch on conv types too: the deployable form (falcon.export)
+    and everything else ask the block's registry entry (``conv_type``) instead."""
+    classes = _block_classes()
+    assert {"FalconConv", "DSConv", "Tucker2Conv", "CPConv", "SpatialConv"} <= set(classes)
+    assert class_switches("if isinstance(conv, (FalconConv, DSConv)):", classes)
+    assert not class_switches("if isinstance(conv, nn.Conv2d):", classes)
+    found = {rel: hits for rel, path in _sources() if (hits := class_switches(path.read_text(encoding="utf-8"), classes))}
+    assert found == {}, "isinstance switches on conv-type block classes outside the registry: " + repr(found)
+    assert "falcon/export.py" in {rel for rel, _ in _sources()} and "falcon/deploy.py" in {rel for rel, _ in _sources()}
+
+
 def test_the_lists_are_the_registrys_facts():
     assert FITTABLE == tuple(n for n, c in CONV_TYPES.items() if c.fit is not None)
     assert RANKED == tuple(n for n, c in CONV_TYPES.items() if c.rank_names)
