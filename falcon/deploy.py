@@ -7,15 +7,17 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
-import torch
-from falcon.errors import FalconError
-from falcon.limits import parse_int
-from falcon.outputs import check_target, write_bytes
+from typing import Any
 
+import torch
+
+from falcon.errors import FalconError
 from falcon.export import (FORMATS, DeployInfo, Parity, _need, deploy_form, export_onnx, export_torchscript,
                            onnx_predict, onnx_session, parity)
+from falcon.limits import parse_int
+from falcon.outputs import check_target, write_bytes
 
 
 @dataclass
@@ -70,9 +72,9 @@ def _write_torchscript(deployed: torch.nn.Module, sample: torch.Tensor, path) ->
 def export_model(model: str = "digits-vgg", output: str | os.PathLike = "model.onnx", format: str = "onnx",
                  conv: str = "falcon", weights: str | None = None, input_size: Any = None, batch_size: int = 1,
                  num_classes: int | None = None, evaluate: bool = True, seed: int = 0, **hp: Any) -> ExportResult:
-    """Convert ``model`` (:func:`falcon.modelbench.prepare_models`: FALCON/DSConv fitted with SVD, other types
-    built with random weights; ``standard`` = the original), take its portable deployable form and write it to
-    ``output`` as ``format`` (``onnx`` or ``torchscript``). The file is loaded back and run on the same input as
+    """Convert ``model`` (:func:`falcon.modelbench.prepare_models`: a fittable type fitted to the trained kernels,
+    any other built with random weights; ``standard`` = the original), take its portable deployable form and write
+    it to ``output`` as ``format`` (``onnx`` or ``torchscript``). The file is loaded back and run on the same input as
     eager fp32 PyTorch; an error beyond :data:`falcon.export.PARITY_RTOL` (relative) is a :class:`FalconError` (the file is
     kept, for inspection). With ``evaluate`` and a model that has held-out data (digits-vgg), the accuracy of
     both is compared too."""

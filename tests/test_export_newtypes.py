@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from falcon.convtypes import CONV_TYPES
-from falcon.export import PARITY_RTOL, deploy_form, export_onnx, onnx_predict, onnx_session, parity
+from falcon.export import (
+    PARITY_RTOL,
+    deploy_form,
+    export_onnx,
+    onnx_predict,
+    onnx_session,
+    parity,
+)
 from falcon.spec import LayerSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
