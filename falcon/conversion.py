@@ -9,7 +9,10 @@ spatial) initialized from the fit of each kernel (:mod:`falcon.fits`; the regist
   network computes what the original did up to the fit error, before any fine-tuning. At full rank
   it computes the same function (to float rounding).
 * The converted model saves as plain data (``weights_only``-safe): the model's name, the conv type,
-  the rank and replaced layers, and the ``state_dict``. :func:`load_converted` rebuilds it.
+  the rank and replaced layers (each with its own type and ranks), and the ``state_dict``. :func:`load_converted`
+  rebuilds it.
+* :func:`convert_plan` converts by a per-layer plan (:mod:`falcon.planning`): each layer its own type and ranks
+  (``conv`` is then :data:`PLAN`); it saves and loads the same way.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ FORMAT = "falcon-explorer/converted-v1"
 #: Every fit a conversion can start from: ``svd`` (each type's default fit), then the fitters' own methods.
 INITS = tuple(dict.fromkeys(["svd", *(m for c in FITTABLE for m in fitter_of(c).methods)]))
 CONVENTION = "clean"  # counts of what the converted model really holds
+#: the ``conv`` of a model converted by a per-layer plan (each replaced layer names its own type)
+PLAN = "plan"
 
 
 @dataclass
@@ -51,11 +56,12 @@ class ConvertedLayer:
     bias: bool
     relative_error: float
     hparams: dict = field(default_factory=dict)  # the block's ranked hyper-parameters (Tucker-2: R₃ and R₄)
+    conv: str = ""  # the block's conv type
 
     def as_dict(self) -> dict[str, Any]:
-        return {"layer": self.name, "shape": self.spec.describe(), "rank": self.rank, "full_rank": self.full_rank,
-                "clamped": self.clamped, "bias": self.bias, "relative_error": self.relative_error,
-                "hparams": dict(self.hparams)}
+        return {"layer": self.name, "conv": self.conv, "shape": self.spec.describe(), "rank": self.rank,
+                "full_rank": self.full_rank, "clamped": self.clamped, "bias": self.bias,
+                "relative_error": self.relative_error, "hparams": dict(self.hparams)}
 
 
 @dataclass
@@ -99,7 +105,7 @@ class Converted:
             "init": self.init,
             "source": self.source,
             "input_size": [int(v) for v in self.input_size],
-            "sites": [{"name": layer.name, "rank": int(layer.rank), "bias": bool(layer.bias),
+            "sites": [{"name": layer.name, "conv": layer.conv or self.conv, "rank": int(layer.rank), "bias": bool(layer.bias),
                        "hparams": {k: int(v) for k, v in layer.hparams.items()},
                        "spec": layer.spec.as_dict(), "relative_error": float(layer.relative_error)}
                       for layer in self.layers],
@@ -223,19 +229,64 @@ def convert_model(model, conv: str = "falcon", rank: int | dict | None = 1, init
         block, fit = fit_module(conv_module, conv, ranks[site.name], init, spec=site.spec, **kwargs)
         set_module(module, site.name, block.eval())
         layers.append(ConvertedLayer(site.name, site.spec, fit.rank_used, fit.full_rank, fit.clamped,
-                                     conv_module.bias is not None, float(fit.relative_error), dict(fit.hparams)))
+                                     conv_module.bias is not None, float(fit.relative_error), dict(fit.hparams), conv))
     return Converted(module.eval(), entry, classes, conv, rank, init, layers, source, time.perf_counter() - t0,
                      dict(gd), chw, None if energy is None else float(energy))
+
+
+def convert_plan(model, plan: dict, *, input_size: tuple[int, int, int] | None = None,
+                 entry: ModelEntry | None = None, seed: int = 0, inplace: bool = False) -> Converted:
+    """Convert ``model`` (a module or a loaded model) as a per-layer ``plan`` says (:mod:`falcon.planning`): each
+    layer it replaces becomes a block of its own type and ranks, loaded with the type's default fit of the trained
+    kernel (``seed`` for every layer, as the planner predicted it); the layers it keeps stay. The plan is data: its
+    entries are checked (:func:`falcon.planning.plan_layers`; each names a conv of this model) before anything is
+    fitted. ``input_size``: default the loaded model's or the entry's, for a bare module the plan's."""
+    from falcon.planning import plan_input_size, plan_layers
+
+    choices = plan_layers(plan)
+    if input_size is None and entry is None and isinstance(model, nn.Module):
+        input_size = plan_input_size(plan)
+    module, entry, chw, source, classes = _target(model, input_size, entry)
+    if entry.family != "module" and plan.get("model") != entry.name:
+        raise FalconError(f"the plan was made for {plan.get('model')!r}, not {entry.name}")
+    check_weights(module, entry.name)
+    t0 = time.perf_counter()
+    module = (module if inplace else copy.deepcopy(module)).eval()
+    sites = {s.name: s for s in conv_sites(module, chw, entry.name)}
+    planned = [(_plan_site(module, sites, name), conv, hp) for name, conv, hp in choices]  # all checked first
+    layers = []
+    for site, conv, hp in planned:
+        conv_module = module.get_submodule(site.name)
+        block, fit = fit_module(conv_module, conv, hp, spec=site.spec, seed=seed)
+        set_module(module, site.name, block.eval())
+        layers.append(ConvertedLayer(site.name, site.spec, fit.rank_used, fit.full_rank, fit.clamped,
+                                     conv_module.bias is not None, float(fit.relative_error), dict(fit.hparams), conv))
+    return Converted(module.eval(), entry, classes, PLAN, None, "svd", layers, source, time.perf_counter() - t0,
+                     chw=chw)
+
+
+def _plan_site(module: nn.Module, sites: dict, name: str):
+    """The conv site a plan names, or a one-line error saying what the name is instead."""
+    if name in sites:
+        return sites[name]
+    try:
+        target = module.get_submodule(name)
+    except AttributeError:
+        raise FalconError(f"the plan names {name!r}, which is not a layer of this model") from None
+    if not isinstance(target, nn.Conv2d):
+        raise FalconError(f"the plan names {name!r}, a {type(target).__name__}, not a conv")
+    raise FalconError(f"the plan names {name!r}, a conv the model's forward pass does not use")
 
 
 # ----------------------------------------------------------------------------------------------
 # rebuilding, saving, loading
 def skeleton(entry: ModelEntry, num_classes: int, conv: str, sites: Iterable[dict], device: str | torch.device = "cpu") -> nn.Module:
-    """The converted model's modules (weights uninitialized on ``meta``, random elsewhere)."""
-    ct = get_conv_type(conv)
+    """The converted model's modules (weights uninitialized on ``meta``, random elsewhere); each site's block of
+    its own ``conv`` if it names one (a plan's), else of ``conv``."""
     with torch.device(device):
         model = entry.build(num_classes)
         for site in sites:
+            ct = get_conv_type(site.get("conv") or conv)
             spec = LayerSpec(**site["spec"])
             block = ct.build(spec, **(site.get("hparams") or ct.rank_hparams(int(site["rank"]))))
             if site.get("bias"):
@@ -304,7 +355,8 @@ def rebuild_converted(obj: dict, label: str = "the converted model", model: str 
         conv, sites = obj["conv"], list(obj["sites"])
         classes = None if obj.get("num_classes") is None else parse_int(obj["num_classes"], "num_classes",
                                                                         f"{label}: num_classes")
-        _check(conv, obj.get("init", "svd"))
+        for c in dict.fromkeys([*([] if conv == PLAN else [conv]), *(s.get("conv") or conv for s in sites)]):
+            _check(c, obj.get("init", "svd"))
         _check_skeleton_size(entry, classes, conv, sites, label)
         model_module = skeleton(entry, classes, conv, sites)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -313,8 +365,15 @@ def rebuild_converted(obj: dict, label: str = "the converted model", model: str 
         raise FalconError(f"{label} is not a valid converted model ({type(e).__name__}: {one_line(e, 120)})") from None
     load_state_into(model_module, state_dict_of(obj.get("state_dict"), label), label, f"converted {entry.name}")
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
-    rank = meta.get("rank")
-    return finish(model_module, entry, f"{entry.name} converted to rank-{rank} {conv} ({label})", label, meta)
+    return finish(model_module, entry, f"{entry.name} converted {_how(meta)} ({label})", label, meta)
+
+
+def _how(meta: dict) -> str:
+    """``to rank-2 falcon``, or for a plan ``by a plan (falcon ×5, tucker2 ×2)``."""
+    if meta["conv"] != PLAN:
+        return f"to rank-{meta.get('rank')} {meta['conv']}"
+    kinds = [s["conv"] for s in meta["sites"]]
+    return "by a plan (" + ", ".join(f"{c} ×{kinds.count(c)}" for c in dict.fromkeys(kinds)) + ")"
 
 
 def load_converted(path: str | os.PathLike, model: str | ModelEntry | None = None):

@@ -387,40 +387,59 @@ def read_plan(obj_or_path) -> dict:
     return obj
 
 
-def apply_plan(module: nn.Module, plan: dict, model_name: str | None = None) -> tuple[nn.Module, list[dict]]:
-    """A copy of ``module`` with each planned layer replaced by its fitted block. The plan names layers, conv types
-    and ranks only; each is checked (the layer is a conv of this model, the type is in the registry, ranks are
-    integers in range) before anything is fitted."""
-    import copy
-
+def plan_layers(plan) -> list[tuple[str, str, dict[str, int]]]:
+    """(layer, conv type, ranks) of each layer a plan replaces (those it keeps left out), each entry checked as data:
+    a fittable type of the registry, the ranked hyper-parameters it takes, integers in range, no layer twice."""
     from falcon.convtypes import get_conv_type
-    from falcon.fits import fit_module
     from falcon.limits import parse_int
-    from falcon.surgery import set_module
 
-    plan = read_plan(plan)
-    if model_name is not None and plan.get("model") != model_name:
-        raise FalconError(f"the plan was made for {plan.get('model')!r}, not {model_name}")
-    out = copy.deepcopy(module).eval()
-    report = []
-    for layer in plan["layers"]:
+    out: dict[str, tuple[str, str, dict[str, int]]] = {}
+    for layer in read_plan(plan)["layers"]:
+        if not isinstance(layer, dict) or not isinstance(layer.get("hparams") or {}, dict):
+            raise FalconError("each layer of a plan is an object with layer, conv and hparams; got "
+                              f"{str(layer)[:80]!r}")
         name, conv = str(layer.get("layer", "")), str(layer.get("conv", ""))
         if conv == KEEP:
             continue
         ct = get_conv_type(conv)
-        try:
-            target = out.get_submodule(name)
-        except AttributeError:
-            raise FalconError(f"the plan names {name!r}, which is not a layer of this model") from None
-        if not isinstance(target, nn.Conv2d):
-            raise FalconError(f"the plan names {name!r}, a {type(target).__name__}, not a conv")
+        if not ct.fittable:
+            raise FalconError(f"{name}: {conv} cannot be fitted to trained weights; a plan chooses among "
+                              f"{', '.join(fittable_types())}")
         hp = {k: parse_int(v, "rank", f"{name}: {k}") for k, v in dict(layer.get("hparams") or {}).items()}
         if set(hp) != set(ct.rank_names):
             raise FalconError(f"{name}: {conv} takes {', '.join(ct.rank_names)}; the plan gives {', '.join(hp) or 'none'}")
-        block, fit = fit_module(target, conv, hp)
-        set_module(out, name, block.eval())
-        report.append({"layer": name, "conv": conv, "hparams": dict(fit.hparams), "relative_error": fit.relative_error})
-    return out, report
+        if name in out:
+            raise FalconError(f"the plan names {name!r} twice")
+        out[name] = (name, conv, hp)
+    return list(out.values())
+
+
+def plan_input_size(plan) -> tuple[int, int, int] | None:
+    """The (C, H, W) a plan was made at (limits' bounds), None if it does not say."""
+    from falcon.limits import parse_int
+
+    size = read_plan(plan).get("input_size")
+    if size is None:
+        return None
+    if not isinstance(size, list) or len(size) != 3:
+        raise FalconError(f"the plan's input_size is [C, H, W]; got {str(size)[:40]!r}")
+    return (parse_int(size[0], "channels", "the plan's input channels"),
+            parse_int(size[1], "input_size", "the plan's input size"), parse_int(size[2], "input_size", "the plan's input size"))
+
+
+def apply_plan(module: nn.Module, plan: dict, model_name: str | None = None,
+               input_size: tuple[int, int, int] | None = None) -> tuple[nn.Module, list[dict]]:
+    """A copy of ``module`` with each planned layer replaced by its fitted block
+    (:func:`falcon.conversion.convert_plan`: the plan names layers, conv types and ranks only; each is checked
+    before anything is fitted) and a report per replaced layer. ``input_size``: default the plan's."""
+    from falcon.conversion import convert_plan
+
+    plan = read_plan(plan)
+    if model_name is not None and plan.get("model") != model_name:
+        raise FalconError(f"the plan was made for {plan.get('model')!r}, not {model_name}")
+    converted = convert_plan(module, plan, input_size=input_size or plan_input_size(plan))
+    return converted.model, [{"layer": x.name, "conv": x.conv, "hparams": dict(x.hparams),
+                              "relative_error": x.relative_error} for x in converted.layers]
 
 
 def apply_plan_report(loaded, plan: dict, evaluate: bool = False) -> dict[str, Any]:
@@ -429,7 +448,7 @@ def apply_plan_report(loaded, plan: dict, evaluate: bool = False) -> dict[str, A
     from falcon.counting import count_model
     from falcon.models.digits import evaluate_accuracy
 
-    module, layers = apply_plan(loaded.model, plan, loaded.entry.name)
+    module, layers = apply_plan(loaded.model, plan, loaded.entry.name, loaded.input_size)
     before, after = count_model(loaded.model, loaded.input_size, "clean"), count_model(module, loaded.input_size, "clean")
     out: dict[str, Any] = {"model": loaded.entry.name, "params": int(after.params), "macs": int(after.macs),
                            "standard_params": int(before.params), "standard_macs": int(before.macs),

@@ -57,9 +57,7 @@ def _rank_text(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon.conversion import (accuracy, convert_model, model_full_rank, parse_ranks, convert_ranks, report,
-                                save_converted)
-    from falcon.sources import load_model
+    from falcon.conversion import model_full_rank, parse_ranks
 
     if args.plan is not None:
         return run_plan(args)
@@ -70,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise FalconError(f"--{next(iter(gd))} applies to --init gd only")
     if args.energy is not None and args.rank is not None:
         raise FalconError("give --rank or --energy, not both")
-    loaded = load_model(args.model, args.weights, args.num_classes)
-    if args.evaluate and loaded.eval_data is None:
-        raise FalconError(f"{loaded.name} has no held-out set to evaluate on; digits-vgg has one")
+    loaded = _loaded(args)
     options = policy(args)
     text = "1" if args.rank is None else args.rank
     single = text.isascii() and text.isdigit()
@@ -80,27 +76,43 @@ def run(args: argparse.Namespace) -> int:
     if args.energy is None and (len(ranks) > 1 or not single):
         if args.output:
             raise FalconError("--output saves one converted model; give a single --rank")
-        table = convert_ranks(loaded, args.conv, ranks, args.init, args.evaluate, args.seed, **options, **gd)
-        if args.json:
-            print_json(table)
-            return 0
-        print(f"{loaded.description}: {args.conv}, init {args.init}, convention {table['convention']}")
-        rows = [{"rank": r["rank"], "params": r["params"], "CR": round(r["compression_rate"], 2), "MACs": r["macs"],
-                 "CRR": round(r["computation_reduction_rate"], 2), "mean rel. error": round(r["mean_relative_error"], 4),
-                 **({"accuracy": f"{r['accuracy']:.2%}"} if args.evaluate else {})} for r in table["rows"]]
-        print_table(rows)
-        print(f"original: {table['standard_params']:,} params, {table['standard_macs']:,} MACs"
-              + (f", accuracy {table['baseline_accuracy']:.2%}" if args.evaluate else ""))
+        return _run_table(args, loaded, ranks, options, gd)
+    return _run_one(args, loaded, None if args.energy is not None else ranks[0], options, gd)
+
+
+def _loaded(args: argparse.Namespace):
+    from falcon.sources import load_model
+
+    loaded = load_model(args.model, args.weights, args.num_classes)
+    if args.evaluate and loaded.eval_data is None:
+        raise FalconError(f"{loaded.name} has no held-out set to evaluate on; digits-vgg has one")
+    return loaded
+
+
+def _run_table(args: argparse.Namespace, loaded, ranks: list[int], options: dict, gd: dict) -> int:
+    """Several ranks: one row each."""
+    from falcon.conversion import convert_ranks
+
+    table = convert_ranks(loaded, args.conv, ranks, args.init, args.evaluate, args.seed, **options, **gd)
+    if args.json:
+        print_json(table)
         return 0
-    baseline = accuracy(loaded.model, loaded.eval_data) if args.evaluate else None
-    rank = None if args.energy is not None else ranks[0]
+    print(f"{loaded.description}: {args.conv}, init {args.init}, convention {table['convention']}")
+    rows = [{"rank": r["rank"], "params": r["params"], "CR": round(r["compression_rate"], 2), "MACs": r["macs"],
+             "CRR": round(r["computation_reduction_rate"], 2), "mean rel. error": round(r["mean_relative_error"], 4),
+             **({"accuracy": f"{r['accuracy']:.2%}"} if args.evaluate else {})} for r in table["rows"]]
+    print_table(rows)
+    print(f"original: {table['standard_params']:,} params, {table['standard_macs']:,} MACs"
+          + (f", accuracy {table['baseline_accuracy']:.2%}" if args.evaluate else ""))
+    return 0
+
+
+def _run_one(args: argparse.Namespace, loaded, rank: int | None, options: dict, gd: dict) -> int:
+    """One rank (or the energy rule): the per-layer table and totals; saved with --output."""
+    from falcon.conversion import convert_model
+
     converted = convert_model(loaded, args.conv, rank, args.init, energy=args.energy, seed=args.seed, **options, **gd)
-    out = report(converted, args.evaluate, baseline, loaded.eval_data)
-    if args.output:
-        try:
-            out["output"] = str(save_converted(converted, args.output))
-        except OSError as e:
-            raise FalconError(f"cannot write {args.output}: {e.strerror or e}") from None
+    out = _report_and_save(args, loaded, converted)
     if args.json:
         print_json(out)
         return 0
@@ -109,10 +121,29 @@ def run(args: argparse.Namespace) -> int:
                   "rel. error": round(x["relative_error"], 5)} for x in out["layers"]])
     clamped = [x["layer"] for x in out["layers"] if x["clamped"]]
     if clamped:
-        print(f"rank {ranks[0]} clamped to the full rank in {', '.join(clamped)}")
-    how = f"rank-{ranks[0]}" if rank is not None else f"energy ≥ {args.energy:g} per channel (ranks " \
+        print(f"rank {rank} clamped to the full rank in {', '.join(clamped)}")
+    how = f"rank-{rank}" if rank is not None else f"energy ≥ {args.energy:g} per channel (ranks " \
           f"{min(x['rank'] for x in out['layers'])}–{max(x['rank'] for x in out['layers'])})"
     print(f"{how} {args.conv}, init {args.init}: {out['replaced_layers']} convs replaced in {out['seconds']:.2f} s")
+    _print_totals(args, out)
+    return 0
+
+
+def _report_and_save(args: argparse.Namespace, loaded, converted) -> dict:
+    """The conversion's report (with --evaluate the accuracy before and after); with --output, the file."""
+    from falcon.conversion import accuracy, report, save_converted
+
+    baseline = accuracy(loaded.model, loaded.eval_data) if args.evaluate else None
+    out = report(converted, args.evaluate, baseline, loaded.eval_data)
+    if args.output:
+        try:
+            out["output"] = str(save_converted(converted, args.output))
+        except OSError as e:
+            raise FalconError(f"cannot write {args.output}: {e.strerror or e}") from None
+    return out
+
+
+def _print_totals(args: argparse.Namespace, out: dict) -> None:
     print(f"params {out['params']:>13,}   original {out['standard_params']:>13,}   CR  {out['compression_rate']:.2f}x")
     print(f"MACs   {out['macs']:>13,}   original {out['standard_macs']:>13,}   CRR {out['computation_reduction_rate']:.2f}x"
           f"   (convention {out['convention']})")
@@ -121,32 +152,25 @@ def run(args: argparse.Namespace) -> int:
               f"{out['eval_images']} images, no fine-tuning)")
     if args.output:
         print(f"saved to {out['output']}")
-    return 0
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    """``convert --plan``: each layer as the plan says (type and ranks), fitted to its trained kernel."""
-    from falcon.planning import apply_plan_report, read_plan
-    from falcon.sources import load_model
+    """``convert --plan``: each layer as the plan says (type and ranks), fitted to its trained kernel; saved with
+    --output (the file records each layer's type, so it loads as the same mixed model)."""
+    from falcon.conversion import convert_plan
+    from falcon.planning import read_plan
 
-    given = [f for f, v in (("--conv", args.conv), ("--rank", args.rank), ("--energy", args.energy),
-                            ("--output", args.output)) if v is not None]
+    given = [f for f, v in (("--conv", args.conv), ("--rank", args.rank), ("--energy", args.energy)) if v is not None]
     if given:
-        raise FalconError(f"--plan sets each layer's type and rank; leave out {', '.join(given)}"
-                          + (" (saving a planned model is not supported yet)" if "--output" in given else ""))
+        raise FalconError(f"--plan sets each layer's type and rank; leave out {', '.join(given)}")
     plan = read_plan(args.plan)
-    loaded = load_model(args.model, args.weights, args.num_classes)
-    if args.evaluate and loaded.eval_data is None:
-        raise FalconError(f"{loaded.name} has no held-out set to evaluate on; digits-vgg has one")
-    out = apply_plan_report(loaded, plan, evaluate=args.evaluate)
+    loaded = _loaded(args)
+    out = _report_and_save(args, loaded, convert_plan(loaded, plan, seed=args.seed))
     if args.json:
         print_json(out)
         return 0
     print(f"{loaded.description}: plan {args.plan}")
     print_table([{"layer": x["layer"], "type": x["conv"], "ranks": ",".join(f"{k}={v}" for k, v in x["hparams"].items()),
                   "rel. error": round(x["relative_error"], 5)} for x in out["layers"]])
-    print(f"params {out['params']:>13,}   original {out['standard_params']:>13,}   CR  {out['compression_rate']:.2f}x")
-    print(f"MACs   {out['macs']:>13,}   original {out['standard_macs']:>13,}   CRR {out['computation_reduction_rate']:.2f}x")
-    if args.evaluate:
-        print(f"held-out accuracy {out['accuracy']:.2%} (original {out['baseline_accuracy']:.2%}, no fine-tuning)")
+    _print_totals(args, out)
     return 0
