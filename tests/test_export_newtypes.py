@@ -110,3 +110,16 @@ def test_onnx_of_a_converted_model_of_each_new_type(conv, tmp_path):
         check = parity(converted(images), onnx_predict(session, images))
     assert check.ok and check.tolerance == PARITY_RTOL, check.describe()
     print(f"{conv}: onnx vs eager {check.describe()}")
+
+
+@pytest.mark.parametrize("conv", [n for n, c in CONV_TYPES.items() if c.bn_into])
+def test_every_bn_into_names_convs_with_the_blocks_output_channels(conv):
+    """Any entry's ``bn_into`` path finds convs (several for a block of summed branches) with N outputs."""
+    from falcon.folding import convs_at
+
+    ct = CONV_TYPES[conv]
+    spec = LayerSpec(M, N, D, 9, 8)
+    block = ct.block(spec, **ct.rank_hparams(2))
+    convs = convs_at(block, ct.bn_into)
+    assert convs and all(c.out_channels == N for c in convs)
+    assert len(convs) == (2 if "*" in ct.bn_into else 1)
