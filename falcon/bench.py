@@ -510,7 +510,7 @@ def measure(
     report.notes.extend(busy_notes(dev, threads, load_before) + _tf32_notes(dev, torch_dtype))
     tasks: list[_Task] = []
     with ExitStack() as stack:
-        retained = stack.enter_context(_timing_settings(dev, retain_memory))
+        retained = stack.enter_context(timing_settings(dev, retain_memory))
         report.allocator = "retain" if retained else "default"
         tasks = _build_tasks(spec, entries, layouts, batch_size, dev, torch_dtype, threads, clock, seed)
         _run_tasks(tasks, rounds, min_run_time, dev.type == "cuda", report, progress, should_stop)
@@ -544,7 +544,7 @@ def _tf32_notes(dev: torch.device, dtype: torch.dtype) -> list[str]:
 
 
 @contextmanager
-def _timing_settings(dev: torch.device, retain_memory: bool):
+def timing_settings(dev: torch.device, retain_memory: bool):
     """While timing: cuDNN's benchmark mode on CUDA (every entry gets its fastest algorithm, chosen during its
     warm-up), freed memory retained on CPU (:func:`retained_memory`); yields whether memory is retained."""
     saved = torch.backends.cudnn.benchmark

@@ -231,7 +231,7 @@ def test_unavailable_runtime_or_failed_parity_is_a_note_and_the_run_completes(tm
     from falcon import modelbench
 
     db = tmp_path / "r.sqlite"
-    monkeypatch.setattr(modelbench, "runtime_info", lambda name, device: modelbench.RuntimeInfo(
+    monkeypatch.setattr(modelbench.measure, "runtime_info", lambda name, device: modelbench.RuntimeInfo(
         name, False, None, "onnxruntime unavailable: the onnxruntime package is not installed"))
     rec = run_experiment(tiny(conv="falcon", epochs=0, latency_runtime="onnxruntime", **QUICK_LATENCY), db=db,
                          baseline=baseline, data=digits)
@@ -244,7 +244,7 @@ def test_unavailable_runtime_or_failed_parity_is_a_note_and_the_run_completes(tm
 
     from falcon.export import Parity
 
-    monkeypatch.setattr(modelbench, "parity", lambda ref, out, *a, **k: Parity(1.0, 0.5))
+    monkeypatch.setattr(modelbench.tasks, "parity", lambda ref, out, *a, **k: Parity(1.0, 0.5))
     rec = run_experiment(tiny(conv="falcon", epochs=0, **QUICK_LATENCY), store=False, baseline=baseline, data=digits)
     lat = rec["metrics"]["latency"]
     assert rec["status"] == "completed" and lat["status"] == "failed" and "differs from eager" in lat["note"]

@@ -106,7 +106,7 @@ def test_an_unavailable_runtime_is_one_line_and_the_rest_is_measured(monkeypatch
 
 
 def test_compile_without_a_cpp_compiler_is_one_line(monkeypatch):
-    monkeypatch.setattr(modelbench.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     info = runtime_info("compile", torch.device("cpu"))
     assert not info.available and "C++ compiler" in info.reason and "\n" not in info.reason
 
@@ -121,14 +121,14 @@ def test_unknown_runtime_and_conv_are_user_errors():
 
 
 def test_a_runtime_beyond_the_tolerance_is_failed_not_timed(monkeypatch):
-    real, calls = modelbench.parity, []
+    real, calls = modelbench.tasks.parity, []
 
     def spoiled(reference, output, tolerance=1e-3):  # the third entry: the converted model, contiguous
         calls.append(1)
         p = real(reference, output, tolerance)
         return Parity(p.max_abs_error + 1.0, 0.5, tolerance) if len(calls) == 3 else p
 
-    monkeypatch.setattr(modelbench, "parity", spoiled)
+    monkeypatch.setattr(modelbench.tasks, "parity", spoiled)  # where the tasks are checked
     r = measure_model("digits-vgg", conv="falcon", runtimes=("eager",), breakdown=False, **FAST)
     failed = [t for t in r.timings if t.status == "failed"]
     assert len(failed) == 1 and failed[0].median_ms is None and failed[0].samples == 0
