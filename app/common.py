@@ -76,7 +76,6 @@ class Keys:
 
     BENCH = JobKeys("bench_job", stop="bench_stop", shown="bench_shown")  # the calculator's measurement
     BENCH_SPEC = "bench_spec"  # the layer (its describe()) the measurement is for
-    BENCH_REFUSED = "bench_refused"  # the layer (its describe()) whose measurement the page last showed as refused
     CALC_LAYER = "calc_layer"  # (spec, hparams) that the calculator's inputs leave for the measurement below them
     CALC_FULL_RUN = "calc_full_run"  # True while the calculator runs in full, not only its inputs' fragment
     FIT = JobKeys("fit_job", stop="gd_stop", shown="fit_shown", args="fit_job_args")  # the EHP fit's gradient descent

@@ -7,7 +7,8 @@ import streamlit as st
 
 import common
 from common import Keys
-from falcon.convtypes import CONV_TYPES
+from falcon.bench import BENCH_CONVS, DEFAULT_BENCH_CONVS
+from falcon.convtypes import CONV_TYPES, RANKED, parse_variant, variant_label
 from falcon.views.figures import speedup_figure
 from falcon.views.svgcharts import rank_sweep_svg, reductions_svg
 from falcon.views.tables import layer_table
@@ -26,6 +27,10 @@ TABLE_CSS = """<style>
 .st-key-calc_tables td, .st-key-calc_tables th { vertical-align: top; overflow-wrap: normal; }
 .st-key-calc_tables small { color: #6b6f7b; }
 </style>"""
+
+
+#: chosen at first: the bench's defaults, then the other ranked types
+PRESELECTED = (*DEFAULT_BENCH_CONVS, *(c for c in RANKED if c not in DEFAULT_BENCH_CONVS))
 
 
 def _number_cell(parts_sum: str) -> str:
@@ -57,8 +62,9 @@ def chart(svg: str, filename: str, key: str) -> None:
 
 @st.fragment
 def layer_view() -> None:
-    """Inputs, table, charts and cross-check: a change of an input reruns only this part of the page (the
-    measurement below reads the spec it leaves in the session state; a click there reruns everything)."""
+    """Inputs, table, charts, cross-check and the measurement's settings, estimate and button: a change of an input
+    reruns only this part of the page, the estimate with it (the panel below reads the spec it leaves in the session
+    state; starting a measurement reruns everything)."""
     # ---------------------------------------------------------------------------------------------- inputs
     cols = st.columns(7)
     M = common.number(cols[0], "in channels M", "channels", 256, step=1, key="M")
@@ -141,40 +147,11 @@ def layer_view() -> None:
     if not st.session_state.get(Keys.CALC_FULL_RUN) and st.session_state.get(Keys.BENCH.job) is not None \
             and st.session_state.get(Keys.BENCH_SPEC) != spec.describe():
         st.rerun(scope="app")  # a measurement of another layer is shown below: let it say so
-    refused_for = st.session_state.get(Keys.BENCH_REFUSED)
-    if not st.session_state.get(Keys.CALC_FULL_RUN) and refused_for and refused_for != spec.describe():
-        st.rerun(scope="app")  # the measurement below was refused for another layer: estimate this one
+    measure_controls(spec, hparams)
 
 
-st.session_state[Keys.CALC_FULL_RUN] = True  # the fragment's own reruns start below this line
-layer_view()
-st.session_state[Keys.CALC_FULL_RUN] = False
-spec, hparams = st.session_state[Keys.CALC_LAYER]
-
-# ---------------------------------------------------------------------------------------------- measure
-dev = common.device_info()
-st.subheader(f"Measure on {dev.short}")
-st.caption("Times the forward pass of each block on a random batch (torch.utils.benchmark: warm-up, interleaved "
-           "rounds, median and IQR) and sets the measured speedup beside the theoretical MAC ratio.")
-
-
-from falcon.bench import BENCH_CONVS, DEFAULT_BENCH_CONVS  # noqa: E402
-from falcon.convtypes import RANKED, parse_variant, variant_label  # noqa: E402
-
-#: chosen at first: the bench's defaults, then the other ranked types
-PRESELECTED = (*DEFAULT_BENCH_CONVS, *(c for c in RANKED if c not in DEFAULT_BENCH_CONVS))
-
-mc = st.columns([3, 1, 1.4, 1, 1])
-chosen = mc[0].multiselect("conv types", list(BENCH_CONVS), default=list(PRESELECTED),
-                           key="bench_convs", format_func=lambda c: variant_label(c) + (" (inference)" if parse_variant(c)[1] else ""))
-batch = mc[1].number_input("batch size", 1, 1024, 8, key="bench_batch")
-layout = mc[2].selectbox("memory layout", ["auto", "contiguous", "channels_last"], key="bench_layout",
-                         help="auto measures both layouts and marks the best")
-rounds = mc[3].number_input("rounds", 1, 20, 3, key="bench_rounds")
-min_time = mc[4].number_input("s per visit", 0.01, 2.0, 0.1, step=0.05, key="bench_min_time", format="%g")
-
-
-def bench_convs() -> list:
+def bench_convs(chosen: list, hparams: dict) -> list:
+    """The chosen conv types as (name, hyper-parameters) for falcon.bench.measure (a fused variant: fused=True)."""
     out = []
     for c in chosen:
         ct, fused = parse_variant(c)
@@ -185,34 +162,54 @@ def bench_convs() -> list:
     return out
 
 
-def start_measurement(estimate) -> None:
-    """Queue the measurement of the layer above (a worker process; refused when ``estimate`` is over the limits)."""
-    from falcon.bench import measure
-    from falcon.worker import WorkerTask
-
-    task = WorkerTask(measure, dict(spec=spec, convs=bench_convs(), batch_size=int(batch), memory_format=layout,
-                                    rounds=int(rounds), min_run_time=float(min_time), device="auto"))
-    if common.submit_measurement(Keys.BENCH, task, estimate, "bench") is not None:
-        st.session_state[Keys.BENCH_SPEC] = spec.describe()
-
-
-job = common.current_job(Keys.BENCH)
-running = job is not None and job.running
-estimate = None
-if chosen and not running:
-    with common.guard(stop=False):
-        estimate = common.layer_estimate(spec.as_dict(), json.dumps(bench_convs()), int(batch), layout, int(rounds),
-                                         float(min_time))
-bc = st.columns([2, 5])
-if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", icon=":material/timer:",
-                disabled=running or not chosen or (estimate is not None and estimate.refused)):
-    start_measurement(estimate)  # (a layer changed in the fragment above since: refused here, with its estimate)
+def measure_controls(spec, hparams: dict) -> None:
+    """How to measure, the estimate of it here, and the Measure button: in the inputs' fragment, so that the
+    estimate (or the refusal) is always for the layer and settings shown above it (#20)."""
+    dev = common.device_info()
+    st.subheader(f"Measure on {dev.short}")
+    st.caption("Times the forward pass of each block on a random batch (torch.utils.benchmark: warm-up, interleaved "
+               "rounds, median and IQR) and sets the measured speedup beside the theoretical MAC ratio.")
+    mc = st.columns([3, 1, 1.4, 1, 1])
+    chosen = mc[0].multiselect("conv types", list(BENCH_CONVS), default=list(PRESELECTED), key="bench_convs",
+                               format_func=lambda c: variant_label(c) + (" (inference)" if parse_variant(c)[1] else ""))
+    batch = common.number(mc[1], "batch size", "batch_size", 8, step=1, key="bench_batch", bind=False)
+    layout = mc[2].selectbox("memory layout", ["auto", "contiguous", "channels_last"], key="bench_layout",
+                             help="auto measures both layouts and marks the best")
+    rounds = common.number(mc[3], "rounds", "rounds", 3, step=1, key="bench_rounds", bind=False)
+    min_time = common.number(mc[4], "s per visit", "min_run_time", 0.1, step=0.05, key="bench_min_time",
+                             format="%g", bind=False)
+    convs = bench_convs(chosen, hparams)
     job = common.current_job(Keys.BENCH)
     running = job is not None and job.running
-elif estimate is not None:
-    with bc[1]:
-        common.estimate_line(estimate)
-st.session_state[Keys.BENCH_REFUSED] = spec.describe() if estimate is not None and estimate.refused else None
+    estimate = None
+    if chosen and not running:
+        with common.guard(stop=False):
+            estimate = common.layer_estimate(spec.as_dict(), json.dumps(convs), int(batch), layout, int(rounds),
+                                             float(min_time))
+    bc = st.columns([2, 5])
+    if bc[0].button(f"Measure on {dev.short}", key="bench_start", type="primary", icon=":material/timer:",
+                    disabled=running or not chosen or (estimate is not None and estimate.refused)):
+        from falcon.bench import measure
+        from falcon.worker import WorkerTask
+
+        task = WorkerTask(measure, dict(spec=spec, convs=convs, batch_size=int(batch), memory_format=layout,
+                                        rounds=int(rounds), min_run_time=float(min_time), device="auto"))
+        with bc[1]:
+            started = common.submit_measurement(Keys.BENCH, task, estimate, "bench")
+        if started is not None:
+            st.session_state[Keys.BENCH_SPEC] = spec.describe()
+            st.rerun(scope="app")  # the panel below polls it
+    elif estimate is not None:
+        with bc[1]:
+            common.estimate_line(estimate)
+
+
+st.session_state[Keys.CALC_FULL_RUN] = True  # the fragment's own reruns start below this line
+layer_view()
+st.session_state[Keys.CALC_FULL_RUN] = False
+spec, hparams = st.session_state[Keys.CALC_LAYER]
+job = common.current_job(Keys.BENCH)
+running = job is not None and job.running
 
 
 @st.fragment(run_every=0.5 if running else None)
