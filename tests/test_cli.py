@@ -87,3 +87,27 @@ def test_invalid_input_one_line_on_stderr(args):
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (("export", "--model", "digits-vgg", "--conv", "tucker2", "--rank", "4", "-o", "{tmp}/never.onnx"),
+     "--rank does not apply to tucker2 (its flags are --rank-in, --rank-out)"),
+    (("layer", "--conv", "standard", "--rank", "2", "-M", "8", "-N", "8", "-D", "3", "-H", "8"),
+     "--rank does not apply to standard (it has no hyper-parameters)"),
+    (("layer", "--conv", "falcon", "--expansion", "2", "-M", "8", "-N", "8", "-D", "3", "-H", "8"),
+     "--expansion does not apply to falcon"),
+    (("bench", "-M", "8", "-N", "8", "-D", "3", "-H", "8", "-B", "1", "--conv", "falcon", "--rank-in", "2"),
+     "--rank-in does not apply to falcon"),
+    (("size", "--model", "digits-vgg", "--conv", "falcon", "--rank", "2", "--target-crr", "3"), "not both"),
+])
+def test_a_flag_the_type_does_not_have_is_refused_not_ignored(args, words, tmp_path):
+    out = run_cli(*(a.format(tmp=tmp_path) for a in args))
+    assert out.returncode == 2 and out.stdout == "" and not list(tmp_path.iterdir())
+    assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip()[7:]}"] and words in out.stderr
+
+
+def test_a_flag_of_one_of_several_benched_types_is_used():
+    out = cli("bench", "-M", "8", "-N", "8", "-D", "3", "-H", "8", "-B", "1", "--conv", "falcon,tucker2",
+              "--rank-in", "2", "--rounds", "1", "--min-run-time", "0.01", "--json")
+    assert out.returncode == 0, out.stderr
+    assert any(r.get("hparams", {}).get("rank_in") == 2 for r in json.loads(out.stdout)["results"])

@@ -7,7 +7,7 @@ import sys
 import threading
 
 from falcon.bench import BENCH_CONVS, DEFAULT_BENCH_CONVS, DEVICES, DTYPES, MEMORY_FORMATS, BenchReport, measure
-from falcon.cli.common import print_json, print_table
+from falcon.cli.common import check_hparam_flags, print_json, print_table
 from falcon.convtypes import CONV_TYPES, all_hparams, parse_variant
 from falcon.errors import FalconError
 from falcon.limits import float_flag, hparam_flag, int_flag
@@ -76,6 +76,7 @@ def parse_convs(text: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
             raise FalconError(f"unknown conv type {name!r}; choose from {', '.join(BENCH_CONVS)}")
         ct = parse_variant(name)[0]
         convs.append((name, {h.name: getattr(args, h.name) for h in ct.hparams if getattr(args, h.name) is not None}))
+    check_hparam_flags(args, dict.fromkeys(parse_variant(n)[0].name for n in names))
     return convs
 
 

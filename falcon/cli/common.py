@@ -7,6 +7,7 @@ import sys
 from typing import Any, Iterable
 
 from falcon.convtypes import CONV_TYPES, all_hparams
+from falcon.errors import FalconError
 from falcon.limits import hparam_flag
 
 
@@ -22,8 +23,23 @@ def add_conv_flags(parser: argparse.ArgumentParser, choices: Iterable[str] | Non
                                 help=f"{h.help} ({'/'.join(users)}; default {h.default}, range {h.minimum}–{h.maximum})")
 
 
+def check_hparam_flags(args: argparse.Namespace, convs: Iterable[str]) -> None:
+    """A hyper-parameter flag that none of ``convs`` has is refused in one line, never silently ignored (``--rank``
+    with tucker2, whose ranks are ``--rank-in``/``--rank-out``)."""
+    convs = [c for c in convs if c in CONV_TYPES]
+    used = {h.name for c in convs for h in CONV_TYPES[c].hparams}
+    stray = [h.flag for h in all_hparams().values() if getattr(args, h.name, None) is not None and h.name not in used]
+    if stray:
+        theirs = sorted({h.flag for c in convs for h in CONV_TYPES[c].hparams})
+        has = f"its flags are {', '.join(theirs)}" if theirs else "it has no hyper-parameters"
+        raise FalconError(f"{', '.join(stray)} does not apply to {', '.join(convs)} ({has}): drop it or choose a "
+                          "--conv that has it")
+
+
 def conv_hparams(args: argparse.Namespace, conv: str) -> dict[str, Any]:
-    """The hyper-parameters of ``conv`` given on the command line (None = the registry default)."""
+    """The hyper-parameters of ``conv`` given on the command line (None = the registry default); a flag of another
+    type is an error (:func:`check_hparam_flags`)."""
+    check_hparam_flags(args, [conv])
     return {h.name: getattr(args, h.name, None) for h in CONV_TYPES[conv].hparams}
 
 

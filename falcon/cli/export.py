@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from falcon.cli.common import print_json
+from falcon.cli.common import conv_hparams, print_json
 from falcon.convtypes import CONV_TYPES, all_hparams
 from falcon.limits import hparam_flag, int_flag
 
@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from falcon.deploy import export_model
 
-    hp = {h.name: getattr(args, h.name) for h in CONV_TYPES[args.conv].hparams if getattr(args, h.name) is not None}
+    hp = {k: v for k, v in conv_hparams(args, args.conv).items() if v is not None}
     result = export_model(args.model, args.output, args.format, conv=args.conv, weights=args.weights,
                           input_size=args.input_size, batch_size=args.batch_size, num_classes=args.num_classes,
                           evaluate=args.evaluate, **hp)

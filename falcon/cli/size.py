@@ -6,6 +6,7 @@ import fnmatch
 
 from falcon.cli.common import add_conv_flags, conv_hparams, print_json, print_table
 from falcon.counting import CONVENTIONS, KIND_LABELS
+from falcon.errors import FalconError
 from falcon.limits import float_flag, int_flag
 from falcon.models import MODEL_HELP, PAPER_MODEL_ENTRIES, list_models, timm_models
 from falcon.sizing import size_for_target, size_model
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_target(args: argparse.Namespace) -> int:
     hp = conv_hparams(args, args.conv)
-    hp.pop("rank", None)
+    if hp.pop("rank", None) is not None:
+        raise FalconError("--rank is what a target searches for: give --rank or --target-crr/--target-cr, not both")
     budget = size_for_target(args.model, args.conv, crr=args.target_crr, cr=args.target_cr,
                              num_classes=args.num_classes, input_size=args.input_size, convention=args.convention,
                              **policy(args), **hp)
