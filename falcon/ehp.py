@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal
 
@@ -65,18 +64,10 @@ def _check_axis(axis: str) -> None:
 
 
 def _check_kernel(kernel: torch.Tensor) -> None:
-    if not isinstance(kernel, torch.Tensor) or kernel.dim() != 4:
-        shape = tuple(kernel.shape) if isinstance(kernel, torch.Tensor) else type(kernel).__name__
-        raise FalconError(f"a conv kernel must be a 4-d tensor (N, M, D, D), got {shape}")
-    if kernel.shape[2] != kernel.shape[3]:
-        raise FalconError(f"the EHP fits square D×D kernels, got {kernel.shape[2]}×{kernel.shape[3]}")
-    if not kernel.is_floating_point():
-        raise FalconError(f"a conv kernel must be floating point, got {kernel.dtype}")
-    if not bool(torch.isfinite(kernel).all()):  # an SVD of NaN fails, of inf reports an error of 0
-        nan, inf = int(torch.isnan(kernel).sum()), int(torch.isinf(kernel).sum())
-        raise FalconError(f"the conv kernel has {nan:,} NaN and {inf:,} inf values; an EHP fit needs finite weights")
+    """:func:`falcon.fits.base.check_kernel`, its messages naming the EHP fit."""
+    from falcon.fits.base import check_kernel  # not at the top: falcon.fits imports this module
 
-
+    check_kernel(kernel, "an EHP fit")
 
 
 #: The full rank along each common axis, as a formula (N output, M input channels, D×D kernel).
@@ -339,29 +330,13 @@ def gd_fit(kernel: torch.Tensor, rank: int, axis: Axis, steps: int = GD_STEPS, l
     k, clamped = clamp_rank(kernel.shape, rank, axis)
     lr, loss_name, scale = _gd_options(optimizer, lr, loss, scale, steps)
     target = kernel.detach()
-    d = target.shape[2]
-    norm2 = target.double().pow(2).sum().item()
-    rms = math.sqrt(norm2 / target.numel())
-    # Work on K/c: a fit (a, b) of K/c is the fit (√c·a, √c·b) of K.
-    c = rms / scale if (scale is not None and rms > 0) else 1.0
-    work = (channel_matrices(target, axis) / c).contiguous()  # (C, A, D²)
-    w2 = norm2 / c**2
-    channels, width, q = work.shape
-    # The optimized loss: ‖W − A Bᵀ‖² summed over channels, without forming the residual:
-    # ‖W‖² − 2 Σ⟨W B, A⟩ + Σ ⟨AᵀA, BᵀB⟩ (two passes over W per step instead of eight).
-    unit = (1.0 / w2 if w2 > 0 else 1.0) if loss_name == "relative" else 1.0 / target.numel()
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    sigma = math.sqrt((rms / c if rms > 0 else 1.0) / math.sqrt(k))
-    a = (torch.randn((channels, width, k), generator=gen, dtype=work.dtype) * sigma).to(work.device)
-    b = (torch.randn((channels, q, k), generator=gen, dtype=work.dtype) * sigma).to(work.device)
-    a.requires_grad_()
-    b.requires_grad_()
-    opt = torch.optim.Adam([a, b], lr=lr) if optimizer == "adam" else torch.optim.SGD([a, b], lr=lr)
-    root = math.sqrt(c)
+    g = _GDProblem.of(target, axis, k, scale, loss_name, seed)
+    opt = torch.optim.Adam([g.a, g.b], lr=lr) if optimizer == "adam" else torch.optim.SGD([g.a, g.b], lr=lr)
+    root = math.sqrt(g.c)
 
     def snapshot(method: str = "gd") -> Fit:
         with torch.no_grad():
-            p, dw = _factors(a.detach() * root, b.detach() * root, axis, d)
+            p, dw = _factors(g.a.detach() * root, g.b.detach() * root, axis, target.shape[2])
             kh = ehp_kernel(p, dw, axis)
         return Fit(p, dw, kh, relative_error(target, kh), k, clamped, axis, rank, method)
 
@@ -369,23 +344,62 @@ def gd_fit(kernel: torch.Tensor, rank: int, axis: Axis, steps: int = GD_STEPS, l
     for step in range(steps + 1):
         if step == steps:  # the final state, measured exactly
             fit = snapshot()
-            yield GDStep(step, fit.relative_error**2 * norm2 / c**2 * unit if norm2 > 0 else 0.0,
+            yield GDStep(step, fit.relative_error**2 * g.norm2 / g.c**2 * g.unit if g.norm2 > 0 else 0.0,
                          fit.relative_error, time.perf_counter() - t0, snapshot)
             return fit
         with _threads(threads):
-            cross = (a * torch.bmm(work, b)).sum()
-            gram = (torch.bmm(a.transpose(1, 2), a) * torch.bmm(b.transpose(1, 2), b)).sum()
-            value = (w2 - 2 * cross + gram) * unit
-            current = value.item()
+            current = g.loss_backward(opt)
             if not math.isfinite(current):
                 raise FalconError(f"gradient descent diverged at step {step}; lower the learning rate (now {lr:g})")
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-        sq = max(current / unit, 0.0)  # ‖W − Ŵ‖² (rounding can make it a hair negative near 0)
-        rel = math.sqrt(sq / w2) if w2 > 0 else 0.0
+        sq = max(current / g.unit, 0.0)  # ‖W − Ŵ‖² (rounding can make it a hair negative near 0)
+        rel = math.sqrt(sq / g.w2) if g.w2 > 0 else 0.0
         yield GDStep(step, current, rel, time.perf_counter() - t0, snapshot)
         with _threads(threads):
             opt.step()
+
+
+@dataclass
+class _GDProblem:
+    """:func:`gd_fit`'s problem: the channel matrices W of K/c (a fit (a, b) of K/c is the fit (√c·a, √c·b) of K)
+    and the factors A, B being fitted, from a seeded random start."""
+
+    work: torch.Tensor  # (C, A, D²)
+    c: float
+    norm2: float  # ‖K‖²
+    w2: float  # ‖W‖² = ‖K‖² / c²
+    unit: float  # the loss's unit: 1/‖W‖² (relative) or 1/numel (mse)
+    a: torch.Tensor
+    b: torch.Tensor
+
+    @classmethod
+    def of(cls, target: torch.Tensor, axis: Axis, k: int, scale: float | None, loss_name: str,
+           seed: int) -> "_GDProblem":
+        norm2 = target.double().pow(2).sum().item()
+        rms = math.sqrt(norm2 / target.numel())
+        c = rms / scale if (scale is not None and rms > 0) else 1.0
+        work = (channel_matrices(target, axis) / c).contiguous()
+        w2 = norm2 / c**2
+        channels, width, q = work.shape
+        unit = (1.0 / w2 if w2 > 0 else 1.0) if loss_name == "relative" else 1.0 / target.numel()
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        sigma = math.sqrt((rms / c if rms > 0 else 1.0) / math.sqrt(k))
+        a = (torch.randn((channels, width, k), generator=gen, dtype=work.dtype) * sigma).to(work.device)
+        b = (torch.randn((channels, q, k), generator=gen, dtype=work.dtype) * sigma).to(work.device)
+        return cls(work, c, norm2, w2, unit, a.requires_grad_(), b.requires_grad_())
+
+    def loss_backward(self, opt: torch.optim.Optimizer) -> float:
+        """The loss ‖W − A Bᵀ‖² (summed over channels, times ``unit``) and its gradients, without forming the
+        residual: ‖W‖² − 2 Σ⟨W B, A⟩ + Σ ⟨AᵀA, BᵀB⟩ (two passes over W per step instead of eight). A value that
+        is not finite is returned before any gradient."""
+        a, b = self.a, self.b
+        cross = (a * torch.bmm(self.work, b)).sum()
+        gram = (torch.bmm(a.transpose(1, 2), a) * torch.bmm(b.transpose(1, 2), b)).sum()
+        value = (self.w2 - 2 * cross + gram) * self.unit
+        current = value.item()
+        if math.isfinite(current):
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+        return current
 
 
 @dataclass

@@ -72,17 +72,20 @@ def relative_error(kernel: torch.Tensor, kernel_hat: torch.Tensor) -> float:
     return num / den
 
 
-def check_kernel(kernel: torch.Tensor) -> None:
-    """A FalconError unless ``kernel`` is a finite, floating-point, square ``(N, M, D, D)`` tensor."""
+def check_kernel(kernel: torch.Tensor, fit: str = "a fit") -> None:
+    """A FalconError unless ``kernel`` is a finite, floating-point, square ``(N, M, D, D)`` tensor; ``fit`` names
+    the fit in the messages ("an EHP fit": :func:`falcon.ehp._check_kernel`)."""
     if not isinstance(kernel, torch.Tensor) or kernel.dim() != 4:
         shape = tuple(kernel.shape) if isinstance(kernel, torch.Tensor) else type(kernel).__name__
         raise FalconError(f"a conv kernel must be a 4-d tensor (N, M, D, D), got {shape}")
     if kernel.shape[2] != kernel.shape[3]:
-        raise FalconError(f"the fits take square D×D kernels, got {kernel.shape[2]}×{kernel.shape[3]}")
+        raise FalconError(f"{fit} takes square D×D kernels, got {kernel.shape[2]}×{kernel.shape[3]}")
     if not kernel.is_floating_point():
         raise FalconError(f"a conv kernel must be floating point, got {kernel.dtype}")
-    if not bool(torch.isfinite(kernel).all()):
-        raise FalconError("the kernel holds NaN or infinite weights; fit a trained (finite) checkpoint")
+    if not bool(torch.isfinite(kernel).all()):  # an SVD of NaN fails, of inf reports an error of 0
+        nan, inf = int(torch.isnan(kernel).sum()), int(torch.isinf(kernel).sum())
+        raise FalconError(f"the conv kernel has {nan:,} NaN and {inf:,} inf values; {fit} needs finite weights "
+                          "(fit a trained, finite checkpoint)")
 
 
 @contextmanager
