@@ -6,7 +6,7 @@ of dicts with the columns each builder names.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -517,64 +517,84 @@ def points_figure(data: pd.DataFrame, x: str = "params_m", log_x: bool = False, 
     # between two rows of panels: the x tick labels, the axis title and the two-line panel title (~110 px)
     layout = grid(rows, cols, [_panel_title(*p) for p in panels], hspace=0.07,
                   vspace=110 / (350 * rows) if rows > 1 else 0.1)
-    shown: set[str] = set()
+    shown: set[str] = set()  # the legend entries already shown
     axes: dict[str, dict] = {}
     traces: list[dict] = []  # built as dicts and validated once (add_trace per panel is slow)
-    xlabel = COST_AXES.get(x, x)
-    xfmt = ".3g" if x == "latency_ms" else ",.2f"  # a millisecond or two: significant digits
     for i, (model, dataset) in enumerate(panels):
-        c = i % cols + 1  # the column (1-based): only the first column titles its y axis
         xr, yr = ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
         d = by_panel.get((model, dataset))
         if d is None:
             continue
-        front = d[d["pareto"]].sort_values(x)
-        if len(front):
-            traces.append(dict(type="scatter", x=list(front[x]), y=list(front[y]), mode="lines", xaxis=xr, yaxis=yr,
-                               line=dict(color=FRONTIER, dash="dash", shape="hv", width=1),
-                               name="Pareto frontier", legendgroup="frontier", showlegend="frontier" not in shown,
-                               hoverinfo="skip"))
-            shown.add("frontier")
-        for (source, method), m in d.groupby(["source", "method"], sort=False):
-            curve = method in PAPER_RANKED  # one line through the ranks
-            if curve:
-                m = m.sort_values("rank")
-            key = f"{source}:{method}"
-            name = conv_label(method) + (" (ours)" if source == "ours" else "")
-            if curve and source == "paper" and method in paper_ranks:
-                name = f"{conv_label(method)} rank {paper_ranks[method][0]}–{paper_ranks[method][1]}"
-            symbol = conv_symbol(method) + ("-open" if source == "ours" else "")
-            ranks = [f"k={int(k)}" if pd.notna(k) else "" for k in m["rank"]] if "rank" in m else [""] * len(m)
-            traces.append(dict(
-                type="scatter", xaxis=xr, yaxis=yr,
-                x=list(m[x]), y=list(m[y]), mode="lines+markers+text" if curve else "markers",
-                text=ranks if curve else None, textposition="top center", cliponaxis=False,
-                textfont=dict(size=12, color=conv_color(method)),
-                line=dict(color=conv_color(method), width=2, dash="dot" if source == "ours" else "solid"),
-                marker=dict(symbol=symbol, size=15 if method == "standard" else 12 if not curve else 10,
-                            color=conv_color(method),
-                            line=dict(width=1.5, color=conv_color(method) if source == "ours" else "white")),
-                name=name, legendgroup=key, showlegend=key not in shown,
-                customdata=[[str(a), b] for a, b in zip(m["method"], ranks)],
-                hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:{xfmt}}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
-            ))
-            shown.add(key)
-        xs, ys = [float(v) for v in d[x]], [float(v) for v in d[y]]
-        x_range = _padded_range(xs, log_x)
-        if log_x:
-            ticks = log_tickvals(*(10 ** v for v in x_range))
-            axes[xr.replace("x", "xaxis")] = dict(type="log", title_text=xlabel, range=x_range, tickvals=ticks,
-                                                  ticktext=[_tick_text(v) if x != "latency_ms" else f"{v:.3g}"
-                                                            for v in ticks])
-        else:
-            axes[xr.replace("x", "xaxis")] = dict(type="linear", title_text=xlabel, range=x_range)
-        axes[yr.replace("y", "yaxis")] = dict(title_text="top-1 accuracy (%)" if c == 1 else None,
-                                              range=_padded_range(ys, False, 0.08, 0.16))  # room for the k= labels
+        traces.extend(_frontier_trace(d, x, y, xr, yr, shown))
+        traces.extend(_method_traces(d, x, y, xr, yr, shown, paper_ranks))
+        axes.update(_panel_axes(d, x, y, xr, yr, log_x, first_column=i % cols == 0))
     for name, ax in axes.items():
         layout[name] = {**layout.get(name, {}), **ax}
     layout.update(BASE_LAYOUT, height=350 * rows + 110, margin=dict(l=10, r=10, t=120, b=10),
                   legend=dict(orientation="h", yanchor="bottom", y=1.0 + 0.16 / rows, x=0))
     return go.Figure(data=traces, layout=layout)
+
+
+def _frontier_trace(d: pd.DataFrame, x: str, y: str, xr: str, yr: str, shown: set[str]) -> list[dict]:
+    """The panel's Pareto frontier (the points marked ``pareto``) as a dashed step line, if it has one."""
+    front = d[d["pareto"]].sort_values(x)
+    if not len(front):
+        return []
+    trace = dict(type="scatter", x=list(front[x]), y=list(front[y]), mode="lines", xaxis=xr, yaxis=yr,
+                 line=dict(color=FRONTIER, dash="dash", shape="hv", width=1),
+                 name="Pareto frontier", legendgroup="frontier", showlegend="frontier" not in shown, hoverinfo="skip")
+    shown.add("frontier")
+    return [trace]
+
+
+def _method_traces(d: pd.DataFrame, x: str, y: str, xr: str, yr: str, shown: set[str],
+                   paper_ranks: dict[str, tuple[int, int]]) -> list[dict]:
+    """One trace per (source, method) of the panel: a ranked type is a line through its ranks (labelled k=…),
+    the others markers; ours open markers and dotted lines."""
+    xlabel = COST_AXES.get(x, x)
+    xfmt = ".3g" if x == "latency_ms" else ",.2f"  # a millisecond or two: significant digits
+    traces = []
+    for (source, method), m in d.groupby(["source", "method"], sort=False):
+        curve = method in PAPER_RANKED  # one line through the ranks
+        if curve:
+            m = m.sort_values("rank")
+        key = f"{source}:{method}"
+        name = conv_label(method) + (" (ours)" if source == "ours" else "")
+        if curve and source == "paper" and method in paper_ranks:
+            name = f"{conv_label(method)} rank {paper_ranks[method][0]}–{paper_ranks[method][1]}"
+        symbol = conv_symbol(method) + ("-open" if source == "ours" else "")
+        ranks = [f"k={int(k)}" if pd.notna(k) else "" for k in m["rank"]] if "rank" in m else [""] * len(m)
+        traces.append(dict(
+            type="scatter", xaxis=xr, yaxis=yr,
+            x=list(m[x]), y=list(m[y]), mode="lines+markers+text" if curve else "markers",
+            text=ranks if curve else None, textposition="top center", cliponaxis=False,
+            textfont=dict(size=12, color=conv_color(method)),
+            line=dict(color=conv_color(method), width=2, dash="dot" if source == "ours" else "solid"),
+            marker=dict(symbol=symbol, size=15 if method == "standard" else 12 if not curve else 10,
+                        color=conv_color(method),
+                        line=dict(width=1.5, color=conv_color(method) if source == "ours" else "white")),
+            name=name, legendgroup=key, showlegend=key not in shown,
+            customdata=[[str(a), b] for a, b in zip(m["method"], ranks)],
+            hovertemplate=f"{name} %{{customdata[1]}}<br>{xlabel}: %{{x:{xfmt}}}<br>top-1: %{{y:.2f}}%<extra>{source}</extra>",
+        ))
+        shown.add(key)
+    return traces
+
+
+def _panel_axes(d: pd.DataFrame, x: str, y: str, xr: str, yr: str, log_x: bool, first_column: bool) -> dict[str, dict]:
+    """The panel's x and y axes, ranged to its points (only the first column titles its y axis)."""
+    xlabel = COST_AXES.get(x, x)
+    xs, ys = [float(v) for v in d[x]], [float(v) for v in d[y]]
+    x_range = _padded_range(xs, log_x)
+    if log_x:
+        ticks = log_tickvals(*(10 ** v for v in x_range))
+        x_axis = dict(type="log", title_text=xlabel, range=x_range, tickvals=ticks,
+                      ticktext=[_tick_text(v) if x != "latency_ms" else f"{v:.3g}" for v in ticks])
+    else:
+        x_axis = dict(type="linear", title_text=xlabel, range=x_range)
+    y_axis = dict(title_text="top-1 accuracy (%)" if first_column else None,
+                  range=_padded_range(ys, False, 0.08, 0.16))  # room for the k= labels
+    return {xr.replace("x", "xaxis"): x_axis, yr.replace("y", "yaxis"): y_axis}
 
 
 # ----------------------------------------------------------------------------------------------
