@@ -82,7 +82,7 @@ class Keys:
     FIT_LOAD_FAILURES = "_fit_load_failures"  # (source, name, checkpoint hash) -> (time, message)
     MEASURE = JobKeys("measure_job", stop="measure_stop", shown="measure_shown", args="measure_args")  # sizing's model bench
     EXPERIMENT = JobKeys("exp_runner", stop="exp_stop", shown="exp_shown")  # the experiments page's sweep runner
-    EXPERIMENT_BUSY = "exp_busy"  # Start was pressed while another session's experiment ran
+    EXPERIMENT_BUSY = "exp_busy"  # why Start was refused (another session's experiment ran)
     PRESENTER = "presenter"  # the sidebar's presenter mode (larger type, fewer columns; app/main.py)
 
 
@@ -159,6 +159,15 @@ def measurement_queue():
     from falcon.worker import MeasurementQueue
 
     return MeasurementQueue(alive=_session_alive)
+
+
+@st.cache_resource(show_spinner=False)
+def experiment_slot():
+    """The server's one experiment at a time (:class:`falcon.ownership.OwnedSlot`), owned by the session that
+    started it: others see "machine busy", cannot read or stop it; it is stopped when its session ends."""
+    from falcon.ownership import OwnedSlot
+
+    return OwnedSlot("an experiment", alive=_session_alive)
 
 
 def submit_measurement(keys: JobKeys, task, estimate, name: str, args: Any = None):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from falcon.errors import FalconError
+from falcon.ownership import OWNER_TIMEOUT_S, Owners, fmt_left
 
 log = logging.getLogger("falcon.worker")
 
@@ -53,8 +54,6 @@ MAX_SECONDS = _env_float("FALCON_MEASURE_MAX_S", 120.0)
 #: the share of the available memory (RAM, or free GPU memory) a measurement may plan to use
 #: (env FALCON_MEASURE_MEMORY_FRACTION)
 MAX_MEMORY_FRACTION = _env_float("FALCON_MEASURE_MEMORY_FRACTION", 0.5)
-#: a job whose owner has not been seen for this long (and whose liveness is unknown) is ended
-OWNER_TIMEOUT_S = 30.0
 #: after Stop, how long the worker may take to return what it has before it is killed
 STOP_GRACE_S = 0.6
 #: seconds a worker process takes to start (spawn, import torch) before it measures; refined by every start
@@ -186,12 +185,7 @@ class Estimate:
         return self
 
 
-def _fmt_seconds(s: float) -> str:
-    if s < 90:
-        return f"{max(s, 1):.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
+_fmt_seconds = fmt_left
 
 
 def _memory_limit(device) -> tuple[int | None, str]:
@@ -622,12 +616,10 @@ class MeasurementQueue:
     module's)."""
 
     def __init__(self, alive: Callable[[str], bool | None] | None = None, owner_timeout: float = OWNER_TIMEOUT_S):
-        self._alive = alive
-        self.owner_timeout = owner_timeout
+        self.owners = Owners(alive, owner_timeout)
         self._lock = threading.Condition()
         self._jobs: list[WorkerJob] = []  # queued and running, in order
         self._last: dict[str, WorkerJob] = {}  # each owner's latest job
-        self._seen: dict[str, float] = {}
         self._thread: threading.Thread | None = None
 
     # -- an owner's calls
@@ -645,7 +637,7 @@ class MeasurementQueue:
                 raise FalconError("you already have a measurement running or waiting; stop it or wait for it")
             self._jobs.append(job)
             self._last[owner] = job
-            self._seen[owner] = time.monotonic()
+            self.owners.claim(owner)
             self._positions()
             self._ensure_thread()
             self._lock.notify_all()
@@ -653,7 +645,7 @@ class MeasurementQueue:
 
     def seen(self, owner: str) -> None:
         """The owner is still there (a page polled)."""
-        self._seen[owner] = time.monotonic()
+        self.owners.seen(owner)
 
     def job(self, owner: str, job_id: str | None = None) -> WorkerJob | None:
         """The owner's latest job (or its job ``job_id``); a job of another owner is refused (FalconError)."""
@@ -711,20 +703,14 @@ class MeasurementQueue:
         ahead = self._jobs[: self._jobs.index(job)]
         return sum(j.left_seconds() for j in ahead)
 
-    def _gone(self, owner: str) -> bool:
-        known = self._alive(owner) if self._alive is not None else None
-        if known is not None:
-            return not known
-        return time.monotonic() - self._seen.get(owner, time.monotonic()) > self.owner_timeout
-
     def _reap(self, current: WorkerJob | None = None) -> None:
         """End the jobs of owners that are gone, and the queued jobs that were stopped; forget gone owners' results."""
         with self._lock:
-            for owner in [o for o, j in self._last.items() if j.done and self._gone(o)]:
+            for owner in [o for o, j in self._last.items() if j.done and self.owners.gone(o)]:
                 del self._last[owner]
-                self._seen.pop(owner, None)
+                self.owners.forget(owner)
             for j in list(self._jobs):
-                if not j.should_stop() and self._gone(j.owner):
+                if not j.should_stop() and self.owners.gone(j.owner):
                     j.stop("its session ended")
                 if j.queued and j.should_stop():
                     j.label = "stopped before it started" + (f" ({j.ended_because})" if j.ended_because else "")

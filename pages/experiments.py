@@ -8,6 +8,7 @@ import streamlit as st
 import common
 from common import Keys
 from falcon.convtypes import CONV_TYPES, RANKED, label_of
+from falcon.errors import FalconError
 from falcon.experiments.pipeline import INITS, TRAIN_OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, runs_frame, sweep_plan
 from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS, SweepRunner
@@ -24,18 +25,14 @@ st.caption("Compress-and-fine-tune on the bundled data: the trained `digits-vgg`
 CHOICES = [c for c in CONV_TYPES if c != "standard"]
 
 
-@st.cache_resource(show_spinner=False)
-def active() -> dict:
-    """The machine's one experiment slot, shared by every session (runs would compete for the cores);
-    a reloaded page finds its run still going here."""
-    import threading
-
-    return {"runner": None, "lock": threading.Lock()}
-
-
-slot = active()
-runner: SweepRunner | None = slot["runner"]
+# The machine's one experiment at a time (runs would compete for the cores), owned by the session that started it:
+# another session sees "machine busy" and nothing of it, cannot stop it; it ends when its session does (#20).
+slot = common.experiment_slot()
+me = common.session_id()
+slot.seen(me)
+runner: SweepRunner | None = slot.job(me)  # a reloaded page finds its run still going here
 running = runner is not None and not runner.done
+busy = slot.busy(me)
 
 # ---------------------------------------------------------------------------------------------- what to run
 c = st.columns([1.2, 3])
@@ -120,29 +117,37 @@ st.code(cli_command(plan, sweep=mode == "sweep"), language="bash")
 
 
 def start() -> None:
-    with slot["lock"]:  # two sessions may press Start at once
-        if slot["runner"] is not None and not slot["runner"].done:
-            st.session_state[Keys.EXPERIMENT_BUSY] = True
-            return
-        slot["runner"] = common.start_job(Keys.EXPERIMENT, SweepRunner(plan))
+    """Start the plan for this session (refused, with the reason, while any session's experiment runs: two sessions
+    may press Start at once)."""
+    try:
+        st.session_state[Keys.EXPERIMENT.job] = slot.start(me, SweepRunner(plan))
+    except FalconError as e:
+        st.session_state[Keys.EXPERIMENT_BUSY] = str(e)
 
 
 b = st.columns([1.6, 5])
 b[0].button("Start the sweep" if mode == "sweep" else "Start the run", key="exp_start", type="primary",
-            disabled=running, on_click=start, icon=":material/play_arrow:")
-if st.session_state.pop(Keys.EXPERIMENT_BUSY, False):
-    st.error("Another experiment is running on this machine; stop it or wait for it to finish.",
-             icon=":material/error:")
-runner = slot["runner"]
+            disabled=running or busy is not None, on_click=start, icon=":material/play_arrow:")
+if refused := st.session_state.pop(Keys.EXPERIMENT_BUSY, None):
+    st.error(refused[0].upper() + refused[1:] + ".", icon=":material/error:")
+runner = slot.job(me)
 running = runner is not None and not runner.done
+busy = slot.busy(me)
 
 # ---------------------------------------------------------------------------------------------- live progress
 
 
-@st.fragment(run_every=1.0 if running else None)
+@st.fragment(run_every=1.0 if running or busy else None)
 def live() -> None:
+    slot.seen(me)
+    now_busy = slot.busy(me)
+    if now_busy:  # another session's experiment: that it runs and how long it has left, nothing of its data
+        st.warning(f"{now_busy[0].upper()}{now_busy[1:]}: an experiment started now would compete for the cores, so "
+                   "Start waits for it.", icon=":material/hourglass_top:")
+    elif busy:
+        st.rerun(scope="app")  # the other session's experiment ended: Start is free again
     runner: SweepRunner | None = common.job_panel(  # ended: the whole page redraws (buttons, stored runs)
-        Keys.EXPERIMENT, slot["runner"], running, failed="The experiment failed: ", columns=(6, 1), idle=(
+        Keys.EXPERIMENT, slot.job(me), running, failed="The experiment failed: ", columns=(6, 1), idle=(
             "Press **Start**: the training curves are drawn live, each finished run lands in the table, and "
             "**Stop** ends the current run at its next step (it is stored as stopped)."))
     if runner is None:
