@@ -178,55 +178,66 @@ def train_digits_model(
         fill = (0.0 - DIGITS_MEAN) / DIGITS_STD  # normalised background value
 
         model = DigitsVGG()
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
         n = len(y_train)
-        steps_per_epoch = max(1, math.ceil(n / batch_size))
-        total = epochs * steps_per_epoch
-        warmup = min(steps_per_epoch, max(total // 2, 1))
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            t = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        opt, sched = _optimizer(model, lr, weight_decay, epochs, max(1, math.ceil(n / batch_size)))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
         history: list[dict[str, float]] = []
         for epoch in range(1, epochs + 1):
-            model.train()
-            perm = torch.randperm(n, generator=gen)
-            loss_sum, correct = 0.0, 0
-            for i in range(0, n, batch_size):
-                idx = perm[i:i + batch_size]
-                if len(idx) < 2:  # BatchNorm needs more than one sample
-                    continue
-                xb = random_shift(x_train[idx], max_shift, fill, gen)
-                yb = y_train[idx]
-                out = model(xb)
-                loss = loss_fn(out, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.item() * len(idx)
-                correct += (out.argmax(1) == yb).sum().item()
+            loss_sum, correct = _train_epoch(model, x_train, y_train, batch_size, lambda xb: random_shift(
+                xb, max_shift, fill, gen), gen, loss_fn, opt, sched)
             rec = {"epoch": epoch, "loss": loss_sum / n, "train_acc": correct / n}
             if test is not None:
                 rec["test_acc"] = evaluate_accuracy(model, test)
             history.append(rec)
             if verbose:
-                msg = f"epoch {epoch:3d}  loss {rec['loss']:.4f}  train acc {rec['train_acc']:.4f}"
-                if "test_acc" in rec:
-                    msg += f"  test acc {rec['test_acc']:.4f}"
-                log(msg)
+                log(f"epoch {epoch:3d}  loss {rec['loss']:.4f}  train acc {rec['train_acc']:.4f}"
+                    + (f"  test acc {rec['test_acc']:.4f}" if "test_acc" in rec else ""))
         model.eval()
         return model, history
     finally:
         torch.use_deterministic_algorithms(prev_det)
+
+
+def _optimizer(model: nn.Module, lr: float, weight_decay: float, epochs: int, steps_per_epoch: int):
+    """AdamW (no weight decay on biases and norms) and its per-step schedule: a linear warm-up over the first
+    epoch (at most half the steps), then a cosine decay to 0."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    total = epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, max(total // 2, 1))
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+
+
+def _train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, augment: Callable,
+                 gen: torch.Generator, loss_fn: nn.Module, opt: torch.optim.Optimizer, sched) -> tuple[float, int]:
+    """One epoch in train mode over batches of a ``gen``-seeded permutation (a last batch of one is skipped:
+    BatchNorm needs more than one sample), ``augment`` applied to each: the summed loss and the correct count."""
+    model.train()
+    n = len(y)
+    perm = torch.randperm(n, generator=gen)
+    loss_sum, correct = 0.0, 0
+    for i in range(0, n, batch_size):
+        idx = perm[i:i + batch_size]
+        if len(idx) < 2:
+            continue
+        xb, yb = augment(x[idx]), y[idx]
+        out = model(xb)
+        loss = loss_fn(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(idx)
+        correct += (out.argmax(1) == yb).sum().item()
+    return loss_sum, correct
