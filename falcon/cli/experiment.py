@@ -13,6 +13,7 @@ import time
 
 from falcon.cli.common import add_conv_flags, conv_hparams, print_json, print_table
 from falcon.errors import FalconError
+from falcon.experiments.plans import method_of
 from falcon.limits import float_flag, int_flag, parse_int
 
 DB_HELP = "results database (default: $FALCON_RESULTS_DB or ~/.local/share/falcon-explorer/results.sqlite)"
@@ -34,12 +35,6 @@ def _str_list(text: str) -> list[str]:
 
 
 def add_parser(sub) -> None:
-    from falcon.experiments.data import DATASETS
-    from falcon.experiments.pipeline import DEFAULT_LR, INITS, TRAIN_OPTIMIZERS
-
-    from falcon.experiments.latency import LATENCY_LAYOUTS
-    from falcon.modelbench import RUNTIMES
-
     p = sub.add_parser("experiment", help="compress, fine-tune and evaluate; store the run",
                        description="Baseline → convert (conv type, rank, init) → training-free accuracy → fine-tune "
                                    "→ fine-tuned accuracy → measured latency of the baseline and the converted "
@@ -49,11 +44,32 @@ def add_parser(sub) -> None:
     p.add_argument("action", nargs="?", choices=("run", "measure"), default="run",
                    help="run (default): one run or a sweep; measure: time the stored runs that have no latency "
                         "(their models rebuilt from the stored config; --run-id, --force, --db, --latency-*)")
+    _add_run_flags(p)
+    _add_latency_flags(p)
+    m = p.add_argument_group("experiment measure")
+    m.add_argument("--run-id", action="append", default=None, metavar="ID",
+                   help="measure this stored run (repeat, or commas; default: every completed run without latency)")
+    m.add_argument("--force", action="store_true", help="measure runs that have a latency again")
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument("--no-store", action="store_true", help="do not store the run")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=run)
+    _add_results_parser(sub)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    from falcon.experiments.data import DATASETS
+    from falcon.experiments.pipeline import DEFAULT_LR, INITS, TRAIN_OPTIMIZERS
+
     p.add_argument("--model", default="digits-vgg", help="digits-vgg (default), vgg19-cifar, resnet34-cifar, or a "
                                                          "torchvision model; needs --baseline PATH or --baseline-epochs "
                                                          "N unless it is digits-vgg on digits")
     p.add_argument("--dataset", default="digits", choices=list(DATASETS), help="data set (default digits, bundled)")
     add_conv_flags(p, required=False)
+    p.add_argument("--plan", default=None, metavar="PLAN.json",
+                   help="instead of --conv and its settings: the per-layer types and ranks of `python -m falcon plan "
+                        "--json` (each layer fitted to its trained kernel, then fine-tuned; stored as conv 'plan')")
     p.add_argument("--init", choices=list(INITS), default=None,
                    help="falcon/dsconv: svd (closed-form EHP fit, default), gd (gradient descent) or random; "
                         "mobilev2/shuffle: random only")
@@ -83,6 +99,12 @@ def add_parser(sub) -> None:
     p.add_argument("--convs", type=_str_list, default=None, metavar="LIST",
                    help="with --sweep: conv types (default falcon,dsconv,mobilev2,shuffle)")
     p.add_argument("--ranks", type=_rank_list, default=None, metavar="LIST", help="with --sweep: falcon ranks (default 1,2,3)")
+
+
+def _add_latency_flags(p: argparse.ArgumentParser) -> None:
+    from falcon.experiments.latency import LATENCY_LAYOUTS
+    from falcon.modelbench import RUNTIMES
+
     lat = p.add_argument_group("measured latency (at the end of each run, and for `experiment measure`)")
     lat.add_argument("--no-latency", action="store_true", help="do not measure latency at the end of the run")
     lat.add_argument("--latency-runtime", choices=list(RUNTIMES), default="eager",
@@ -92,16 +114,9 @@ def add_parser(sub) -> None:
                      help="interleaved timing rounds (default 5; falcon.modelbench)")
     lat.add_argument("--latency-layout", choices=list(LATENCY_LAYOUTS), default="auto",
                      help="memory layout: auto (default) times both, each model in its fastest")
-    m = p.add_argument_group("experiment measure")
-    m.add_argument("--run-id", action="append", default=None, metavar="ID",
-                   help="measure this stored run (repeat, or commas; default: every completed run without latency)")
-    m.add_argument("--force", action="store_true", help="measure runs that have a latency again")
-    p.add_argument("--db", default=None, help=DB_HELP)
-    p.add_argument("--no-store", action="store_true", help="do not store the run")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.set_defaults(func=run)
 
+
+def _add_results_parser(sub) -> None:
     r = sub.add_parser("results", help="list or export stored runs",
                        description="The runs in the results database, oldest first.")
     r.add_argument("--db", default=None, help=DB_HELP)
@@ -114,12 +129,13 @@ def add_parser(sub) -> None:
     r.set_defaults(func=run_results)
 
 
-def _config(args: argparse.Namespace, conv: str):
+def _config(args: argparse.Namespace, conv: str | None):
+    """The run's config: ``conv`` with its flags, or (None) the ``--plan`` file's per-layer choices."""
     from falcon.experiments.pipeline import ExperimentConfig
 
     return ExperimentConfig(
-        model=args.model, dataset=args.dataset, conv=conv,
-        hparams={k: v for k, v in conv_hparams(args, conv).items() if v is not None},
+        model=args.model, dataset=args.dataset, conv=conv or "falcon", plan=args.plan if conv is None else None,
+        hparams={k: v for k, v in conv_hparams(args, conv).items() if v is not None} if conv else {},
         init=args.init, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         batch_size=args.batch_size, seed=args.seed, device=args.device, data_dir=args.data_dir,
         download=not args.no_download, baseline=args.baseline, baseline_epochs=args.baseline_epochs,
@@ -155,7 +171,7 @@ def _pct(x) -> str:
 def _row(r: dict) -> dict:
     return {
         "run_id": r["run_id"], "status": r.get("status", ""), "model": r["model"], "dataset": r["dataset"],
-        "conv": r["conv"], "rank": "" if r.get("rank") is None else str(r["rank"]), "init": r.get("init") or "",
+        "conv": method_of(r), "rank": "" if r.get("rank") is None else str(r["rank"]), "init": r.get("init") or "",
         "epochs": r.get("epochs") if r.get("epochs") is not None else "",
         "baseline %": _pct(r.get("baseline_accuracy")), "training-free %": _pct(r.get("training_free_accuracy")),
         "fine-tuned %": _pct(r.get("finetuned_accuracy")),
@@ -181,11 +197,10 @@ def _is_main() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from falcon.experiments.pipeline import run_experiment
-    from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS, run_sweep, sweep_configs
-    from falcon.paper import PAPER_RANKED
 
     if args.action == "measure":
         return run_measure(args)
+    conv = _conversion(args)
     main = _is_main()
     if main and not args.no_store:  # a database that cannot take the run is refused before any training
         from falcon.experiments.store import check_writable
@@ -193,25 +208,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.db)
     progress = _progress(args.quiet or not main)
     if args.sweep:
-        base = _config(args, PAPER_RANKED[0])  # the conv and its rank are the sweep's, per config
-        configs = sweep_configs(base, args.convs or ([args.conv] if args.conv else DEFAULT_SWEEP_CONVS),
-                                args.ranks or DEFAULT_RANKS,
-                                competitor_ranks=[args.rank] if args.rank else (1,))
-        t0 = time.perf_counter()
-        result = run_sweep(configs, progress=progress, db=args.db, store=not args.no_store)
-        wall = time.perf_counter() - t0
-        if not main:
-            return 0
-        if args.json:
-            print_json({"sweep_id": result["sweep_id"], "seconds": wall, "stopped": result["stopped"],
-                        "runs": result["runs"]})
-        else:
-            print_table([_row(r) for r in result["runs"]])
-            print(f"sweep {result['sweep_id']}: {len(result['runs'])} runs in {wall:.1f} s")
-        return 0
-    if not args.conv:
-        raise FalconError("--conv TYPE is required (or --sweep)")
-    record = run_experiment(_config(args, args.conv), progress=progress, db=args.db, store=not args.no_store)
+        return _run_sweep(args, progress, main)
+    record = run_experiment(_config(args, conv), progress=progress, db=args.db, store=not args.no_store)
     if not main:
         return 0
     if args.json:
@@ -226,6 +224,42 @@ def run(args: argparse.Namespace) -> int:
         from falcon.experiments.latency import describe
 
         print(describe(record["metrics"]["latency"]))
+    return 0
+
+
+def _conversion(args: argparse.Namespace) -> str | None:
+    """The one run's conv type, or None for ``--plan`` (which takes no conv flags and no sweep)."""
+    from falcon.convtypes import all_hparams
+
+    if args.plan is None:
+        if not args.conv and not args.sweep:
+            raise FalconError("--conv TYPE is required (or --sweep)")  # or --plan: see --help
+        return args.conv
+    given = [f"--{n}" for n in ("conv", "sweep", "convs", "ranks", "init") if getattr(args, n) not in (None, False)]
+    given += [h.flag for h in all_hparams().values() if getattr(args, h.name, None) is not None]
+    if given:
+        raise FalconError(f"--plan sets each layer's type and ranks and makes one run; leave out {', '.join(given)}")
+    return None
+
+
+def _run_sweep(args: argparse.Namespace, progress, main: bool) -> int:
+    from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS, run_sweep, sweep_configs
+    from falcon.paper import PAPER_RANKED
+
+    base = _config(args, PAPER_RANKED[0])  # the conv and its rank are the sweep's, per config
+    configs = sweep_configs(base, args.convs or ([args.conv] if args.conv else DEFAULT_SWEEP_CONVS),
+                            args.ranks or DEFAULT_RANKS, competitor_ranks=[args.rank] if args.rank else (1,))
+    t0 = time.perf_counter()
+    result = run_sweep(configs, progress=progress, db=args.db, store=not args.no_store)
+    wall = time.perf_counter() - t0
+    if not main:
+        return 0
+    if args.json:
+        print_json({"sweep_id": result["sweep_id"], "seconds": wall, "stopped": result["stopped"],
+                    "runs": result["runs"]})
+    else:
+        print_table([_row(r) for r in result["runs"]])
+        print(f"sweep {result['sweep_id']}: {len(result['runs'])} runs in {wall:.1f} s")
     return 0
 
 

@@ -129,7 +129,7 @@ def measure_stored_runs(db=None, run_ids: Iterable[str] | None = None, *, force:
             say(out[-1]["line"])
             continue
         cfg = built["cfg"]
-        say(f"{rid}: timing {cfg.model} and its {cfg.conv} conversion ({runtime}, batch {batch_size}, "
+        say(f"{rid}: timing {cfg.model} and its {cfg.label} conversion ({runtime}, batch {batch_size}, "
             f"{rounds} rounds, rebuilt weights)")
         record = measure_latency(built["original"], built["converted"], cfg.conv, cfg.hparams, built["replaced"],
                                  built["input_size"], runtime=runtime, batch_size=batch_size, rounds=rounds,

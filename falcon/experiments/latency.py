@@ -45,33 +45,25 @@ def measure_latency(original: nn.Module, converted: nn.Module, conv: str, hparam
     """Time ``original`` and ``converted`` (training forms; neither is changed: copies are timed) at
     ``batch_size`` in ``runtime`` on ``device``, with torch's current thread count; the record for the run.
 
+    ``conv``/``hparams`` name the conversion (a plan's: ``"plan"``, ``{}``); ``replaced``: the converted layers.
     ``layout``: ``auto`` times both memory layouts and keeps each model's fastest; or one layout.
     ``weights``: ``"trained"`` (the run's own models) or ``"rebuilt"`` (a backfill). Never raises for a
     runtime that cannot run or fails: the record then has ``status`` other than ``"ok"`` and a ``note``.
     """
     from falcon.modelbench import measure_model, prepared_from_modules
 
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
     settings = {"format": LATENCY_FORMAT, "weights": weights, "runtime": runtime, "batch_size": int(batch_size),
                 "layouts": layout, "rounds": int(rounds), "min_run_time": float(min_run_time),
                 "input_size": [int(v) for v in input_size], "threads": torch.get_num_threads(),
-                "torch_version": torch.__version__,
+                "torch_version": torch.__version__, "device": dev.type if dev.type == "cpu" else str(dev),
                 "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    settings["device"] = dev.type if dev.type == "cpu" else str(dev)
     t0 = time.perf_counter()
-
-    def failed(status: str, note: str, **more: Any) -> dict[str, Any]:
-        return {**settings, **more, "status": status, "note": _line(note), "seconds": time.perf_counter() - t0}
-
     if layout not in LATENCY_LAYOUTS:
-        return failed("failed", f"layout must be one of {', '.join(LATENCY_LAYOUTS)}, got {layout!r}")
+        return _failed(settings, t0, "failed", f"layout must be one of {', '.join(LATENCY_LAYOUTS)}, got {layout!r}")
     try:
-        # copies on the CPU in the default layout: the caller's models stay where and as they are
-        def cpu_copy(m: nn.Module) -> nn.Module:
-            return copy.deepcopy(m).to("cpu").to(memory_format=torch.contiguous_format).eval()
-
-        prepared = prepared_from_modules(name, cpu_copy(original), [(conv, dict(hparams), cpu_copy(converted),
-                                                                     list(replaced))],
+        prepared = prepared_from_modules(name, _cpu_copy(original), [(conv, dict(hparams), _cpu_copy(converted),
+                                                                      list(replaced))],
                                          settings["input_size"], weights=weights,
                                          init="trained" if weights == "trained" else "rebuilt")
         result = measure_model(prepared=prepared, batch_size=int(batch_size), runtimes=(runtime,),
@@ -81,48 +73,62 @@ def measure_latency(original: nn.Module, converted: nn.Module, conv: str, hparam
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - the memory guard, a model the harness cannot time: one line
-        return failed("failed", f"{runtime}: {type(e).__name__ + ': ' if not isinstance(e, FalconError) else ''}{e}")
+        return _failed(settings, t0, "failed",
+                       f"{runtime}: {type(e).__name__ + ': ' if not isinstance(e, FalconError) else ''}{e}")
+    return _record(settings, result, runtime, t0)
+
+
+def _cpu_copy(m: nn.Module) -> nn.Module:
+    """A copy on the CPU in the default layout: the caller's models stay where and as they are."""
+    return copy.deepcopy(m).to("cpu").to(memory_format=torch.contiguous_format).eval()
+
+
+def _failed(settings: dict, t0: float, status: str, note: str, **more: Any) -> dict[str, Any]:
+    return {**settings, **more, "status": status, "note": _line(note), "seconds": time.perf_counter() - t0}
+
+
+def _record(settings: dict, result, runtime: str, t0: float) -> dict[str, Any]:
+    """The latency record of a harness result: each model in its fastest layout, or why there is none."""
     info = next((r for r in result.runtimes if r.name == runtime), None)
-    settings.update(device=result.device, device_name=result.device_name, threads=result.threads,
-                    torch_version=result.torch_version, cpu_count=result.cpu_count,
-                    runtime_version=info.version if info is not None else None,
-                    runtime_options=dict(info.options) if info is not None else {},
-                    allocator=result.allocator, load_average=result.load_average,
-                    timings=[{"model": t.role, "layout": t.layout, "median_ms": t.median_ms, "iqr_ms": t.iqr_ms,
-                              "samples": t.samples, "status": t.status, "message": t.message,
-                              "relative_error": t.relative_error} for t in result.timings],
-                    notes=list(result.notes))
-    conversion = result.conversion
-    if conversion is not None:
-        settings["mac_ratio"] = conversion.mac_ratio
+    settings = {**settings, "device": result.device, "device_name": result.device_name, "threads": result.threads,
+                "torch_version": result.torch_version, "cpu_count": result.cpu_count,
+                "runtime_version": info.version if info is not None else None,
+                "runtime_options": dict(info.options) if info is not None else {},
+                "allocator": result.allocator, "load_average": result.load_average,
+                "timings": [{"model": t.role, "layout": t.layout, "median_ms": t.median_ms, "iqr_ms": t.iqr_ms,
+                             "samples": t.samples, "status": t.status, "message": t.message,
+                             "relative_error": t.relative_error} for t in result.timings],
+                "notes": list(result.notes)}
+    if result.conversion is not None:
+        settings["mac_ratio"] = result.conversion.mac_ratio
     if info is not None and not info.available:
-        return failed("unavailable", info.reason or f"{runtime} is not available here")
+        return _failed(settings, t0, "unavailable", info.reason or f"{runtime} is not available here")
     if result.stopped:
-        return failed("stopped", "stopped before the latency was measured")
-
-    def fastest(role: str):
-        ok = [t for t in result.timings if t.role == role and t.runtime == runtime and t.median_ms]
-        return min(ok, key=lambda t: t.median_ms) if ok else None
-
-    def why_not(role: str) -> str:
-        bad = [t for t in result.timings if t.role == role and t.message]
-        what = "the baseline" if role == "original" else "the converted model"
-        if bad:
-            return f"{runtime}, {what} ({bad[0].layout}): {bad[0].message}"
-        return f"{runtime}: {what} was not timed" + (f" ({result.notes[0]})" if result.notes else "")
-
-    orig, conv_t = fastest("original"), fastest("converted")
+        return _failed(settings, t0, "stopped", "stopped before the latency was measured")
+    orig, conv_t = _fastest(result, runtime, "original"), _fastest(result, runtime, "converted")
     if conv_t is None:
-        return failed("failed", why_not("converted"))
-    record = {**settings, "status": "ok", "note": "" if orig is not None else why_not("original"),
-              "layout": conv_t.layout, "converted_layout": conv_t.layout,
-              "original_layout": orig.layout if orig is not None else None,
-              "converted_ms": conv_t.median_ms, "converted_iqr_ms": conv_t.iqr_ms,
-              "original_ms": orig.median_ms if orig is not None else None,
-              "original_iqr_ms": orig.iqr_ms if orig is not None else None,
-              "speedup": (orig.median_ms / conv_t.median_ms) if orig is not None else None,
-              "seconds": time.perf_counter() - t0}
-    return record
+        return _failed(settings, t0, "failed", _why_not(result, runtime, "converted"))
+    return {**settings, "status": "ok", "note": "" if orig is not None else _why_not(result, runtime, "original"),
+            "layout": conv_t.layout, "converted_layout": conv_t.layout,
+            "original_layout": orig.layout if orig is not None else None,
+            "converted_ms": conv_t.median_ms, "converted_iqr_ms": conv_t.iqr_ms,
+            "original_ms": orig.median_ms if orig is not None else None,
+            "original_iqr_ms": orig.iqr_ms if orig is not None else None,
+            "speedup": (orig.median_ms / conv_t.median_ms) if orig is not None else None,
+            "seconds": time.perf_counter() - t0}
+
+
+def _fastest(result, runtime: str, role: str):
+    ok = [t for t in result.timings if t.role == role and t.runtime == runtime and t.median_ms]
+    return min(ok, key=lambda t: t.median_ms) if ok else None
+
+
+def _why_not(result, runtime: str, role: str) -> str:
+    bad = [t for t in result.timings if t.role == role and t.message]
+    what = "the baseline" if role == "original" else "the converted model"
+    if bad:
+        return f"{runtime}, {what} ({bad[0].layout}): {bad[0].message}"
+    return f"{runtime}: {what} was not timed" + (f" ({result.notes[0]})" if result.notes else "")
 
 
 def describe(record: dict[str, Any] | None) -> str:

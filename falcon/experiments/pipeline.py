@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
-from falcon.conversion import INITS  # one list of inits: the conversion's
+from falcon.conversion import INITS, PLAN  # one list of inits: the conversion's; a planned run's conv
 from falcon.convtypes import get_conv_type
 from falcon.errors import FalconError
 from falcon.limits import parse_float, parse_int
@@ -60,6 +60,9 @@ class ExperimentConfig:
     dataset: str = "digits"
     conv: str = "falcon"
     hparams: dict[str, Any] = field(default_factory=dict)  # the conv type's: rank, expansion, groups, ...
+    # instead of conv and hparams: a per-layer plan (falcon.planning; a dict or a JSON file of `falcon plan --json`);
+    # resolved, conv is "plan" and this holds what the run keeps of it (falcon.experiments.plans.compact)
+    plan: dict | str | None = None
     init: str | None = None  # svd | gd | random; default svd for falcon/dsconv, random otherwise
     epochs: int = 3
     lr: float | None = None  # default DEFAULT_LR[optimizer]
@@ -92,61 +95,98 @@ class ExperimentConfig:
 
     @property
     def rank(self) -> int | None:
-        """The uniform rank (the largest of the type's ranked hyper-parameters: Tucker-2 has two), None if unranked."""
+        """The uniform rank (the largest of the type's ranked hyper-parameters: Tucker-2 has two), None if unranked
+        or planned (each layer its own)."""
+        if self.plan is not None or self.conv == PLAN:
+            return None
         ranks = [self.hparams[n] for n in get_conv_type(self.conv).rank_names if n in self.hparams]
         return max(ranks) if ranks else None
+
+    @property
+    def label(self) -> str:
+        """``FALCON k=2``, or a plan's ``plan (macs 4×)`` (resolved configs)."""
+        from falcon.convtypes import label_of
+        from falcon.experiments import plans
+
+        return plans.label(self.plan) if isinstance(self.plan, dict) else label_of(self.conv, self.hparams)
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with defaults filled in and every field checked (FalconError on a bad one)."""
         from falcon.experiments.data import DATASETS
 
         c = dataclasses.replace(self, hparams=dict(self.hparams))
-        ct = get_conv_type(c.conv)
-        c.hparams = ct.resolve(**{k: v for k, v in c.hparams.items() if k in {h.name for h in ct.hparams}})
         if c.dataset not in DATASETS:
             raise FalconError(f"unknown dataset {c.dataset!r}; choose one of {', '.join(DATASETS)}")
         if c.optimizer not in TRAIN_OPTIMIZERS:
             raise FalconError(f"optimizer must be one of {', '.join(TRAIN_OPTIMIZERS)}, got {c.optimizer!r}")
-        if c.init is None:
-            c.init = "svd" if ct.fittable else ("none" if c.conv == "standard" else "random")
-        elif c.conv == "standard":
-            c.init = "none"
-        elif c.init not in INITS:
-            raise FalconError(f"init must be one of {', '.join(INITS)}, got {c.init!r}")
-        elif not ct.fittable and c.init != "random":
-            raise FalconError(f"{c.conv} cannot be fitted to trained kernels, so it has no {c.init} fit; use --init random")
-        if ct.widens(**c.hparams):
-            raise FalconError(f"{ct.display_name(**c.hparams)} changes the widths of the kept layers, so their "
-                              "pretrained weights cannot be kept; use settings that keep the widths (ShuffleUnit: "
-                              "--width-mult 1); these can be sized, not fine-tuned")
-        if c.lr is None:
-            c.lr = DEFAULT_LR[c.optimizer]
-        if c.batch_size is None:
-            c.batch_size = DEFAULT_BATCH_SIZE.get(c.dataset, FALLBACK_BATCH_SIZE)
-        for bound, value, label in (("epochs", c.epochs, "epochs"), ("batch_size", c.batch_size, "batch size"),
-                                    ("epochs", c.baseline_epochs, "baseline epochs"), ("seed", c.seed, "seed"),
-                                    ("threads", c.threads, "threads"), ("steps", c.gd_steps, "gd steps"),
-                                    ("images", c.limit_train, "limit train"), ("images", c.limit_test, "limit test")):
-            if value is not None or bound not in ("threads", "steps", "images"):  # those may be None (no limit)
-                parse_int(value, bound, label)
-        c.lr = parse_float(c.lr, "lr", "learning rate")
-        parse_float(c.weight_decay, "weight_decay", "weight decay")
+        if c.plan is not None:
+            _resolve_plan(c)
+        else:
+            _resolve_conv(c)
+        _resolve_training(c)
         if c.latency:
-            from falcon.experiments.latency import LATENCY_LAYOUTS
-            from falcon.modelbench import RUNTIMES
-
-            if c.latency_runtime not in RUNTIMES:
-                raise FalconError(f"latency runtime must be one of {', '.join(RUNTIMES)}, got {c.latency_runtime!r}")
-            if c.latency_layout not in LATENCY_LAYOUTS:
-                raise FalconError(f"latency layout must be one of {', '.join(LATENCY_LAYOUTS)}, "
-                                  f"got {c.latency_layout!r}")
-            parse_int(c.latency_batch_size, "batch_size", "latency batch size")
-            parse_int(c.latency_rounds, "rounds", "latency rounds")
-            parse_float(c.latency_min_run_time, "min_run_time", "latency min run time")
+            _check_latency(c)
         return c
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _resolve_plan(c: ExperimentConfig) -> None:
+    """A planned run: the plan checked as data (for this model), conv :data:`PLAN`, its layers fitted (init svd)."""
+    from falcon.experiments import plans
+
+    if c.hparams:
+        raise FalconError(f"a plan sets each layer's type and ranks; leave out {', '.join(c.hparams)}")
+    if c.init not in (None, "svd"):
+        raise FalconError(f"a plan's layers start from their fit (init svd), not {c.init}; leave out --init")
+    c.plan, c.conv, c.init = plans.compact(c.plan, c.model), PLAN, "svd"
+
+
+def _resolve_conv(c: ExperimentConfig) -> None:
+    """A uniform run: the type's hyper-parameters resolved, its init by default (svd if fittable)."""
+    ct = get_conv_type(c.conv)
+    c.hparams = ct.resolve(**{k: v for k, v in c.hparams.items() if k in {h.name for h in ct.hparams}})
+    if c.init is None:
+        c.init = "svd" if ct.fittable else ("none" if c.conv == "standard" else "random")
+    elif c.conv == "standard":
+        c.init = "none"
+    elif c.init not in INITS:
+        raise FalconError(f"init must be one of {', '.join(INITS)}, got {c.init!r}")
+    elif not ct.fittable and c.init != "random":
+        raise FalconError(f"{c.conv} cannot be fitted to trained kernels, so it has no {c.init} fit; use --init random")
+    if ct.widens(**c.hparams):
+        raise FalconError(f"{ct.display_name(**c.hparams)} changes the widths of the kept layers, so their "
+                          "pretrained weights cannot be kept; use settings that keep the widths (ShuffleUnit: "
+                          "--width-mult 1); these can be sized, not fine-tuned")
+
+
+def _resolve_training(c: ExperimentConfig) -> None:
+    if c.lr is None:
+        c.lr = DEFAULT_LR[c.optimizer]
+    if c.batch_size is None:
+        c.batch_size = DEFAULT_BATCH_SIZE.get(c.dataset, FALLBACK_BATCH_SIZE)
+    for bound, value, label in (("epochs", c.epochs, "epochs"), ("batch_size", c.batch_size, "batch size"),
+                                ("epochs", c.baseline_epochs, "baseline epochs"), ("seed", c.seed, "seed"),
+                                ("threads", c.threads, "threads"), ("steps", c.gd_steps, "gd steps"),
+                                ("images", c.limit_train, "limit train"), ("images", c.limit_test, "limit test")):
+        if value is not None or bound not in ("threads", "steps", "images"):  # those may be None (no limit)
+            parse_int(value, bound, label)
+    c.lr = parse_float(c.lr, "lr", "learning rate")
+    parse_float(c.weight_decay, "weight_decay", "weight decay")
+
+
+def _check_latency(c: ExperimentConfig) -> None:
+    from falcon.experiments.latency import LATENCY_LAYOUTS
+    from falcon.modelbench import RUNTIMES
+
+    if c.latency_runtime not in RUNTIMES:
+        raise FalconError(f"latency runtime must be one of {', '.join(RUNTIMES)}, got {c.latency_runtime!r}")
+    if c.latency_layout not in LATENCY_LAYOUTS:
+        raise FalconError(f"latency layout must be one of {', '.join(LATENCY_LAYOUTS)}, got {c.latency_layout!r}")
+    parse_int(c.latency_batch_size, "batch_size", "latency batch size")
+    parse_int(c.latency_rounds, "rounds", "latency rounds")
+    parse_float(c.latency_min_run_time, "min_run_time", "latency min run time")
 
 
 @dataclass
@@ -306,6 +346,36 @@ def _count(model: nn.Module, chw: tuple[int, int, int]) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------------------------
 # training
+@dataclass
+class _Loop:
+    """One training loop: what its epochs share."""
+
+    net: nn.Module  # the model, or its DDP wrapper
+    loader: DataLoader
+    sampler: Any
+    opt: torch.optim.Optimizer
+    sched: Any
+    loss_fn: nn.Module
+    augment: Any  # the data set's batch transform, or None
+    gen: torch.Generator
+    device: torch.device
+    d: Dist
+    channels_last: bool
+    epochs: int
+    total: int  # steps in all
+    phase: str
+    span: tuple[float, float]
+    progress: ProgressFn | None
+    should_stop: StopFn | None
+    step: int = 0
+
+    def report(self, epoch: int, **event: Any) -> None:
+        if self.progress is not None and self.d.is_main:
+            self.progress({"phase": self.phase, "epoch": epoch, "epochs": self.epochs, "step": self.step,
+                           "steps": self.total,
+                           "fraction": self.span[0] + self.step / self.total * (self.span[1] - self.span[0]), **event})
+
+
 def train(model: nn.Module, data, cfg: ExperimentConfig, epochs: int, device: torch.device, d: Dist = Dist(),
           progress: ProgressFn | None = None, should_stop: StopFn | None = None, phase: str = "finetune",
           evaluate_each_epoch: bool = True, span: tuple[float, float] = (0.0, 1.0)) -> list[dict]:
@@ -317,7 +387,27 @@ def train(model: nn.Module, data, cfg: ExperimentConfig, epochs: int, device: to
     """
     if epochs <= 0:
         return []
-    channels_last = bool(cfg.channels_last)
+    loop = _loop(model, data, cfg, epochs, device, d, progress, should_stop, phase, span)
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        loss_sum, stats = _epoch(loop, epoch)
+        rec = {"epoch": epoch, "loss": float(loss_sum / stats[1]), "train_accuracy": float(stats[0] / stats[1]),
+               "samples": int(stats[1]), "steps_per_process": len(loop.loader),
+               "lr": loop.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if evaluate_each_epoch and epoch < epochs:  # the last epoch is evaluated by the caller
+            rec["test_accuracy"] = evaluate(model, data.test, device, d, channels_last=loop.channels_last,
+                                            should_stop=should_stop)
+        history.append(rec)
+        acc = f", held-out {rec['test_accuracy']:.4f}" if "test_accuracy" in rec else ""
+        loop.report(epoch, loss=rec["loss"], accuracy=rec.get("test_accuracy"),
+                    message=f"{phase}: epoch {epoch}/{epochs} done, loss {rec['loss']:.4f}{acc}")
+    return history
+
+
+def _loop(model: nn.Module, data, cfg: ExperimentConfig, epochs: int, device: torch.device, d: Dist,
+          progress: ProgressFn | None, should_stop: StopFn | None, phase: str, span: tuple[float, float]) -> _Loop:
+    """The seeded sampler and loader, the optimizer (no decay on biases and BN) with its cosine schedule, DDP."""
     gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * d.rank)
     torch.manual_seed(cfg.seed)
     if d.enabled:
@@ -329,12 +419,9 @@ def train(model: nn.Module, data, cfg: ExperimentConfig, epochs: int, device: to
         sampler = RandomSampler(data.train, generator=torch.Generator().manual_seed(cfg.seed))
         per_process = len(data.train)
     batch = min(cfg.batch_size, per_process)
-    drop_last = per_process > batch  # BatchNorm cannot train on a last batch of one image
-    loader = DataLoader(data.train, batch_size=batch, sampler=sampler, drop_last=drop_last,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    steps_per_epoch = len(loader)
-    total = max(1, epochs * steps_per_epoch)
-
+    loader = DataLoader(data.train, batch_size=batch, sampler=sampler, drop_last=per_process > batch,  # BatchNorm
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")  # cannot train on 1 image
+    total = max(1, epochs * len(loader))
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -343,64 +430,50 @@ def train(model: nn.Module, data, cfg: ExperimentConfig, epochs: int, device: to
     else:
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
     net: nn.Module = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    augment = data.train_batch_transform if cfg.augment else None
-    history: list[dict] = []
-    step = 0
-    t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        if d.enabled:
-            sampler.set_epoch(epoch)
-        net.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        stats = torch.zeros(2, dtype=torch.float64, device=device)  # correct, seen
-        for x, y in loader:
-            if should_stop is not None and should_stop():
-                raise Stopped
-            if augment is not None:
-                x = augment(x, gen)
-            x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
-            out = net(x)
-            loss = loss_fn(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            loss_sum += loss.detach() * len(y)
-            stats[0] += (out.detach().argmax(1) == y).sum()
-            stats[1] += len(y)
-            if progress is not None and d.is_main and (step % 5 == 0 or step == total):
-                frac = step / total
-                progress({"phase": phase, "epoch": epoch, "epochs": epochs, "step": step, "steps": total,
-                          "loss": float(loss.detach()), "fraction": span[0] + frac * (span[1] - span[0]),
-                          "message": f"{phase}: epoch {epoch}/{epochs}, step {step}/{total}, loss {float(loss.detach()):.4f}"})
-        if d.enabled:
-            import torch.distributed as dist
+    return _Loop(net, loader, sampler, opt, sched, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                 data.train_batch_transform if cfg.augment else None, gen, device, d, bool(cfg.channels_last), epochs,
+                 total, phase, span, progress, should_stop)
 
-            packed = torch.cat([loss_sum.reshape(1), stats])
-            dist.all_reduce(packed)
-            loss_sum, stats = packed[0], packed[1:]
-        rec = {"epoch": epoch, "loss": float(loss_sum / stats[1]), "train_accuracy": float(stats[0] / stats[1]),
-               "samples": int(stats[1]), "steps_per_process": steps_per_epoch,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        if evaluate_each_epoch and epoch < epochs:  # the last epoch is evaluated by the caller
-            rec["test_accuracy"] = evaluate(model, data.test, device, d, channels_last=channels_last,
-                                            should_stop=should_stop)
-        history.append(rec)
-        if progress is not None and d.is_main:
-            acc = f", held-out {rec['test_accuracy']:.4f}" if "test_accuracy" in rec else ""
-            progress({"phase": phase, "epoch": epoch, "epochs": epochs, "step": step, "steps": total,
-                      "loss": rec["loss"], "accuracy": rec.get("test_accuracy"),
-                      "fraction": span[0] + step / total * (span[1] - span[0]),
-                      "message": f"{phase}: epoch {epoch}/{epochs} done, loss {rec['loss']:.4f}{acc}"})
-    return history
+
+def _epoch(loop: _Loop, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the loader; (summed loss, [correct, seen]), summed over the processes under DDP."""
+    if loop.d.enabled:
+        loop.sampler.set_epoch(epoch)
+    loop.net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loop.device)
+    stats = torch.zeros(2, dtype=torch.float64, device=loop.device)  # correct, seen
+    for x, y in loop.loader:
+        if loop.should_stop is not None and loop.should_stop():
+            raise Stopped
+        if loop.augment is not None:
+            x = loop.augment(x, loop.gen)
+        x, y = _to(x, loop.device, loop.channels_last), y.to(loop.device, non_blocking=True)
+        out = loop.net(x)
+        loss = loop.loss_fn(out, y)
+        loop.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.opt.step()
+        loop.sched.step()
+        loop.step += 1
+        loss_sum += loss.detach() * len(y)
+        stats[0] += (out.detach().argmax(1) == y).sum()
+        stats[1] += len(y)
+        if loop.progress is not None and loop.d.is_main and (loop.step % 5 == 0 or loop.step == loop.total):
+            value = float(loss.detach())  # a sync on CUDA: only when someone listens
+            loop.report(epoch, loss=value, message=f"{loop.phase}: epoch {epoch}/{loop.epochs}, step "
+                                                    f"{loop.step}/{loop.total}, loss {value:.4f}")
+    if loop.d.enabled:
+        import torch.distributed as dist
+
+        packed = torch.cat([loss_sum.reshape(1), stats])
+        dist.all_reduce(packed)
+        loss_sum, stats = packed[0], packed[1:]
+    return loss_sum, stats
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,7 +540,8 @@ def convert_for_run(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[i
     falcon/dsconv: bare blocks loaded with the ``cfg.init`` fit of each trained kernel (the conv's
     bias moves into the block), so with the model's own BN/ReLU after them they compute what the
     model did up to the fit error (:func:`falcon.conversion.convert_model`). Other types: the paper-layout
-    block, randomly initialised (seeded).
+    block, randomly initialised (seeded). A planned run (``cfg.plan``): each layer its own type and ranks, fitted
+    (:func:`falcon.conversion.convert_plan`).
     """
     from falcon.models import get_model_entry
     from falcon.surgery import conv_sites, plan, replace_convs
@@ -476,6 +550,11 @@ def convert_for_run(model: nn.Module, cfg: ExperimentConfig, input_size: tuple[i
     if cfg.conv == "standard":
         return model, []
     entry = get_model_entry(cfg.model)
+    if cfg.plan is not None:
+        from falcon.conversion import convert_plan
+
+        converted = convert_plan(model, cfg.plan, input_size=input_size, entry=entry, seed=cfg.seed, inplace=True)
+        return converted.model.eval(), converted.as_dict()
     sites = plan(entry, conv_sites(model, input_size), cfg.conv, cfg.include_stem)
     if not sites:
         raise FalconError(f"{cfg.model} has no conv that {cfg.conv} can replace")
@@ -546,7 +625,6 @@ def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = No
 
 def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data, sweep_id) -> dict[str, Any]:
     from falcon.experiments import store as results_store
-    from falcon.experiments.data import load_dataset
 
     t_start = time.perf_counter()
     d = setup_distributed(cfg.device)
@@ -556,86 +634,96 @@ def _run(cfg: ExperimentConfig, progress, should_stop, db, store, baseline, data
         device = training_device(cfg.device, d)
         if cfg.channels_last is None:
             cfg.channels_last = device.type == "cpu"
-        timings: dict[str, float] = {}
-        record: dict[str, Any] = {
-            "run_id": results_store.new_run_id(), "status": "running", "sweep_id": sweep_id,
-            "model": cfg.model, "dataset": cfg.dataset, "conv": cfg.conv, "rank": cfg.rank, "init": cfg.init,
-            "hparams": cfg.hparams, "epochs": cfg.epochs, "lr": cfg.lr, "optimizer": cfg.optimizer, "seed": cfg.seed,
-            "device": device_description(device), "world_size": d.world_size,
-            "config": cfg.as_dict(), "timings": timings, "environment": environment(device, d), "metrics": {},
-        }
-        if d.enabled:  # every process must agree on the run id; rank 0's wins
-            import torch.distributed as dist
-
-            box = [record["run_id"]]
-            dist.broadcast_object_list(box, src=0)
-            record["run_id"] = box[0]
+        record = _new_record(cfg, device, d, sweep_id)
         try:
-            t = time.perf_counter()
-            if data is None:
-                _emit(progress, d, phase="data", fraction=0.0, message=f"loading {cfg.dataset}")
-                data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
-                                    limit_train=cfg.limit_train, limit_test=cfg.limit_test)
-            timings["data"] = time.perf_counter() - t
-            if baseline is None:
-                _emit(progress, d, phase="baseline", fraction=0.0, message=f"baseline {cfg.model}")
-                baseline = build_baseline(cfg, data, device, d, progress, should_stop, span=(0.0, 0.1))
-                timings["baseline"] = baseline.seconds
-            else:  # shared by the runs of a sweep: prepared (and timed) once
-                timings["baseline_shared"] = baseline.seconds
-            record.update(baseline_accuracy=baseline.accuracy, baseline_params=baseline.params,
-                          baseline_macs=baseline.macs)
-            record["metrics"].update(baseline_source=baseline.source, baseline_history=baseline.history)
-
-            _emit(progress, d, phase="convert", fraction=0.1, message=f"converting to {cfg.conv} (init {cfg.init})")
-            t = time.perf_counter()
-            model, layers = convert_for_run(baseline.model, cfg, data.input_size)
-            timings["convert"] = time.perf_counter() - t
-            record["params"], record["macs"] = _count(model, data.input_size)
-            record["metrics"]["layers"] = layers
-            model.to(device)
-            if cfg.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-
-            _emit(progress, d, phase="training_free", fraction=0.12, message="evaluating the converted model")
-            t = time.perf_counter()
-            record["training_free_accuracy"] = evaluate(model, data.test, device, d, channels_last=bool(cfg.channels_last),
-                                                        should_stop=should_stop)
-            timings["training_free_eval"] = time.perf_counter() - t
-            _emit(progress, d, phase="training_free", fraction=0.15, accuracy=record["training_free_accuracy"],
-                  message=f"training-free accuracy {record['training_free_accuracy']:.4f}")
-
-            t = time.perf_counter()
-            end = 0.92 if cfg.latency else 0.97  # the latency phase takes the rest
-            history = train(model, data, cfg, cfg.epochs, device, d, progress, should_stop, span=(0.15, end))
-            timings["finetune"] = time.perf_counter() - t
-            record["metrics"]["history"] = history
-
-            t = time.perf_counter()
-            record["finetuned_accuracy"] = evaluate(model, data.test, device, d, channels_last=bool(cfg.channels_last),
-                                                    should_stop=should_stop)
-            timings["final_eval"] = time.perf_counter() - t
-            if history:
-                history[-1]["test_accuracy"] = record["finetuned_accuracy"]
-            record["status"] = "completed"
-            if cfg.latency and d.is_main:
-                t = time.perf_counter()
-                record["metrics"]["latency"] = _measure_latency(cfg, baseline.model, model, layers, data.input_size,
-                                                                device, d, progress, should_stop, span=(end, 0.99))
-                timings["latency"] = time.perf_counter() - t
+            _phases(cfg, record, device, d, progress, should_stop, baseline, data)
         except Stopped:
             record["status"] = "stopped"
-        record["seconds"] = time.perf_counter() - t_start
-        timings["total"] = record["seconds"]
+        record["seconds"] = record["timings"]["total"] = time.perf_counter() - t_start
         if store and d.is_main:
             results_store.save_run(record, db)
-        if d.is_main:
-            msg = "stopped" if record["status"] == "stopped" else \
-                f"done: {record['finetuned_accuracy']:.4f} after {cfg.epochs} epochs"
-            _emit(progress, d, phase="done", fraction=1.0, message=msg, status=record["status"], record=record)
+        msg = "stopped" if record["status"] == "stopped" else \
+            f"done: {record['finetuned_accuracy']:.4f} after {cfg.epochs} epochs"
+        _emit(progress, d, phase="done", fraction=1.0, message=msg, status=record["status"], record=record)
         return record
     finally:
         if d.initialized_here:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _new_record(cfg: ExperimentConfig, device: torch.device, d: Dist, sweep_id: str | None) -> dict[str, Any]:
+    """The run's record before any work: what defines it (a planned run: its plan's label and digest too)."""
+    from falcon.experiments import plans, store as results_store
+
+    record: dict[str, Any] = {
+        "run_id": results_store.new_run_id(), "status": "running", "sweep_id": sweep_id,
+        "model": cfg.model, "dataset": cfg.dataset, "conv": cfg.conv, "rank": cfg.rank, "init": cfg.init,
+        "hparams": cfg.hparams, "epochs": cfg.epochs, "lr": cfg.lr, "optimizer": cfg.optimizer, "seed": cfg.seed,
+        "device": device_description(device), "world_size": d.world_size,
+        "config": cfg.as_dict(), "timings": {}, "environment": environment(device, d), "metrics": {},
+    }
+    if cfg.plan is not None:
+        record["metrics"]["plan"] = {"label": plans.label(cfg.plan), "digest": plans.digest(cfg.plan)}
+    if d.enabled:  # every process must agree on the run id; rank 0's wins
+        import torch.distributed as dist
+
+        box = [record["run_id"]]
+        dist.broadcast_object_list(box, src=0)
+        record["run_id"] = box[0]
+    return record
+
+
+def _timed(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
+    t = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        timings[key] = time.perf_counter() - t
+
+
+def _phases(cfg: ExperimentConfig, record: dict, device: torch.device, d: Dist, progress, should_stop,
+            baseline: Baseline | None, data) -> None:
+    """Data, baseline, conversion, training-free accuracy, fine-tuning, fine-tuned accuracy, latency: into ``record``."""
+    from falcon.experiments.data import load_dataset
+
+    timings, metrics = record["timings"], record["metrics"]
+    t = time.perf_counter()
+    if data is None:
+        _emit(progress, d, phase="data", fraction=0.0, message=f"loading {cfg.dataset}")
+        data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, limit_train=cfg.limit_train,
+                            limit_test=cfg.limit_test)
+    timings["data"] = time.perf_counter() - t
+    if baseline is None:
+        _emit(progress, d, phase="baseline", fraction=0.0, message=f"baseline {cfg.model}")
+        baseline = build_baseline(cfg, data, device, d, progress, should_stop, span=(0.0, 0.1))
+        timings["baseline"] = baseline.seconds
+    else:  # shared by the runs of a sweep: prepared (and timed) once
+        timings["baseline_shared"] = baseline.seconds
+    record.update(baseline_accuracy=baseline.accuracy, baseline_params=baseline.params, baseline_macs=baseline.macs)
+    metrics.update(baseline_source=baseline.source, baseline_history=baseline.history)
+    _emit(progress, d, phase="convert", fraction=0.1, message=f"converting to {cfg.label} (init {cfg.init})")
+    model, layers = _timed(timings, "convert", lambda: convert_for_run(baseline.model, cfg, data.input_size))
+    record["params"], record["macs"] = _count(model, data.input_size)  # counted on the converted model
+    metrics["layers"] = layers
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def accuracy() -> float:
+        return evaluate(model, data.test, device, d, channels_last=bool(cfg.channels_last), should_stop=should_stop)
+
+    _emit(progress, d, phase="training_free", fraction=0.12, message="evaluating the converted model")
+    acc = record["training_free_accuracy"] = _timed(timings, "training_free_eval", accuracy)
+    _emit(progress, d, phase="training_free", fraction=0.15, accuracy=acc, message=f"training-free accuracy {acc:.4f}")
+    end = 0.92 if cfg.latency else 0.97  # the latency phase takes the rest
+    history = metrics["history"] = _timed(timings, "finetune", lambda: train(
+        model, data, cfg, cfg.epochs, device, d, progress, should_stop, span=(0.15, end)))
+    record["finetuned_accuracy"] = _timed(timings, "final_eval", accuracy)
+    if history:
+        history[-1]["test_accuracy"] = record["finetuned_accuracy"]
+    record["status"] = "completed"
+    if cfg.latency and d.is_main:
+        metrics["latency"] = _timed(timings, "latency", lambda: _measure_latency(
+            cfg, baseline.model, model, layers, data.input_size, device, d, progress, should_stop, span=(end, 0.99)))

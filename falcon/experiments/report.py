@@ -10,7 +10,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from falcon.experiments.pipeline import ExperimentConfig
-from falcon.convtypes import RANKED, label_of
+from falcon.convtypes import RANKED
+from falcon.experiments.plans import run_label
 from falcon.experiments.sweep import DEFAULT_RANKS, DEFAULT_SWEEP_CONVS
 from falcon.paper import PAPER_RANKED
 
@@ -32,9 +33,8 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
     for r in records:
         bp, bm = r.get("baseline_params"), r.get("baseline_macs")
         ft, base = r.get("finetuned_accuracy"), r.get("baseline_accuracy")
-        hp = r.get("hparams") or {}
         rows.append({
-            "run_id": r.get("run_id"), "conv": r.get("conv"), "label": label_of(r.get("conv", ""), hp),
+            "run_id": r.get("run_id"), "conv": r.get("conv"), "label": run_label(r),
             "rank": r.get("rank") if r.get("conv") in RANKED else None, "init": r.get("init"),
             "epochs": r.get("epochs"), "status": r.get("status"), "params": r.get("params"), "macs": r.get("macs"),
             "compression_rate": bp / r["params"] if bp and r.get("params") else None,

@@ -542,23 +542,24 @@ def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None
                     latest: bool = False) -> list[dict[str, Any]]:
     """Stored runs in the columns of ``falcon/data/paper_results.csv``, to plot beside the paper's points.
 
-    One point per completed run: ``model``, ``dataset``, ``method`` (conv type), ``rank`` (falcon/dsconv,
+    One point per completed run: ``model``, ``dataset``, ``method`` (conv type; a planned run's label such as
+    ``plan (macs 4×)``, :func:`falcon.experiments.plans.method_of`), ``rank`` (falcon/dsconv,
     else None), ``top1`` (percent, ``which`` accuracy), ``params_m``, ``macs_m`` (millions), plus
     ``run_id``, ``init``, ``epochs``, ``training_free_top1`` and ``source="ours"``, and the measured latency
     (:data:`LATENCY_COLUMNS`: ``latency_ms``, the converted model's median per batch, the baseline point's the
     baseline's; ``latency_iqr_ms``, ``latency_speedup``, ``latency_device``, ``latency_runtime``,
     ``latency_batch``, ``latency_weights``; None where the run has no measured latency). With
     ``include_baseline``, one ``standard`` point per distinct (model, dataset, baseline) as well.
-    With ``latest``, only the most recent run of each (model, dataset, conv, hparams, init, epochs).
+    With ``latest``, only the most recent run of each (model, dataset, conv, hparams or plan, init, epochs).
     ``pd.DataFrame(accuracy_points())`` is ready for :func:`falcon.figures.accuracy_figure` (``own=``).
     """
+    from falcon.experiments.plans import latest_key, method_of
+
     runs = list_runs(db, status="completed") if runs is None else runs
     if latest:
         newest: dict[tuple, dict] = {}
         for r in runs:  # oldest first: later runs overwrite
-            hp = r.get("hparams")
-            key = (r.get("model"), r.get("dataset"), r.get("conv"), json.dumps(hp, sort_keys=True, default=str),
-                   r.get("init"), r.get("epochs"))
+            key = (r.get("model"), r.get("dataset"), r.get("conv"), latest_key(r), r.get("init"), r.get("epochs"))
             newest.pop(key, None)
             newest[key] = r
         runs = list(newest.values())
@@ -570,7 +571,7 @@ def accuracy_points(db: str | os.PathLike | None = None, runs: list[dict] | None
             continue
         rank = r.get("rank") if r.get("conv") in RANKED else None
         points.append({
-            "model": r["model"], "dataset": r["dataset"], "method": r["conv"], "rank": rank,
+            "model": r["model"], "dataset": r["dataset"], "method": method_of(r), "rank": rank,
             "top1": 100.0 * acc, "top5": None, "params_m": r["params"] / 1e6, "macs_m": (r.get("macs") or 0) / 1e6,
             "table": "ours", "source": "ours", "run_id": r["run_id"], "init": r.get("init"),
             "epochs": r.get("epochs"),
