@@ -119,7 +119,7 @@ def key_macs(key: TimingKey) -> int:
 # the timer
 def bench_timer(threads: int | None = None, min_run_time: float = MIN_RUN_TIME) -> Timer:
     """The layer bench's way of timing one module (see the module docstring), as a :data:`Timer`."""
-    from torch.utils import benchmark
+    from falcon.bench import benchmark  # torch.utils.benchmark, with cpp_extension's CUDA warning quieted
 
     threads = torch.get_num_threads() if threads is None else parse_int(threads, "threads")
     min_run_time = parse_float(min_run_time, "min_run_time", "min run time")
@@ -250,18 +250,14 @@ def latency_problem(model, *, types: Sequence[str] = DEFAULT_TYPES, proxy: str =
     t0 = time.perf_counter()
     batch_size, rounds = parse_int(batch_size, "batch_size", "batch size"), parse_int(rounds, "rounds")
     prob = problem(model, types, proxy, weights, include_stem, seed=seed)
-    options, keys = [], []
-    for s in prob.sites:
-        conv = prob.module.get_submodule(s.name)
-        opts = layer_options(s.name, conv, s.spec, prob.types[s.name], "macs", proxy, prob.inputs.get(s.name))
-        options.append(opts)
-        keys.append([key_of(conv, s.spec, KEEP, {})] + [key_of(conv, s.spec, o.data.conv, o.data.hparams) for o in opts])
+    options, keys = _site_options(prob, proxy)
     flat = [k for ks in keys for k in ks]
     estimate = estimate_seconds(flat, prob.original["macs"], sum(map(len, options)),
                                 model_modules=sum(1 for _ in prob.module.modules()), batch_size=batch_size,
                                 rounds=rounds, min_run_time=min_run_time, threads=threads,
                                 max_seconds=max_seconds).check()
     timer = timer or bench_timer(threads, min_run_time)
+    busy = _busy_note(getattr(timer, "threads", None))
     table = LatencyTable(timer, batch_size, rounds, should_stop, progress)
     from falcon.bench import retained_memory
 
@@ -274,10 +270,33 @@ def latency_problem(model, *, types: Sequence[str] = DEFAULT_TYPES, proxy: str =
               for opts, ks in zip(options, keys)]
     out = LatencyProblem(prob, proxy, layers, [table.seconds[ks[0]] for ks in keys], model_s, table, estimate,
                          time.perf_counter() - t0)
+    out.notes.extend(busy)
     if out.overhead < 0:
         out.notes.append(f"the replaceable convs timed alone sum to {sum(out.keep_seconds) * 1e3:.3g} ms, more than "
                          f"the whole model's {model_s * 1e3:.3g} ms: predictions carry that difference")
     return out
+
+
+def _site_options(prob, proxy: str) -> tuple[list[list[Option]], list[list[TimingKey]]]:
+    """Per site: the MAC planner's options (costs in MACs, errors by ``proxy``) and the timing keys of keeping the
+    conv and of each option (keep first)."""
+    options, keys = [], []
+    for s in prob.sites:
+        conv = prob.module.get_submodule(s.name)
+        opts = layer_options(s.name, conv, s.spec, prob.types[s.name], "macs", proxy, prob.inputs.get(s.name))
+        options.append(opts)
+        keys.append([key_of(conv, s.spec, KEEP, {})] + [key_of(conv, s.spec, o.data.conv, o.data.hparams) for o in opts])
+    return options, keys
+
+
+def _busy_note(threads: int | None) -> list[str]:
+    """The layer bench's warning: more runnable processes than cores left free makes every timing noisy (an
+    OpenMP barrier waits for a thread the scheduler paused)."""
+    load, cores = _loadavg(), os.cpu_count() or 1
+    if threads is None or load is None or load <= cores - threads + 0.9:
+        return []
+    return [f"the machine was busy (load average {load:g} on {cores} CPUs) with {threads} thread"
+            f"{'s' if threads != 1 else ''} per timing: timings are noisy{'; --threads 1 is steadier' if threads > 1 else ''}"]
 
 
 def _model_input(chw, batch_size: int) -> torch.Tensor:

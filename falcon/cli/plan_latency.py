@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
 def _print(plan, lat: dict) -> None:
     m = lat["measured"]
     print(f"{plan.model}: plan for ≤ {lat['budget_ms']:.4g} ms per forward pass ({plan.proxy} proxy, {plan.solver}; "
-          f"{lat['timings']} blocks timed in {lat['seconds']:.1f} s on {lat['cpu']}, {lat['threads']} threads)")
+          f"{lat['timings']} blocks timed in {lat['seconds']:.1f} s, estimated {lat['estimated_seconds']:.0f} s, on "
+          f"{lat['cpu']}, {lat['threads']} threads)")
     print_table([{"layer": c.name, "type": c.conv, "ranks": ",".join(f"{k}={v}" for k, v in c.hparams.items()) or "–",
                   "keep ms": row["keep_ms"], "plan ms": row["plan_ms"], "error": c.error}
                  for c, row in zip(plan.layers, lat["layers"])])
