@@ -142,8 +142,8 @@ def live() -> None:
     slot.seen(me)
     now_busy = slot.busy(me)
     if now_busy:  # another session's experiment: that it runs and how long it has left, nothing of its data
-        st.warning(f"{now_busy[0].upper()}{now_busy[1:]}: an experiment started now would compete for the cores, so "
-                   "Start waits for it.", icon=":material/hourglass_top:")
+        st.warning(f"{now_busy[0].upper()}{now_busy[1:]}: an experiment started now would compete for the cores, "
+                   "so Start is off until it ends.", icon=":material/hourglass_top:")
     elif busy:
         st.rerun(scope="app")  # the other session's experiment ended: Start is free again
     runner: SweepRunner | None = common.job_panel(  # ended: the whole page redraws (buttons, stored runs)

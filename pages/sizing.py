@@ -126,6 +126,7 @@ MEASURE = common.Keys.MEASURE
 choice = dict(model=model, conv=conv, hparams=hparams_json, input_size=input_size, num_classes=num_classes)
 session_job = st.session_state.get(MEASURE.job)
 measuring = session_job is not None and session_job.running
+estimate = None  # of the measurement set below (falcon.worker.estimate_model), when there is one
 if conv == "standard":
     st.button("Measure", key="measure_start", type="primary", icon=":material/timer:", disabled=True)
     st.caption("The standard conv is the unmodified model: there is nothing to compare it with. Pick another conv "
@@ -142,17 +143,16 @@ else:
     layout = common.widget(mc[1].selectbox, "layout", ["auto", "contiguous", "channels_last"], key="measure_layout",
                            bind=False, help="memory layout for eager and compile (ONNX Runtime: contiguous). auto "
                                             "measures NCHW and NHWC and compares the fastest of each")
-    batch = common.widget(mc[2].number_input, "batch size", 1, int(limits.hi("batch_size")), 1, key="measure_batch",
-                          bind=False)
+    batch = common.number(mc[2], "batch size", "batch_size", 1, step=1, key="measure_batch", bind=False)
     import torch as _torch
 
     most = int(limits.hi("threads"))  # 4 × the cores: more only contend, and far more crash OpenMP
-    threads = common.widget(mc[3].number_input, "threads", 1, most, min(_torch.get_num_threads(), most), key="measure_threads",
-                            bind=False, help="CPU threads for the run (default: torch's)")
-    rounds = common.widget(mc[4].number_input, "rounds", 1, 50, DEFAULT_ROUNDS, key="measure_rounds", bind=False,
+    threads = common.number(mc[3], "threads", "threads", min(_torch.get_num_threads(), most), step=1,
+                            key="measure_threads", bind=False, help="CPU threads for the run (default: torch's)")
+    rounds = common.number(mc[4], "rounds", "rounds", DEFAULT_ROUNDS, step=1, key="measure_rounds", bind=False,
                            help=f"interleaved rounds; {DEFAULT_ROUNDS} keep repeated runs within ±10% on a shared "
                                 "2-core machine, fewer are quicker and noisier")
-    min_time = common.widget(mc[5].number_input, "s per visit", 0.01, 2.0, 0.2, step=0.05, format="%g",
+    min_time = common.number(mc[5], "s per visit", "min_run_time", 0.2, step=0.05, format="%g",
                              key="measure_min_time", bind=False,
                              help="seconds of timing per model, runtime and layout in each round")
     for rt, why in available.items():
@@ -166,7 +166,6 @@ else:
         parse_conversions([(conv, json.loads(hparams_json))])  # one line now (a width multiplier), not after a start
         measurable = True
 
-    estimate = None
     if measurable and runtimes:
         with common.guard(stop=False):
             estimate = common.model_estimate(model, json.dumps([(conv, json.loads(hparams_json))]), input_size,
@@ -271,27 +270,14 @@ def show_measurement(job) -> bool:
     return rerun
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def measure_estimate(model: str, conversion: str, hparams: str, input_size: int, num_classes: int, runtimes: tuple,
-                     layout: str, batch: int, threads: int, rounds: int, min_time: float) -> tuple[float, str]:
-    """(seconds, "about 58 s and 284 MiB at its peak"): falcon.worker's estimate of this measurement, from the
-    model's MACs and bytes at this machine's measured rate."""
-    from falcon.worker import estimate_model
-
-    e = estimate_model(common.app_model(model), [(conversion, json.loads(hparams))], input_size, num_classes,
-                       runtimes, layout, batch, threads, rounds, min_time)
-    return e.seconds, e.describe()
-
-
 def measure_hint() -> str:
-    """How long the measurement set above would take here (never a fixed number: resnet18 takes minutes where
-    digits-vgg takes seconds)."""
-    with common.guard(stop=False):
-        _, words = measure_estimate(model, conv, hparams_json, input_size, num_classes, tuple(runtimes), layout,
-                                    int(batch), int(threads), int(rounds), float(min_time))
-        return (f"Measuring {measure_choice(choice)} ({', '.join(runtimes)}, layout {layout}, {int(rounds)} rounds) "
-                f"takes {words} on this machine (estimated from its MACs and bytes at this machine's measured rate).")
-    return ""
+    """How long the measurement set above would take here: the estimate its Measure button was checked against
+    (never a fixed number: resnet18 takes minutes where digits-vgg takes seconds)."""
+    if estimate is None:
+        return ""
+    return (f"Measuring {measure_choice(choice)} ({', '.join(runtimes)}, layout {layout}, {int(rounds)} rounds) "
+            f"takes {estimate.describe()} on this machine (estimated from its MACs and bytes at this machine's "
+            "measured rate).")
 
 
 @st.fragment(run_every=0.5 if measuring else None)

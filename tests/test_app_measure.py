@@ -183,3 +183,28 @@ def test_figures_that_cannot_all_be_true_are_shown_as_unreliable(monkeypatch):
     assert again is not job and again.task == job.task
     wait_for(at, "measure_job", timeout=120)
     assert metrics(at)["speedup, eager"] == "unreliable"
+
+
+@pytest.mark.parametrize("page, key, label, bound, bad, used", [
+    ("calculator", "bench_batch", "batch size", "batch_size", 0, 8),
+    ("calculator", "bench_rounds", "rounds", "rounds", 5000, 3),
+    ("calculator", "bench_min_time", "s per visit", "min_run_time", 100.0, 0.1),
+    ("sizing", "measure_batch", "batch size", "batch_size", 5000, 1),
+    ("sizing", "measure_rounds", "rounds", "rounds", 0, None),
+    ("sizing", "measure_min_time", "s per visit", "min_run_time", 0.0, 0.2),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_measure_settings_refuse_a_bad_value_with_the_range(page, key, label, bound, bad, used):
+    """The calculator's and Model sizing's measure settings go through common.number: a value outside
+    falcon.limits' bound is refused with the range, and the last good value (the default) is used."""
+    from falcon import limits
+    from falcon.modelbench import DEFAULT_ROUNDS
+
+    used = DEFAULT_ROUNDS if used is None else used
+    at = open_page(page, **({"model": "digits-vgg", "conv": "falcon"} if page == "sizing" else {}))
+    at.number_input(key=key).set_value(bad).run()
+    assert not at.exception
+    b = limits.bound(bound)
+    [error] = [e.value for e in at.error]
+    assert error.startswith(f"{label} must be {b.describe()} ({b.why}); got {bad!r}")
+    assert error.endswith(f"Using {label} = {used:g} instead.")
+    assert f"Allowed: {b.describe()}" in at.number_input(key=key).help
