@@ -44,7 +44,8 @@ def test_no_function_in_falcon_is_longer_than_60_lines():
 def test_no_function_in_falcon_is_too_complex():
     pytest.importorskip("ruff")
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "falcon", "--select", "C901", "--no-cache",
-                           "--output-format", "concise"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--output-format", "concise"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
     offenders = [line for line in done.stdout.splitlines() if "C901" in line]
     assert done.returncode == 0 and not offenders, (
         "functions in falcon/ above McCabe complexity 15 (pyproject.toml [tool.ruff.lint.mccabe]; split them):\n"

@@ -47,11 +47,33 @@ from falcon.modelbench.breakdown import add_breakdowns
 from falcon.modelbench.cli import add_model_args, main, main_args, print_report, run
 from falcon.modelbench.measure import DEFAULT_ROUNDS, WARMUP_CALLS, measure_model
 from falcon.modelbench.memory import MemoryPlan, plan_memory
-from falcon.modelbench.prepare import PreparedModel, PreparedModels, parse_conversions, prepare_models, prepared_from_modules
+from falcon.modelbench.prepare import (
+    PreparedModel,
+    PreparedModels,
+    parse_conversions,
+    prepare_models,
+    prepared_from_modules,
+)
 from falcon.modelbench.profile import Profile, profile_model
-from falcon.modelbench.results import (BREAKDOWN_TOLERANCE, CATEGORIES, CATEGORY_LABELS, Breakdown, Conversion,
-                                       LayerTime, ModelBenchResult, Timing, _why_above, last_level_cache_bytes)
-from falcon.modelbench.runtimes import RUNTIMES, RuntimeInfo, _layouts, parse_runtimes, runtime_info
+from falcon.modelbench.results import (
+    BREAKDOWN_TOLERANCE,
+    CATEGORIES,
+    CATEGORY_LABELS,
+    Breakdown,
+    Conversion,
+    LayerTime,
+    ModelBenchResult,
+    Timing,
+    _why_above,
+    last_level_cache_bytes,
+)
+from falcon.modelbench.runtimes import (
+    RUNTIMES,
+    RuntimeInfo,
+    _layouts,
+    parse_runtimes,
+    runtime_info,
+)
 from falcon.modelbench.tasks import ProgressFn, StopFn
 
 __all__ = [

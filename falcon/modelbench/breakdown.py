@@ -8,7 +8,13 @@ import torch
 from falcon.convtypes import get_conv_type
 from falcon.modelbench.prepare import PreparedModel, PreparedModels
 from falcon.modelbench.profile import _recategorize, profile_model
-from falcon.modelbench.results import BREAKDOWN_TOLERANCE, CATEGORIES, CATEGORY_LABELS, Breakdown, LayerTime
+from falcon.modelbench.results import (
+    BREAKDOWN_TOLERANCE,
+    CATEGORIES,
+    CATEGORY_LABELS,
+    Breakdown,
+    LayerTime,
+)
 from falcon.modelbench.tasks import Run, _Task
 
 

@@ -12,7 +12,12 @@ from falcon.errors import FalconError
 from falcon.limits import float_flag, hparam_flag, int_flag
 from falcon.modelbench.measure import DEFAULT_ROUNDS, measure_model
 from falcon.modelbench.prepare import parse_conversions
-from falcon.modelbench.results import BREAKDOWN_TOLERANCE, CATEGORIES, CATEGORY_LABELS, ModelBenchResult
+from falcon.modelbench.results import (
+    BREAKDOWN_TOLERANCE,
+    CATEGORIES,
+    CATEGORY_LABELS,
+    ModelBenchResult,
+)
 from falcon.modelbench.runtimes import RUNTIMES, parse_runtimes
 
 
@@ -112,7 +117,7 @@ def print_report(result: ModelBenchResult, out=None) -> None:
                         out=out)
         if b.explanation:
             print(f"why: {b.explanation}", file=out)
-    print("", file=out)
+    print(file=out)
     for line in result.summary_lines():
         print(line, file=out)
     for note in result.notes:
@@ -165,7 +170,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from falcon.cli import _Parser  # argparse's errors in one line, as python -m falcon's
+    from falcon.cli import (
+        _Parser,  # argparse's errors in one line, as python -m falcon's
+    )
 
     parser = _Parser(prog="python -m falcon.modelbench",
                      description="Whole-model latency: the original vs its converted form, per runtime, with where "

@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from falcon.bench import (MEMORY_FORMATS, _loadavg, _quartiles, busy_notes, device_name, fmt_bytes, memory_budget,
-                          resolve_device, run_rounds, timing_settings)
+from falcon.bench import (
+    MEMORY_FORMATS,
+    _loadavg,
+    _quartiles,
+    busy_notes,
+    device_name,
+    fmt_bytes,
+    memory_budget,
+    resolve_device,
+    run_rounds,
+    timing_settings,
+)
 from falcon.limits import parse_float, parse_int
 from falcon.modelbench.breakdown import add_breakdowns
 from falcon.modelbench.memory import MemoryPlan, check_plan, plan_memory
 from falcon.modelbench.prepare import PreparedModels, parse_conversions, prepare_models
-from falcon.modelbench.results import Conversion, ModelBenchResult, _speedups, last_level_cache_bytes
-from falcon.modelbench.runtimes import RuntimeInfo, _layouts, parse_runtimes, runtime_info
+from falcon.modelbench.results import (
+    Conversion,
+    ModelBenchResult,
+    _speedups,
+    last_level_cache_bytes,
+)
+from falcon.modelbench.runtimes import (
+    RuntimeInfo,
+    _layouts,
+    parse_runtimes,
+    runtime_info,
+)
 from falcon.modelbench.tasks import ProgressFn, Run, StopFn, _Task, build_tasks
 
 #: interleaved rounds of the whole-model benchmark: 10 keep five separate runs within ±10% on a shared 2-core

@@ -2,8 +2,9 @@
 (eval mode, CPU); :func:`prepare_models` builds them, :func:`prepared_from_modules` takes them built elsewhere."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,8 +57,7 @@ def parse_conversions(conv: str | Sequence = "falcon", rank: int | None = 1, **h
     for item in items:
         name, given = (item, None) if isinstance(item, str) else (item[0], dict(item[1] or {}))
         name = str(name).strip()
-        if name.endswith("-fused"):
-            name = name[: -len("-fused")]
+        name = name.removesuffix("-fused")
         if name == "standard":
             continue
         ct = get_conv_type(name)
@@ -98,9 +98,7 @@ def _chw(entry, input_size) -> tuple[int, int, int]:
 
 def _entry_of(model, input_size=None):
     from falcon.checkpoints import LoadedModel
-    from falcon.models import get_model_entry, module_entry
-
-    from falcon.models import ModelEntry
+    from falcon.models import ModelEntry, get_model_entry, module_entry
 
     if isinstance(model, ModelEntry):
         return model

@@ -4,9 +4,10 @@ profiler's own cost calibrated and taken out (:func:`profile_model`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

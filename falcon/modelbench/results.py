@@ -227,7 +227,7 @@ def last_level_cache_bytes(device: torch.device | None = None) -> int | None:
     return best
 
 
-def _why_above(result: "ModelBenchResult", c: "Conversion") -> str:
+def _why_above(result: ModelBenchResult, c: Conversion) -> str:
     """Why a measured speedup beats the MAC ratio: the converted model runs at a higher MAC rate, and when
     the original's weights do not fit the last-level cache, why."""
     best = c.best or {}
