@@ -118,7 +118,10 @@ def key_macs(key: TimingKey) -> int:
 # ----------------------------------------------------------------------------------------------
 # the timer
 def bench_timer(threads: int | None = None, min_run_time: float = MIN_RUN_TIME) -> Timer:
-    """The layer bench's way of timing one module (see the module docstring), as a :data:`Timer`."""
+    """The layer bench's timing (``torch.utils.benchmark.Timer`` at ``threads`` threads, inference mode, a
+    warm-up) as a :data:`Timer`. A visit is one block of calls lasting about ``min_run_time`` (its size from the
+    warm-up's time per call: ``blocked_autorange``'s own block sizing costs ~0.1 s a visit, too much for hundreds
+    of blocks), reported per call."""
     from falcon.bench import benchmark  # torch.utils.benchmark, with cpp_extension's CUDA warning quieted
 
     threads = torch.get_num_threads() if threads is None else parse_int(threads, "threads")
@@ -128,8 +131,8 @@ def bench_timer(threads: int | None = None, min_run_time: float = MIN_RUN_TIME) 
         t = benchmark.Timer(stmt="module(x)", globals={"module": module.eval(), "x": x}, num_threads=threads)
         with torch.inference_mode():
             t.timeit(1)  # warm-up: oneDNN primitives, caches
-            t.timeit(2)
-            return [statistics.median(t.blocked_autorange(min_run_time=min_run_time).times) for _ in range(visits)]
+            number = max(1, int(min_run_time / max(t.timeit(2).median, 1e-7)))
+            return [t.timeit(number).median for _ in range(visits)]
 
     timer.threads = threads  # type: ignore[attr-defined]
     return timer
@@ -142,26 +145,49 @@ def _loadavg() -> float | None:
         return None
 
 
+MODEL = "the whole model"  # the model's entry in a table's rotation
+
+
 class LatencyTable:
-    """Seconds per call of each :class:`TimingKey`, each timed once (the median of ``rounds`` visits)."""
+    """Seconds per call of each :class:`TimingKey` (and of the whole model), each block built once and timed in
+    ``rounds`` rounds that visit every block once, in an order rotated every round (a burst of another process
+    then slows one visit of many blocks, not every visit of one); the median of its visits."""
 
     def __init__(self, timer: Timer, batch_size: int = 1, rounds: int = ROUNDS,
                  should_stop: StopFn | None = None, progress: ProgressFn | None = None):
         self.timer, self.batch_size, self.rounds = timer, batch_size, rounds
         self.should_stop, self.progress = should_stop, progress
         self.seconds: dict[TimingKey, float] = {}
+        self.model_seconds: float | None = None
 
-    def measure(self, keys: Sequence[TimingKey]) -> None:
-        """Time every key not timed yet, in order; :class:`Stopped` when ``should_stop()`` says so."""
-        todo = [k for k in dict.fromkeys(keys) if k not in self.seconds]
-        for i, key in enumerate(todo):
-            if self.should_stop is not None and self.should_stop():
-                raise Stopped(f"the latency plan was stopped after {i} of {len(todo)} timings; nothing was planned")
-            x = torch.randn(self.batch_size, key.in_channels, key.height, key.width,
-                            generator=torch.Generator().manual_seed(0))
-            self.seconds[key] = statistics.median(self.timer(build_block(key), x, self.rounds))
-            if self.progress is not None:
-                self.progress(i + 1, len(todo), key.label())
+    def measure(self, keys: Sequence[TimingKey], model: tuple[nn.Module, torch.Tensor] | None = None) -> None:
+        """Time every key not timed yet (and ``model``: (module, input)); :class:`Stopped` when ``should_stop()``
+        says so before a visit."""
+        todo: list = [k for k in dict.fromkeys(keys) if k not in self.seconds] + ([MODEL] if model else [])
+        blocks, inputs, samples = {MODEL: model}, {}, {k: [] for k in todo}
+        total = len(todo) * self.rounds
+        for r in range(self.rounds):
+            for i, key in enumerate(todo[r % len(todo):] + todo[:r % len(todo)] if todo else []):
+                done = r * len(todo) + i
+                if self.should_stop is not None and self.should_stop():
+                    raise Stopped(f"the latency plan was stopped after {done} of {total} timings; nothing was planned")
+                if key not in blocks:
+                    blocks[key] = (build_block(key), self._input(inputs, key))
+                samples[key].extend(self.timer(*blocks[key], 1))
+                if self.progress is not None:
+                    self.progress(done + 1, total, MODEL if key is MODEL else key.label())
+        for key, times in samples.items():
+            if key is MODEL:
+                self.model_seconds = statistics.median(times)
+            else:
+                self.seconds[key] = statistics.median(times)
+
+    def _input(self, inputs: dict, key: TimingKey) -> torch.Tensor:
+        """One random input per shape (shared by every block that reads it)."""
+        shape = (self.batch_size, key.in_channels, key.height, key.width)
+        if shape not in inputs:
+            inputs[shape] = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        return inputs[shape]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,33 +210,31 @@ class TimingEstimate:
         return self
 
 
-def _visit(call: float, min_run_time: float) -> float:
-    from falcon.worker import _visit_seconds
+#: seconds a visit costs besides its calls (the Timer, its warm-up bookkeeping, Python)
+VISIT_OVERHEAD_S = 0.002
 
-    return _visit_seconds(call, min_run_time)
+
+def _visit(call: float, min_run_time: float) -> float:
+    """A :func:`bench_timer` visit: 3 warm-up calls, then a block of about ``min_run_time`` (at least one call)."""
+    return 3 * call + max(min_run_time, call) + VISIT_OVERHEAD_S
 
 
 def estimate_seconds(keys: Sequence[TimingKey], model_macs: int, options: int, *, model_modules: int = 1,
-                     batch_size: int = 1,
-                     rounds: int = ROUNDS, min_run_time: float = MIN_RUN_TIME, threads: int | None = None,
-                     check_rounds: int = CHECK_ROUNDS, check_min_run_time: float = CHECK_MIN_RUN_TIME,
-                     max_seconds: float | None = None) -> TimingEstimate:
-    """Per unique block: 3 warm-up calls and ``rounds`` visits, a call taking its MACs at this machine's conv rate
-    (:func:`falcon.worker.machine_rate`) plus the per-call overhead; then the model once, and ``check_rounds``
-    interleaved visits of the model and the planned model (at most as slow as the model); a call of the model
-    also pays the per-call overhead once per module."""
+                     batch_size: int = 1, rounds: int = ROUNDS, min_run_time: float = MIN_RUN_TIME,
+                     threads: int | None = None, check_rounds: int = CHECK_ROUNDS,
+                     check_min_run_time: float = CHECK_MIN_RUN_TIME, max_seconds: float | None = None) -> TimingEstimate:
+    """``rounds`` visits (:func:`_visit`) of every unique block and of the model, then ``check_rounds`` visits of
+    the model and of the planned model (at most as slow as the model). A call takes its MACs at this machine's
+    conv rate (:func:`falcon.worker.machine_rate`) plus the per-call overhead (once per module for the model)."""
     from falcon.worker import CALL_OVERHEAD_S, MAX_SECONDS, machine_rate
 
     mac_rate, _ = machine_rate("cpu").scaled(threads)
-    seconds = 0.0
-    for key in dict.fromkeys(keys):
-        call = key_macs(key) * batch_size / mac_rate + CALL_OVERHEAD_S
-        seconds += 3 * call + rounds * _visit(call, min_run_time)
+    unique = list(dict.fromkeys(keys))
+    seconds = sum(rounds * _visit(key_macs(k) * batch_size / mac_rate + CALL_OVERHEAD_S, min_run_time) for k in unique)
     model_call = model_macs * batch_size / mac_rate + CALL_OVERHEAD_S * model_modules
-    seconds += 3 * model_call + rounds * _visit(model_call, min_run_time)
-    seconds += 2 * check_rounds * (3 * model_call + _visit(model_call, check_min_run_time))
+    seconds += rounds * _visit(model_call, min_run_time) + 2 * check_rounds * _visit(model_call, check_min_run_time)
     limit = MAX_SECONDS if max_seconds is None else parse_float(max_seconds, "max_seconds", "max seconds")
-    return TimingEstimate(len(dict.fromkeys(keys)), options, seconds, limit)
+    return TimingEstimate(len(unique), options, seconds, limit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,10 +286,8 @@ def latency_problem(model, *, types: Sequence[str] = DEFAULT_TYPES, proxy: str =
     from falcon.bench import retained_memory
 
     with retained_memory():
-        table.measure(flat)
-        if should_stop is not None and should_stop():
-            raise Stopped("the latency plan was stopped before the model was timed; nothing was planned")
-        model_s = statistics.median(timer(prob.module, _model_input(prob.chw, batch_size), rounds))
+        table.measure(flat, (prob.module, _model_input(prob.chw, batch_size)))
+    model_s = table.model_seconds
     layers = [[Option(table.seconds[k], o.error, o.label, o.data) for o, k in zip(opts, ks[1:])]
               for opts, ks in zip(options, keys)]
     out = LatencyProblem(prob, proxy, layers, [table.seconds[ks[0]] for ks in keys], model_s, table, estimate,
