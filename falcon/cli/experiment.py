@@ -233,7 +233,7 @@ def _conversion(args: argparse.Namespace) -> str | None:
 
     if args.plan is None:
         if not args.conv and not args.sweep:
-            raise FalconError("--conv TYPE is required (or --sweep)")  # or --plan: see --help
+            raise FalconError("--conv TYPE is required (or --plan FILE, or --sweep)")
         return args.conv
     given = [f"--{n}" for n in ("conv", "sweep", "convs", "ranks", "init") if getattr(args, n) not in (None, False)]
     given += [h.flag for h in all_hparams().values() if getattr(args, h.name, None) is not None]
