@@ -1,8 +1,9 @@
 """Measurements that respect the machine: estimated first, run one at a time in a worker process, owned by a session.
 
 * **Estimate first.** :func:`estimate_layer` and :func:`estimate_model` predict the seconds and the peak memory
-  of a layer or whole-model benchmark from its MACs and bytes and this machine's rate (:func:`machine_rate`: a
-  tiny timed conv and a memory copy, once per process). :meth:`Estimate.check` refuses one above the limits
+  of a layer or whole-model benchmark from its MACs and bytes, this machine's rate (:func:`machine_rate`: a
+  tiny timed conv and a memory copy, once per process) and how busy it is now (:func:`busy_factor`: the same conv
+  timed again, at most every few seconds). :meth:`Estimate.check` refuses one above the limits
   (:data:`MAX_SECONDS`, :data:`MAX_MEMORY_FRACTION` of the available memory; environment variables
   ``FALCON_MEASURE_MAX_S`` and ``FALCON_MEASURE_MEMORY_FRACTION``) with the estimate and what to change.
 * **A worker process.** A :class:`WorkerJob` runs ``task.fn(**task.kwargs, progress=..., should_stop=...)``
@@ -24,10 +25,12 @@ No Streamlit here.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import math
 import multiprocessing as mp
 import os
+import statistics
 import threading
 import time
 import traceback
@@ -86,14 +89,27 @@ class MachineRate:
 
 _RATES: dict[str, MachineRate] = {}
 _RATE_LOCK = threading.Lock()
+#: the calibration conv: 128→128 3×3 on a 1×128×48×48 input
+CALIBRATION_MACS = 128 * 128 * 9 * 48 * 48
+_CALIBRATION: dict[str, tuple] = {}  # device type -> (conv, input)
+
+
+def _calibration(dev) -> tuple:
+    import torch
+
+    if dev.type not in _CALIBRATION:
+        gen = torch.Generator().manual_seed(0)
+        conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(dev).eval()
+        _CALIBRATION[dev.type] = (conv, torch.randn(1, 128, 48, 48, generator=gen).to(dev))
+    return _CALIBRATION[dev.type]
 
 
 def machine_rate(device: str = "auto") -> MachineRate:
-    """This machine's rate, measured once per process and device (~0.1–0.3 s): the fastest of seven runs of a
-    128→128 3×3 conv on a 1×128×48×48 input (340 M MACs, ~5 ms) and of a 64 MiB tensor copy. The fastest, not the median:
-    on a shared 2-core machine one OpenMP barrier behind another process's burst makes a single run 100× slower,
-    and a rate fixed for the process's life must not be one such moment (a busy machine's slowness then shows in
-    the progress, which :meth:`WorkerJob.left_seconds` follows)."""
+    """This machine's rate at its best, measured once per process and device (~0.1–0.3 s), improved by every
+    faster :func:`busy_factor` probe: the fastest of seven runs of a 128→128 3×3 conv on a 1×128×48×48 input
+    (340 M MACs, ~5 ms) and of a 64 MiB tensor copy. The fastest, not the median: on a shared 2-core machine one
+    OpenMP barrier behind another process's burst makes a single run 100× slower, and a rate fixed for the
+    process's life must not be one such moment; how busy the machine is now is :func:`busy_factor`'s."""
     import torch
 
     from falcon.bench import resolve_device
@@ -103,9 +119,7 @@ def machine_rate(device: str = "auto") -> MachineRate:
         if dev.type in _RATES:
             return _RATES[dev.type]
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(0)
-        conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(dev).eval()
-        x = torch.randn(1, 128, 48, 48, generator=gen).to(dev)
+        conv, x = _calibration(dev)
         src = torch.empty(16 << 20, device=dev)
         dst = torch.empty_like(src)
 
@@ -124,10 +138,59 @@ def machine_rate(device: str = "auto") -> MachineRate:
         with torch.inference_mode():
             t_conv = timed(lambda: conv(x))
             t_copy = timed(lambda: dst.copy_(src))
-        rate = MachineRate(dev.type, torch.get_num_threads(), 128 * 128 * 9 * 48 * 48 / t_conv / 1e9,
+        rate = MachineRate(dev.type, torch.get_num_threads(), CALIBRATION_MACS / t_conv / 1e9,
                            2 * src.numel() * 4 / t_copy / 1e9, time.perf_counter() - t0)
         _RATES[dev.type] = rate
         return rate
+
+
+#: a probe of how busy the machine is times the calibration conv for this long, at most every PROBE_EVERY_S
+PROBE_S = 0.15
+PROBE_EVERY_S = 10.0
+_SLOWDOWN: dict[str, tuple[float, float]] = {}  # device type -> (monotonic time of the probe, its slowdown)
+
+
+def _probe_times(dev, seconds: float) -> list[float]:
+    """Seconds per call of the calibration conv, run now for ``seconds`` (at least three calls)."""
+    import torch
+
+    conv, x = _calibration(dev)
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    with torch.inference_mode():
+        while len(times) < 3 or time.perf_counter() < end:
+            s = time.perf_counter()
+            conv(x)
+            times.append(time.perf_counter() - s)
+    return times
+
+
+def busy_factor(device: str = "auto") -> float:
+    """How many times slower than at its best this machine runs a measurement now (≥ 1; CUDA: 1): the median of a
+    :data:`PROBE_S` run of the calibration conv over the best time seen (:func:`machine_rate`, which a faster probe
+    improves), probed at most every :data:`PROBE_EVERY_S`. Multiplied into the estimates. Measured, not the load
+    average: at a 1-minute load of 3.3–4 on 2 cores, ``(load + threads) / cores`` said 2.7× where resnet18 ran
+    1.5× slower than the rate that process calibrated (itself already slowed), and at a load of ~2 estimates made
+    without any factor were half the 83–102 s measured."""
+    from falcon.bench import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type != "cpu":
+        return 1.0
+    now = time.monotonic()
+    cached = _SLOWDOWN.get(dev.type)
+    if cached is not None and now - cached[0] < PROBE_EVERY_S:
+        return cached[1]
+    rate = machine_rate(device)
+    times = _probe_times(dev, PROBE_S)
+    best = CALIBRATION_MACS / (rate.gmacs * 1e9)
+    if min(times) < best:  # the machine at a quieter moment than the calibration saw
+        best = min(times)
+        with _RATE_LOCK:
+            _RATES[dev.type] = dataclasses.replace(rate, gmacs=CALIBRATION_MACS / best / 1e9)
+    slowdown = max(1.0, statistics.median(times) / best)
+    _SLOWDOWN[dev.type] = (now, slowdown)
+    return slowdown
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +207,7 @@ class Estimate:
     memory_source: str
     advice: tuple[str, ...]
     detail: str = ""
+    slowdown: float = 1.0  # how busy the machine was, already in ``seconds`` (:func:`busy_factor`)
 
     @property
     def too_long(self) -> bool:
@@ -158,10 +222,11 @@ class Estimate:
         return self.too_long or self.too_big
 
     def describe(self) -> str:
-        """``about 40 s and 1.2 GiB at its peak``."""
+        """``about 40 s and 1.2 GiB at its peak``; on a busy machine ``about 80 s (2.0× for the load now) and ...``."""
         from falcon.bench import fmt_bytes
 
-        return f"about {_fmt_seconds(self.seconds)} and {fmt_bytes(self.peak_bytes)} at its peak"
+        load = f" ({self.slowdown:.1f}× for the load now)" if self.slowdown >= 1.1 else ""
+        return f"about {_fmt_seconds(self.seconds)}{load} and {fmt_bytes(self.peak_bytes)} at its peak"
 
     def refusal(self) -> str | None:
         """One line saying why it is refused (the estimate, the limit, what to change), or None."""
@@ -202,20 +267,6 @@ def _memory_limit(device) -> tuple[int | None, str]:
     return int(available * MAX_MEMORY_FRACTION), f"{MAX_MEMORY_FRACTION:.0%} of the {source} ({fmt_bytes(available)})"
 
 
-def busy_factor(threads: int | None = None) -> float:
-    """How much the other processes slow a measurement now: ``(load + threads) / cores`` when the 1-minute load
-    average and the measurement's threads want more than the cores, else 1. Said beside an estimate (advice), not
-    multiplied into it: the calibration ran on the same busy machine."""
-    import torch
-
-    cores = os.cpu_count() or 1
-    load = _loadavg()
-    if load is None:
-        return 1.0
-    want = load + min(threads or torch.get_num_threads(), cores)
-    return max(1.0, want / cores) if load > 0.5 else 1.0
-
-
 def _busy_advice(busy: float) -> list[str]:
     if busy < 1.5:
         return []
@@ -251,9 +302,10 @@ def estimate_layer(spec, convs: Sequence, batch_size: int = 1, memory_format: st
         touched = m.input_bytes + m.weight_bytes + 2 * m.intermediate_bytes + m.output_bytes
         calls.append(entry.macs(spec, batch_size) / mac_rate + touched / byte_rate + CALL_OVERHEAD_S)
     plan = plan_memory(spec, entries, batch_size, torch_dtype, len(layouts))
+    busy = busy_factor(device)
+    calls = [busy * t for t in calls]  # the share of the machine it gets now (a visit's min run time is wall time)
     per_layout = sum(3 * t + rounds * _visit_seconds(t, min_run_time) for t in calls)
-    setup = WORKER_START_S + 4 * plan.inputs_bytes / byte_rate
-    busy = busy_factor(threads)
+    setup = WORKER_START_S + busy * 4 * plan.inputs_bytes / byte_rate
     seconds = setup + len(layouts) * per_layout
     slowest = max(calls)
     advice = _busy_advice(busy)
@@ -271,7 +323,7 @@ def estimate_layer(spec, convs: Sequence, batch_size: int = 1, memory_format: st
     limit, source = _memory_limit(dev)
     return Estimate(f"measuring {spec.describe()} at batch {batch_size}", seconds, plan.total_bytes,
                     MAX_SECONDS if max_seconds is None else max_seconds, limit, source, tuple(advice),
-                    f"{len(entries)} blocks × {len(layouts)} layouts; slowest call ~{slowest:.3g} s")
+                    f"{len(entries)} blocks × {len(layouts)} layouts; slowest call ~{slowest:.3g} s", busy)
 
 
 #: a whole-model run, fitted on digits-vgg and resnet18 on a shared 2-core machine: loading, converting, the
@@ -313,8 +365,9 @@ def estimate_model(model: Any, conv: Sequence, input_size: int | None = None, nu
     n_models = 1 + len(conversions)
     plan = plan_memory(model, batch_size, input_size, num_classes, n_models * per_instance,
                        n_models * (len(layouts) - 1 if "eager" in wanted else 0))
-    passes = [(m * batch_size) / mac_rate + plan.weight_bytes / byte_rate + 3 * plan.activation_bytes / byte_rate
-              + 100 * CALL_OVERHEAD_S for m in [standard_macs, *macs]]
+    busy = busy_factor(device)  # the share of the machine it gets now (a visit's min run time is wall time)
+    passes = [busy * ((m * batch_size) / mac_rate + (plan.weight_bytes + 3 * plan.activation_bytes) / byte_rate
+                      + 100 * CALL_OVERHEAD_S) for m in [standard_macs, *macs]]
     per_runtime = {"eager": len(layouts), "compile": len(layouts), "onnxruntime": 1}
     timed = sum(per_runtime[r] * sum(MODEL_WARMUP_PASSES * t + rounds * _visit_seconds(t, min_run_time) for t in passes)
                 for r in wanted)
@@ -322,9 +375,9 @@ def estimate_model(model: Any, conv: Sequence, input_size: int | None = None, nu
     if breakdown and "eager" in wanted:  # falcon.modelbench.profile_model: as many unprofiled passes as profiled
         budget = min(max(rounds * min_run_time, 0.2), 2.0)
         extra += sum(2 * min(max(budget / 2 / t, 10), 400) * t * 3 for t in passes) + PROFILER_CALIBRATION_S
-    extra += COMPILE_S * n_models * len(layouts) * ("compile" in wanted) + ONNX_S * n_models * ("onnxruntime" in wanted)
-    busy = busy_factor(threads)
-    seconds = WORKER_START_S + MODEL_BASE_S + timed + extra
+    extra += busy * (COMPILE_S * n_models * len(layouts) * ("compile" in wanted)
+                     + ONNX_S * n_models * ("onnxruntime" in wanted))
+    seconds = WORKER_START_S + busy * MODEL_BASE_S + timed + extra
     advice = _busy_advice(busy)
     if "compile" in wanted:
         advice.append(f"leave out compile (about {COMPILE_S:.0f} s per model and layout)")
@@ -341,7 +394,7 @@ def estimate_model(model: Any, conv: Sequence, input_size: int | None = None, nu
     return Estimate(f"measuring {name} at batch {batch_size}", seconds, plan.total_bytes,
                     MAX_SECONDS if max_seconds is None else max_seconds, limit, source, tuple(advice),
                     f"{n_models} models × {sum(per_runtime[r] for r in wanted)} runtime layouts; "
-                    f"a pass ~{max(passes):.3g} s")
+                    f"a pass ~{max(passes):.3g} s", busy)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -76,11 +76,15 @@ def test_fit_summary_says_more_when_the_fit_costs_more():
 
 # ---------------------------------------------------------------------------------------------- measure hint
 @pytest.mark.parametrize("model", ["digits-vgg", "resnet18"])
-def test_measure_hint_is_the_estimate_for_this_model(model):
+def test_measure_hint_is_the_estimate_for_this_model(model, monkeypatch):
+    import streamlit as st
+
     from falcon.modelbench import DEFAULT_ROUNDS
     from falcon.models import registry_entry
     from falcon.worker import estimate_model
 
+    monkeypatch.setattr("falcon.worker.busy_factor", lambda device="auto": 1.7)  # the page's and the test's alike
+    st.cache_data.clear()
     at = open_page("sizing", model=model)
     hint = next(i.value for i in at.info if i.value.startswith("Press Measure."))
     entry = registry_entry(model, "test")

@@ -67,6 +67,53 @@ def test_a_job_over_the_limit_is_refused_up_front_with_its_estimate():
         q.submit("A", WorkerTask(measure, {}), tight)
 
 
+def busy(monkeypatch, factor: float | None) -> None:
+    """Fake how busy the machine is now: the probe's calls take ``factor`` × the best time (None: the real probe)."""
+    import falcon.worker as w
+
+    w._SLOWDOWN.clear()
+    if factor is not None:
+        best = w.CALIBRATION_MACS / (machine_rate("cpu").gmacs * 1e9)
+        monkeypatch.setattr(w, "_probe_times", lambda dev, seconds: [factor * best] * 5)
+
+
+def test_estimates_follow_how_busy_the_machine_is(monkeypatch):
+    """A busy machine gives a measurement only its share: the calls' seconds grow by the probe's slowdown (the
+    calibration conv's median time now over its best), the worker's start and a visit's wall-clock minimum do not."""
+    import falcon.worker as w
+
+    machine_rate("cpu")
+    monkeypatch.setattr(w, "_RATES", dict(w._RATES))  # the fake probes below change a copy of the rate
+    spec, rounds = LayerSpec(256, 256, 3, 32), 2  # every call (FALCON: 70 M MACs) longer than the 1 ms min run time
+    args = (spec, ["standard", "falcon"], 1, "contiguous", rounds, 0.001)
+    busy(monkeypatch, 1.0)
+    quiet = estimate_layer(*args, device="cpu", threads=1)
+    busy(monkeypatch, 2.5)
+    loaded = estimate_layer(*args, device="cpu", threads=1)
+    assert quiet.slowdown == 1.0 and loaded.slowdown == pytest.approx(2.5)
+    # per call: 3 warm-ups + rounds × (2 calls + 2 ms): all but the worker's start and the 2 ms scale by 2.5
+    fixed = w.WORKER_START_S + 2 * rounds * 0.002
+    assert loaded.seconds - fixed == pytest.approx(2.5 * (quiet.seconds - fixed), rel=1e-6)
+    assert "(2.5× for the load now)" in loaded.describe() and "load now" not in quiet.describe()
+    # the issue's case: resnet18 on a machine running it at half speed took about twice the quiet estimate
+    busy(monkeypatch, 1.0)
+    model_quiet = estimate_model("resnet18", [("falcon", {"rank": 1})], device="cpu")
+    busy(monkeypatch, 2.0)
+    model_busy = estimate_model("resnet18", [("falcon", {"rank": 1})], device="cpu")
+    assert model_busy.slowdown == 2.0
+    assert 1.3 * model_quiet.seconds < model_busy.seconds < 2.0 * model_quiet.seconds  # visits' wall time: fixed
+    # a probe faster than the calibration improves the rate (the machine at a quieter moment); never below 1×
+    before = machine_rate("cpu").gmacs
+    busy(monkeypatch, 0.5)
+    assert w.busy_factor("cpu") == 1.0 and machine_rate("cpu").gmacs == pytest.approx(2 * before)
+    # the real probe: at least 1×, probed once per PROBE_EVERY_S
+    busy(monkeypatch, None)
+    monkeypatch.undo()
+    w._SLOWDOWN.clear()
+    first = w.busy_factor("cpu")
+    assert first >= 1.0 and w.busy_factor("cpu") == first
+
+
 def test_model_estimates_grow_with_the_model():
     small = estimate_model("digits-vgg", [("falcon", {"rank": 1})], device="cpu")
     big = estimate_model("resnet18", [("falcon", {"rank": 1})], device="cpu")
