@@ -611,45 +611,62 @@ class WorkerJob:
         """Pass progress on, sample the load, enforce Stop; True when a result or an error arrived."""
         next_sample = time.perf_counter() + LOAD_SAMPLE_S
         while True:
-            now = time.perf_counter()
-            if self._stop.is_set():
-                stop.set()
-                if now - (self._stop_at or now) > STOP_GRACE_S and proc.is_alive():
-                    proc.kill()
+            self._enforce_stop(proc, stop)
             if self._queue is not None:
                 self._queue._reap(self)
-            if now >= next_sample:
-                load = _loadavg()
-                if load is not None:
-                    self.loads.append(load)
-                next_sample = now + LOAD_SAMPLE_S
+            next_sample = self._sample_load(next_sample)
             try:
-                ready = recv.poll(0.05)
-                message = recv.recv() if ready else None
-            except (EOFError, OSError):
+                message = _receive(proc, recv)
+            except EOFError:  # the pipe is closed, or the worker ended with nothing left to read
                 return False
-            if message is None:
-                if not proc.is_alive():
-                    try:
-                        if recv.poll(0):
-                            continue
-                    except (EOFError, OSError):
-                        pass
-                    return False
-                continue
-            kind = message[0]
-            if kind == "progress":
-                self.progress, self.label = message[1], message[2]
-            elif kind == "started":
-                _note_start(time.perf_counter() - (self.started_at or now))
-                self.label = "measuring"
-            elif kind == "result":
-                self.result = message[1]
-                self.progress = 1.0
+            if message is not None and self._take(message):
                 return True
-            elif kind == "error":
-                self.error, self.trace = message[1], message[2]
-                return True
+
+    def _enforce_stop(self, proc, stop) -> None:
+        """After Stop: tell the worker, and kill it when it has not ended within :data:`STOP_GRACE_S`."""
+        if not self._stop.is_set():
+            return
+        stop.set()
+        now = time.perf_counter()
+        if now - (self._stop_at or now) > STOP_GRACE_S and proc.is_alive():
+            proc.kill()
+
+    def _sample_load(self, next_sample: float) -> float:
+        """The load average into ``loads`` when ``next_sample`` has come; returns the time of the next sample."""
+        now = time.perf_counter()
+        if now < next_sample:
+            return next_sample
+        load = _loadavg()
+        if load is not None:
+            self.loads.append(load)
+        return now + LOAD_SAMPLE_S
+
+    def _take(self, message: tuple) -> bool:
+        """One message of the worker; True when it is the last (a result or an error)."""
+        kind = message[0]
+        if kind == "progress":
+            self.progress, self.label = message[1], message[2]
+        elif kind == "started":
+            _note_start(time.perf_counter() - (self.started_at or time.perf_counter()))
+            self.label = "measuring"
+        elif kind == "result":
+            self.result, self.progress = message[1], 1.0
+        elif kind == "error":
+            self.error, self.trace = message[1], message[2]
+        return kind in ("result", "error")
+
+
+def _receive(proc, recv) -> tuple | None:
+    """The worker's next message within 50 ms, or None; EOFError when the pipe is closed or the worker has ended
+    with nothing left to read."""
+    try:
+        if recv.poll(0.05):
+            return recv.recv()
+        if proc.is_alive() or recv.poll(0):
+            return None
+    except OSError as e:
+        raise EOFError(str(e)) from e
+    raise EOFError("the worker ended")
 
 
 def _note_start(seconds: float) -> None:
