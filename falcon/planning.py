@@ -184,6 +184,7 @@ class _Problem:
     original: dict
     fixed: dict
     inputs: dict
+    calibration: str = ""  # data proxy: what the calibration images were
 
 
 def _loaded(model, weights=None):
@@ -219,9 +220,10 @@ def _site_inputs(module: nn.Module, names: list[str], images: torch.Tensor) -> d
 
 
 def problem(model, types: Sequence[str] = DEFAULT_TYPES, proxy: str = "kernel", weights=None,
-            include_stem: bool | None = None, calibration_images: int = 64, seed: int = 0) -> _Problem:
+            include_stem: bool | None = None, calibration_images: int = 64, seed: int = 0, data: str | None = None,
+            data_dir=None) -> _Problem:
     """The layers a plan chooses for, with their allowed types; for the data proxy, the inputs each layer sees for
-    ``calibration_images`` training images drawn with ``seed``."""
+    ``calibration_images`` training images drawn with ``seed`` (:func:`calibration_images_of`)."""
     from falcon.convtypes import get_conv_type
     from falcon.counting import count_model
     from falcon.surgery import conv_sites, plan as policy
@@ -249,15 +251,37 @@ def problem(model, types: Sequence[str] = DEFAULT_TYPES, proxy: str = "kernel", 
         p, m = _cost(KEEP, s.spec, {})
         fixed["params"] -= p
         fixed["macs"] -= m
-    inputs = {}
+    inputs, source = {}, ""
     if proxy == "data":
-        if calib is None:
-            raise FalconError(f"the data proxy needs the model's own data; {entry.name} has none bundled here "
-                              "(digits-vgg does): use --proxy kernel")
-        images = calib.tensors[0]
-        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(seed)))[:calibration_images]
-        inputs = _site_inputs(module, [s.name for s in sites], images[pick])
-    return _Problem(entry.name, module, chw, sites, allowed, original, fixed, inputs)
+        images = calibration_images_of(entry.name, chw, calib, calibration_images, seed, data, data_dir)
+        inputs = _site_inputs(module, [s.name for s in sites], images)
+        source = f"{len(images)} training images of {data or 'the bundled data'} (seed {seed})"
+    return _Problem(entry.name, module, chw, sites, allowed, original, fixed, inputs, source)
+
+
+def calibration_images_of(name: str, chw, bundled, n: int, seed: int, data: str | None = None,
+                          data_dir=None) -> torch.Tensor:
+    """``n`` training images drawn with ``seed``: of the bundled data (digits-vgg), or of the data set ``data``
+    (e.g. cifar10) found in ``data_dir`` (never downloaded here: the data proxy must not wait on a network)."""
+    if data is not None:
+        from falcon.experiments.data import load_dataset
+
+        spec = load_dataset(data, data_dir, download=False)
+        if tuple(spec.input_size) != tuple(chw):
+            raise FalconError(f"{data}'s images are {'×'.join(map(str, spec.input_size))} but {name} takes "
+                              f"{'×'.join(map(str, chw))}: give the model's own data set with --data")
+        train = spec.train
+    elif bundled is not None:
+        train = bundled
+    else:
+        raise FalconError(f"the data proxy needs the model's own data; {name} has none bundled here (digits-vgg "
+                          "does): give --data cifar10 (with --data-dir where it is) or use --proxy kernel")
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(int(seed)))[:n]
+    if hasattr(train, "tensors"):
+        return train.tensors[0][pick]
+    with torch.random.fork_rng():  # the training split's augmentation draws from torch's generator
+        torch.manual_seed(int(seed))
+        return torch.stack([train[int(i)][0] for i in pick])
 
 
 def fittable_types() -> list[str]:
@@ -303,7 +327,7 @@ def plan_model(model, *, metric: str = "macs", target_ratio: float | None = None
     sol = solve(layers, room, bins)
     g = greedy(layers, room)
     chosen = [layers[i][j].data for i, j in enumerate(sol.choice)]
-    notes = []
+    notes = [f"data proxy: {prob.calibration}"] if prob.calibration else []
     if sol.gap > 1e-9:
         notes.append(f"the plan's error is within {sol.gap:.3g} of the optimum (Lagrangian bound {sol.lower_bound:.4g})")
     return Plan(prob.name, metric, proxy, budget, prob.original, prob.fixed, chosen, sol.objective, sol.lower_bound,

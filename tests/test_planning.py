@@ -126,3 +126,19 @@ def test_a_plan_file_is_data_checked_before_use(digits, tmp_path, capsys):
         assert main(["convert", "--model", "digits-vgg", "--plan", str(path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+
+
+def test_data_proxy_calibrates_on_a_named_data_set():
+    """--data names the calibration set: for digits-vgg, the digits data set gives the same site inputs (same seed)
+    as the bundled data; a data set of the wrong shape, or none, is one line naming what to give."""
+    from falcon.planning import problem
+
+    named = problem("digits-vgg", proxy="data", data="digits", seed=3)
+    bundled = problem("digits-vgg", proxy="data", seed=3)
+    assert named.inputs.keys() == bundled.inputs.keys() and len(named.inputs) >= 4
+    assert all(torch.equal(named.inputs[k], bundled.inputs[k]) for k in named.inputs)
+    assert named.inputs[next(iter(named.inputs))].shape[0] == 64 and "digits" in named.calibration
+    with pytest.raises(FalconError, match=r"1×32×32 but resnet18 takes 3×224×224"):
+        problem("resnet18", proxy="data", data="digits")
+    with pytest.raises(FalconError, match="give --data"):
+        problem("resnet18", proxy="data")

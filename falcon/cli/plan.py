@@ -11,6 +11,7 @@ from falcon.limits import float_flag
 
 
 def add_parser(sub) -> None:
+    from falcon.experiments.data import DATASETS
     from falcon.planning import DEFAULT_TYPES, PROXIES
 
     from falcon.cli import plan_latency
@@ -33,7 +34,12 @@ def add_parser(sub) -> None:
                    help=f"allowed conv types, comma-separated; 'standard' keeps a layer (default {','.join(DEFAULT_TYPES)})")
     p.add_argument("--proxy", choices=PROXIES, default="kernel",
                    help="kernel: squared relative fit error of each kernel; data: squared relative output error on "
-                        "a calibration batch of the model's data (digits-vgg)")
+                        "a calibration batch of the model's data (digits-vgg's bundled digits, or --data)")
+    p.add_argument("--data", choices=DATASETS, default=None,
+                   help="--proxy data: the data set to calibrate on (e.g. cifar10 for the thesis's CIFAR models); it "
+                        "is read from --data-dir, never downloaded here")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="where --data is (default $FALCON_DATA_DIR or "
+                                                                    "~/.cache/falcon-explorer/datasets)")
     p.add_argument("--include-stem", action="store_true", default=None, help="the first conv may be replaced too")
     p.add_argument("--json", action="store_true", help="the plan as one JSON object (convert --plan reads it)")
     plan_latency.add_flags(p)
@@ -80,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.weights, args.num_classes)
     if loaded.weights == "random":
         print("note: the model has random weights; a plan fitted to them says little (pass --weights)", file=sys.stderr)
-    prob = problem(loaded, types, args.proxy, include_stem=args.include_stem)  # one forward pass and count for both
+    if args.data and args.proxy != "data":
+        raise FalconError("--data is the data proxy's calibration set: add --proxy data or drop --data")
+    prob = problem(loaded, types, args.proxy, include_stem=args.include_stem, data=args.data,
+                   data_dir=args.data_dir)  # one forward pass and count for both
     plan = plan_model(loaded, types=types, proxy=args.proxy, include_stem=args.include_stem, prob=prob, **target)
     try:
         uniform = uniform_plan(loaded, "falcon", proxy=args.proxy, include_stem=args.include_stem, prob=prob, **target)
