@@ -144,6 +144,8 @@ def live() -> None:
     if now_busy:  # another session's experiment: that it runs and how long it has left, nothing of its data
         st.warning(f"{now_busy[0].upper()}{now_busy[1:]}: an experiment started now would compete for the cores, "
                    "so Start is off until it ends.", icon=":material/hourglass_top:")
+        if slot.job(me) is None:
+            return  # no "press Start" beside a Start that is off
     elif busy:
         st.rerun(scope="app")  # the other session's experiment ended: Start is free again
     runner: SweepRunner | None = common.job_panel(  # ended: the whole page redraws (buttons, stored runs)

@@ -67,6 +67,7 @@ def test_a_second_session_sees_busy_and_cannot_stop_the_sweep(sessions):
     busy = [w.value for w in b.warning if w.value.startswith("Machine busy (an experiment by another session, ")]
     assert len(busy) == 1, [w.value for w in b.warning]
     assert not b.get("progress") and not b.get("plotly_chart")  # no progress, no curves of A's runs
+    assert not [i for i in b.info if "Press **Start**" in i.value]  # Start is off: no invitation to press it
     assert not [x for x in b.button if x.key == "exp_stop"]  # no Stop
     assert b.button(key="exp_start").disabled
     slot = common.experiment_slot()
