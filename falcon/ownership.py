@@ -123,6 +123,15 @@ class OwnedSlot:
         with self._lock:
             return self._current is not None and not self._current[1].done
 
+    def foreign(self, owner: str) -> Any:
+        """Another owner's running job, for the caller to leave its traces out of what ``owner`` is shown (e.g. the
+        runs it has stored so far); never to be shown or stopped. None when no other owner's job runs."""
+        with self._lock:
+            current = self._current
+        if current is None or current[0] == owner or current[1].done:
+            return None
+        return current[1]
+
     def busy(self, owner: str) -> str | None:
         """What ``owner`` may know of another session's running job: ``machine busy (an experiment by another
         session, ~3 min left)``; None when no other session's job runs."""

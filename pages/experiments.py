@@ -206,7 +206,8 @@ st.subheader("Stored runs")
 with common.guard(stop=False):
     from falcon.experiments.store import db_path, list_runs
 
-    stored = list_runs()
+    hidden = getattr(slot.foreign(me), "sweep_id", None)  # another session's running sweep: its runs once it ends
+    stored = [r for r in list_runs() if hidden is None or r.get("sweep_id") != hidden]
     path = db_path()
     if stored:
         df = runs_frame(stored)

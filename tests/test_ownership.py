@@ -40,6 +40,7 @@ def test_others_see_busy_only_and_cannot_stop_or_start():
     left = left_seconds(job)  # from its progress: seconds × (1 - p) / p
     assert left is not None and left == pytest.approx(job.seconds * (1 - job.progress) / job.progress, rel=0.2)
     assert slot.busy("A") is None
+    assert slot.foreign("B") is job and slot.foreign("A") is None  # for B's page to leave A's traces out
     # A stops its own job; then B may start
     slot.stop("A")
     assert job.wait(5) and job.status == "stopped" and job.result == "stopped"
