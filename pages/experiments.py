@@ -30,7 +30,7 @@ CHOICES = [c for c in CONV_TYPES if c != "standard"]
 slot = common.experiment_slot()
 me = common.session_id()
 slot.seen(me)
-runner: SweepRunner | None = slot.job(me)  # a reloaded page finds its run still going here
+runner: SweepRunner | None = slot.job(me)  # (a reload is a new session: the old one's sweep is ended as gone)
 running = runner is not None and not runner.done
 busy = slot.busy(me)
 
