@@ -268,12 +268,14 @@ def latency_problem(model, *, types: Sequence[str] = DEFAULT_TYPES, proxy: str =
                     include_stem: bool | None = None, batch_size: int = 1, rounds: int = ROUNDS,
                     timer: Timer | None = None, threads: int | None = None, min_run_time: float = MIN_RUN_TIME,
                     max_seconds: float | None = None, should_stop: StopFn | None = None,
-                    progress: ProgressFn | None = None, seed: int = 0) -> LatencyProblem:
+                    progress: ProgressFn | None = None, seed: int = 0, data: str | None = None,
+                    data_dir=None) -> LatencyProblem:
     """Every site's options (:func:`falcon.planning.layer_options`, MAC-cheaper than keeping) with their measured
-    seconds, after the estimate is checked against ``max_seconds``."""
+    seconds, after the estimate is checked against ``max_seconds`` (``seed``, ``data``, ``data_dir``: the data
+    proxy's calibration images, as :func:`falcon.planning.problem`)."""
     t0 = time.perf_counter()
     batch_size, rounds = parse_int(batch_size, "batch_size", "batch size"), parse_int(rounds, "rounds")
-    prob = problem(model, types, proxy, weights, include_stem, seed=seed)
+    prob = problem(model, types, proxy, weights, include_stem, seed=seed, data=data, data_dir=data_dir)
     options, keys = _site_options(prob, proxy)
     flat = [k for ks in keys for k in ks]
     estimate = estimate_seconds(flat, prob.original["macs"], sum(map(len, options)),
@@ -446,7 +448,7 @@ def plan_latency(model, *, target_speedup: float | None = None, target_ms: float
     """The plan for a latency target (``target_speedup`` × faster than the model measured here, or at most
     ``target_ms``), and with ``check`` the planned model measured against its prediction. ``options``: those of
     :func:`latency_problem` (types, proxy, weights, include_stem, batch_size, rounds, timer, threads,
-    min_run_time, max_seconds, should_stop, progress, seed)."""
+    min_run_time, max_seconds, should_stop, progress, seed, data, data_dir)."""
     target = parse_target(target_speedup, target_ms)
     lp = latency_problem(model, **options)
     result = solve_latency(lp, target, bins)

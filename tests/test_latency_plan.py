@@ -167,13 +167,22 @@ def test_cli_json_and_one_line_errors(monkeypatch, capsys):
     assert "predicted" in capsys.readouterr().out
     for argv, words in ((["--target-speedup", "0"], "target"), (["--target-ms", "-1"], "target"),
                         (["--target-ms", "1e-6"], "best reachable"), (["--target-speedup", "2", "--max-seconds", "0.001"],
-                                                                     "--max-seconds")):
+                                                                     "--max-seconds"),
+                        (["--target-speedup", "2", "--data", "cifar10"], "--proxy data")):
         try:
             rc = main(["plan", "--model", "digits-vgg", *argv])
         except SystemExit as e:
             rc = e.code
         err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("timed ")]  # progress
         assert rc == 2 and len(err) == 1 and words in err[0], (argv, err)
+
+
+def test_the_data_proxy_plans_on_the_same_timings(digits):
+    timer = AdditiveTimer()
+    result = lat.plan_latency(digits, target_speedup=1.5, proxy="data", timer=timer, check=False)
+    d = result.as_dict()
+    assert d["proxy"] == "data" and d["latency"]["predicted_ms"] <= d["latency"]["budget_ms"] * (1 + 1e-9)
+    assert result.check is None and "measured" not in d["latency"]
 
 
 def test_a_real_timing_on_digits_meets_its_own_prediction(digits):

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from falcon.cli.common import print_json, print_table
+from falcon.errors import FalconError
 from falcon.limits import float_flag, int_flag
 
 
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.weights, args.num_classes)
     if loaded.weights == "random":
         print("note: the model has random weights; a plan fitted to them says little (pass --weights)", file=sys.stderr)
+    if getattr(args, "data", None) and args.proxy != "data":
+        raise FalconError("--data is the data proxy's calibration set: add --proxy data or drop --data")
 
     def progress(done: int, total: int, label: str) -> None:
         if not args.json and (done == total or done % 25 == 0):
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = plan_latency(loaded, target_speedup=args.target_speedup, target_ms=args.target_ms, types=types,
                           proxy=args.proxy, include_stem=args.include_stem, batch_size=args.batch_size,
-                          rounds=args.rounds, threads=args.threads, max_seconds=args.max_seconds, progress=progress)
+                          rounds=args.rounds, threads=args.threads, max_seconds=args.max_seconds, progress=progress,
+                          data=getattr(args, "data", None), data_dir=getattr(args, "data_dir", None))
     out = result.as_dict()
     if args.json:
         print_json(out)
