@@ -21,7 +21,7 @@ COMMANDS = {
     "layers": ("fit", "the conv layers of a model, with shapes"),
     "fit": ("fit", "fit FALCON/DSConv sub-kernels to a trained conv (SVD or gradient descent)"),
     "convert": ("convert", "convert a model's convs to FALCON/DSConv, initialised from the fit"),
-    "plan": ("plan", "per-layer conv type and rank that meet a MACs or params target"),
+    "plan": ("plan", "per-layer conv type and rank that meet a MACs, params or measured-latency target"),
     "bench": ("bench", "measure latency: measured vs theoretical speedup"),
     "export": ("export", "write the deployable (fused) converted model as ONNX or TorchScript, parity-checked"),
     "experiment": ("experiment", "compress, fine-tune and evaluate; store the run"),
