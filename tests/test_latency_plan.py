@@ -173,7 +173,7 @@ def test_cli_json_and_one_line_errors(monkeypatch, capsys):
             rc = main(["plan", "--model", "digits-vgg", *argv])
         except SystemExit as e:
             rc = e.code
-        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("timed ")]  # progress
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("timing: ")]  # progress
         assert rc == 2 and len(err) == 1 and words in err[0], (argv, err)
 
 

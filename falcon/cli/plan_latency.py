@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: int, total: int, label: str) -> None:
         if not args.json and (done == total or done % 25 == 0):
-            print(f"timed {done}/{total} blocks", file=sys.stderr)
+            print(f"timing: {done}/{total} visits", file=sys.stderr)
 
     result = plan_latency(loaded, target_speedup=args.target_speedup, target_ms=args.target_ms, types=types,
                           proxy=args.proxy, include_stem=args.include_stem, batch_size=args.batch_size,
@@ -67,7 +67,7 @@ def _print(plan, lat: dict) -> None:
     m = lat["measured"]
     print(f"{plan.model}: plan for ≤ {lat['budget_ms']:.4g} ms per forward pass ({plan.proxy} proxy, {plan.solver}; "
           f"{lat['timings']} blocks timed in {lat['seconds']:.1f} s, estimated {lat['estimated_seconds']:.0f} s, on "
-          f"{lat['cpu']}, {lat['threads']} threads)")
+          f"{lat['cpu']}, {lat['threads']} thread{'s' if lat['threads'] != 1 else ''})")
     print_table([{"layer": c.name, "type": c.conv, "ranks": ",".join(f"{k}={v}" for k, v in c.hparams.items()) or "–",
                   "keep ms": row["keep_ms"], "plan ms": row["plan_ms"], "error": c.error}
                  for c, row in zip(plan.layers, lat["layers"])])
