@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +34,14 @@ from torch import nn
 from falcon.allocate import Option, cheapest, greedy, solve
 from falcon.errors import FalconError
 from falcon.limits import parse_float, parse_int
-from falcon.planning import DEFAULT_TYPES, KEEP, Plan, apply_plan, layer_options, problem
+from falcon.planning import (
+    DEFAULT_TYPES,
+    KEEP,
+    Plan,
+    apply_plan,
+    layer_options,
+    problem,
+)
 
 #: ``timer(module, x, visits)``: seconds per call of ``module(x)``, one figure per visit (after a warm-up)
 Timer = Callable[[nn.Module, torch.Tensor, int], "list[float]"]
@@ -122,7 +130,9 @@ def bench_timer(threads: int | None = None, min_run_time: float = MIN_RUN_TIME) 
     warm-up) as a :data:`Timer`. A visit is one block of calls lasting about ``min_run_time`` (its size from the
     warm-up's time per call: ``blocked_autorange``'s own block sizing costs ~0.1 s a visit, too much for hundreds
     of blocks), reported per call."""
-    from falcon.bench import benchmark  # torch.utils.benchmark, with cpp_extension's CUDA warning quieted
+    from falcon.bench import (
+        benchmark,  # torch.utils.benchmark, with cpp_extension's CUDA warning quieted
+    )
 
     threads = torch.get_num_threads() if threads is None else parse_int(threads, "threads")
     min_run_time = parse_float(min_run_time, "min_run_time", "min run time")
@@ -201,7 +211,7 @@ class TimingEstimate:
     seconds: float
     max_seconds: float
 
-    def check(self) -> "TimingEstimate":
+    def check(self) -> TimingEstimate:
         if self.seconds > self.max_seconds:
             raise FalconError(
                 f"timing {self.timings} blocks ({self.options} options, shapes repeated once) and the model would "
@@ -319,8 +329,9 @@ def _busy_note(threads: int | None) -> list[str]:
     load, cores = _loadavg(), os.cpu_count() or 1
     if threads is None or load is None or load <= cores - threads + 0.9:
         return []
-    return [f"the machine was busy (load average {load:g} on {cores} CPUs) with {threads} thread"
-            f"{'s' if threads != 1 else ''} per timing: timings are noisy{'; --threads 1 is steadier' if threads > 1 else ''}"]
+    advice = "; --threads 1 is steadier" if threads > 1 else ""
+    return [(f"the machine was busy (load average {load:g} on {cores} CPUs) with {threads} thread"
+             f"{'s' if threads != 1 else ''} per timing: timings are noisy{advice}")]
 
 
 def _model_input(chw, batch_size: int) -> torch.Tensor:

@@ -152,6 +152,11 @@ def test_should_stop_ends_it_between_timings(digits):
     with pytest.raises(lat.Stopped, match="stopped after 3 of"):
         lat.plan_latency(digits, target_speedup=2, timer=timer, should_stop=should_stop)
     assert len(timer.timed) == 3 and len(asked) == 4
+    plan = lat.solve_latency(lat.latency_problem(digits, timer=timer), {"speedup": 1.5}).plan.as_dict()
+    before = len(timer.timed)
+    with pytest.raises(lat.Stopped, match="check of the planned model was stopped after 0 of"):
+        lat.check_plan(digits.model, plan, digits.input_size, timer=timer, should_stop=lambda: True)
+    assert len(timer.timed) == before
 
 
 def test_cli_json_and_one_line_errors(monkeypatch, capsys):
