@@ -24,17 +24,23 @@ log = logging.getLogger("falcon.ownership")
 
 #: an owner whose liveness is unknown and who has not been seen for this long is gone
 OWNER_TIMEOUT_S = 30.0
+#: an owner reported not alive is gone once it has stayed so this long (a browser's websocket reconnects to its
+#: session within a second or two; a closed tab never does)
+ABSENT_GRACE_S = 5.0
 
 
 class Owners:
-    """Who is still there. ``alive(owner)``: True/False when the caller knows, None when it does not; then an owner
-    is gone once it has not called :meth:`seen` for ``timeout`` seconds (one never seen counts from its first
-    :meth:`seen` or :meth:`claim`)."""
+    """Who is still there. ``alive(owner)``: True/False when the caller knows (False for ``grace`` seconds in a row:
+    gone), None when it does not; then an owner is gone once it has not called :meth:`seen` for ``timeout`` seconds
+    (one never seen counts from its first :meth:`seen` or :meth:`claim`)."""
 
-    def __init__(self, alive: Callable[[str], bool | None] | None = None, timeout: float = OWNER_TIMEOUT_S):
+    def __init__(self, alive: Callable[[str], bool | None] | None = None, timeout: float = OWNER_TIMEOUT_S,
+                 grace: float = ABSENT_GRACE_S):
         self.alive = alive
         self.timeout = timeout
+        self.grace = grace
         self._seen: dict[str, float] = {}
+        self._absent: dict[str, float] = {}  # owner -> when alive() first said False (since its last True)
 
     def seen(self, owner: str) -> None:
         """The owner is still there (its page polled)."""
@@ -44,12 +50,17 @@ class Owners:
 
     def forget(self, owner: str) -> None:
         self._seen.pop(owner, None)
+        self._absent.pop(owner, None)
 
     def gone(self, owner: str) -> bool:
+        now = time.monotonic()
         known = self.alive(owner) if self.alive is not None else None
-        if known is not None:
-            return not known
-        return time.monotonic() - self._seen.get(owner, time.monotonic()) > self.timeout
+        if known is None:
+            return now - self._seen.get(owner, now) > self.timeout
+        if known:
+            self._absent.pop(owner, None)
+            return False
+        return now - self._absent.setdefault(owner, now) >= self.grace
 
 
 def fmt_left(seconds: float) -> str:
@@ -77,9 +88,9 @@ class OwnedSlot:
     ``job.ended_because = "its session ended"``)."""
 
     def __init__(self, what: str = "a job", alive: Callable[[str], bool | None] | None = None,
-                 owner_timeout: float = OWNER_TIMEOUT_S, poll_s: float = 1.0):
+                 owner_timeout: float = OWNER_TIMEOUT_S, poll_s: float = 1.0, grace: float = ABSENT_GRACE_S):
         self.what = what
-        self.owners = Owners(alive, owner_timeout)
+        self.owners = Owners(alive, owner_timeout, grace)
         self.poll_s = poll_s
         self._lock = threading.Lock()
         self._current: tuple[str, Any] | None = None  # (owner, job): running, or the last one until replaced

@@ -62,14 +62,22 @@ def test_a_job_whose_session_is_gone_is_ended():
     t0 = time.monotonic()  # A stops polling
     assert job.wait(5) and job.status == "stopped" and job.ended_because == "its session ended"
     assert 0.3 < time.monotonic() - t0 < 3
-    # a session the server knows to be closed: ended at its first check; its result is forgotten
+    # a session the server knows to be closed: ended once it has stayed closed for the grace (a reconnect within
+    # it keeps the job); its result is forgotten
     alive = {"C": True}
-    slot = OwnedSlot("an experiment", alive=lambda owner: alive.get(owner, False), poll_s=0.05)
+    slot = OwnedSlot("an experiment", alive=lambda owner: alive.get(owner, False), poll_s=0.05, grace=0.5)
     job = slot.start("C", Job(looping))
     time.sleep(0.2)
     assert job.running
     alive["C"] = False
+    time.sleep(0.3)
+    alive["C"] = True  # the websocket reconnected
+    time.sleep(0.5)
+    assert job.running
+    alive["C"] = False
+    t0 = time.monotonic()
     assert job.wait(5) and job.ended_because == "its session ended"
+    assert 0.4 < time.monotonic() - t0 < 3
     time.sleep(0.1)
     assert slot.job("C") is None
 

@@ -174,7 +174,7 @@ def test_stubborn_workers_are_killed_and_gone_owners_ended():
     # A stops polling: after owner_timeout its job is ended, though the worker never checks should_stop
     assert job.wait(5.0 + STOP_GRACE_S + 5.0)
     assert job.status == "stopped" and "its session ended" in job.label and gone(pid)
-    # a session the app knows to be closed: ended at once
+    # a session the app knows to be closed: ended once it has stayed closed for the grace (ABSENT_GRACE_S)
     closed = MeasurementQueue(alive=lambda owner: owner != "C")
     queued = closed.submit("C", WorkerTask(fake_measure.patient, {}), check=False)
     assert queued.wait(10) and queued.status == "stopped"
