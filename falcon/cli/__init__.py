@@ -73,8 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.error(f"command {command!r} is not available in this version")
+    return guarded(args.func, args)
+
+
+def guarded(func, args: argparse.Namespace) -> int:
+    """Run a command: a FalconError is one ``error:`` line on stderr and exit 2, Ctrl-C exit 130, a closed pipe 0."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except FalconError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

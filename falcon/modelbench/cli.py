@@ -170,21 +170,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from falcon.cli import (
-        _Parser,  # argparse's errors in one line, as python -m falcon's
-    )
+    from falcon.cli import _Parser, guarded  # argparse's errors in one line, as python -m falcon's
 
     parser = _Parser(prog="python -m falcon.modelbench",
                      description="Whole-model latency: the original vs its converted form, per runtime, with where "
                                  "the time goes.")
     main_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FalconError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return guarded(run, parser.parse_args(argv))
 
