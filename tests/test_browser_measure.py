@@ -3,6 +3,7 @@
 estimate is over the limit and it is refused up front (the estimate and what to change, no worker started); at
 batch 1 and one round it is under the limit and A measures it in a worker process; B sees only "machine busy",
 cannot stop A's job, waits in line; Stop in A kills the worker (in the middle of a ~minute-long conv) within 2 s.
+And the Experiments page: B sees only "machine busy" while A's sweep runs, and closing A's tab ends it.
 
 Run alone: ``pytest tests/test_browser_measure.py`` (a server and a worker on a shared 2-core machine).
 """
@@ -169,4 +170,37 @@ def test_two_sessions_one_measurement(server, browser):
         print(f"\nstopped a 1024→1024 256×256 measurement in {took:.2f} s")
     finally:
         ctx_a.close()
+        ctx_b.close()
+
+
+def test_closing_the_tab_ends_its_experiment(server, browser):
+    """Experiments (#20): B sees only "machine busy" while A's sweep runs; A's tab closes, and the sweep is ended
+    once the server has seen the session stay closed (falcon.ownership.ABSENT_GRACE_S): B's Start is free again."""
+    from falcon.ownership import ABSENT_GRACE_S
+
+    ctx_a, ctx_b = browser.new_context(), browser.new_context()
+    try:
+        a, b = ctx_a.new_page(), ctx_b.new_page()
+        for p in (a, b):
+            p.set_default_timeout(90_000)
+            p.goto(f"{server}/experiments")
+            wait_done(p)
+        rerun_after(a, a.get_by_role("button", name="Start the sweep").click,
+                    "return !!document.querySelector(\"[data-testid='stProgress']\")")
+        b.reload()
+        wait_done(b)
+        assert "Machine busy (an experiment by another session" in body(b)
+        assert b.get_by_role("button", name="Stop").count() == 0 and b.get_by_test_id("stProgress").count() == 0
+        assert b.get_by_role("button", name="Start the sweep").is_disabled()
+        ctx_a.close()
+        t0 = time.perf_counter()
+        b.wait_for_function("() => !document.body.innerText.includes('Machine busy')", timeout=60_000, polling=250)
+        took = time.perf_counter() - t0
+        wait_done(b)
+        assert ABSENT_GRACE_S <= took < ABSENT_GRACE_S + 10, took
+        assert b.get_by_role("button", name="Start the sweep").is_enabled()
+        tb.no_exception(b)
+        print(f"\nA's sweep ended {took:.1f} s after its tab closed")
+    finally:
+        ctx_a.close()  # (again: closing a closed context does nothing)
         ctx_b.close()
