@@ -168,7 +168,8 @@ def _probe_times(dev, seconds: float) -> list[float]:
 def busy_factor(device: str = "auto") -> float:
     """How many times slower than at its best this machine runs a measurement now (≥ 1; CUDA: 1): the median of a
     :data:`PROBE_S` run of the calibration conv over the best time seen (:func:`machine_rate`, which a faster probe
-    improves), probed at most every :data:`PROBE_EVERY_S`. Multiplied into the estimates. Measured, not the load
+    improves), probed at most every :data:`PROBE_EVERY_S`, never while a worker of this process measures (the last
+    probe's answer then). Multiplied into the estimates. Measured, not the load
     average: at a 1-minute load of 3.3–4 on 2 cores, ``(load + threads) / cores`` said 2.7× where resnet18 ran
     1.5× slower than the rate that process calibrated (itself already slowed), and at a load of ~2 estimates made
     without any factor were half the 83–102 s measured."""
@@ -181,6 +182,8 @@ def busy_factor(device: str = "auto") -> float:
     cached = _SLOWDOWN.get(dev.type)
     if cached is not None and now - cached[0] < PROBE_EVERY_S:
         return cached[1]
+    if _LIVE:  # a measurement of ours runs: a probe would disturb its timings (and a job queued now runs after it)
+        return cached[1] if cached is not None else 1.0
     rate = machine_rate(device)
     times = _probe_times(dev, PROBE_S)
     best = CALIBRATION_MACS / (rate.gmacs * 1e9)

@@ -106,6 +106,13 @@ def test_estimates_follow_how_busy_the_machine_is(monkeypatch):
     before = machine_rate("cpu").gmacs
     busy(monkeypatch, 0.5)
     assert w.busy_factor("cpu") == 1.0 and machine_rate("cpu").gmacs == pytest.approx(2 * before)
+    # never a probe while a worker of this process measures (it would disturb the timings): the last answer stands
+    busy(monkeypatch, 3.0)
+    assert w.busy_factor("cpu") == pytest.approx(3.0)
+    monkeypatch.setattr(w, "_LIVE", {object()})
+    monkeypatch.setattr(w, "_probe_times", lambda dev, seconds: pytest.fail("probed during a measurement"))
+    monkeypatch.setattr(w, "PROBE_EVERY_S", 0.0)
+    assert w.busy_factor("cpu") == pytest.approx(3.0)
     # the real probe: at least 1×, probed once per PROBE_EVERY_S
     busy(monkeypatch, None)
     monkeypatch.undo()
