@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from falcon.allocate import Option, Solution, cheapest, greedy, solve
+from falcon.allocate import Option, cheapest, greedy, solve
 from falcon.errors import FalconError
 
 FORMAT = "falcon-explorer/plan-v1"
@@ -300,10 +300,7 @@ def budget_of(original: dict, metric: str, target_ratio: float | None = None, ta
         raise FalconError("give one target: a ratio (times fewer) or an absolute figure")
     if target_ratio is not None:
         return original[metric] / parse_float(target_ratio, "target_rate", "target ratio")
-    value = float(target)
-    if not math.isfinite(value) or value <= 0:
-        raise FalconError(f"the target {metric} must be a positive number, got {target!r}")
-    return value
+    return parse_float(target, "target_count", f"target {metric}")
 
 
 def plan_model(model, *, metric: str = "macs", target_ratio: float | None = None, target: float | None = None,
@@ -314,16 +311,17 @@ def plan_model(model, *, metric: str = "macs", target_ratio: float | None = None
     and shared with :func:`uniform_plan` (one forward pass and count instead of two)."""
     t0 = time.perf_counter()
     prob = prob if prob is not None else problem(model, types, proxy, weights, include_stem, seed=seed)
-    budget = budget_of(prob.original, metric, target_ratio, target)
     layers = [layer_options(s.name, prob.module.get_submodule(s.name), s.spec, prob.types[s.name], metric, proxy,
                             prob.inputs.get(s.name)) for s in prob.sites]
-    room = budget - prob.fixed[metric]
     floor = cheapest(layers)
+    try:
+        budget = budget_of(prob.original, metric, target_ratio, target)
+    except FalconError as e:  # zero, negative, nan, text: say what the model can reach
+        raise FalconError(f"{e}; {_reachable(prob, metric, floor)}") from None
+    room = budget - prob.fixed[metric]
     if room <= 0 or floor > room:
-        best = prob.original[metric] / (prob.fixed[metric] + floor)
         raise FalconError(f"no plan of {prob.name} with {', '.join(types)} reaches {_ratio(prob.original[metric], budget)}"
-                          f" fewer {metric}: the best reachable is {best:.3g}× ({prob.fixed[metric] + floor:,.0f} "
-                          f"{metric}, of which {prob.fixed[metric]:,} are in layers no plan changes)")
+                          f" fewer {metric}: {_reachable(prob, metric, floor)}")
     sol = solve(layers, room, bins)
     g = greedy(layers, room)
     chosen = [layers[i][j].data for i, j in enumerate(sol.choice)]
@@ -332,6 +330,13 @@ def plan_model(model, *, metric: str = "macs", target_ratio: float | None = None
         notes.append(f"the plan's error is within {sol.gap:.3g} of the optimum (Lagrangian bound {sol.lower_bound:.4g})")
     return Plan(prob.name, metric, proxy, budget, prob.original, prob.fixed, chosen, sol.objective, sol.lower_bound,
                 sol.method, time.perf_counter() - t0, prob.chw, g.objective, notes)
+
+
+def _reachable(prob: _Problem, metric: str, floor: float) -> str:
+    """The least ``metric`` any plan reaches (the cheapest option everywhere), as a ratio and a count."""
+    least = prob.fixed[metric] + floor
+    return (f"the best reachable is {prob.original[metric] / least:.3g}× ({least:,.0f} {metric}, of which "
+            f"{prob.fixed[metric]:,} are in layers no plan changes)")
 
 
 def _only(prob: _Problem, conv: str) -> _Problem | None:

@@ -7,7 +7,6 @@ import sys
 from falcon.cli.common import print_json, print_table
 from falcon.cli.fit import add_model_flags
 from falcon.errors import FalconError
-from falcon.limits import float_flag
 
 
 def add_parser(sub) -> None:
@@ -25,10 +24,10 @@ def add_parser(sub) -> None:
                                    "meets the latency it predicts, and the planned model is timed against the original.")
     add_model_flags(p)
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--target-crr", type=float_flag("target_rate"), help="times fewer MACs")
-    target.add_argument("--target-cr", type=float_flag("target_rate"), help="times fewer parameters")
-    target.add_argument("--target-macs", type=float_flag("target_count"), help="at most this many MACs")
-    target.add_argument("--target-params", type=float_flag("target_count"), help="at most this many parameters")
+    target.add_argument("--target-crr", metavar="X", help="times fewer MACs")
+    target.add_argument("--target-cr", metavar="X", help="times fewer parameters")
+    target.add_argument("--target-macs", metavar="N", help="at most this many MACs")
+    target.add_argument("--target-params", metavar="N", help="at most this many parameters")
     plan_latency.add_target_flags(target)
     p.add_argument("--types", default=",".join(DEFAULT_TYPES), metavar="T,T",
                    help=f"allowed conv types, comma-separated; 'standard' keeps a layer (default {','.join(DEFAULT_TYPES)})")
