@@ -93,3 +93,39 @@ def latest_key(run: dict[str, Any]) -> str:
     """What tells two configurations of one conv apart: their hyper-parameters, or a plan's digest."""
     plan = plan_of(run)
     return digest(plan) if plan is not None else json.dumps(run.get("hparams"), sort_keys=True, default=str)
+
+
+#: the largest plan file read from an upload (a digits-vgg plan is ~5 kB, resnet50's ~50 kB)
+MAX_PLAN_BYTES = 1_000_000
+
+
+def from_bytes(raw: bytes, name: str = "the file") -> dict:
+    """A plan uploaded as the bytes of a JSON file, parsed as data (nothing in it is executed) and checked to be a
+    plan (:func:`falcon.planning.read_plan`); a FalconError that says what to upload otherwise. The model it was
+    made for and its layers are checked when a run resolves it (:func:`compact`, then the conversion)."""
+    from falcon.planning import read_plan
+
+    if len(raw) > MAX_PLAN_BYTES:
+        raise FalconError(f"{name} is {len(raw) / 1e6:.1f} MB, not a plan (a few kB): upload the JSON of "
+                          "`python -m falcon plan --json` or of Model sizing's plan download")
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FalconError(f"{name} is not JSON ({type(e).__name__}: {str(e)[:80]}): upload the JSON of "
+                          "`python -m falcon plan --json` or of Model sizing's plan download") from None
+    if not isinstance(obj, dict):
+        raise FalconError(f"{name} is not a plan made by `python -m falcon plan --json` (its JSON is a "
+                          f"{type(obj).__name__}): upload the JSON of that command or of Model sizing's plan download")
+    try:
+        return read_plan(obj)
+    except FalconError as e:
+        raise FalconError(f"{name}: {e}; upload the JSON of that command or of Model sizing's plan download") from None
+
+
+def summary(plan: dict) -> str:
+    """``6 layers replaced: features.3 FALCON k=2, features.7 Tucker-2 R₃=4 R₄=8, …`` (a :func:`compact` plan)."""
+    from falcon.convtypes import label_of
+
+    layers = plan["layers"]
+    named = ", ".join(f"{c['layer']} {label_of(c['conv'], c['hparams'])}" for c in layers)
+    return f"{len(layers)} layer{'s' if len(layers) != 1 else ''} replaced: {named}"
