@@ -262,3 +262,22 @@ def assess_model(result: Any, load_samples: Sequence[float] | None = None, secon
             figures.append(Figure(f"{c['label']}, {s['runtime']}", s["speedup"], spread, max(loads, default=None),
                                   reasons, group=c["label"]))
     return Verdict(figures, run, loads)
+
+
+# ----------------------------------------------------------------------------------------------
+# a measured-latency plan (falcon.latency_plan)
+def assess_latency_plan(plan: dict, load_samples: Sequence[float] | None = None, seconds: float | None = None) -> Verdict:
+    """The gate on a latency plan's check (the plan's ``as_dict()`` with its ``latency.measured``): one figure, the
+    planned model's measured speedup over the original (interleaved rounds), its spread, against the plan's MAC
+    ratio; the load change over ``seconds`` (default: the plan's). A plan with no check has no figure."""
+    lat = plan.get("latency") or {}
+    m = lat.get("measured")
+    loads = [v for v in (load_samples or (m or {}).get("load_average") or []) if v is not None]
+    run = _load_reasons(loads, (lat.get("seconds") if seconds is None else seconds) or 0.0, lat.get("threads") or 1)
+    if not m:
+        return Verdict([], run, loads)
+    spread = relative_spread((m["original_ms"], m["original_iqr_ms"]), (m["planned_ms"], m["planned_iqr_ms"]))
+    reasons = _spread_reasons(spread, [m.get("rounds", 0)] * 2)
+    reasons += _mac_reason(m["speedup"], plan.get("computation_reduction_rate"), False)
+    return Verdict([Figure("planned model, measured speedup", m["speedup"], spread, max(loads, default=None), reasons,
+                           group="plan")], run, loads)
