@@ -1,13 +1,14 @@
 """The journal's claim, measured: FALCON against depthwise separable convs and tensor decompositions at matched
-parameter budgets on the bundled digits model (issue 21, item 3).
+parameter (or, with ``--match macs``, MAC) budgets on the bundled digits model (issue 21, item 3).
 
 The journal version of FALCON says it "provides higher accuracy than existing methods based on depthwise separable
 convolution and tensor decomposition". This sweep puts that to the test on ``digits-vgg``/``digits``:
 
-* three parameter budgets: the parameters of digits-vgg converted to FALCON at ranks 1, 2, 3 (whole model);
+* three budgets: the parameters (``--match macs``: the MACs) of digits-vgg converted to FALCON at ranks 1, 2, 3
+  (whole model);
 * for every ranked type (falcon, dsconv, tucker2 with R₃ = R₄, cp, spatial), the largest uniform rank whose
-  converted model has at most the budget's parameters (closed-form per-layer costs from the registry, each layer's
-  rank clamped at its full rank as the conversion does; the table reports the params actually counted);
+  converted model has at most the budget's parameters (MACs) (closed-form per-layer costs from the registry, each
+  layer's rank clamped at its full rank as the conversion does; the table reports the params/MACs actually counted);
 * mobilev2 and shuffle are unranked: their paper settings (t = 0.5; g = 2 with α = 1, since α ≠ 1 changes the kept
   layers' widths), run once, with their actual params;
 * every configuration at several seeds, training-free (after conversion) and fine-tuned (after ``--epochs``),
@@ -17,6 +18,8 @@ convolution and tensor decomposition". This sweep puts that to the test on ``dig
     python benchmarks/claim_sweep.py --plan               # the chosen settings and their params, no training
     python benchmarks/claim_sweep.py --from-db            # the table again from the stored runs
     python benchmarks/claim_sweep.py --from-db --csv falcon/data/claim_digits.csv   # the summary the app shows
+    python benchmarks/claim_sweep.py --match macs --db artifacts/claim_sweep_macs.sqlite \
+        --csv falcon/data/claim_digits_macs.csv                                    # the same at matched MACs
     python benchmarks/claim_sweep.py --model vgg19-cifar --dataset cifar10 --data-dir ~/data \
         --baseline vgg19_cifar10.pt --epochs 30 --db artifacts/claim_cifar.sqlite     # CIFAR-10, for who has it
 """
@@ -28,9 +31,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from falcon.experiments.claim import markdown_table, summary_rows, sweep_plan, verdict, write_csv
-
-DEFAULT_DB = "artifacts/claim_sweep.sqlite"
+from falcon.experiments.claim import (
+    METRICS,
+    SWEEP_DBS,
+    budget_key,
+    markdown_table,
+    summary_rows,
+    sweep_plan,
+    verdict,
+    write_csv,
+)
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -48,7 +58,8 @@ def run(plans: Sequence[dict], seeds: Sequence[int], args) -> list[dict]:
                                             baseline=args.baseline, conv=p["conv"], hparams=dict(p["hparams"]),
                                             epochs=args.epochs, seed=seed, threads=args.threads, latency=False,
                                             limit_train=args.limit_train))
-            tags.append({"budget": p["budget"], "budget_params": p["budget_params"]})
+            key = budget_key(args.match)
+            tags.append({"budget": p["budget"], key: p[key]})
     t0 = time.perf_counter()
 
     def progress(e: dict) -> None:  # a run is stored before its "done" event: tagged at once
@@ -64,11 +75,12 @@ def run(plans: Sequence[dict], seeds: Sequence[int], args) -> list[dict]:
     return result["runs"]
 
 
-def stored(db: str) -> list[dict]:
-    """The tagged runs of ``db``, the latest sweep's only."""
+def stored(db: str, metric: str = "params") -> list[dict]:
+    """The runs of ``db`` tagged with a ``metric`` budget, the latest such sweep's only."""
     from falcon.experiments.store import list_runs
 
-    runs = [r for r in list_runs(db) if (r.get("metrics") or {}).get("claim")]
+    key = budget_key(metric)
+    runs = [r for r in list_runs(db) if key in ((r.get("metrics") or {}).get("claim") or {})]
     if not runs:
         return []
     latest = max(runs, key=lambda r: r.get("created_at") or "")["sweep_id"]
@@ -81,7 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--data-dir", default=None, help="where CIFAR/SVHN are (see docs/experiments.md)")
     ap.add_argument("--baseline", default=None, help="a trained checkpoint of --model (needed off digits)")
-    ap.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
+    ap.add_argument("--match", choices=list(METRICS), default="params",
+                    help="what the budgets match: parameters (default) or MACs")
+    ap.add_argument("--db", default=None, help="results database (default: "
+                    + ", ".join(f"{db} with --match {m}" for m, db in SWEEP_DBS.items()) + ")")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -91,16 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--from-db", action="store_true", help="the table from the latest stored claim sweep")
     ap.add_argument("--csv", default=None, help="also write the summary as CSV here")
     args = ap.parse_args(argv)
+    args.db = args.db or SWEEP_DBS[args.match]
     if args.plan:
-        for p in sweep_plan(args.model):
-            print(f"{p['budget']:>14} {p['budget_params'] or '':>8} {p['conv']:>9} {p['hparams']} "
-                  f"params {p['estimated_params']:,}")
+        for p in sweep_plan(args.model, args.match):
+            print(f"{p['budget']:>14} {p[budget_key(args.match)] or '':>10} {p['conv']:>9} {p['hparams']} "
+                  f"params {p['estimated_params']:,} MACs {p['estimated_macs']:,}")
         return 0
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     if args.from_db:
-        records = stored(args.db)
+        records = stored(args.db, args.match)
     else:
-        records = run(sweep_plan(args.model), [int(s) for s in args.seeds.split(",")], args)
+        records = run(sweep_plan(args.model, args.match), [int(s) for s in args.seeds.split(",")], args)
     rows = summary_rows(records)
     print(markdown_table(rows))
     print()
