@@ -104,22 +104,24 @@ d[3].caption("The camera button in the figure's corner also saves what it shows 
 
 # ---------------------------------------------------------------------------------------------- the journal's claim
 st.subheader("FALCON against tensor decomposition, measured (digits)")
-from falcon.experiments.claim import CLAIM, load_summary, markdown_table, verdict  # noqa: E402
+from falcon.experiments.claim import (  # noqa: E402
+    CLAIM, METRICS, SWEEP_DBS, load_summary, markdown_table, summary_path, verdict)
 
-claim_rows = load_summary()  # falcon/data/claim_digits.csv, written by benchmarks/claim_sweep.py
-st.markdown(f"The journal version of FALCON claims: *“{CLAIM}”*. Below, every type at three matched parameter "
-            "budgets (the params of digits-vgg converted to FALCON at ranks 1, 2, 3; each ranked type at its largest "
-            "uniform rank within the budget; MobileConvV2 and ShuffleUnit are unranked, at their paper settings), "
-            "training-free and fine-tuned, median [min–max] over the seeds, top-1 % on the 450 held-out digits. "
-            "Bold: the best fine-tuned median of its budget.")
-if claim_rows:
-    st.markdown(markdown_table(claim_rows))
-    st.markdown("**FALCON's fine-tuned median against the best rival of each family** (positive: FALCON ahead):\n\n"
-                + "\n".join(f"- {line}" for line in verdict(claim_rows)))
-else:
-    st.info("No claim sweep summary is bundled: `python benchmarks/claim_sweep.py --csv falcon/data/claim_digits.csv` "
-            "runs it.")
-st.caption("Reproduce: `python benchmarks/claim_sweep.py --db artifacts/claim_sweep.sqlite --csv "
-           "falcon/data/claim_digits.csv` (the runs go to that database, each tagged with its budget). To plot every "
-           "run of the sweep above with the thesis's points, start the app on it: "
-           "`FALCON_RESULTS_DB=artifacts/claim_sweep.sqlite streamlit run app/main.py`.")
+st.markdown(f"The journal version of FALCON claims: *“{CLAIM}”*. Below, every type at three matched budgets, in "
+            "parameters or in MACs (those of digits-vgg converted to FALCON at ranks 1, 2, 3; each ranked type at its "
+            "largest uniform rank within the budget; MobileConvV2 and ShuffleUnit are unranked, at their paper "
+            "settings), training-free and fine-tuned, median [min–max] over the seeds, top-1 % on the 450 held-out "
+            "digits. Bold: the best fine-tuned median of its budget.")
+for tab, metric in zip(st.tabs(["matched by parameters", "matched by MACs"]), METRICS):
+    claim_rows, csv_path = load_summary(summary_path(metric)), f"falcon/data/{summary_path(metric).name}"
+    sweep = f"python benchmarks/claim_sweep.py --match {metric} --db {SWEEP_DBS[metric]} --csv {csv_path}"
+    with tab:
+        if claim_rows:
+            st.markdown(markdown_table(claim_rows))
+            st.markdown("**FALCON's fine-tuned median against the best rival of each family** (positive: FALCON "
+                        "ahead):\n\n" + "\n".join(f"- {line}" for line in verdict(claim_rows)))
+        else:
+            st.info(f"No claim sweep summary is bundled: `{sweep}` runs it.")
+        st.caption(f"Reproduce: `{sweep}` (the runs go to that database, each tagged with its budget). To plot "
+                   "every run of the sweep with the thesis's points, start the app on it: "
+                   f"`FALCON_RESULTS_DB={SWEEP_DBS[metric]} streamlit run app/main.py`.")
