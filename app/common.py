@@ -83,6 +83,7 @@ class Keys:
     MEASURE = JobKeys("measure_job", stop="measure_stop", shown="measure_shown", args="measure_args")  # sizing's model bench
     EXPERIMENT = JobKeys("exp_runner", stop="exp_stop", shown="exp_shown")  # the experiments page's sweep runner
     EXPERIMENT_BUSY = "exp_busy"  # why Start was refused (another session's experiment ran)
+    SIZING_PLAN = "sizing_plan"  # the last plan Model sizing made in this session: {"model", "plan"} (Experiments)
     PRESENTER = "presenter"  # the sidebar's presenter mode (larger type, fewer columns; app/main.py)
 
 
@@ -168,6 +169,21 @@ def experiment_slot():
     from falcon.ownership import OwnedSlot
 
     return OwnedSlot("an experiment", alive=_session_alive)
+
+
+def hidden_sweep() -> tuple[str | None, int]:
+    """The sweep id of the experiment another session runs now and how many completed runs it has stored so far:
+    they are its own until it ends (#20), so pages leave them out and say so with :func:`hidden_note`."""
+    from falcon.experiments.store import list_runs
+
+    sweep = getattr(experiment_slot().foreign(session_id()), "sweep_id", None)
+    return sweep, len(list_runs(sweep_id=sweep, status="completed")) if sweep else 0
+
+
+def hidden_note(count: int) -> None:
+    if count:
+        st.caption(f"{count} run{'s' if count != 1 else ''} of a sweep still running elsewhere "
+                   f"{'are' if count != 1 else 'is'} hidden until it ends.")
 
 
 def submit_measurement(keys: JobKeys, task, estimate, name: str, args: Any = None):

@@ -16,8 +16,10 @@ st.caption("Top-1 accuracy against parameters or FLOPs (multiply-accumulates), f
 
 paper = common.paper_results()
 ours = pd.DataFrame(columns=OWN_RUN_COLUMNS)  # a results database that cannot be read: its error, the thesis's points
+hidden = 0
 with common.guard(stop=False):
-    ours = own_runs()
+    sweep, hidden = common.hidden_sweep()  # another session's running sweep: its runs once it ends (#20)
+    ours = own_runs(hide_sweep=sweep)
 
 LATENCY = "latency_ms"
 has_latency = bool(len(ours)) and ours[LATENCY].notna().any()
@@ -40,8 +42,13 @@ else:
     if len(ours):
         all_panels += [p for p in dict.fromkeys(zip(ours["model"], ours["dataset"])) if p not in all_panels]
 labels = {f"{m} · {d}": (m, d) for m, d in all_panels}
+panels_key = "panels_latency" if latency_axis else "panels"
+offered = st.session_state.get(f"_offered.{panels_key}")  # a panel new since this session's last run (runs that
+if offered is not None and isinstance(st.session_state.get(panels_key), list):  # ended or appeared): shown too
+    st.session_state[panels_key] += [p for p in labels if p not in offered and p not in st.session_state[panels_key]]
+st.session_state[f"_offered.{panels_key}"] = list(labels)
 picked = common.widget(c[2].multiselect, "panels (model · data set)", list(labels), default=list(labels),
-                       key="panels_latency" if latency_axis else "panels")
+                       key=panels_key)
 show_ours = common.widget(c[3].toggle, "our runs", value=True, key="show_ours", disabled=not len(ours) or latency_axis,
                           help="runs stored by `python -m falcon experiment` (the results store)" +
                                ("; the latency axis shows only them" if latency_axis else ""))
@@ -59,6 +66,7 @@ if latency_axis:
                    "`python -m falcon experiment measure --force` measures them all again here.")
 fig = points_figure(data, x=x, log_x=scale == "log", panels=panels)
 common.plot(fig, key="accuracy", filename="falcon-accuracy-vs-cost")
+common.hidden_note(hidden)
 if not len(ours):
     st.caption("No runs of your own yet: `python -m falcon experiment …` stores fine-tuning runs, which then appear "
                "here with open markers, marked “ours”.")

@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 import common
+import plan_source
 from common import Keys
-from falcon.convtypes import CONV_TYPES, RANKED, label_of
+from falcon.convtypes import CONV_TYPES, RANKED
 from falcon.errors import FalconError
 from falcon.experiments.pipeline import INITS, TRAIN_OPTIMIZERS, ExperimentConfig
 from falcon.experiments.report import cli_command, runs_frame, sweep_plan
@@ -35,11 +36,17 @@ running = runner is not None and not runner.done
 busy = slot.busy(me)
 
 # ---------------------------------------------------------------------------------------------- what to run
-c = st.columns([1.2, 3])
-mode = common.widget(c[0].segmented_control, "what", ["sweep", "run"], default="sweep", key="mode", required=True,
-                     format_func=lambda m: {"sweep": "a sweep", "run": "one run"}[m])
+c = st.columns([1.4, 3])
+mode = common.widget(c[0].segmented_control, "what", ["sweep", "run", "plan"], default="sweep", key="mode",
+                     required=True, format_func=lambda m: {"sweep": "a sweep", "run": "one run", "plan": "a plan"}[m],
+                     help="a plan: each layer its own conv type and ranks (Model sizing's “Where should the budget "
+                          "go?”), fine-tuned as one run")
+chosen, plan_file = None, ""
 with c[1]:
-    if mode == "run":
+    if mode == "plan":
+        with common.guard():
+            chosen, plan_file = plan_source.choose("digits-vgg")
+    elif mode == "run":
         r = st.columns([1.3, 1, 2.5])
         conv = common.widget(r[0].selectbox, "conv type", CHOICES, key="conv",
                              format_func=lambda t: CONV_TYPES[t].label)
@@ -79,6 +86,8 @@ base = ExperimentConfig(model="digits-vgg", dataset="digits", epochs=epochs, opt
 with common.guard():
     if mode == "run":
         plan = [dataclasses.replace(base, conv=conv, hparams=hparams, init=init).resolved()]
+    elif mode == "plan":  # nothing to run until a plan is chosen
+        plan = [plan_source.config(chosen, plan_file, base)] if chosen is not None else []
     else:
         plan = sweep_plan(convs, ranks, base)
 
@@ -96,24 +105,37 @@ def planned_costs() -> pd.DataFrame:
     for p in plan:
         with common.guard():
             c = planned_cost(json.dumps(p.as_dict(), sort_keys=True))
-        rows.append({"conv type": label_of(p.conv, p.hparams), "init": p.init, "params": c["params"],
+        rows.append({"conv type": p.label, "init": p.init, "params": c["params"],
                      "MACs": c["macs"], "CR": c["compression_rate"], "CRR": c["computation_reduction_rate"],
                      "rank lowered in": ", ".join(c["clamped"])})
     return pd.DataFrame(rows)
 
 
-st.markdown(f"**The plan: {len(plan)} run{'s' if len(plan) > 1 else ''}, {epochs} epoch{'s' if epochs > 1 else ''} "
-            "each**")
-st.dataframe(planned_costs(), key="plan", hide_index=True, column_config={
-    "params": st.column_config.NumberColumn(format="localized"), "MACs": st.column_config.NumberColumn(format="localized"),
-    "CR": st.column_config.NumberColumn(format="%.2f×", help="the baseline's parameters / the run's"),
-    "CRR": st.column_config.NumberColumn(format="%.2f×", help="the baseline's MACs / the run's")})
-st.caption("Parameters and MACs of the model each run fine-tunes, counted on what its conversion builds (`clean` "
-           "convention: weights, biases, BN and the classifier; the run stores the same count). FALCON and DSConv are "
-           "the bare EHP blocks the fit fills, without the BN inside the thesis's DSConv layout that **Model sizing** "
-           "counts; a rank above a layer's full rank is lowered to it (the 1-channel stem has full rank 1 for "
-           "FALCON). The same from a shell:")
-st.code(cli_command(plan, sweep=mode == "sweep"), language="bash")
+def show_plan() -> None:
+    """The runs to start: what each fine-tunes (params, MACs) and the same from a shell."""
+    if mode == "plan":
+        from falcon.experiments.plans import summary
+
+        st.caption(f"**{plan[0].label}**: {summary(plan[0].plan)}; every other conv is kept. Each replaced layer "
+                   "starts from the SVD fit of its trained kernel, as the planner predicted it.")
+    st.markdown(f"**The plan: {len(plan)} run{'s' if len(plan) > 1 else ''}, {epochs} epoch{'s' if epochs > 1 else ''} "
+                "each**")
+    st.dataframe(planned_costs(), key="plan", hide_index=True, column_config={
+        "params": st.column_config.NumberColumn(format="localized"),
+        "MACs": st.column_config.NumberColumn(format="localized"),
+        "CR": st.column_config.NumberColumn(format="%.2f×", help="the baseline's parameters / the run's"),
+        "CRR": st.column_config.NumberColumn(format="%.2f×", help="the baseline's MACs / the run's")})
+    st.caption("Parameters and MACs of the model each run fine-tunes, counted on what its conversion builds (`clean` "
+               "convention: weights, biases, BN and the classifier; the run stores the same count). FALCON and DSConv "
+               "are the bare EHP blocks the fit fills, without the BN inside the thesis's DSConv layout that **Model "
+               "sizing** counts; a rank above a layer's full rank is lowered to it (the 1-channel stem has full rank 1 "
+               "for FALCON). The same from a shell" + (f" (the plan saved as `{plan_file}`)" if mode == "plan" else "")
+               + ":")
+    st.code(cli_command(plan, sweep=mode == "sweep", plan_file=plan_file), language="bash")
+
+
+if plan:  # (a plan's page before a plan is chosen: nothing to start)
+    show_plan()
 
 
 def start() -> None:
@@ -127,7 +149,7 @@ def start() -> None:
 
 b = st.columns([1.6, 5])
 b[0].button("Start the sweep" if mode == "sweep" else "Start the run", key="exp_start", type="primary",
-            disabled=running or busy is not None, on_click=start, icon=":material/play_arrow:")
+            disabled=running or busy is not None or not plan, on_click=start, icon=":material/play_arrow:")
 if refused := st.session_state.pop(Keys.EXPERIMENT_BUSY, None):
     st.error(refused[0].upper() + refused[1:] + ".", icon=":material/error:")
 runner = slot.job(me)
@@ -162,8 +184,7 @@ def live() -> None:
         st.success(f"{snap['runs']} run{'s' if snap['runs'] > 1 else ''} in {snap['elapsed']:.0f} s, stored "
                    f"(sweep {snap['sweep_id']}).", icon=":material/check_circle:")
     records = snap["results"]
-    curves = {run: {**curve, "conv": runner.configs[run - 1].conv, "label": label_of(runner.configs[run - 1].conv,
-                                                                                       runner.configs[run - 1].hparams)}
+    curves = {run: {**curve, "conv": runner.configs[run - 1].conv, "label": runner.configs[run - 1].label}
               for run, curve in snap["curves"].items()}
     baseline = next((r["baseline_accuracy"] for r in records if r.get("baseline_accuracy") is not None), None)
     if curves:
@@ -206,8 +227,9 @@ st.subheader("Stored runs")
 with common.guard(stop=False):
     from falcon.experiments.store import db_path, list_runs
 
-    hidden = getattr(slot.foreign(me), "sweep_id", None)  # another session's running sweep: its runs once it ends
+    hidden, count = common.hidden_sweep()  # another session's running sweep: its runs once it ends
     stored = [r for r in list_runs() if hidden is None or r.get("sweep_id") != hidden]
+    common.hidden_note(count)
     path = db_path()
     if stored:
         df = runs_frame(stored)

@@ -129,3 +129,17 @@ def summary(plan: dict) -> str:
     layers = plan["layers"]
     named = ", ".join(f"{c['layer']} {label_of(c['conv'], c['hparams'])}" for c in layers)
     return f"{len(layers)} layer{'s' if len(layers) != 1 else ''} replaced: {named}"
+
+
+def check_layers(plan: dict, model: str) -> None:
+    """Each layer a :func:`compact` plan replaces is a conv of ``model`` that its forward pass uses (a FalconError
+    naming the first that is not), checked on the untrained architecture before anything is fitted or run."""
+    from falcon.conversion import _plan_site
+    from falcon.models import get_model_entry
+    from falcon.surgery import conv_sites
+
+    entry = get_model_entry(model)
+    module = entry.build(None).eval()
+    sites = {s.name: s for s in conv_sites(module, (entry.in_channels, entry.input_size, entry.input_size), entry.name)}
+    for c in plan["layers"]:
+        _plan_site(module, sites, c["layer"])

@@ -95,11 +95,14 @@ def planned_cost(config: ExperimentConfig) -> dict[str, Any]:
             "clamped": clamped}
 
 
-def cli_command(configs: Sequence[ExperimentConfig], sweep: bool) -> str:
-    """The ``python -m falcon experiment`` command that runs the same thing from a shell."""
+def cli_command(configs: Sequence[ExperimentConfig], sweep: bool, plan_file: str = "plan.json") -> str:
+    """The ``python -m falcon experiment`` command that runs the same thing from a shell (a planned run: with its
+    plan saved as ``plan_file``)."""
     first = configs[0]
     args = ["python", "-m", "falcon", "experiment", "--model", first.model, "--dataset", first.dataset]
-    if sweep:
+    if first.plan is not None:
+        args += ["--plan", plan_file]
+    elif sweep:
         convs = list(dict.fromkeys(c.conv for c in configs))
         args += ["--sweep", "--convs", ",".join(convs)]
         ranks = [str(c.hparams["rank"]) for c in configs if c.conv in PAPER_RANKED]

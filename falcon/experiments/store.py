@@ -629,12 +629,15 @@ OWN_RUN_COLUMNS = ["model", "dataset", "method", "rank", "top1", "top5", "params
                    *LATENCY_COLUMNS]
 
 
-def own_runs(db: str | os.PathLike | None = None):
+def own_runs(db: str | os.PathLike | None = None, hide_sweep: str | None = None):
     """The project's completed fine-tuning runs as accuracy points, in the paper frame's columns
-    (percent, millions; :func:`accuracy_points`), as a DataFrame; empty (with those columns) when there are none."""
+    (percent, millions; :func:`accuracy_points`), as a DataFrame; empty (with those columns) when there are none.
+    ``hide_sweep``: leave out the runs of that sweep (one still running in another session: its runs are its own
+    until it ends)."""
     import pandas as pd
 
-    points = accuracy_points(db, latest=True)  # the latest run of each configuration
+    runs = [r for r in list_runs(db, status="completed") if hide_sweep is None or r.get("sweep_id") != hide_sweep]
+    points = accuracy_points(runs=runs, latest=True)  # the latest run of each configuration
     if not points:
         return pd.DataFrame(columns=OWN_RUN_COLUMNS)
     df = pd.DataFrame(points)

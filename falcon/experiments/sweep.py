@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-from falcon.convtypes import CONV_TYPES, RANKED, label_of
+from falcon.convtypes import CONV_TYPES, RANKED
 from falcon.errors import FalconError
 from falcon.jobs import Job
 from falcon.experiments.pipeline import ExperimentConfig, ProgressFn, StopFn
@@ -102,7 +102,7 @@ def _run_sweep(configs, progress, should_stop, db, store, sweep_id) -> dict[str,
             if progress is not None:
                 frac = event.get("fraction") or 0.0
                 progress({**event, "run": i + 1, "runs": n, "sweep_fraction": (i + frac) / n,
-                          "message": f"run {i + 1}/{n} ({label_of(cfg.conv, cfg.hparams)}): {event.get('message', '')}"})
+                          "message": f"run {i + 1}/{n} ({cfg.label}): {event.get('message', '')}"})
 
         key = (cfg.model, cfg.dataset, cfg.data_dir, cfg.baseline, cfg.baseline_epochs, cfg.limit_train,
                cfg.limit_test, cfg.device, cfg.seed if cfg.baseline_epochs else None)
@@ -207,7 +207,7 @@ class SweepRunner(Job):
         run = event.get("run")
         if run is None:
             return
-        curve = self._curves.setdefault(run, {"label": label_of(self.configs[run - 1].conv, self.configs[run - 1].hparams), "step": [], "loss": [],
+        curve = self._curves.setdefault(run, {"label": self.configs[run - 1].label, "step": [], "loss": [],
                                               "epoch_step": [], "accuracy": []})
         if event.get("phase") == "finetune" and event.get("loss") is not None and "accuracy" not in event:
             curve["step"].append(int(event["step"]))
