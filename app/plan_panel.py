@@ -88,3 +88,7 @@ def show(model: str) -> None:
                        key="plan_download")
     st.caption(f"`python -m falcon plan --model {model} --target-{'crr' if metric == 'macs' else 'cr'} {ratio:g} "
                f"--types {','.join(types)} --proxy {proxy}` prints the same; `convert --plan` applies it.")
+    st.session_state[common.Keys.SIZING_PLAN] = {"model": model, "plan": plan}  # the Experiments page's to fine-tune
+    if model == "digits-vgg":  # the model the Experiments page fine-tunes
+        st.page_link(common.PAGE_BY_FILE["experiments.py"].path, label="Fine-tune this plan on the Experiments page",
+                     icon=":material/science:", query_params={"mode": "plan", "plan_from": "sizing"})
