@@ -35,6 +35,10 @@ def _plans(model: str, metric: str, ratio: float, types: tuple[str, ...], proxy:
     return {"plan": plan, "uniform": uniform, "notes": notes, "weights": loaded.weights}
 
 
+#: the target kinds: counted, or measured on this machine (app/latency_plan_panel.py)
+TARGET_KINDS = {"macs": "fewer MACs", "params": "fewer parameters", "latency": "measured speedup on this machine"}
+
+
 def show(model: str) -> None:
     from falcon.planning import DEFAULT_TYPES, fittable_types
     from falcon.views.plan import plan_figure, plan_summary, plan_table
@@ -45,10 +49,14 @@ def show(model: str) -> None:
                "on 64 training images, digits-vgg only). Solved exactly on costs rounded up to 1/4000 of the budget "
                "(a multiple-choice knapsack); the bound says how far from the optimum it can be.")
     c = st.columns([1.3, 1, 2, 1])
-    metric = common.widget(c[0].selectbox, "target", ["macs", "params"], key="plan_metric",
-                           format_func=lambda m: "fewer MACs" if m == "macs" else "fewer parameters")
-    ratio = common.number(c[1], "times fewer", "target_rate", 4.0, key="plan_ratio", step=0.5,
-                          help="the plan's cost is at most the model's divided by this")
+    metric = common.widget(c[0].selectbox, "target", ["macs", "params", "latency"], key="plan_metric",
+                           format_func=TARGET_KINDS.get)
+    if metric == "latency":
+        ratio = common.number(c[1], "times faster", "target_speedup", 2.0, key="plan_speedup", step=0.25,
+                              help="the planned model's predicted time is at most the model's, timed here, divided by this")
+    else:
+        ratio = common.number(c[1], "times fewer", "target_rate", 4.0, key="plan_ratio", step=0.5,
+                              help="the plan's cost is at most the model's divided by this")
     options = [*fittable_types(), "standard"]
     types = common.widget(c[2].multiselect, "allowed per layer", options,
                           default=[t for t in DEFAULT_TYPES if t in options], key="plan_types",
@@ -57,6 +65,11 @@ def show(model: str) -> None:
                           key="plan_proxy", help="data: needs the model's own data (digits-vgg has it bundled)")
     if not types:
         st.error("Choose at least one allowed type (for example falcon and standard).")
+        return
+    if metric == "latency":
+        import latency_plan_panel  # app/latency_plan_panel.py: timed on this machine, through the measurement queue
+
+        latency_plan_panel.show(model, float(ratio), types, proxy or "kernel")
         return
     if not common.widget(st.toggle, "plan this model", value=False, key="plan_on",
                          help="fits every layer at every rank of its grid: seconds"):

@@ -115,12 +115,13 @@ def _load(model) -> tuple[Any, list[str]]:
 def run_latency_plan(model, target_speedup: float, types: Sequence[str], proxy: str = "kernel",
                      include_stem: bool | None = None, batch_size: int = 1, rounds: int = ROUNDS,
                      threads: int | None = None, check_rounds: int = CHECK_ROUNDS, timer=None, progress=None,
-                     should_stop=None) -> dict:
+                     should_stop=None) -> dict | None:
     """The worker's task: :func:`falcon.latency_plan.latency_problem` (progress over its timings), the plan for
-    ``target_speedup`` and the planned model timed against the original. Returns plain data: ``plan`` (the JSON
-    ``convert --plan`` reads, with its ``latency`` section), ``notes``, ``weights``. ``timer``: a
-    :data:`falcon.latency_plan.Timer` (default the layer bench's)."""
-    from falcon.latency_plan import bench_timer, check_plan, latency_problem, parse_target, solve_latency
+    ``target_speedup`` and the planned model timed against the original. Returns None when stopped, else plain
+    data: ``plan`` (the JSON ``convert --plan`` reads, with its ``latency`` section), ``notes``, ``weights``.
+    ``timer``: a :data:`falcon.latency_plan.Timer` (default the layer bench's)."""
+    from falcon.latency_plan import (CHECK_MIN_RUN_TIME, Stopped, bench_timer, check_plan, latency_problem,
+                                     parse_target, solve_latency)
 
     target = parse_target(target_speedup=target_speedup)
     say = progress or (lambda fraction, label: None)
@@ -131,14 +132,15 @@ def run_latency_plan(model, target_speedup: float, types: Sequence[str], proxy: 
     def timings(done: int, total: int, label: str) -> None:
         say(share * done / total, f"timing {done}/{total}: {label}")
 
-    lp = latency_problem(loaded, types=types, proxy=proxy, include_stem=include_stem, batch_size=batch_size,
-                         rounds=rounds, timer=timer, threads=threads, should_stop=should_stop, progress=timings,
-                         max_seconds=measure_limit())
-    result = solve_latency(lp, target)
-    say(share, f"timing the planned model against the original ({check_rounds} interleaved rounds)")
-    from falcon.latency_plan import CHECK_MIN_RUN_TIME
-
-    result.check = check_plan(lp.prob.module, result.plan.as_dict(), lp.prob.chw, batch_size=batch_size,
-                              timer=timer or bench_timer(threads, CHECK_MIN_RUN_TIME), rounds=check_rounds,
-                              should_stop=should_stop)
+    try:
+        lp = latency_problem(loaded, types=types, proxy=proxy, include_stem=include_stem, batch_size=batch_size,
+                             rounds=rounds, timer=timer, threads=threads, should_stop=should_stop, progress=timings,
+                             max_seconds=measure_limit())
+        result = solve_latency(lp, target)
+        say(share, f"timing the planned model against the original ({check_rounds} interleaved rounds)")
+        result.check = check_plan(lp.prob.module, result.plan.as_dict(), lp.prob.chw, batch_size=batch_size,
+                                  timer=timer or bench_timer(threads, CHECK_MIN_RUN_TIME), rounds=check_rounds,
+                                  should_stop=should_stop)
+    except Stopped:  # Stop was pressed: nothing to show (as a stopped measurement with nothing finished)
+        return None
     return {"plan": result.as_dict(), "notes": notes, "weights": loaded.weights}

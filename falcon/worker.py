@@ -593,7 +593,9 @@ class WorkerJob:
         self._proc, self.pid, self.ran = proc, proc.pid, True
         _LIVE.add(self)
         final = self._serve(proc, recv, stop)
-        proc.join(2.0)
+        # after Stop its answer is in: a worker whose interpreter takes seconds to tear down (torch and a loaded
+        # model: ~2 s on a busy 2-core machine) is killed after the grace, so that Stop ends it within a second
+        proc.join(STOP_GRACE_S if self._stop.is_set() else 2.0)
         if proc.is_alive():
             proc.kill()
             proc.join(2.0)
