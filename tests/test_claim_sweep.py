@@ -83,11 +83,11 @@ def test_budget_matching_against_the_counted_conversion():
     entry, sites, base = cs.model_sites()
     for conv, hp in (("tucker2", {"rank_in": 5, "rank_out": 7}), ("cp", {"rank": 12}), ("spatial", {"rank": 40})):
         counted = planned_cost(ExperimentConfig(conv=conv, hparams=hp, latency=False))["params"]
-        assert cs.estimated_params(entry, sites, base, conv, hp) == counted
+        assert cs.estimated_cost(entry, sites, base, conv, hp) == counted
     budget = 20_000
     k = cs.rank_for_budget(entry, sites, base, "spatial", budget)
-    assert cs.estimated_params(entry, sites, base, "spatial", {"rank": k}) <= budget
-    assert cs.estimated_params(entry, sites, base, "spatial", {"rank": k + 1}) > budget
+    assert cs.estimated_cost(entry, sites, base, "spatial", {"rank": k}) <= budget
+    assert cs.estimated_cost(entry, sites, base, "spatial", {"rank": k + 1}) > budget
     assert cs.rank_for_budget(entry, sites, base, "cp", 10) is None
 
 
@@ -126,3 +126,72 @@ def test_accuracy_page_without_a_summary_says_how_to_make_one(tmp_path, monkeypa
     at = _accuracy_page(tmp_path, monkeypatch)
     assert any("benchmarks/claim_sweep.py" in i.value for i in at.info)
     assert not any("| budget (params) |" in m.value for m in at.markdown)
+
+
+# ---------------------------------------------------------------------------------------------- matched MACs
+def _counted(conv, hp):
+    """The MACs of the model a run of (conv, hp) fine-tunes: converted by the pipeline, counted by falcon.counting."""
+    from falcon.experiments.pipeline import ExperimentConfig
+    from falcon.experiments.report import planned_cost
+
+    return planned_cost(ExperimentConfig(conv=conv, hparams=hp, latency=False))["macs"]
+
+
+def test_sweep_plan_at_macs_picks_the_largest_rank_within_the_counted_budget():
+    from falcon.convtypes import get_conv_type
+
+    plans = cs.sweep_plan(metric="macs")
+    entry, sites, _ = cs.model_sites()
+    ranked = [p for p in plans if p["budget_macs"]]
+    assert [p["conv"] for p in ranked] == list(cs.RANKED_TYPES) * 3
+    assert all("budget_params" not in p for p in plans)
+    for r in cs.BUDGET_RANKS:  # the budgets: FALCON k=r's counted MACs
+        at = [p for p in ranked if p["budget"] == f"FALCON k={r}"]
+        assert {p["budget_macs"] for p in at} == {_counted("falcon", {"rank": r})}
+    for p in ranked:
+        ct = get_conv_type(p["conv"])
+        k = next(iter(p["hparams"].values()))
+        assert p["hparams"] == ct.rank_hparams(k)
+        assert _counted(p["conv"], p["hparams"]) == p["estimated_macs"] <= p["budget_macs"], p
+        top = max(ct.full_rank(s.spec.N, s.spec.M, s.spec.D) for s in sites if s.replaceable)
+        assert k == top or _counted(p["conv"], ct.rank_hparams(k + 1)) > p["budget_macs"], p
+    assert [(p["conv"], p["budget_macs"]) for p in plans[-2:]] == [("mobilev2", None), ("shuffle", None)]
+
+
+def test_a_macs_summary_keeps_its_budget_through_table_verdict_and_csv(records, tmp_path):
+    for r in records:  # the same runs, tagged as a MACs sweep tags them
+        claim = r["metrics"].get("claim")
+        if claim:
+            r["metrics"]["claim"] = {"budget": claim["budget"], "budget_macs": claim["budget_params"]}
+    rows = cs.summary_rows(records)
+    assert cs.metric_of(rows) == "macs" and rows[0]["budget_macs"] == 1000 and "budget_params" not in rows[0]
+    table = cs.markdown_table(rows)
+    assert table.startswith("| budget (MACs) |") and "| FALCON k=2 (2,000) | tucker2 |" in table
+    assert "+7.00 points vs the best depthwise separable" in cs.verdict(rows)[0]
+    cs.write_csv(rows, tmp_path / "m.csv")
+    assert (tmp_path / "m.csv").read_text().splitlines()[0].startswith("budget,budget_macs,conv,")
+    back = cs.load_summary(tmp_path / "m.csv")
+    assert back[0]["budget_macs"] == 1000 and back[-1]["budget_macs"] is None
+    assert cs.markdown_table(back) == table
+
+
+def test_an_unknown_budget_metric_says_what_to_choose():
+    from falcon.errors import FalconError
+
+    with pytest.raises(FalconError, match="choose one of params, macs"):
+        cs.sweep_plan(metric="flops")
+
+
+@pytest.mark.usefixtures("isolated_app")
+def test_accuracy_page_shows_both_matched_tables(tmp_path, monkeypatch):
+    tables = {m: cs.load_summary(cs.summary_path(m)) for m in cs.METRICS}
+    assert all(tables.values()), "falcon/data/claim_digits.csv and claim_digits_macs.csv are bundled"
+    macs = tables["macs"]
+    assert {r["seeds"] for r in macs} == {3} and cs.metric_of(macs) == "macs"
+    for r in macs:  # every ranked type within its MACs budget (the counted MACs the runs stored)
+        assert r["budget_macs"] is None or r["macs"] <= r["budget_macs"], r
+    at = _accuracy_page(tmp_path, monkeypatch)
+    shown = [m.value for m in at.markdown]
+    for rows in tables.values():
+        assert cs.markdown_table(rows) in shown
+        assert any(cs.verdict(rows)[0] in m for m in shown)
