@@ -53,3 +53,12 @@ def latency_plan_slow_timer(**kwargs):
     from falcon.latency_job import run_latency_plan
 
     return run_latency_plan(**kwargs, timer=slow_timer)
+
+
+def latency_plan_too_fast(**kwargs):
+    """The fake plan with a measured check that cannot be true: the planned model 50× faster than the original for
+    a MAC ratio of a few, with a 40% spread."""
+    out = latency_plan_fake_timer(**kwargs)
+    m = out["plan"]["latency"]["measured"]
+    m.update(planned_ms=m["original_ms"] / 50, planned_iqr_ms=0.4 * m["original_ms"] / 50, speedup=50.0)
+    return out

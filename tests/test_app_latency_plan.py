@@ -124,3 +124,58 @@ def test_a_waiting_user_sees_their_place_and_stop_ends_it(monkeypatch):
     assert_clean(at)
     assert job.status == "stopped" and job.result is None
     assert any(w.value == "Stopped: nothing was planned." for w in at.warning)
+
+
+def test_reliability_gate_of_a_latency_plan():
+    """falcon.reliability.assess_latency_plan: spread from the two timings' IQRs, a speedup far above the MAC ratio,
+    too few rounds; a plan with no check has no figure."""
+    from falcon.reliability import MAC_RATIO_SLACK, assess_latency_plan
+
+    measured = {"original_ms": 10.0, "original_iqr_ms": 0.3, "planned_ms": 5.0, "planned_iqr_ms": 0.2, "speedup": 2.0,
+                "rounds": 7, "load_average": [0.5, 0.5]}
+    plan = {"computation_reduction_rate": 3.0, "latency": {"threads": 1, "seconds": 5.0, "measured": measured}}
+    good = assess_latency_plan(plan)
+    assert good.reliable and good.figures[0].spread == pytest.approx(((0.3 / 10) ** 2 + (0.2 / 5) ** 2) ** 0.5)
+    fast = dict(plan, latency={**plan["latency"], "measured": {**measured, "speedup": 3.0 * MAC_RATIO_SLACK + 0.1}})
+    assert "faster for a MAC ratio of 3.00×" in assess_latency_plan(fast).reasons[0]
+    noisy = dict(plan, latency={**plan["latency"], "measured": {**measured, "planned_iqr_ms": 2.0}})
+    assert "spread 40%" in assess_latency_plan(noisy).reasons[0]
+    few = dict(plan, latency={**plan["latency"], "measured": {**measured, "rounds": 2}})
+    assert "only 2 timed blocks" in assess_latency_plan(few).reasons[0]
+    assert assess_latency_plan({"latency": {}}).figures == []
+
+
+def test_a_measured_check_that_cannot_be_true_is_shown_as_unreliable(monkeypatch):
+    monkeypatch.setattr("falcon.latency_job.run_latency_plan", fake_latency.latency_plan_too_fast)
+    at = _page(2.0)
+    at.button(key="plan_latency_start").click().run()
+    job = wait_for(at, "plan_latency_job", timeout=180)
+    assert not at.exception and not at.error and job.result["plan"]["latency"]["measured"]["speedup"] == 50.0
+    m = metrics(at)
+    assert m["measured"] == "unreliable" and m["measured speedup"] == "unreliable"
+    assert m["predicted"] == f"{job.result['plan']['latency']['predicted_ms']:.3g} ms"  # a prediction, not measured
+    warning = next(w.value for w in at.warning if w.value.startswith("**Unreliable**"))
+    assert "50.00× faster for a MAC ratio of" in warning and "spread 40%" in warning
+    rows = {r[""]: r for r in shown_table(at, "IQR (ms)").to_dict("records")}
+    assert rows["plan, measured"]["speedup"] is None or rows["plan, measured"]["speedup"] != rows["plan, measured"]["speedup"]
+    assert at.button(key="plan_latency_rerun")
+
+
+def test_real_timing_shows_the_jobs_result():
+    """The layer bench's timer in the worker (rounds 1, one thread): the plan meets its predicted budget, and what
+    the page shows is the job's result."""
+    at = _page(1.5)
+    at.number_input(key="plan_rounds").set_value(1).run()
+    at.button(key="plan_latency_start").click().run()
+    job = wait_for(at, "plan_latency_job", timeout=300)
+    assert not at.exception and job.status == "completed", job.error
+    lat = job.result["plan"]["latency"]
+    assert lat["threads"] == 1 and lat["rounds"] == 1 and lat["target"] == {"speedup": 1.5}
+    assert lat["predicted_ms"] <= lat["budget_ms"] == pytest.approx(lat["original_ms"] / 1.5)
+    assert sum(t["plan_ms"] for t in lat["layers"]) + lat["overhead_ms"] == pytest.approx(lat["predicted_ms"])
+    m = metrics(at)
+    assert m["predicted"] == f"{lat['predicted_ms']:.3g} ms" and m["original"] == f"{lat['original_ms']:.3g} ms"
+    assert m["measured"] in ("unreliable", f"{lat['measured']['planned_ms']:.3g} ms")
+    table = shown_table(at, "ms plan")
+    assert list(table["ms plan"]) == pytest.approx([t["plan_ms"] for t in lat["layers"]])
+    assert list(table["ms before"]) == pytest.approx([t["keep_ms"] for t in lat["layers"]])
