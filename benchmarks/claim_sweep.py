@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from falcon.errors import FalconError
 from falcon.experiments.claim import (
     METRICS,
     SWEEP_DBS,
@@ -115,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     if args.from_db:
         records = stored(args.db, args.match)
+        if not records:
+            raise FalconError(f"{args.db} holds no claim sweep matched by {args.match}; run it without --from-db")
     else:
         records = run(sweep_plan(args.model, args.match), [int(s) for s in args.seeds.split(",")], args)
     rows = summary_rows(records)
@@ -127,8 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from falcon.errors import FalconError
-
     try:
         sys.exit(main())
     except FalconError as e:

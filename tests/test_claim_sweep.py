@@ -195,3 +195,16 @@ def test_accuracy_page_shows_both_matched_tables(tmp_path, monkeypatch):
     for rows in tables.values():
         assert cs.markdown_table(rows) in shown
         assert any(cs.verdict(rows)[0] in m for m in shown)
+
+
+def test_from_db_without_a_sweep_of_that_metric_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    db = tmp_path / "none.sqlite"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "claim_sweep.py"), "--match", "macs", "--from-db",
+                        "--db", str(db)], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == f"error: {db} holds no claim sweep matched by macs; run it without --from-db\n"
