@@ -5,8 +5,9 @@
 * ``digits.npz``: the bundled 8x8 digits and their train/test split (:mod:`falcon.datasets`).
 * ``digits_vgg.pt``: the pretrained ``digits-vgg`` weights (:mod:`falcon.models.digits`); ``DIGITS.md``
   gives both files' provenance, licence and recipe.
-* ``claim_digits.csv``: the summary of the matched-budget sweep of FALCON against the other types on digits
-  (``benchmarks/claim_sweep.py``, :func:`falcon.experiments.claim.load_summary`; the Accuracy page shows it).
+* ``claim_digits.csv`` and ``claim_digits_macs.csv``: the summaries of the sweep of FALCON against the other types
+  on digits at matched parameter and at matched MAC budgets (``benchmarks/claim_sweep.py [--match macs]``,
+  :func:`falcon.experiments.claim.load_summary`; the Accuracy page shows both).
 
 They are found next to this file, so a plain (non-editable) ``pip install .`` finds them too.
 """
