@@ -25,7 +25,8 @@ def choose(model: str) -> tuple[dict | None, str]:
     source = common.widget(st.segmented_control, "plan", list(SOURCES), key="plan_from", required=True,
                            default="sizing" if made else "upload", format_func=SOURCES.get,
                            help="a plan chooses each layer's conv type and ranks for a target (Model sizing → "
-                                "“Where should the budget go?”, or `python -m falcon plan --json`)")
+                                "“Where should the budget go?”, or `python -m falcon plan --json`); a file is read "
+                                "as data and checked against the model before anything runs")
     if source == "sizing":
         if made is None:
             st.info("No plan made in this session yet: make one on **Model sizing** (“Where should the budget "
@@ -38,8 +39,7 @@ def choose(model: str) -> tuple[dict | None, str]:
                               + HINT.format(model=model))
         return made["plan"], f"{model}-plan.json"
     file = st.file_uploader("plan (JSON)", type=["json"], key="plan_file", max_upload_size=1,
-                            help="the JSON of Model sizing's plan download or of `python -m falcon plan --json`: "
-                                 "read as data, checked against the model before anything runs")
+                            label_visibility="collapsed")  # (read as data, checked before anything runs)
     if file is None:
         st.info(f"Upload a plan of {model}: Model sizing's “Download the plan (JSON)” or `python -m falcon plan "
                 f"--model {model} --json > plan.json`.", icon=":material/info:")

@@ -36,7 +36,7 @@ running = runner is not None and not runner.done
 busy = slot.busy(me)
 
 # ---------------------------------------------------------------------------------------------- what to run
-c = st.columns([1.4, 3])
+c = st.columns([2, 3])
 mode = common.widget(c[0].segmented_control, "what", ["sweep", "run", "plan"], default="sweep", key="mode",
                      required=True, format_func=lambda m: {"sweep": "a sweep", "run": "one run", "plan": "a plan"}[m],
                      help="a plan: each layer its own conv type and ranks (Model sizing's “Where should the budget "
