@@ -9,12 +9,11 @@ import time
 import pytest
 import streamlit as st
 import torch
-
-from falcon.experiments.store import list_runs
 from streamlit.testing.v1 import AppTest
 from test_app import PAGE, ROOT, TIMEOUT, assert_clean, open_page, shown_table, wait_runner  # (puts app/ on the path)
 
-import common  # noqa: E402
+import common  # noqa: E402  (app/common.py: on the path once test_app is imported)
+from falcon.experiments.store import list_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread", "isolated_app")
 
@@ -156,7 +155,7 @@ def test_accuracy_page_hides_a_sweep_still_running_in_another_session(monkeypatc
 
     st.cache_resource.clear()
     monkeypatch.setattr(common, "session_id", lambda: st.session_state.get("_test_owner", "local"))
-    cfg = dict(epochs=1, limit_train=64, limit_test=32, batch_size=32, latency=False, threads=1)
+    cfg = {"epochs": 1, "limit_train": 64, "limit_test": 32, "batch_size": 32, "latency": False, "threads": 1}
     configs = [ExperimentConfig(conv="falcon", hparams={"rank": 1}, **cfg).resolved(),
                ExperimentConfig(conv="falcon", hparams={"rank": 2}, epochs=500, **{k: v for k, v in cfg.items()
                                                                                    if k != "epochs"}).resolved()]
