@@ -112,7 +112,7 @@ def show_result(job) -> bool:
     plan, args = out["plan"], st.session_state.get(JOB.args) or {}
     lat, m = plan["latency"], plan["latency"].get("measured") or {}
     for note in [*out["notes"], *lat["notes"]]:
-        st.warning(note, icon=":material/warning:")
+        st.warning(note[0].upper() + note[1:], icon=":material/warning:")
     verdict = assess_latency_plan(plan, job.loads or None, job.seconds or None)
     rerun = False if verdict.reliable else common.unreliable(verdict.reasons, "plan_latency_rerun")
     bad = "unreliable" if not verdict.reliable else None
@@ -126,19 +126,19 @@ def show_result(job) -> bool:
     c[3].metric("measured speedup", bad or f"{m['speedup']:.2f}×",
                 help=f"against the original measured in the same rounds ({m['original_ms']:.3g} ms); spread "
                      f"{figure.spread:.0%} (IQR / median)" if figure and figure.spread is not None else None)
-    met = "meets" if m["planned_ms"] <= lat["budget_ms"] else "misses"
+    met = ("the measurement is unreliable (above)" if bad else
+           f"the measured planned model {'meets' if m['planned_ms'] <= lat['budget_ms'] else 'misses'} it (prediction "
+           f"error {lat['prediction_error']:+.0%})")
     st.caption(f"Target {lat['target'].get('speedup', 0):g}× faster: at most {lat['budget_ms']:.3g} ms. The prediction "
-               f"meets it by construction; the measured planned model {met} it (prediction error "
-               f"{lat['prediction_error']:+.0%}). {lat['timings']} blocks timed in {lat['seconds']:.1f} s (estimated "
+               f"meets it by construction; {met}. {lat['timings']} blocks timed in {lat['seconds']:.1f} s (estimated "
                f"{job.estimate.seconds if job.estimate else lat['estimated_seconds']:.0f} s) on {lat['cpu']}, "
                f"{lat['threads']} thread{'s' if lat['threads'] != 1 else ''}, batch {lat['batch_size']}; load average "
                f"{' → '.join(f'{v:g}' for v in verdict.load) or 'unknown'}.")
     common.plot(latency_plan_figure(plan), key="plan_latency_chart", filename=f"{plan['model']}-latency-plan")
     summary = latency_summary(plan)
-    if not verdict.reliable:  # not numbers to quote
-        for row in summary[2:]:
-            row["speedup"] = None
-    st.dataframe(summary, hide_index=True, key="plan_latency_summary", column_config={
+    if not verdict.reliable:  # not a number to quote
+        summary[-1]["speedup"] = None
+    st.dataframe(summary, hide_index=True, key="plan_latency_summary", placeholder="–", column_config={
         "ms": st.column_config.NumberColumn(format="%.3f"), "IQR (ms)": st.column_config.NumberColumn(format="%.3f"),
         "speedup": st.column_config.NumberColumn(format="%.2f×"), "MACs": st.column_config.NumberColumn(format="localized")})
     st.dataframe(latency_plan_table(plan), hide_index=True, key="plan_latency_table", column_config={

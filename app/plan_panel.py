@@ -36,7 +36,7 @@ def _plans(model: str, metric: str, ratio: float, types: tuple[str, ...], proxy:
 
 
 #: the target kinds: counted, or measured on this machine (app/latency_plan_panel.py)
-TARGET_KINDS = {"macs": "fewer MACs", "params": "fewer parameters", "latency": "measured speedup on this machine"}
+TARGET_KINDS = {"macs": "fewer MACs", "params": "fewer parameters", "latency": "measured speedup"}
 
 
 def show(model: str) -> None:
@@ -48,9 +48,10 @@ def show(model: str) -> None:
                "predicted error (kernel proxy: Σ of each layer's squared relative fit error; data proxy: of its output "
                "on 64 training images, digits-vgg only). Solved exactly on costs rounded up to 1/4000 of the budget "
                "(a multiple-choice knapsack); the bound says how far from the optimum it can be.")
-    c = st.columns([1.3, 1, 2, 1])
+    c = st.columns([1.7, 1, 1.8, 1])
     metric = common.widget(c[0].selectbox, "target", ["macs", "params", "latency"], key="plan_metric",
-                           format_func=TARGET_KINDS.get)
+                           format_func=TARGET_KINDS.get, help="fewer MACs or parameters: counted; measured speedup: "
+                           "every option timed on this machine, the plan checked by timing the planned model")
     if metric == "latency":
         ratio = common.number(c[1], "times faster", "target_speedup", 2.0, key="plan_speedup", step=0.25,
                               help="the planned model's predicted time is at most the model's, timed here, divided by this")
