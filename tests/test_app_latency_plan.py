@@ -179,3 +179,15 @@ def test_real_timing_shows_the_jobs_result():
     table = shown_table(at, "ms plan")
     assert list(table["ms plan"]) == pytest.approx([t["plan_ms"] for t in lat["layers"]])
     assert list(table["ms before"]) == pytest.approx([t["keep_ms"] for t in lat["layers"]])
+
+
+def test_an_unreachable_target_says_the_best_reachable(monkeypatch):
+    monkeypatch.setattr("falcon.latency_job.run_latency_plan", fake_latency.latency_plan_fake_timer)
+    at = _page(50.0)
+    at.button(key="plan_latency_start").click().run()
+    job = wait_for(at, "plan_latency_job", timeout=180)
+    assert not at.exception and job.status == "failed" and job.trace is None  # a FalconError: one line
+    [error] = [e.value for e in at.error]
+    assert error.startswith("The latency plan failed: no plan of digits-vgg with ") and "reaches a 50× speedup" in error
+    assert "the best reachable is" in error
+    assert "measured speedup" not in metrics(at)
