@@ -101,7 +101,9 @@ def test_estimates_follow_how_busy_the_machine_is(monkeypatch):
     busy(monkeypatch, 2.0)
     model_busy = estimate_model("resnet18", [("falcon", {"rank": 1})], device="cpu")
     assert model_busy.slowdown == 2.0
-    assert 1.3 * model_quiet.seconds < model_busy.seconds < 2.0 * model_quiet.seconds  # visits' wall time: fixed
+    # the passes take twice as long, a visit's wall-clock minimum does not: more, but under 2× (how much more
+    # depends on this machine's rate: a fast machine's passes are short beside the fixed visits)
+    assert model_quiet.seconds < model_busy.seconds < 2.0 * model_quiet.seconds
     # a probe faster than the calibration improves the rate (the machine at a quieter moment); never below 1×
     before = machine_rate("cpu").gmacs
     busy(monkeypatch, 0.5)
