@@ -237,3 +237,19 @@ def test_cli_json_and_text():
 def test_the_library_does_not_import_streamlit():
     code = "import sys, falcon.modelbench, falcon.export; assert 'streamlit' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+
+
+def test_the_profilers_native_lines_do_not_reach_stderr(capfd):
+    """torch's native tracer writes "USDT: ... profiler_start/stop" to file descriptor 2: muted inside the profile
+    block only, so a CLI's own messages still get through."""
+    import os
+
+    from falcon.modelbench.profile import quiet_profile
+
+    os.write(2, b"before\n")
+    with quiet_profile(record_shapes=False):
+        torch.ones(3).add_(1)
+        os.write(2, b"inside\n")
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "before" in err and "after" in err and "inside" not in err and "USDT" not in err

@@ -3,6 +3,8 @@ block or a leaf module) named after its category (:data:`~falcon.modelbench.resu
 profiler's own cost calibrated and taken out (:func:`profile_model`)."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -119,12 +121,35 @@ def _by_category(per_unit: dict[str, float], cats: dict[str, str | None], total:
     return per_cat
 
 
+@contextmanager
+def quiet_profile(**options):
+    """``torch.profiler.profile`` without the lines its native tracer writes straight to the stderr file descriptor
+    at each start and stop ("USDT: ... profiler_start"): they would bury a CLI's output. Python's own stderr is
+    untouched outside the block."""
+    from torch.profiler import profile
+
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to protect
+        saved = None
+    if saved is not None:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+    try:
+        with profile(**options) as prof:
+            yield prof
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _chunked_passes(module: nn.Module, x: torch.Tensor, units: list, ranged, activities: list,
                     device: torch.device, chunks: int, per_chunk: int) -> tuple[list[dict[str, Any]], list[float]]:
     """``chunks`` times: ``per_chunk`` unprofiled passes (ms each), then as many profiled ones, every unit inside
     its range. Returns the profiled passes (:func:`_passes_of`) and the unprofiled passes' ms."""
     from torch.autograd.profiler import record_function
-    from torch.profiler import profile
 
     passes: list[dict[str, Any]] = []  # per profiled pass: total µs and µs per unit
     plain: list[float] = []
@@ -136,7 +161,7 @@ def _chunked_passes(module: nn.Module, x: torch.Tensor, units: list, ranged, act
                 module(x)
                 _sync(device)
                 plain.append((time.perf_counter() - t0) * 1e3)
-            with _unit_ranges(units, ranged), profile(activities=activities, record_shapes=False, with_stack=False,
+            with _unit_ranges(units, ranged), quiet_profile(activities=activities, record_shapes=False, with_stack=False,
                                                       profile_memory=False) as prof:
                 for _ in range(per_chunk):
                     with record_function("falcon::pass"):
@@ -220,8 +245,6 @@ def _calibrate(ranged, activities, calls: int = 2000) -> tuple[float, float]:
     """(µs the profiler adds per operator event, µs per unit range and its Python wrapper), measured here
     and now: ``calls`` cheap operators and empty ranges, with and without the profiler; the smaller of
     three tries each."""
-    from torch.profiler import profile
-
     t = torch.empty(0)
 
     def ops() -> float:
@@ -247,7 +270,7 @@ def _calibrate(ranged, activities, calls: int = 2000) -> tuple[float, float]:
     for _ in range(3):
         plain_ops.append(ops())
         plain_calls.append(ranges(body))
-        with profile(activities=activities, record_shapes=False, with_stack=False, profile_memory=False):
+        with quiet_profile(activities=activities, record_shapes=False, with_stack=False, profile_memory=False):
             prof_ops.append(ops())
             prof_ranges.append(ranges(wrapped))
     event_us = max(min(prof_ops) - min(plain_ops), 0.0) / calls * 1e6
