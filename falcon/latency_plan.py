@@ -329,7 +329,7 @@ def _busy_note(threads: int | None) -> list[str]:
     load, cores = _loadavg(), os.cpu_count() or 1
     if threads is None or load is None or load <= cores - threads + 0.9:
         return []
-    advice = "; --threads 1 is steadier" if threads > 1 else ""
+    advice = "; one thread is steadier" if threads > 1 else ""
     return [(f"the machine was busy (load average {load:g} on {cores} CPUs) with {threads} thread"
              f"{'s' if threads != 1 else ''} per timing: timings are noisy{advice}")]
 
