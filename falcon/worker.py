@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from falcon.errors import FalconError
+from falcon.machinelock import MachineLock
 from falcon.ownership import OWNER_TIMEOUT_S, Owners, fmt_left
 
 log = logging.getLogger("falcon.worker")
@@ -696,6 +697,8 @@ class MeasurementQueue:
         self._jobs: list[WorkerJob] = []  # queued and running, in order
         self._last: dict[str, WorkerJob] = {}  # each owner's latest job
         self._thread: threading.Thread | None = None
+        self._machine = MachineLock()  # one measurement at a time across this machine's processes
+        self._elsewhere = False  # the lock is held by another process: the first job waits for it
 
     # -- an owner's calls
     def submit(self, owner: str, task: WorkerTask, estimate: Estimate | None = None, name: str = "measurement",
@@ -769,6 +772,10 @@ class MeasurementQueue:
         for i, j in enumerate(queued, 1):
             j.position = i
             ahead = self._left_before_locked(j)
+            if running is None and self._elsewhere:
+                j.label = (f"waiting: {_ordinal(i)} in line for the machine; another FALCON Explorer process on "
+                           "this machine is measuring")
+                continue
             whose = ("another session's measurement" if running is None or running.owner != j.owner
                      else "your other measurement")
             j.label = (f"waiting: {_ordinal(i)} in line for the machine; it is busy with {whose}, "
@@ -819,6 +826,8 @@ class MeasurementQueue:
                 if job is None:
                     self._lock.wait(1.0)
                     continue
+            if not self._take_machine():
+                continue
             try:
                 job._run()
             except Exception as e:  # noqa: BLE001 - the job says it failed; the queue goes on
@@ -827,4 +836,16 @@ class MeasurementQueue:
                 job._kill()
                 job._end()
             finally:
+                self._machine.release()
                 self._forget(job)
+
+    def _take_machine(self) -> bool:
+        """The machine-wide lock (:mod:`falcon.machinelock`); while another process holds it, the jobs in line
+        say so and the queue looks again within a second."""
+        taken = self._machine.acquire()
+        with self._lock:
+            self._elsewhere = not taken
+            if not taken:
+                self._positions()
+                self._lock.wait(1.0)
+        return taken

@@ -51,3 +51,10 @@ def isolated_app(tmp_path, monkeypatch):
     st.cache_data.clear()
     yield
     st.cache_data.clear()
+
+
+@pytest.fixture(autouse=True)
+def _own_measure_lock(tmp_path, monkeypatch):
+    """Each test its own machine-wide measurement lock (falcon.machinelock), so that a job a test leaves running
+    cannot hold the next test's queue; the test of the lock itself sets one path for both sides."""
+    monkeypatch.setenv("FALCON_MEASURE_LOCK", str(tmp_path / "measure.lock"))

@@ -204,3 +204,31 @@ def test_a_worker_measures_and_sends_the_report_back():
     # errors come back as one line
     bad = q.submit("A", WorkerTask(measure, dict(spec=spec, convs=["nope"], device="cpu")), check=False)
     assert bad.wait(120) and bad.status == "failed" and bad.error.startswith("unknown conv type 'nope'")
+
+
+def test_one_measurement_at_a_time_across_processes(tmp_path, monkeypatch):
+    """Another process on this machine holds the measurement lock (a second app server): a job waits in line and
+    says why, and starts once that process lets go (here: exits, as a killed server would)."""
+    import subprocess
+    import sys
+
+    lock = tmp_path / "shared.lock"
+    monkeypatch.setenv("FALCON_MEASURE_LOCK", str(lock))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.readline()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        q = MeasurementQueue()
+        job = q.submit("A", WorkerTask(fake_measure.patient, {"seconds": 0.2}), check=False)
+        deadline = time.monotonic() + 10
+        while "another FALCON Explorer process" not in (job.label or "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.queued and "another FALCON Explorer process on this machine" in job.label
+        assert not job.ran
+    finally:
+        holder.stdin.close()  # the holder reads EOF and exits: the kernel releases its lock
+        holder.wait(10)
+    assert job.wait(60) and job.status == "completed", (job.status, job.error)
