@@ -113,7 +113,7 @@ def show_result(job) -> bool:
     lat, m = plan["latency"], plan["latency"].get("measured") or {}
     for note in [*out["notes"], *lat["notes"]]:
         st.warning(note[0].upper() + note[1:], icon=":material/warning:")
-    verdict = assess_latency_plan(plan, job.loads or None, job.seconds or None)
+    verdict = assess_latency_plan(plan, job.loads or None, job.seconds or None, getattr(job, "cpu_samples", None) or None)
     rerun = False if verdict.reliable else common.unreliable(verdict.reasons, "plan_latency_rerun")
     bad = "unreliable" if not verdict.reliable else None
     c = st.columns(4)

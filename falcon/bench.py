@@ -45,6 +45,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
 from falcon.convtypes import CONV_TYPES, compare, get_conv_type, parse_variant, variant_names
+from falcon.cpuload import Sampler
 from falcon.errors import FalconError
 from falcon.limits import parse_float, parse_int
 from falcon.spec import LayerSpec
@@ -371,6 +372,7 @@ class BenchReport:
     stopped: bool = False
     allocator: str = "default"  # "retain" when glibc kept freed memory during the run (CPU)
     load_average: list[float] | None = None  # 1-minute load before and after (CPU contention)
+    cpu_samples: list[list[float]] | None = None  # falcon.cpuload samples: start, each visit (≥ 0.5 s apart), end
     cpu_count: int | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0  # how long measure() took
@@ -452,13 +454,6 @@ def retained_memory(enabled: bool = True):
         malloc_trim(0)
 
 
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def measure(
     spec: LayerSpec,
     convs: Sequence[str | tuple[str, dict]] = DEFAULT_BENCH_CONVS,
@@ -506,15 +501,15 @@ def measure(
     )
     if budget is None:
         report.notes.append("free memory unknown: the memory guard was skipped")
-    load_before = _loadavg()
-    report.notes.extend(busy_notes(dev, threads, load_before) + _tf32_notes(dev, torch_dtype))
+    sampler = Sampler()
+    report.notes.extend(busy_notes(dev, threads, sampler.first_load) + _tf32_notes(dev, torch_dtype))
     tasks: list[_Task] = []
     with ExitStack() as stack:
         retained = stack.enter_context(timing_settings(dev, retain_memory))
         report.allocator = "retain" if retained else "default"
         tasks = _build_tasks(spec, entries, layouts, batch_size, dev, torch_dtype, threads, clock, seed)
-        _run_tasks(tasks, rounds, min_run_time, dev.type == "cuda", report, progress, should_stop)
-    report.load_average = None if load_before is None else [load_before, _loadavg()]
+        _run_tasks(tasks, rounds, min_run_time, dev.type == "cuda", report, progress, should_stop, sampler.tick)
+    report.load_average, report.cpu_samples = sampler.finish()
     report.results = _summarize(tasks, spec, entries, layouts, batch_size, plan)
     report.seconds = time.perf_counter() - t_start
     return report
@@ -597,8 +592,9 @@ def _build_tasks(spec: LayerSpec, entries: Sequence[BenchEntry], layouts: Sequen
 
 
 def _run_tasks(tasks: list[_Task], rounds: int, min_run_time: float, cuda: bool, report: BenchReport,
-               progress: ProgressFn | None, should_stop: StopFn | None) -> None:
-    """Warm every task up, then ``rounds`` interleaved rounds over all tasks (:func:`run_rounds`)."""
+               progress: ProgressFn | None, should_stop: StopFn | None, sample: Callable[[], None] = lambda: None) -> None:
+    """Warm every task up, then ``rounds`` interleaved rounds over all tasks (:func:`run_rounds`); ``sample()``
+    after each visit (the CPU sampler)."""
     total, done = len(tasks) * (rounds + 1), 0
 
     def stop() -> bool:
@@ -609,6 +605,7 @@ def _run_tasks(tasks: list[_Task], rounds: int, min_run_time: float, cuda: bool,
     def tick(label: str) -> None:
         nonlocal done
         done += 1
+        sample()
         if progress is not None:
             progress(done, total, label)
 

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from falcon.allocate import Option, cheapest, greedy, solve
+from falcon.cpuload import Sampler
+from falcon.cpuload import loadavg as _loadavg
 from falcon.errors import FalconError
 from falcon.limits import parse_float, parse_int
 from falcon.planning import (
@@ -146,13 +148,6 @@ def bench_timer(threads: int | None = None, min_run_time: float = MIN_RUN_TIME) 
 
     timer.threads = threads  # type: ignore[attr-defined]
     return timer
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 MODEL = "the whole model"  # the model's entry in a table's rotation
@@ -433,13 +428,13 @@ def check_plan(module: nn.Module, plan: dict, chw, *, batch_size: int = 1, timer
                rounds: int = CHECK_ROUNDS, threads: int | None = None, should_stop: StopFn | None = None) -> dict:
     """Build the planned model (:func:`falcon.planning.apply_plan`) and time it interleaved with the original,
     ``rounds`` visits each, alternating which goes first: medians, spreads (ms), the measured speedup and the
-    1-minute load average before and after."""
+    1-minute load average before and after, and the CPU samples (:mod:`falcon.cpuload`) of every round."""
     planned, _ = apply_plan(module, plan)
     timer = timer or bench_timer(threads, CHECK_MIN_RUN_TIME)
     x = _model_input(chw, batch_size)
     from falcon.bench import retained_memory
 
-    load, times = [_loadavg()], {"original": [], "planned": []}
+    sampler, times = Sampler(), {"original": [], "planned": []}
     with retained_memory():
         for r in range(parse_int(rounds, "rounds")):
             if should_stop is not None and should_stop():
@@ -447,11 +442,13 @@ def check_plan(module: nn.Module, plan: dict, chw, *, batch_size: int = 1, timer
             order = (("original", module), ("planned", planned))
             for name, m in order if r % 2 == 0 else order[::-1]:
                 times[name].extend(timer(m, x, 1))
-    load.append(_loadavg())
+            sampler.tick()
+    sampler.finish()
     o, p = _spread(times["original"]), _spread(times["planned"])
     return {"original_ms": o["median"], "original_iqr_ms": o["iqr"], "planned_ms": p["median"],
             "planned_iqr_ms": p["iqr"], "planned_min_ms": p["min"], "planned_max_ms": p["max"],
-            "speedup": o["median"] / p["median"], "rounds": rounds, "load_average": load}
+            "speedup": o["median"] / p["median"], "rounds": rounds, "load_average": sampler.loads,
+            "cpu_samples": sampler.cpu_samples}
 
 
 def plan_latency(model, *, target_speedup: float | None = None, target_ms: float | None = None, check: bool = True,

@@ -24,10 +24,16 @@ against what else the same measurement says. A figure is unreliable when (thresh
   from the profile's parts added up (same layout) differ by more than :data:`AGREEMENT` (25%): they measure
   the same two models minutes apart, so the machine changed speed in between.
 * **a layer far above its MAC ratio** — a replaced layer's profiled speedup above the MAC-ratio bound above.
-* **the load changed** — the other processes' load moved by more than :data:`LOAD_CHANGE` (one core's worth
-  of runnable threads) during a run of at least :data:`LOAD_MIN_SECONDS` (shorter runs: the 1-minute load
-  average cannot tell). The load average is a 1-minute exponential average that also counts the
-  measurement's own threads, so the others' load during the run is inferred (:func:`others_load_change`).
+* **the load changed** — the cores the other processes kept busy differ by more than :data:`LOAD_CHANGE`
+  (one core) between two intervals of the run. Measured where Linux counts CPU time (:mod:`falcon.cpuload`:
+  the machine's busy CPU seconds minus the measuring process's, per second of wall time), over intervals of at
+  least :data:`falcon.cpuload.WINDOW_S` (5 s): long enough that a visit or two of the rounds (0.2–2 s each) and
+  the 10-ms tick of the counters do not decide it, short enough that a competitor running for a third of a
+  30-s run shows at most diluted by half. One core: a steady competitor's share moves with the measurement's
+  own demand (2 measuring threads and 1 other on 2 cores: 0.67 core; a Python-only phase: 1 core), by well
+  under a core. Without CPU samples (not Linux, results stored before them) the others' load is inferred from
+  the 1-minute load average during a run of at least :data:`LOAD_MIN_SECONDS` (:func:`others_load_change`),
+  which assumes the measurement kept its threads runnable throughout and the load before it was steady.
 
 A busy but steady machine is not by itself a reason: interleaved rounds share the contention out between the
 entries, and what it does to the timings shows in the spread. Pure functions of plain data (``as_dict()``
@@ -145,7 +151,36 @@ def cache_explains(result: dict, conversion: dict) -> bool:
     return bool(ow and cw and cache and ow > cache >= cw)
 
 
-def _load_reasons(loads: Sequence[float], seconds: float, threads: int) -> list[str]:
+def others_cores_change(cpu_samples: Sequence[Sequence[float]] | None) -> tuple[float, float] | None:
+    """The other processes' busy cores in the two intervals of the run (:func:`falcon.cpuload.windows`) that differ
+    most, in time order; None with fewer than two intervals (no samples, or a run under two windows)."""
+    from falcon.cpuload import windows
+
+    cores = [w[2] for w in windows(cpu_samples or [])]
+    if len(cores) < 2:
+        return None
+    lo, hi = cores.index(min(cores)), cores.index(max(cores))
+    return (cores[lo], cores[hi]) if lo < hi else (cores[hi], cores[lo])
+
+
+def _cpu_reasons(change: tuple[float, float], loads: Sequence[float], seconds: float) -> list[str]:
+    from falcon.cpuload import WINDOW_S
+
+    first, last = change
+    if abs(last - first) <= LOAD_CHANGE:
+        return []
+    avg = f"; load average {loads[0]:g} → {loads[-1]:g}" if len(loads) >= 2 else ""
+    return [(f"the machine's load changed during the run (other processes used {first:.1f} → {last:.1f} cores, "
+             f"in {WINDOW_S:g}-s intervals over {seconds:.0f} s{avg}): the rounds did not all run on the same "
+             "machine")]
+
+
+def _load_reasons(loads: Sequence[float], seconds: float, threads: int,
+                  cpu_samples: Sequence[Sequence[float]] | None = None) -> list[str]:
+    """The load-change reason: from the CPU samples where there are any, else from the load average."""
+    if cpu_samples:
+        change = others_cores_change(cpu_samples)
+        return [] if change is None else _cpu_reasons(change, loads, seconds)
     change = others_load_change(loads, seconds, threads)
     if change is None or abs(change) <= LOAD_CHANGE:
         return []
@@ -182,14 +217,16 @@ def _loads_of(result: dict, load_samples: Sequence[float] | None) -> list[float]
 
 # ----------------------------------------------------------------------------------------------
 # a layer (falcon.bench)
-def assess_layer(report: Any, load_samples: Sequence[float] | None = None, seconds: float | None = None) -> Verdict:
+def assess_layer(report: Any, load_samples: Sequence[float] | None = None, seconds: float | None = None,
+                 cpu_samples: Sequence[Sequence[float]] | None = None) -> Verdict:
     """The gate on a layer benchmark (``BenchReport`` or its ``as_dict()``): one figure per conv type and layout,
     its speedup over the standard conv in that layout. ``load_samples``: the load average sampled during the run
-    (default: the report's before/after), over ``seconds`` (default: the report's)."""
+    (default: the report's before/after), over ``seconds`` (default: the report's); ``cpu_samples``: the CPU samples
+    (:mod:`falcon.cpuload`; default: the report's)."""
     r = _plain(report)
     loads = _loads_of(r, load_samples)
     seconds = r.get("seconds") if seconds is None else seconds
-    run = _load_reasons(loads, seconds or 0.0, r.get("threads") or 1)
+    run = _load_reasons(loads, seconds or 0.0, r.get("threads") or 1, cpu_samples or r.get("cpu_samples"))
     std = {x["memory_format"]: x for x in r.get("results", []) if x["conv"] == "standard"}
     figures = []
     for x in r.get("results", []):
@@ -239,13 +276,15 @@ def _eager_reasons(b: dict, value: float, cached: bool) -> list[str]:
     return reasons
 
 
-def assess_model(result: Any, load_samples: Sequence[float] | None = None, seconds: float | None = None) -> Verdict:
+def assess_model(result: Any, load_samples: Sequence[float] | None = None, seconds: float | None = None,
+                 cpu_samples: Sequence[Sequence[float]] | None = None) -> Verdict:
     """The gate on a whole-model benchmark (``ModelBenchResult`` or its ``as_dict()``): one figure per conversion
-    and runtime, the speedup of the converted model's fastest layout over the original's fastest."""
+    and runtime, the speedup of the converted model's fastest layout over the original's fastest. The load:
+    ``load_samples``, ``seconds`` and ``cpu_samples`` as in :func:`assess_layer`."""
     r = _plain(result)
     loads = _loads_of(r, load_samples)
     seconds = r.get("seconds") if seconds is None else seconds
-    run = _load_reasons(loads, seconds or 0.0, r.get("threads") or 1)
+    run = _load_reasons(loads, seconds or 0.0, r.get("threads") or 1, cpu_samples or r.get("cpu_samples"))
     figures = []
     for c in r.get("conversions", []):
         cached = cache_explains(r, c)
@@ -266,14 +305,17 @@ def assess_model(result: Any, load_samples: Sequence[float] | None = None, secon
 
 # ----------------------------------------------------------------------------------------------
 # a measured-latency plan (falcon.latency_plan)
-def assess_latency_plan(plan: dict, load_samples: Sequence[float] | None = None, seconds: float | None = None) -> Verdict:
+def assess_latency_plan(plan: dict, load_samples: Sequence[float] | None = None, seconds: float | None = None,
+                        cpu_samples: Sequence[Sequence[float]] | None = None) -> Verdict:
     """The gate on a latency plan's check (the plan's ``as_dict()`` with its ``latency.measured``): one figure, the
     planned model's measured speedup over the original (interleaved rounds), its spread, against the plan's MAC
-    ratio; the load change over ``seconds`` (default: the plan's). A plan with no check has no figure."""
+    ratio; the load change over ``seconds`` (default: the plan's), from ``cpu_samples`` (default: the check's) where
+    there are any. A plan with no check has no figure."""
     lat = plan.get("latency") or {}
     m = lat.get("measured")
     loads = [v for v in (load_samples or (m or {}).get("load_average") or []) if v is not None]
-    run = _load_reasons(loads, (lat.get("seconds") if seconds is None else seconds) or 0.0, lat.get("threads") or 1)
+    run = _load_reasons(loads, (lat.get("seconds") if seconds is None else seconds) or 0.0, lat.get("threads") or 1,
+                        cpu_samples or (m or {}).get("cpu_samples"))
     if not m:
         return Verdict([], run, loads)
     spread = relative_spread((m["original_ms"], m["original_iqr_ms"]), (m["planned_ms"], m["planned_iqr_ms"]))

@@ -39,6 +39,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from falcon.cpuload import cpu_sample
+from falcon.cpuload import loadavg as _loadavg
 from falcon.errors import FalconError
 from falcon.machinelock import MachineLock
 from falcon.ownership import OWNER_TIMEOUT_S, Owners, fmt_left
@@ -459,13 +461,6 @@ def _kill_workers() -> None:  # before multiprocessing's own atexit joins them
         job._kill()
 
 
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
@@ -475,8 +470,10 @@ class WorkerJob:
     that pages poll: ``progress``, ``label``, ``result``, ``error``, ``running`` (queued or measuring), ``done``,
     ``status`` (``queued``, ``running``, ``completed``, ``stopped``, ``failed``), ``seconds``, :meth:`stop`,
     :meth:`should_stop`, :meth:`wait`. Also: ``estimate``, ``position`` (place in the line while queued),
-    ``loads`` (the load average sampled while it ran), ``pid`` (the worker process, while it runs), ``ran`` (a worker
-    process was started: a job stopped while queued has none)."""
+    ``loads`` (the load average sampled while it ran), ``cpu_samples`` (:func:`falcon.cpuload.cpu_sample` of the
+    worker process at the same moments, from its start to its answer: empty where Linux's counters are missing),
+    ``pid`` (the worker process, while it runs), ``ran`` (a worker process was started: a job stopped while queued
+    has none)."""
 
     def __init__(self, task: WorkerTask, owner: str, estimate: Estimate | None = None, name: str = "measurement"):
         self.id = uuid.uuid4().hex[:12]
@@ -490,6 +487,7 @@ class WorkerJob:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.loads: list[float] = []
+        self.cpu_samples: list[list[float]] = []
         self.pid: int | None = None
         self.position = 0
         self.ended_because = ""
@@ -592,8 +590,10 @@ class WorkerJob:
             return
         send.close()
         self._proc, self.pid, self.ran = proc, proc.pid, True
+        self._sample_cpu()
         _LIVE.add(self)
         final = self._serve(proc, recv, stop)
+        self._sample_cpu()  # before the join reaps it: its /proc entry goes then
         # after Stop its answer is in: a worker whose interpreter takes seconds to tear down (torch and a loaded
         # model: ~2 s on a busy 2-core machine) is killed after the grace, so that Stop ends it within a second
         proc.join(STOP_GRACE_S if self._stop.is_set() else 2.0)
@@ -645,7 +645,13 @@ class WorkerJob:
         load = _loadavg()
         if load is not None:
             self.loads.append(load)
+        self._sample_cpu()
         return now + LOAD_SAMPLE_S
+
+    def _sample_cpu(self) -> None:
+        sample = cpu_sample(self.pid) if self.pid else None
+        if sample is not None:
+            self.cpu_samples.append(sample)
 
     def _take(self, message: tuple) -> bool:
         """One message of the worker; True when it is the last (a result or an error)."""

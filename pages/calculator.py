@@ -247,7 +247,8 @@ def show_report(job) -> bool:
     if not report.results:
         st.info("No timing finished before the stop.")
         return False
-    verdict = assess_layer(report, load_samples=job.loads or None, seconds=job.seconds or None)
+    verdict = assess_layer(report, load_samples=job.loads or None, seconds=job.seconds or None,
+                           cpu_samples=getattr(job, "cpu_samples", None) or None)
     rerun = False if verdict.reliable else common.unreliable(verdict.reasons, "bench_rerun")
     st.caption(f"{report.device_name} · {report.device} · {report.threads} threads · torch {report.torch_version} · "
                f"{report.dtype} · batch {report.batch_size} · {report.rounds} rounds · load average "

@@ -203,7 +203,8 @@ def show_measurement(job) -> bool:
 
     result = job.result
     res = result.as_dict()
-    verdict = assess_model(result, load_samples=job.loads or None, seconds=job.seconds or None)
+    verdict = assess_model(result, load_samples=job.loads or None, seconds=job.seconds or None,
+                           cpu_samples=getattr(job, "cpu_samples", None) or None)
     rerun = False
     if res["stopped"]:
         st.warning("Stopped before the end: what was measured so far.", icon=":material/stop_circle:")

@@ -12,7 +12,6 @@ import torch
 
 from falcon.bench import (
     MEMORY_FORMATS,
-    _loadavg,
     _quartiles,
     busy_notes,
     device_name,
@@ -22,6 +21,7 @@ from falcon.bench import (
     run_rounds,
     timing_settings,
 )
+from falcon.cpuload import Sampler
 from falcon.limits import parse_float, parse_int
 from falcon.modelbench.breakdown import add_breakdowns
 from falcon.modelbench.memory import MemoryPlan, check_plan, plan_memory
@@ -205,23 +205,29 @@ def _new_result(run: Run, prepared: PreparedModels, batch_size: int, infos: list
 def _measure(run: Run, prepared: PreparedModels, batch_size: int, seed: int, breakdown: bool) -> None:
     """The tasks, their timed rounds, the speedups and the breakdowns, into ``run.result``."""
     result = run.result
-    load_before = _loadavg()
-    result.notes.extend(busy_notes(run.dev, run.threads, load_before))
+    sampler = Sampler()
+    result.notes.extend(busy_notes(run.dev, run.threads, sampler.first_load))
     gen = torch.Generator().manual_seed(seed)
     base = torch.randn((batch_size, *prepared.input_size), generator=gen)
     inputs = {lay: base.to(run.dev).contiguous(memory_format=MEMORY_FORMATS[lay]) for lay in MEMORY_FORMATS}
     tasks = build_tasks(run, prepared, inputs)
-    _time(run, tasks)
+    _time(run, tasks, sampler)
     _speedups(result)
     if breakdown and not result.stopped:
         add_breakdowns(run, prepared, tasks)
-    result.load_average = None if load_before is None else [load_before, _loadavg()]
+    result.load_average, result.cpu_samples = sampler.finish()
 
 
-def _time(run: Run, tasks: list[_Task]) -> None:
-    """Warm-up, then the interleaved rounds (:func:`falcon.bench.run_rounds`); median and IQR per task."""
-    run_rounds(tasks, run.rounds, run.min_run_time, lambda task: task.timer.timeit(WARMUP_CALLS), run.halt,
-               run.tick)
+def _time(run: Run, tasks: list[_Task], sampler: Sampler | None = None) -> None:
+    """Warm-up, then the interleaved rounds (:func:`falcon.bench.run_rounds`); median and IQR per task; a CPU
+    sample (``sampler``) after each visit."""
+
+    def tick(message: str) -> None:
+        if sampler is not None:
+            sampler.tick()
+        run.tick(message)
+
+    run_rounds(tasks, run.rounds, run.min_run_time, lambda task: task.timer.timeit(WARMUP_CALLS), run.halt, tick)
     for task in tasks:
         if task.times:
             q1, med, q3 = _quartiles(task.times)

@@ -139,6 +139,7 @@ class ModelBenchResult:
     memory_budget: str = ""
     allocator: str = "default"
     load_average: list[float | None] | None = None
+    cpu_samples: list[list[float]] | None = None  # falcon.cpuload samples: start, each visit (≥ 0.5 s apart), end
     cache_bytes: int | None = None  # the device's last-level cache (CPU: sysfs; CUDA: L2)
     stopped: bool = False
     seconds: float = 0.0
