@@ -166,9 +166,10 @@ def measurement_queue():
 def experiment_slot():
     """The server's one experiment at a time (:class:`falcon.ownership.OwnedSlot`), owned by the session that
     started it: others see "machine busy", cannot read or stop it; it is stopped when its session ends."""
+    from falcon.machinelock import MachineLock
     from falcon.ownership import OwnedSlot
 
-    return OwnedSlot("an experiment", alive=_session_alive)
+    return OwnedSlot("an experiment", alive=_session_alive, machine=MachineLock(kind="experiment"))
 
 
 def hidden_sweep() -> tuple[str | None, int]:

@@ -20,19 +20,31 @@ except ImportError:  # pragma: no cover - not on Linux/macOS
 
 ENV_VAR = "FALCON_MEASURE_LOCK"
 FILE_NAME = "falcon-explorer-measure.lock"
+#: the experiments' lock (fine-tuning runs, one at a time per machine): its own file, so that a server's queue and
+#: its experiment slot (two descriptors in one process) do not exclude each other
+EXPERIMENT_ENV_VAR = "FALCON_EXPERIMENT_LOCK"
+EXPERIMENT_FILE_NAME = "falcon-explorer-experiment.lock"
 
 
-def lock_path() -> Path:
-    """Where the machine's measurement lock lives (read at each call, so tests and servers can set it)."""
-    return Path(os.environ.get(ENV_VAR) or Path(tempfile.gettempdir()) / FILE_NAME)
+def lock_path(kind: str = "measure") -> Path:
+    """Where the machine's ``measure`` or ``experiment`` lock lives (read at each call, so tests and servers can
+    set it)."""
+    env, name = (ENV_VAR, FILE_NAME) if kind == "measure" else (EXPERIMENT_ENV_VAR, EXPERIMENT_FILE_NAME)
+    return Path(os.environ.get(env) or Path(tempfile.gettempdir()) / name)
 
 
 class MachineLock:
     """``acquire()`` without waiting (True when this process now holds it); ``release()``. Not re-entrant."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path is not None else lock_path()
+    def __init__(self, path: str | os.PathLike | None = None, kind: str = "measure"):
+        self._path = Path(path) if path is not None else None
+        self.kind = kind
         self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        """The given path, else the environment's at this moment."""
+        return self._path if self._path is not None else lock_path(self.kind)
 
     @property
     def held(self) -> bool:

@@ -88,8 +88,10 @@ class OwnedSlot:
     ``job.ended_because = "its session ended"``)."""
 
     def __init__(self, what: str = "a job", alive: Callable[[str], bool | None] | None = None,
-                 owner_timeout: float = OWNER_TIMEOUT_S, poll_s: float = 1.0, grace: float = ABSENT_GRACE_S):
+                 owner_timeout: float = OWNER_TIMEOUT_S, poll_s: float = 1.0, grace: float = ABSENT_GRACE_S,
+                 machine: Any = None):
         self.what = what
+        self.machine = machine  # a falcon.machinelock.MachineLock: one job at a time across processes too
         self.owners = Owners(alive, owner_timeout, grace)
         self.poll_s = poll_s
         self._lock = threading.Lock()
@@ -104,9 +106,19 @@ class OwnedSlot:
                 mine = self._current[0] == owner
                 raise FalconError(f"you already have {self.what} running; stop it or wait for it" if mine else
                                   f"the machine is busy with {self.what} of another session; wait for it to finish")
+            if self.machine is not None:
+                self.machine.release()  # the previous job is done (its watcher may not have let go yet)
+            if self.machine is not None and not self.machine.acquire():
+                raise FalconError(f"the machine is busy with {self.what} of another FALCON Explorer process on "
+                                  "this machine; wait for it to finish")
             self.owners.claim(owner)
             job.owner = owner
-            job.start()
+            try:
+                job.start()
+            except BaseException:
+                if self.machine is not None:
+                    self.machine.release()
+                raise
             self._current = (owner, job)
             self._last[owner] = job
         threading.Thread(target=self._watch, args=(owner, job), name=f"falcon-watch-{job.name}", daemon=True).start()
@@ -163,7 +175,14 @@ class OwnedSlot:
                     job.stop()
             except Exception:  # noqa: BLE001 - an alive() that fails must not leave the job unwatched
                 log.exception("watching %s", job.name)
+        self._release(job)
         self._reap()
+
+    def _release(self, job: Any) -> None:
+        """The machine lock goes with ``job``: let go unless a newer job holds it already."""
+        with self._lock:
+            if self.machine is not None and (self._current is None or self._current[1] is job):
+                self.machine.release()
 
     def _reap(self) -> None:
         """Forget the latest jobs of owners that are gone (their results are nobody's to read)."""

@@ -58,3 +58,4 @@ def _own_measure_lock(tmp_path, monkeypatch):
     """Each test its own machine-wide measurement lock (falcon.machinelock), so that a job a test leaves running
     cannot hold the next test's queue; the test of the lock itself sets one path for both sides."""
     monkeypatch.setenv("FALCON_MEASURE_LOCK", str(tmp_path / "measure.lock"))
+    monkeypatch.setenv("FALCON_EXPERIMENT_LOCK", str(tmp_path / "experiment.lock"))

@@ -90,3 +90,27 @@ def test_owners_and_words():
     assert owners.gone("A")
     assert Owners(alive=lambda o: None, timeout=60).gone("never seen") is False  # counts from now
     assert [fmt_left(s) for s in (0.2, 40, 150, 7200)] == ["1 s", "40 s", "2 min", "2.0 h"]
+
+
+def test_one_experiment_at_a_time_across_processes(tmp_path):
+    """Two servers' slots (here: two slots with their own locks on one file, as two processes would have): the
+    second is refused while the first runs, and can start once the first job has ended and let go."""
+    from falcon.machinelock import MachineLock
+
+    path = tmp_path / "experiment.lock"
+    first = OwnedSlot("an experiment", owner_timeout=60, machine=MachineLock(path))
+    second = OwnedSlot("an experiment", owner_timeout=60, machine=MachineLock(path))
+    job = first.start("A", Job(looping, name="sweep"))
+    with pytest.raises(FalconError, match="another FALCON Explorer process"):
+        second.start("B", Job(looping, name="sweep"))
+    first.stop("A")
+    assert job.wait(10)
+    deadline = time.monotonic() + 10
+    while first.machine.held and time.monotonic() < deadline:  # the watcher lets go once the job has ended
+        time.sleep(0.05)
+    again = second.start("B", Job(looping, name="sweep"))
+    # and the first slot's next job, started while its previous one's lock is gone, works (no stale release)
+    with pytest.raises(FalconError, match="another FALCON Explorer process"):
+        first.start("A", Job(looping, name="sweep"))
+    second.stop("B")
+    assert again.wait(10)
