@@ -25,13 +25,16 @@ against what else the same measurement says. A figure is unreliable when (thresh
   the same two models minutes apart, so the machine changed speed in between.
 * **a layer far above its MAC ratio** — a replaced layer's profiled speedup above the MAC-ratio bound above.
 * **the load changed** — the cores the other processes kept busy differ by more than :data:`LOAD_CHANGE`
-  (one core) between two intervals of the run. Measured where Linux counts CPU time (:mod:`falcon.cpuload`:
+  (one core; on machines with fewer than 4 cores a quarter of them, :func:`load_change_limit`) between two
+  intervals of the run. Measured where Linux counts CPU time (:mod:`falcon.cpuload`:
   the machine's busy CPU seconds minus the measuring process's, per second of wall time), over intervals of at
   least :data:`falcon.cpuload.WINDOW_S` (5 s): long enough that a visit or two of the rounds (0.2–2 s each) and
   the 10-ms tick of the counters do not decide it, short enough that a competitor running for a third of a
   30-s run shows at most diluted by half. One core: a steady competitor's share moves with the measurement's
   own demand (2 measuring threads and 1 other on 2 cores: 0.67 core; a Python-only phase: 1 core), by well
-  under a core. Without CPU samples (not Linux, results stored before them) the others' load is inferred from
+  under a core. But measured CPU is capped by the competitor's share: on 2 cores busy with 2 measuring threads a
+  whole competing thread shows as 0.67 core and could never cross one core, so there the limit is a quarter of
+  the cores (0.5 on 2), still above the 0.33-core shifts of a steady competitor. Without CPU samples (not Linux, results stored before them) the others' load is inferred from
   the 1-minute load average during a run of at least :data:`LOAD_MIN_SECONDS` (:func:`others_load_change`),
   which assumes the measurement kept its threads runnable throughout and the load before it was steady.
 
@@ -42,6 +45,7 @@ forms, or the result objects); no Streamlit, no torch.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -151,6 +155,13 @@ def cache_explains(result: dict, conversion: dict) -> bool:
     return bool(ow and cw and cache and ow > cache >= cw)
 
 
+def load_change_limit(cpu_count: int | None) -> float:
+    """The change of the others' busy cores that makes a run unreliable: :data:`LOAD_CHANGE`, or a quarter of the
+    machine's cores when that is less (``cpu_count``: the result's; default this machine's)."""
+    cores = cpu_count or os.cpu_count()
+    return min(LOAD_CHANGE, cores / 4) if cores else LOAD_CHANGE
+
+
 def others_cores_change(cpu_samples: Sequence[Sequence[float]] | None) -> tuple[float, float] | None:
     """The other processes' busy cores in the two intervals of the run (:func:`falcon.cpuload.windows`) that differ
     most, in time order; None with fewer than two intervals (no samples, or a run under two windows)."""
@@ -163,11 +174,11 @@ def others_cores_change(cpu_samples: Sequence[Sequence[float]] | None) -> tuple[
     return (cores[lo], cores[hi]) if lo < hi else (cores[hi], cores[lo])
 
 
-def _cpu_reasons(change: tuple[float, float], loads: Sequence[float], seconds: float) -> list[str]:
+def _cpu_reasons(change: tuple[float, float], loads: Sequence[float], seconds: float, limit: float) -> list[str]:
     from falcon.cpuload import WINDOW_S
 
     first, last = change
-    if abs(last - first) <= LOAD_CHANGE:
+    if abs(last - first) <= limit:
         return []
     avg = f"; load average {loads[0]:g} → {loads[-1]:g}" if len(loads) >= 2 else ""
     return [(f"the machine's load changed during the run (other processes used {first:.1f} → {last:.1f} cores, "
@@ -176,11 +187,11 @@ def _cpu_reasons(change: tuple[float, float], loads: Sequence[float], seconds: f
 
 
 def _load_reasons(loads: Sequence[float], seconds: float, threads: int,
-                  cpu_samples: Sequence[Sequence[float]] | None = None) -> list[str]:
+                  cpu_samples: Sequence[Sequence[float]] | None = None, cpu_count: int | None = None) -> list[str]:
     """The load-change reason: from the CPU samples where there are any, else from the load average."""
     if cpu_samples:
         change = others_cores_change(cpu_samples)
-        return [] if change is None else _cpu_reasons(change, loads, seconds)
+        return [] if change is None else _cpu_reasons(change, loads, seconds, load_change_limit(cpu_count))
     change = others_load_change(loads, seconds, threads)
     if change is None or abs(change) <= LOAD_CHANGE:
         return []
@@ -226,7 +237,8 @@ def assess_layer(report: Any, load_samples: Sequence[float] | None = None, secon
     r = _plain(report)
     loads = _loads_of(r, load_samples)
     seconds = r.get("seconds") if seconds is None else seconds
-    run = _load_reasons(loads, seconds or 0.0, r.get("threads") or 1, cpu_samples or r.get("cpu_samples"))
+    run = _load_reasons(loads, seconds or 0.0, r.get("threads") or 1, cpu_samples or r.get("cpu_samples"),
+                        r.get("cpu_count"))
     std = {x["memory_format"]: x for x in r.get("results", []) if x["conv"] == "standard"}
     figures = []
     for x in r.get("results", []):
@@ -284,7 +296,8 @@ def assess_model(result: Any, load_samples: Sequence[float] | None = None, secon
     r = _plain(result)
     loads = _loads_of(r, load_samples)
     seconds = r.get("seconds") if seconds is None else seconds
-    run = _load_reasons(loads, seconds or 0.0, r.get("threads") or 1, cpu_samples or r.get("cpu_samples"))
+    run = _load_reasons(loads, seconds or 0.0, r.get("threads") or 1, cpu_samples or r.get("cpu_samples"),
+                        r.get("cpu_count"))
     figures = []
     for c in r.get("conversions", []):
         cached = cache_explains(r, c)

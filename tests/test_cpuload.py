@@ -9,8 +9,14 @@ import time
 import pytest
 from test_reliability import model_result
 
-from falcon.cpuload import Sampler, cpu_sample, others_cores, process_cpu_seconds, windows
-from falcon.reliability import assess_model, others_cores_change
+from falcon.cpuload import (
+    Sampler,
+    cpu_sample,
+    others_cores,
+    process_cpu_seconds,
+    windows,
+)
+from falcon.reliability import assess_model, load_change_limit, others_cores_change
 
 linux = pytest.mark.skipif(cpu_sample() is None, reason="needs Linux's /proc CPU counters")
 
@@ -63,7 +69,13 @@ def test_a_burst_of_another_process_mid_run_is_unreliable():
                              "in 5-s intervals over 30 s; load average 0.5 → 1.3)")
     r["cpu_samples"] = samples([1.8] * 10 + [0.4] * 20)  # a competitor that left counts too
     assert "other processes used 1.8 → 0.4 cores" in assess_model(r).reasons[0]
-    r["cpu_samples"] = samples([0.2] * 10 + [1.0] * 20)  # 0.8 core more: within one core
+    r["cpu_samples"] = samples([0.2] * 10 + [1.0] * 20)  # 0.8 core more: within one core on 4 cores or more
+    r["cpu_count"] = 8
+    assert assess_model(r).reliable and load_change_limit(8) == 1.0
+    # on 2 cores a whole competing thread shows as 2/3 core beside 2 measuring threads: a quarter of the cores
+    r["cpu_count"] = 2
+    assert load_change_limit(2) == 0.5 and not assess_model(r).reliable
+    r["cpu_samples"] = samples([0.67] * 10 + [1.0] * 20, own=[2.0] * 10 + [1.0] * 20)  # a steady competitor
     assert assess_model(r).reliable
 
 
