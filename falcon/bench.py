@@ -45,7 +45,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
 from falcon.convtypes import CONV_TYPES, compare, get_conv_type, parse_variant, variant_names
-from falcon.cpuload import Sampler
+from falcon.cpuload import Sampler, others_cores
 from falcon.errors import FalconError
 from falcon.limits import parse_float, parse_int
 from falcon.spec import LayerSpec
@@ -502,7 +502,7 @@ def measure(
     if budget is None:
         report.notes.append("free memory unknown: the memory guard was skipped")
     sampler = Sampler()
-    report.notes.extend(busy_notes(dev, threads, sampler.first_load) + _tf32_notes(dev, torch_dtype))
+    report.notes.extend(_tf32_notes(dev, torch_dtype))
     tasks: list[_Task] = []
     with ExitStack() as stack:
         retained = stack.enter_context(timing_settings(dev, retain_memory))
@@ -510,6 +510,7 @@ def measure(
         tasks = _build_tasks(spec, entries, layouts, batch_size, dev, torch_dtype, threads, clock, seed)
         _run_tasks(tasks, rounds, min_run_time, dev.type == "cuda", report, progress, should_stop, sampler.tick)
     report.load_average, report.cpu_samples = sampler.finish()
+    report.notes.extend(busy_notes(dev, threads, sampler.first_load, report.cpu_samples))
     report.results = _summarize(tasks, spec, entries, layouts, batch_size, plan)
     report.seconds = time.perf_counter() - t_start
     return report
@@ -522,14 +523,25 @@ def _check_clock(clock: str, dev: torch.device, threads: int) -> None:
         raise FalconError("the cpu clock measures one thread's CPU time: use it with device cpu and 1 thread")
 
 
-def busy_notes(dev: torch.device, threads: int, load_before: float | None) -> list[str]:
-    """A note when the CPU was busy before measuring (~ one process too many for ``threads``), else none."""
+def busy_notes(dev: torch.device, threads: int, load_before: float | None,
+               cpu_samples: Sequence[Sequence[float]] | None = None) -> list[str]:
+    """A note when other processes competed for the cores: measured, as the cores they kept busy during the run
+    (``cpu_samples``, :mod:`falcon.cpuload`), more than half a core beyond those ``threads`` leave free; without
+    samples, a load average before the run about one process too many for ``threads``. Else none."""
     cpu_count = os.cpu_count()
-    busy = load_before is not None and cpu_count and load_before > cpu_count - threads + 0.9
-    if dev.type != "cpu" or not busy:
+    if dev.type != "cpu" or not cpu_count:
+        return []
+    plural = f"{threads} thread{'s' if threads != 1 else ''}"
+    if cpu_samples and len(cpu_samples) >= 2:
+        others = others_cores(cpu_samples[0], cpu_samples[-1])
+        if others <= cpu_count - threads + 0.5:
+            return []
+        return [f"the machine was busy: other processes kept {others:.1f} cores busy on average while measuring with "
+                f"{plural} on {cpu_count} CPUs; they compete for the cores, timings are noisy"]
+    if load_before is None or load_before <= cpu_count - threads + 0.9:
         return []
     return [f"the machine was busy (load average {load_before:g} on {cpu_count} CPUs) before measuring with "
-            f"{threads} thread{'s' if threads != 1 else ''}: other processes compete for the cores, timings are noisy"]
+            f"{plural}: other processes compete for the cores, timings are noisy"]
 
 
 def _tf32_notes(dev: torch.device, dtype: torch.dtype) -> list[str]:

@@ -115,3 +115,23 @@ def test_a_processes_own_children_count_as_its_own():
         assert process_cpu_seconds() - before > 0.5  # the live child's CPU seconds are ours
     finally:
         child.wait()
+
+
+def test_the_busy_note_is_measured_when_samples_exist():
+    """The bench's busy note: from the cores other processes kept busy during the run when the samples exist (a
+    quiet run with a high load average gets none; others using a core beside 2 threads on 2 CPUs get one), from
+    the load average before the run otherwise."""
+    import os
+
+    import torch
+
+    from falcon.bench import busy_notes
+
+    cpu = torch.device("cpu")
+    cores = os.cpu_count()
+    quiet = [[0.0, 100.0, 50.0], [20.0, 100.0 + 20 * cores, 50.0 + 20 * cores]]  # all the busy time was ours
+    crowded = [[0.0, 100.0, 50.0], [20.0, 100.0 + 20 * cores, 50.0 + 20 * (cores - 1.0)]]  # others: 1 core
+    assert busy_notes(cpu, cores, load_before=cores + 3.0, cpu_samples=quiet) == []
+    note = busy_notes(cpu, cores, load_before=0.0, cpu_samples=crowded)
+    assert len(note) == 1 and "kept 1.0 cores busy" in note[0]
+    assert busy_notes(cpu, cores, load_before=cores + 3.0) and not busy_notes(cpu, cores, load_before=0.0)

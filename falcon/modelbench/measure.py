@@ -206,7 +206,6 @@ def _measure(run: Run, prepared: PreparedModels, batch_size: int, seed: int, bre
     """The tasks, their timed rounds, the speedups and the breakdowns, into ``run.result``."""
     result = run.result
     sampler = Sampler()
-    result.notes.extend(busy_notes(run.dev, run.threads, sampler.first_load))
     gen = torch.Generator().manual_seed(seed)
     base = torch.randn((batch_size, *prepared.input_size), generator=gen)
     inputs = {lay: base.to(run.dev).contiguous(memory_format=MEMORY_FORMATS[lay]) for lay in MEMORY_FORMATS}
@@ -216,6 +215,7 @@ def _measure(run: Run, prepared: PreparedModels, batch_size: int, seed: int, bre
     if breakdown and not result.stopped:
         add_breakdowns(run, prepared, tasks)
     result.load_average, result.cpu_samples = sampler.finish()
+    result.notes.extend(busy_notes(run.dev, run.threads, sampler.first_load, result.cpu_samples))
 
 
 def _time(run: Run, tasks: list[_Task], sampler: Sampler | None = None) -> None:
