@@ -241,7 +241,7 @@ def convert_plan(model, plan: dict, *, input_size: tuple[int, int, int] | None =
     kernel (``seed`` for every layer, as the planner predicted it); the layers it keeps stay. The plan is data: its
     entries are checked (:func:`falcon.planning.plan_layers`; each names a conv of this model) before anything is
     fitted. ``input_size``: default the loaded model's or the entry's, for a bare module the plan's."""
-    from falcon.planning import plan_input_size, plan_layers
+    from falcon.planfile import plan_input_size, plan_layers
 
     choices = plan_layers(plan)
     if input_size is None and entry is None and isinstance(model, nn.Module):

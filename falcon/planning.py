@@ -15,7 +15,6 @@ same budget, for comparison. :func:`apply_plan` converts a model by a plan.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,11 +25,11 @@ from torch import nn
 
 from falcon.allocate import Option, cheapest, greedy, solve
 from falcon.errors import FalconError
+from falcon.planfile import (FORMAT, KEEP, fittable_types, plan_input_size, plan_layers,  # noqa: F401 (re-exported)
+                             read_plan)
 
-FORMAT = "falcon-explorer/plan-v1"
 PROXIES = ("kernel", "data")
 METRICS = ("macs", "params")
-KEEP = "standard"
 #: the default choice per layer: FALCON at its ranks, Tucker-2, or the original conv
 DEFAULT_TYPES = ("falcon", "tucker2", KEEP)
 
@@ -284,12 +283,6 @@ def calibration_images_of(name: str, chw, bundled, n: int, seed: int, data: str 
         return torch.stack([train[int(i)][0] for i in pick])
 
 
-def fittable_types() -> list[str]:
-    from falcon.convtypes import CONV_TYPES
-
-    return [c.name for c in CONV_TYPES.values() if c.fittable]
-
-
 def budget_of(original: dict, metric: str, target_ratio: float | None = None, target: float | None = None) -> float:
     """The largest total ``metric`` a plan may have: ``original / target_ratio`` or the absolute ``target``."""
     from falcon.limits import parse_float
@@ -400,62 +393,6 @@ def uniform_plan(model, conv: str = "falcon", *, metric: str = "macs", target_ra
 
 # ----------------------------------------------------------------------------------------------
 # applying a plan
-def read_plan(obj_or_path) -> dict:
-    """A plan as plain data, from a dict or a JSON file (data only: names are checked against the registry)."""
-    if isinstance(obj_or_path, dict):
-        obj = obj_or_path
-    else:
-        try:
-            with open(obj_or_path, encoding="utf-8") as fh:
-                obj = json.load(fh)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FalconError(f"cannot read the plan {obj_or_path}: {type(e).__name__}: {e}") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or not isinstance(obj.get("layers"), list):
-        raise FalconError(f"{obj_or_path if not isinstance(obj_or_path, dict) else 'the plan'} is not a plan made by "
-                          "`python -m falcon plan --json`")
-    return obj
-
-
-def plan_layers(plan) -> list[tuple[str, str, dict[str, int]]]:
-    """(layer, conv type, ranks) of each layer a plan replaces (those it keeps left out), each entry checked as data:
-    a fittable type of the registry, the ranked hyper-parameters it takes, integers in range, no layer twice."""
-    from falcon.convtypes import get_conv_type
-    from falcon.limits import parse_int
-
-    out: dict[str, tuple[str, str, dict[str, int]]] = {}
-    for layer in read_plan(plan)["layers"]:
-        if not isinstance(layer, dict) or not isinstance(layer.get("hparams") or {}, dict):
-            raise FalconError("each layer of a plan is an object with layer, conv and hparams; got "
-                              f"{str(layer)[:80]!r}")
-        name, conv = str(layer.get("layer", "")), str(layer.get("conv", ""))
-        if conv == KEEP:
-            continue
-        ct = get_conv_type(conv)
-        if not ct.fittable:
-            raise FalconError(f"{name}: {conv} cannot be fitted to trained weights; a plan chooses among "
-                              f"{', '.join(fittable_types())}")
-        hp = {k: parse_int(v, "rank", f"{name}: {k}") for k, v in dict(layer.get("hparams") or {}).items()}
-        if set(hp) != set(ct.rank_names):
-            raise FalconError(f"{name}: {conv} takes {', '.join(ct.rank_names)}; the plan gives {', '.join(hp) or 'none'}")
-        if name in out:
-            raise FalconError(f"the plan names {name!r} twice")
-        out[name] = (name, conv, hp)
-    return list(out.values())
-
-
-def plan_input_size(plan) -> tuple[int, int, int] | None:
-    """The (C, H, W) a plan was made at (limits' bounds), None if it does not say."""
-    from falcon.limits import parse_int
-
-    size = read_plan(plan).get("input_size")
-    if size is None:
-        return None
-    if not isinstance(size, list) or len(size) != 3:
-        raise FalconError(f"the plan's input_size is [C, H, W]; got {str(size)[:40]!r}")
-    return (parse_int(size[0], "channels", "the plan's input channels"),
-            parse_int(size[1], "input_size", "the plan's input size"), parse_int(size[2], "input_size", "the plan's input size"))
-
-
 def apply_plan(module: nn.Module, plan: dict, model_name: str | None = None,
                input_size: tuple[int, int, int] | None = None) -> tuple[nn.Module, list[dict]]:
     """A copy of ``module`` with each planned layer replaced by its fitted block

@@ -7,6 +7,7 @@ import sys
 from falcon.cli.common import print_json, print_table
 from falcon.cli.fit import add_model_flags
 from falcon.errors import FalconError
+from falcon.planfile import parse_types
 
 
 def add_parser(sub) -> None:
@@ -58,20 +59,6 @@ def plan_latency_mode(args) -> bool:
     return getattr(args, "target_speedup", None) is not None or getattr(args, "target_ms", None) is not None
 
 
-def types_of(text: str) -> list[str]:
-    from falcon.convtypes import CONV_TYPES
-    from falcon.planning import KEEP, fittable_types
-
-    types = [t.strip() for t in str(text).split(",") if t.strip()]
-    known = set(fittable_types()) | {KEEP}
-    bad = [t for t in types if t not in known]
-    if bad or not types:
-        unfit = [t for t in bad if t in CONV_TYPES]
-        why = f" ({', '.join(unfit)} cannot be fitted to trained weights)" if unfit else ""
-        raise FalconError(f"--types takes {', '.join(sorted(known))}; got {', '.join(bad) or 'nothing'}{why}")
-    return types
-
-
 def run(args: argparse.Namespace) -> int:
     from falcon.planning import plan_model, problem, uniform_plan
     from falcon.sources import load_model
@@ -81,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_latency(args)
     target = _target(args)
-    types = types_of(args.types)
+    types = parse_types(args.types)
     loaded = load_model(args.model, args.weights, args.num_classes)
     if loaded.weights == "random":
         print("note: the model has random weights; a plan fitted to them says little (pass --weights)", file=sys.stderr)

@@ -35,12 +35,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon.cli.plan import types_of
+    from falcon.planfile import parse_types
     from falcon.latency_plan import parse_target, plan_latency
     from falcon.sources import load_model
 
     parse_target(args.target_speedup, args.target_ms)
-    types = types_of(args.types)
+    types = parse_types(args.types)
     loaded = load_model(args.model, args.weights, args.num_classes)
     if loaded.weights == "random":
         print("note: the model has random weights; a plan fitted to them says little (pass --weights)", file=sys.stderr)
