@@ -105,6 +105,20 @@ def current_job(keys: JobKeys, args: Any = None):
     return job
 
 
+def shown_job(keys: JobKeys, args: Any, running_for) -> tuple[Any, bool]:
+    """(the job a panel shows, whether a finished one is kept for other settings). A running job is shown
+    whatever is chosen now, with the caption ``running_for(its settings)`` when they differ; otherwise the job of
+    the settings ``args`` (:func:`current_job`)."""
+    job = st.session_state.get(keys.job)
+    if job is not None and job.running:
+        earlier = st.session_state.get(keys.args)
+        if earlier and earlier != args:
+            st.caption(running_for(earlier))
+    else:
+        job = current_job(keys, args)
+    return job, st.session_state.get(keys.job) is not None and job is None
+
+
 def job_panel(keys: JobKeys, job, was_running: bool, idle: str, *, failed: str = "", seconds: bool = True,
               columns: tuple[float, float] | None = (5, 1)):
     """A background job as a page shows it, inside the fragment that polls it (``st.fragment(run_every=...)``

@@ -75,14 +75,8 @@ def _start(args: dict, estimate) -> None:
 def _panel(args: dict, running: bool) -> None:
     @st.fragment(run_every=0.5 if running else None)
     def panel() -> None:
-        job = st.session_state.get(JOB.job)
-        if job is not None and job.running:  # shown while it runs, whatever is chosen above (its Stop with it)
-            earlier = st.session_state.get(JOB.args)
-            if earlier and earlier != args:
-                st.caption(f"Planning {_describe(earlier)}.")
-        else:
-            job = common.current_job(JOB, args)
-        kept = st.session_state.get(JOB.job) is not None and job is None
+        # a running job is shown whatever is chosen above (its Stop with it)
+        job, kept = common.shown_job(JOB, args, lambda earlier: f"Planning {_describe(earlier)}.")
         if kept and running:  # it ended while another choice was shown: redraw the page (its button) once
             st.rerun(scope="app")
         idle = (f"The last latency plan was for {_describe(st.session_state[JOB.args])}: choose that again to see it, "

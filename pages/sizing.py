@@ -283,14 +283,8 @@ def measure_hint() -> str:
 
 @st.fragment(run_every=0.5 if measuring else None)
 def measure_panel() -> None:
-    job = st.session_state.get(MEASURE.job)
-    if job is not None and job.running:  # shown while it runs, whatever is chosen above (its Stop with it)
-        earlier = st.session_state.get(MEASURE.args)
-        if earlier and earlier != choice:
-            st.caption(f"Measuring {measure_choice(earlier)}.")
-    else:
-        job = common.current_job(MEASURE, choice)
-    kept = st.session_state.get(MEASURE.job) is not None and job is None
+    # a running job is shown whatever is chosen above (its Stop with it)
+    job, kept = common.shown_job(MEASURE, choice, lambda earlier: f"Measuring {measure_choice(earlier)}.")
     if kept and measuring:  # it ended while another choice was shown: redraw the page (its Measure button) once
         st.rerun(scope="app")
     if conv == "standard" and job is None and not kept:
