@@ -21,7 +21,6 @@ and a run above ``max_seconds`` is refused; ``should_stop()`` is asked before ev
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -319,14 +318,15 @@ def _site_options(prob, proxy: str) -> tuple[list[list[Option]], list[list[Timin
 
 
 def _busy_note(threads: int | None) -> list[str]:
-    """The layer bench's warning: more runnable processes than cores left free makes every timing noisy (an
-    OpenMP barrier waits for a thread the scheduler paused)."""
-    load, cores = _loadavg(), os.cpu_count() or 1
-    if threads is None or load is None or load <= cores - threads + 0.9:
+    """The layer bench's warning (:func:`falcon.bench.busy_notes`, from the load average before timing): more
+    runnable processes than cores left free makes every timing noisy (an OpenMP barrier waits for a thread the
+    scheduler paused)."""
+    from falcon.bench import busy_notes
+
+    if threads is None:
         return []
     advice = "; one thread is steadier" if threads > 1 else ""
-    return [(f"the machine was busy (load average {load:g} on {cores} CPUs) with {threads} thread"
-             f"{'s' if threads != 1 else ''} per timing: timings are noisy{advice}")]
+    return [note + advice for note in busy_notes(torch.device("cpu"), threads, _loadavg())]
 
 
 def _model_input(chw, batch_size: int) -> torch.Tensor:

@@ -133,12 +133,13 @@ def summary(plan: dict) -> str:
 
 def check_layers(plan: dict, model: str) -> None:
     """Each layer a :func:`compact` plan replaces is a conv of ``model`` that its forward pass uses (a FalconError
-    naming the first that is not), checked on the untrained architecture before anything is fitted or run."""
+    naming the first that is not), checked on the untrained architecture before anything is fitted or run. The
+    app calls it for an uploaded plan: the model is resolved by the registry only, never as code."""
     from falcon.conversion import _plan_site
-    from falcon.models import get_model_entry
+    from falcon.models import registry_entry
     from falcon.surgery import conv_sites
 
-    entry = get_model_entry(model)
+    entry = registry_entry(model, "the model choice")
     module = entry.build(None).eval()
     sites = {s.name: s for s in conv_sites(module, (entry.in_channels, entry.input_size, entry.input_size), entry.name)}
     for c in plan["layers"]:
